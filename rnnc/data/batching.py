@@ -1,0 +1,139 @@
+"""Mini-batches: shuffled batches of a Split, and stateful windows of a token stream."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from rnnc.data.core import Split
+from rnnc.errors import DataError
+
+
+@dataclass(eq=False)
+class Batch:
+    """B examples of a split, or B parallel stream windows.
+
+    Attributes:
+        x: ``(B, T)`` int32 tokens or ``(B, T, F)`` float64 features.
+        y: targets, laid out as in :class:`Split` with N = B.
+        lengths: ``(B,)`` int32 valid steps per row.
+        legal: ``(B, T, V)`` bool legal next symbols (Reber only).
+        resets: ``(B, T)`` bool: state must be reset to zero before step t.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    lengths: np.ndarray
+    legal: np.ndarray | None = None
+    resets: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+
+def _positive(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise DataError(f"{what} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def iterate_batches(split: Split, batch: int, rng: np.random.Generator | None,
+                    drop_last: bool = False) -> Iterator[Batch]:
+    """Yield batches of up to ``batch`` examples covering ``split`` once.
+
+    The order is shuffled with ``rng`` when one is given, else it is the split's
+    order. The last, smaller batch is kept unless ``drop_last``.
+    """
+    batch = _positive(batch, "batch size")  # checked now, not at the first next()
+    n = len(split)
+    order = rng.permutation(n) if rng is not None else np.arange(n)
+    stop = n - n % batch if drop_last else n
+    return _batches(split, order, batch, stop)
+
+
+def _batches(split: Split, order: np.ndarray, batch: int, stop: int) -> Iterator[Batch]:
+    for begin in range(0, stop, batch):
+        part = split.take(order[begin: begin + batch])
+        yield Batch(x=part.x, y=part.y, lengths=part.lengths, legal=part.legal,
+                    resets=part.resets)
+
+
+def num_batches(n: int, batch: int, drop_last: bool = False) -> int:
+    """How many batches :func:`iterate_batches` yields for ``n`` examples."""
+    batch = _positive(batch, "batch size")
+    return n // batch if drop_last else -(-n // batch)
+
+
+def num_stream_windows(length: int, batch: int, window: int) -> int:
+    """How many windows :func:`stream_windows` yields for a stream of ``length`` tokens:
+    ``ceil(((length - 1) // batch) / window)`` (0 if the stream is too short)."""
+    batch = _positive(batch, "batch size")
+    window = _positive(window, "window")
+    per_stream = max(int(length) - 1, 0) // batch
+    return -(-per_stream // window)
+
+
+def stream_windows(tokens: np.ndarray, batch: int, window: int,
+                   doc_starts: np.ndarray | None = None, start: int = 0) -> Iterator[Batch]:
+    """Stateful language-model batching of a 1-D token stream.
+
+    The stream is cut into ``batch`` contiguous parallel streams of
+    ``S = (len(tokens) - 1) // batch`` steps each (row b covers
+    ``tokens[b*S : (b+1)*S]``; the remainder is dropped). Windows ``i = start, start+1,
+    ...`` yield ``x`` ``(B, window)`` = steps ``i*window .. (i+1)*window - 1`` of every row
+    and ``y`` = the tokens one position later, so the state at the end of window i is
+    the right initial state for window i+1. If ``window`` does not divide S, the last
+    window is padded with zeros and its ``lengths`` are ``S % window`` (all other
+    windows have ``lengths == window``).
+
+    With ``doc_starts`` (``(len(tokens),)`` bool), ``resets`` ``(B, window)`` is True
+    where a document starts; column 0 of window 0 is always True (every row starts
+    from a fresh state). Without it, ``resets`` is None.
+    """
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 1:
+        raise DataError(f"a token stream must be 1-D, got shape {tokens.shape}")
+    batch = _positive(batch, "batch size")
+    window = _positive(window, "window")
+    per_stream = (len(tokens) - 1) // batch if len(tokens) else 0
+    if per_stream < 1:
+        raise DataError(f"a stream of {len(tokens)} tokens is too short for {batch} parallel "
+                        f"streams (each needs at least 2 tokens)",
+                        hint="use a smaller batch size or more text")
+    if doc_starts is not None:
+        doc_starts = np.asarray(doc_starts, dtype=bool)
+        if doc_starts.shape != tokens.shape:
+            raise DataError(f"doc_starts has shape {doc_starts.shape}, but the stream has "
+                            f"shape {tokens.shape}")
+    total = num_stream_windows(len(tokens), batch, window)
+    if isinstance(start, bool) or not isinstance(start, int | np.integer) \
+            or not 0 <= start <= total:
+        raise DataError(f"start window must be between 0 and {total}, got {start!r}")
+
+    used = batch * per_stream
+    rows_x = tokens[:used].reshape(batch, per_stream).astype(np.int32)
+    rows_y = tokens[1: used + 1].reshape(batch, per_stream).astype(np.int32)
+    rows_r = None
+    if doc_starts is not None:
+        rows_r = doc_starts[:used].reshape(batch, per_stream).copy()
+        rows_r[:, 0] = True
+    return _windows(rows_x, rows_y, rows_r, window, int(start), total)
+
+
+def _windows(rows_x: np.ndarray, rows_y: np.ndarray, rows_r: np.ndarray | None, window: int,
+             start: int, total: int) -> Iterator[Batch]:
+    batch, per_stream = rows_x.shape
+    for i in range(start, total):
+        lo, hi = i * window, min((i + 1) * window, per_stream)
+        valid = hi - lo
+        x = np.zeros((batch, window), dtype=np.int32)
+        y = np.zeros((batch, window), dtype=np.int32)
+        x[:, :valid] = rows_x[:, lo:hi]
+        y[:, :valid] = rows_y[:, lo:hi]
+        resets = None
+        if rows_r is not None:
+            resets = np.zeros((batch, window), dtype=bool)
+            resets[:, :valid] = rows_r[:, lo:hi]
+        yield Batch(x=x, y=y, lengths=np.full(batch, valid, dtype=np.int32), resets=resets)

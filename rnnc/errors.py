@@ -1,0 +1,147 @@
+"""One error hierarchy for everything a user can get wrong.
+
+Every error rnnc raises for bad input is an :class:`RnncError`. It carries a
+message, an optional source :class:`Span` (file, line, column) and a short
+hint. :meth:`RnncError.render` prints it the way the CLI shows it::
+
+    specs/bad.rnn:3:14: error: unknown activation 'sigmod'
+      f = sigmod(W_f @ x + b_f)
+          ^^^^^^
+    hint: did you mean 'sigmoid'?
+
+The CLI prints exactly that text and exits non-zero; it never shows a traceback
+for an ``RnncError`` (``--debug`` re-raises).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Source:
+    """A named source text (a spec file, or a string given on the command line)."""
+
+    name: str
+    text: str = field(repr=False, compare=False)
+
+    def line(self, lineno: int) -> str:
+        lines = self.text.splitlines()
+        if 1 <= lineno <= len(lines):
+            return lines[lineno - 1]
+        return ""
+
+
+@dataclass(frozen=True)
+class Span:
+    """A 1-based line/column position in a source, with an optional end column."""
+
+    source: Source | None
+    line: int
+    column: int
+    end_column: int | None = None
+
+    @property
+    def filename(self) -> str:
+        return self.source.name if self.source is not None else "<spec>"
+
+    def __str__(self) -> str:
+        return f"{self.filename}:{self.line}:{self.column}"
+
+    def shifted(self, dline: int, dcol: int) -> Span:
+        """This span moved by (dline, dcol) -- used for text embedded in YAML strings."""
+        col = self.column + dcol if self.line == 1 else self.column
+        end = None
+        if self.end_column is not None:
+            end = self.end_column + dcol if self.line == 1 else self.end_column
+        return Span(self.source, self.line + dline, col, end)
+
+
+class RnncError(Exception):
+    """Base class of every user-facing error. Subclasses only name the category."""
+
+    kind = "error"
+
+    def __init__(self, message: str, span: Span | None = None, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.span = span
+        self.hint = hint
+
+    def with_span(self, span: Span | None) -> RnncError:
+        if self.span is None and span is not None:
+            self.span = span
+        return self
+
+    def to_dict(self) -> dict:
+        """Structured form (for ``rnnc check --json``)."""
+        out: dict = {"kind": type(self).__name__, "message": self.message, "hint": self.hint}
+        if self.span is not None:
+            out.update(file=self.span.filename, line=self.span.line, column=self.span.column)
+        return out
+
+    def render(self) -> str:
+        """The error as the CLI prints it: location, message, source line, caret, hint."""
+        head = f"{self.kind}: {self.message}"
+        lines = []
+        if self.span is not None:
+            lines.append(f"{self.span}: {head}")
+            src = self.span.source.line(self.span.line) if self.span.source else ""
+            if src.strip():
+                width = 1
+                if self.span.end_column is not None and self.span.end_column > self.span.column:
+                    width = self.span.end_column - self.span.column
+                width = max(1, min(width, len(src) - self.span.column + 1))
+                lines.append(f"  {src}")
+                lines.append("  " + " " * (self.span.column - 1) + "^" * width)
+        else:
+            lines.append(head)
+        if self.hint:
+            lines.append(f"hint: {self.hint}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.render()
+
+
+class SpecSyntaxError(RnncError):
+    """The spec text or YAML could not be parsed."""
+
+
+class SpecError(RnncError):
+    """The spec parsed but says something invalid (unknown name, wrong type, ...)."""
+
+
+class ShapeError(SpecError):
+    """Shapes in a cell's equations do not agree."""
+
+
+class DataError(RnncError):
+    """A dataset file or its options are unusable."""
+
+
+class TrainError(RnncError):
+    """Training cannot start or go on (bad run folder, non-finite loss, ...)."""
+
+
+class BackendError(RnncError):
+    """A backend cannot be found or cannot compile what it was given."""
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str | None:
+    """A 'did you mean' hint for an unknown name, or a list of the valid ones."""
+    choices = sorted(set(choices))
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean '{close[0]}'?"
+    if choices and len(choices) <= 12:
+        return "expected one of: " + ", ".join(choices)
+    return None
+
+
+def unknown(what: str, name: str, choices: Iterable[str], span: Span | None = None,
+            cls: type[RnncError] = SpecError) -> RnncError:
+    """The standard 'unknown X' error with a did-you-mean hint."""
+    return cls(f"unknown {what} '{name}'", span, did_you_mean(name, choices))

@@ -1,0 +1,46 @@
+"""Front ends: YAML and the rnnc text language, both parsing into one AST."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rnnc.errors import SpecError
+from rnnc.spec.ast import Spec as Spec
+
+
+SYNTAXES = {".rnn": "rnn", ".yaml": "yaml", ".yml": "yaml"}
+
+
+def parse_spec(text: str, name: str = "<spec>", syntax: str | None = None) -> Spec:
+    """Parse spec text; the syntax comes from ``syntax`` or the name's extension."""
+    if syntax is None:
+        syntax = SYNTAXES.get(Path(name).suffix.lower())
+        if syntax is None:
+            syntax = "yaml" if not text.lstrip().startswith(("cell", "model", "train")) else "rnn"
+    if syntax == "rnn":
+        from rnnc.spec.text import parse_text
+
+        return parse_text(text, name)
+    if syntax == "yaml":
+        from rnnc.spec.yaml_front import parse_yaml
+
+        return parse_yaml(text, name)
+    raise SpecError(f"unknown spec syntax '{syntax}'", None, "use yaml or rnn")
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read and parse a spec file (``.yaml``/``.yml`` or ``.rnn``)."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise SpecError(f"spec file '{p}' does not exist", None,
+                        "check the path (specs/ holds the examples)") from None
+    except OSError as err:
+        raise SpecError(f"cannot read spec file '{p}': {err.strerror}", None) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise SpecError(f"spec file '{p}' is not UTF-8 (byte {err.start})", None,
+                        "save it as UTF-8") from None
+    return parse_spec(text, str(path))

@@ -1,0 +1,225 @@
+"""The spec AST: what both front ends (YAML and the .rnn text language) produce.
+
+Two kinds of node:
+
+* **Expressions** (:class:`Expr` subclasses) for cell equations, parameter
+  initialisers and compile-time conditions.
+* **Configuration values** (:class:`CMap`, :class:`CList`, :class:`CScalar`)
+  for the ``model`` and ``train`` blocks and cell options: a small, YAML-shaped
+  tree whose every node keeps its source :class:`~rnnc.errors.Span`.
+
+Spans never take part in ``==`` (``compare=False``), so the AST of
+``spec.yaml`` equals the AST of the same spec written as ``spec.rnn``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from rnnc.errors import Source, Span
+
+
+def _span() -> Any:
+    return field(default=None, compare=False, repr=False)
+
+
+# ---------------------------------------------------------------- expressions
+
+
+@dataclass(frozen=True)
+class Expr:
+    pass
+
+
+@dataclass(frozen=True)
+class Num(Expr):
+    value: float
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True)
+class Str(Expr):
+    value: str
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True)
+class Ref(Expr):
+    """A name: an input, state, parameter, option, earlier equation, or function."""
+
+    name: str
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True)
+class Primed(Expr):
+    """``h'``: the value state ``h`` takes at the next step (only as an equation target,
+    or read after it is defined)."""
+
+    name: str
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True)
+class Call(Expr):
+    fn: str
+    args: tuple[Expr, ...]
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True)
+class BinOp(Expr):
+    op: str  # + - * / @ == != < <= > >= and or
+    left: Expr
+    right: Expr
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True)
+class Neg(Expr):
+    operand: Expr
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True)
+class Not(Expr):
+    operand: Expr
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True)
+class Concat(Expr):
+    items: tuple[Expr, ...]
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True)
+class Slice(Expr):
+    operand: Expr
+    lo: Expr
+    hi: Expr
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True)
+class If(Expr):
+    """``if cond then a else b``, decided at compile time from the cell's options."""
+
+    cond: Expr
+    then: Expr
+    other: Expr
+    span: Span | None = _span()
+
+
+# ------------------------------------------------------- configuration values
+
+
+@dataclass(frozen=True)
+class CScalar:
+    value: Any  # int, float, str, bool or None
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True)
+class CList:
+    items: tuple[Any, ...]
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True)
+class CMap:
+    """An ordered mapping; ``keys`` hold the span of each key."""
+
+    items: tuple[tuple[str, Any], ...]
+    span: Span | None = _span()
+    key_spans: tuple[Span | None, ...] = field(default=(), compare=False, repr=False)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        for k, v in self.items:
+            if k == key:
+                return v
+        return default
+
+    def keys(self) -> list[str]:
+        return [k for k, _ in self.items]
+
+    def key_span(self, key: str) -> Span | None:
+        for (k, _), s in zip(self.items, self.key_spans, strict=False):
+            if k == key:
+                return s
+        return self.span
+
+
+CNode = CScalar | CList | CMap
+
+
+def plain(node: Any) -> Any:
+    """A configuration tree as plain Python data (dicts, lists, scalars)."""
+    if isinstance(node, CMap):
+        return {k: plain(v) for k, v in node.items}
+    if isinstance(node, CList):
+        return [plain(v) for v in node.items]
+    if isinstance(node, CScalar):
+        return node.value
+    return node
+
+
+# ---------------------------------------------------------------------- cells
+
+
+@dataclass(frozen=True)
+class StateDecl:
+    name: str
+    size: Expr | None = None  # None: the layer's ``hidden``
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True)
+class ParamDecl:
+    name: str
+    shape: tuple[Expr, ...] | None = None  # None: inferred from use
+    init: Expr | None = None  # None: the default for its role
+    none: bool = False  # ``param b none``: the parameter is dropped (fixed at zero)
+    span: Span | None = _span()
+
+
+@dataclass(frozen=True)
+class Equation:
+    target: str
+    primed: bool  # ``h' = ...``: defines the next value of state ``h``
+    expr: Expr
+    span: Span | None = _span()
+    text: str = field(default="", compare=False)
+
+
+@dataclass(frozen=True)
+class CellDef:
+    name: str
+    inputs: tuple[str, ...]
+    options: CMap  # option name -> default value
+    states: tuple[StateDecl, ...]
+    params: tuple[ParamDecl, ...]
+    output: str | None
+    equations: tuple[Equation, ...]
+    span: Span | None = _span()
+    doc: str = field(default="", compare=False)
+
+
+# ----------------------------------------------------------------------- spec
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A whole spec: custom cells, the model and (optionally) training."""
+
+    cells: tuple[CellDef, ...]
+    model: CMap | None
+    train: CMap | None
+    source: Source | None = field(default=None, compare=False, repr=False)
+
+    def cell(self, name: str) -> CellDef | None:
+        for c in self.cells:
+            if c.name == name:
+                return c
+        return None

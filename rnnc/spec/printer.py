@@ -1,0 +1,222 @@
+"""Print a spec AST as text (``.rnn``) or YAML: ``rnnc fmt``.
+
+Both printers are deterministic, and parse(print(ast)) == ast for either
+syntax, so YAML -> rnn -> YAML is a fixed point.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import yaml
+
+from rnnc.spec import ast as A
+
+
+_PREC = {"or": 1, "and": 2, "==": 4, "!=": 4, "<": 4, "<=": 4, ">": 4, ">=": 4,
+         "+": 5, "-": 5, "*": 6, "/": 6, "@": 6}
+
+
+def _num(v: float) -> str:
+    if v == int(v) and abs(v) < 1e15:
+        return str(int(v))
+    return repr(float(v))
+
+
+def expr_str(e: A.Expr, parent: int = 0) -> str:
+    """An expression as source text, with only the parentheses it needs."""
+    if isinstance(e, A.Num):
+        return _num(e.value)
+    if isinstance(e, A.Str):
+        return json.dumps(e.value)
+    if isinstance(e, A.Ref):
+        return e.name
+    if isinstance(e, A.Primed):
+        return e.name + "'"
+    if isinstance(e, A.Call):
+        return f"{e.fn}({', '.join(expr_str(a) for a in e.args)})"
+    if isinstance(e, A.Concat):
+        return "[" + ", ".join(expr_str(a) for a in e.items) + "]"
+    if isinstance(e, A.Slice):
+        return f"{expr_str(e.operand, 8)}[{expr_str(e.lo)}:{expr_str(e.hi)}]"
+    if isinstance(e, A.Neg):
+        s = "-" + expr_str(e.operand, 7)
+        return f"({s})" if parent > 7 else s
+    if isinstance(e, A.Not):
+        s = "not " + expr_str(e.operand, 3)
+        return f"({s})" if parent > 3 else s
+    if isinstance(e, A.If):
+        s = f"if {expr_str(e.cond, 1)} then {expr_str(e.then)} else {expr_str(e.other)}"
+        return f"({s})" if parent > 0 else s
+    if isinstance(e, A.BinOp):
+        p = _PREC[e.op]
+        # left-associative: the right operand needs parentheses at equal precedence
+        right_p = p + 1
+        if p == 4:  # comparisons do not chain
+            left_p = right_p
+        else:
+            left_p = p
+        s = f"{expr_str(e.left, left_p)} {e.op} {expr_str(e.right, right_p)}"
+        return f"({s})" if parent > p else s
+    raise TypeError(f"not an expression: {e!r}")
+
+
+_BARE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_KEYWORDS = {"if", "then", "else", "and", "or", "not", "none", "init", "true", "false"}
+
+
+def value_str(v: Any) -> str:
+    """A configuration value in the text language's value syntax."""
+    if isinstance(v, A.CScalar):
+        x = v.value
+        if isinstance(x, bool):
+            return "true" if x else "false"
+        if x is None:
+            return '"none"'
+        if isinstance(x, int | float):
+            return repr(x) if isinstance(x, float) else str(x)
+        if _BARE.match(x) and x not in _KEYWORDS - {"true", "false"} and x not in (
+                "true", "false"):
+            return x
+        return json.dumps(x)
+    if isinstance(v, A.CList):
+        return "[" + ", ".join(value_str(i) for i in v.items) + "]"
+    if isinstance(v, A.CMap):
+        if len(v.items) == 1:
+            (k, inner), = v.items
+            if isinstance(inner, A.CMap):
+                args = ", ".join(f"{ik}: {value_str(iv)}" for ik, iv in inner.items)
+                return f"{k}({args})"
+            if isinstance(inner, A.CScalar | A.CList):
+                return f"{k}({value_str(inner)})"
+        raise ValueError("a mapping with several keys has no single-value form")
+    raise TypeError(v)
+
+
+def _entry_words(v: Any) -> str:
+    """The words after an entry key (see the grammar's `entry` rule)."""
+    if isinstance(v, A.CMap) and (len(v.items) != 1 or not isinstance(v.items[0][1], A.CMap)):
+        if all(isinstance(x, A.CScalar | A.CList) for _, x in v.items) and v.items:
+            return " ".join(f"{k} {value_str(x)}" for k, x in v.items)
+    return value_str(v)
+
+
+def _cell_text(c: A.CellDef) -> list[str]:
+    lines = [f"cell {c.name}({', '.join(c.inputs)}) {{"]
+    for k, v in c.options.items:
+        lines.append(f"  option {k} = {value_str(v)}")
+    if c.states:
+        parts = [s.name + (f"[{expr_str(s.size)}]" if s.size is not None else "")
+                 for s in c.states]
+        lines.append("  state " + ", ".join(parts))
+    for p in c.params:
+        s = f"  param {p.name}"
+        if p.shape is not None:
+            s += "[" + ", ".join(expr_str(d) for d in p.shape) + "]"
+        if p.init is not None:
+            s += f" init {expr_str(p.init)}"
+        if p.none:
+            s += " none"
+        lines.append(s)
+    if c.output is not None:
+        lines.append(f"  output {c.output}")
+    for eq in c.equations:
+        lines.append(f"  {eq.target}{chr(39) if eq.primed else ''} = {expr_str(eq.expr)}")
+    lines.append("}")
+    return lines
+
+
+def to_text(spec: A.Spec) -> str:
+    """The spec in the rnnc text language."""
+    out: list[str] = []
+    for c in spec.cells:
+        if c.doc:
+            out.extend("# " + line for line in c.doc.splitlines())
+        out.extend(_cell_text(c))
+        out.append("")
+    if spec.model is not None:
+        name = spec.model.get("name")
+        head = f"model {name.value}" if isinstance(name, A.CScalar) else "model"
+        out.append(head + " {")
+        for k, v in spec.model.items:
+            if k == "name":
+                continue
+            if k == "layers" and isinstance(v, A.CList):
+                for layer in v.items:
+                    out.append(f"  layer {_entry_words(layer)}")
+                continue
+            out.append(f"  {k} {_entry_words(v)}")
+        out.append("}")
+        out.append("")
+    if spec.train is not None:
+        out.append("train {")
+        for k, v in spec.train.items:
+            out.append(f"  {k} {_entry_words(v)}")
+        out.append("}")
+        out.append("")
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+def to_data(spec: A.Spec) -> dict:
+    """The spec as plain data, in the YAML layout (also the canonical form that is hashed)."""
+    data: dict[str, Any] = {}
+    if spec.cells:
+        cells = {}
+        for c in spec.cells:
+            d: dict[str, Any] = {}
+            if c.doc:
+                d["doc"] = c.doc
+            d["inputs"] = list(c.inputs)
+            if c.options.items:
+                d["options"] = A.plain(c.options)
+            if c.states:
+                if any(s.size is not None for s in c.states):
+                    d["state"] = {s.name: expr_str(s.size) if s.size is not None else "hidden"
+                                  for s in c.states}
+                else:
+                    d["state"] = [s.name for s in c.states]
+            if c.params:
+                params: dict[str, Any] = {}
+                for p in c.params:
+                    if p.none:
+                        params[p.name] = "none"
+                    elif p.shape is None and p.init is not None:
+                        params[p.name] = expr_str(p.init)
+                    else:
+                        pd: dict[str, Any] = {}
+                        if p.shape is not None:
+                            pd["shape"] = [expr_str(s) for s in p.shape]
+                        if p.init is not None:
+                            pd["init"] = expr_str(p.init)
+                        params[p.name] = pd
+                d["params"] = params
+            if c.output is not None:
+                d["output"] = c.output
+            d["equations"] = {eq.target + ("'" if eq.primed else ""): expr_str(eq.expr)
+                              for eq in c.equations}
+            cells[c.name] = d
+        data["cells"] = cells
+    if spec.model is not None:
+        data["model"] = A.plain(spec.model)
+    if spec.train is not None:
+        data["train"] = A.plain(spec.train)
+    return data
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+def _str_rep(dumper: yaml.SafeDumper, s: str):
+    return dumper.represent_scalar("tag:yaml.org,2002:str", s)
+
+
+_Dumper.add_representer(str, _str_rep)
+
+
+def to_yaml(spec: A.Spec) -> str:
+    """The spec as YAML."""
+    return yaml.dump(to_data(spec), Dumper=_Dumper, sort_keys=False, default_flow_style=None,
+                     allow_unicode=True, width=100)

@@ -1,0 +1,250 @@
+"""Front end for YAML specs: the same AST as the text language.
+
+YAML is composed (never constructed) with PyYAML's safe loader, so every
+node keeps its position and no tag can run code: anything but the standard
+scalar, sequence and mapping tags is an error. Equations, initialisers and
+sizes inside YAML strings are parsed with the text grammar's expression rule;
+their spans are moved to point into the YAML file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+import yaml
+
+from rnnc.errors import Source, Span, SpecError, SpecSyntaxError
+from rnnc.spec import ast as A
+from rnnc.spec.text import parse_expr
+
+
+_SAFE_TAGS = {
+    "tag:yaml.org,2002:str", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
+    "tag:yaml.org,2002:bool", "tag:yaml.org,2002:null", "tag:yaml.org,2002:seq",
+    "tag:yaml.org,2002:map",
+}
+
+_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+CELL_KEYS = ("doc", "inputs", "options", "state", "params", "output", "equations")
+TOP_KEYS = ("cells", "model", "train")
+
+
+class _Reader:
+    def __init__(self, source: Source):
+        self.source = source
+        self.loader = yaml.SafeLoader("")
+
+    def span(self, node: yaml.Node) -> Span:
+        m, e = node.start_mark, node.end_mark
+        end = e.column + 1 if e.line == m.line else None
+        return Span(self.source, m.line + 1, m.column + 1, end)
+
+    def check_tag(self, node: yaml.Node) -> None:
+        if node.tag not in _SAFE_TAGS:
+            raise SpecError(
+                f"YAML tag '{node.tag}' is not allowed in a spec", self.span(node),
+                "specs are plain data: remove the tag (rnnc loads YAML safely)",
+            )
+
+    # -- generic configuration values
+    def value(self, node: yaml.Node) -> Any:
+        self.check_tag(node)
+        span = self.span(node)
+        if isinstance(node, yaml.MappingNode):
+            items, spans = [], []
+            seen = set()
+            for k, v in node.value:
+                key = self.key(k)
+                if key in seen:
+                    raise SpecError(f"key '{key}' is given twice", self.span(k), "remove one")
+                seen.add(key)
+                items.append((key, self.value(v)))
+                spans.append(self.span(k))
+            return A.CMap(tuple(items), span, tuple(spans))
+        if isinstance(node, yaml.SequenceNode):
+            return A.CList(tuple(self.value(v) for v in node.value), span)
+        value = self.loader.construct_object(node)
+        if isinstance(value, str) and node.style is None and _FLOAT.match(value):
+            value = float(value)  # YAML 1.1 reads `2e-3` as a string; a spec means a number
+        return A.CScalar(value, span)
+
+    def key(self, node: yaml.Node) -> str:
+        self.check_tag(node)
+        if not isinstance(node, yaml.ScalarNode):
+            raise SpecError("a mapping key must be a plain name", self.span(node))
+        return str(node.value)
+
+    def mapping(self, node: yaml.Node, what: str) -> list[tuple[str, yaml.Node, Span]]:
+        self.check_tag(node)
+        if not isinstance(node, yaml.MappingNode):
+            raise SpecError(f"{what} must be a mapping", self.span(node),
+                            "write it as `key: value` lines")
+        out = []
+        seen = set()
+        for k, v in node.value:
+            key = self.key(k)
+            if key in seen:
+                raise SpecError(f"key '{key}' is given twice", self.span(k), "remove one")
+            seen.add(key)
+            out.append((key, v, self.span(k)))
+        return out
+
+    def names(self, node: yaml.Node, what: str) -> list[tuple[str, Span]]:
+        self.check_tag(node)
+        if isinstance(node, yaml.ScalarNode):
+            return [(str(node.value), self.span(node))]
+        if not isinstance(node, yaml.SequenceNode):
+            raise SpecError(f"{what} must be a list of names", self.span(node))
+        out = []
+        for v in node.value:
+            self.check_tag(v)
+            if not isinstance(v, yaml.ScalarNode):
+                raise SpecError(f"{what} must be a list of names", self.span(v))
+            out.append((str(v.value), self.span(v)))
+        return out
+
+    # -- embedded expressions
+    def expr(self, node: yaml.Node) -> A.Expr:
+        self.check_tag(node)
+        if not isinstance(node, yaml.ScalarNode):
+            raise SpecError("expected an expression (a string)", self.span(node))
+        text = str(node.value)
+        m = node.start_mark
+        quoted = node.style in ("'", '"')
+        dline, dcol = m.line, m.column + (1 if quoted else 0)
+        inner = Source(self.source.name, text)
+        try:
+            expr = parse_expr(text, inner)
+        except SpecError as err:
+            raise type(err)(err.message, self._move(err.span, dline, dcol), err.hint) from None
+        return _relocate(expr, lambda s: self._move(s, dline, dcol))
+
+    def _move(self, span: Span | None, dline: int, dcol: int) -> Span | None:
+        if span is None:
+            return None
+        moved = span.shifted(dline, dcol)
+        return Span(self.source, moved.line, moved.column, moved.end_column)
+
+
+def _relocate(node: Any, fn) -> Any:
+    """Rebuild an expression tree with every span mapped through ``fn``."""
+    if isinstance(node, tuple):
+        return tuple(_relocate(n, fn) for n in node)
+    if not dataclasses.is_dataclass(node):
+        return node
+    changes = {}
+    for f in dataclasses.fields(node):
+        v = getattr(node, f.name)
+        if f.name == "span":
+            changes["span"] = fn(v)
+        elif isinstance(v, A.Expr | tuple):
+            changes[f.name] = _relocate(v, fn)
+    return dataclasses.replace(node, **changes)
+
+
+def _unknown_key(key: str, span: Span, allowed, where: str) -> SpecError:
+    from rnnc.errors import did_you_mean
+
+    return SpecError(f"unknown key '{key}' in {where}", span, did_you_mean(key, allowed))
+
+
+def _cell(r: _Reader, name: str, node: yaml.Node, name_span: Span) -> A.CellDef:
+    fields = r.mapping(node, f"cell '{name}'")
+    inputs: tuple[str, ...] = ("x",)
+    options = A.CMap((), name_span)
+    states: list[A.StateDecl] = []
+    params: list[A.ParamDecl] = []
+    output = None
+    eqs: list[A.Equation] = []
+    doc = ""
+    for key, v, kspan in fields:
+        if key == "inputs":
+            inputs = tuple(n for n, _ in r.names(v, "inputs"))
+        elif key == "doc":
+            doc = str(r.loader.construct_object(v))
+        elif key == "options":
+            opt = r.value(v)
+            if not isinstance(opt, A.CMap):
+                raise SpecError("options must be a mapping of name: default", r.span(v))
+            options = opt
+        elif key == "state":
+            if isinstance(v, yaml.MappingNode):
+                for sname, sv, sspan in r.mapping(v, "state"):
+                    states.append(A.StateDecl(sname, r.expr(sv), sspan))
+            else:
+                states.extend(A.StateDecl(n, None, s) for n, s in r.names(v, "state"))
+        elif key == "params":
+            for pname, pv, pspan in r.mapping(v, "params"):
+                params.append(_param(r, pname, pv, pspan))
+        elif key == "output":
+            output = r.names(v, "output")[0][0]
+        elif key == "equations":
+            for target, ev, espan in r.mapping(v, "equations"):
+                primed = target.endswith("'")
+                tname = target[:-1] if primed else target
+                line = r.source.line(espan.line).strip()
+                eqs.append(A.Equation(tname, primed, r.expr(ev), espan, line))
+        else:
+            raise _unknown_key(key, kspan, CELL_KEYS, f"cell '{name}'")
+    return A.CellDef(name, inputs, options, tuple(states), tuple(params), output,
+                     tuple(eqs), name_span, doc)
+
+
+def _param(r: _Reader, name: str, node: yaml.Node, span: Span) -> A.ParamDecl:
+    if isinstance(node, yaml.ScalarNode) and node.value in ("none", None, "null", ""):
+        return A.ParamDecl(name, None, None, True, span)
+    if isinstance(node, yaml.ScalarNode):
+        return A.ParamDecl(name, None, r.expr(node), False, span)
+    shape = init = None
+    none = False
+    for key, v, kspan in r.mapping(node, f"param '{name}'"):
+        if key == "shape":
+            r.check_tag(v)
+            if not isinstance(v, yaml.SequenceNode):
+                raise SpecError("shape must be a list of sizes", r.span(v))
+            shape = tuple(r.expr(d) if isinstance(d.value, str) else
+                          A.Num(float(d.value), r.span(d)) for d in v.value)
+        elif key == "init":
+            init = r.expr(v)
+        elif key == "none":
+            none = bool(r.loader.construct_object(v))
+        else:
+            raise _unknown_key(key, kspan, ("shape", "init", "none"), f"param '{name}'")
+    return A.ParamDecl(name, shape, init, none, span)
+
+
+def parse_yaml(text: str, name: str = "<spec>") -> A.Spec:
+    """Parse a YAML spec into the AST."""
+    source = Source(name, text)
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        span = Span(source, mark.line + 1, mark.column + 1) if mark else None
+        raise SpecSyntaxError(f"invalid YAML: {err.problem or err.context}", span,
+                              "check indentation, colons and quotes") from None
+    except yaml.YAMLError as err:
+        raise SpecSyntaxError(f"invalid YAML: {err}", None) from None
+    if root is None:
+        raise SpecError("the spec is empty", Span(source, 1, 1), "a spec needs a `model:` block")
+    r = _Reader(source)
+    cells: list[A.CellDef] = []
+    model = train = None
+    for key, v, kspan in r.mapping(root, "a spec"):
+        if key == "cells":
+            for cname, cv, cspan in r.mapping(v, "cells"):
+                cells.append(_cell(r, cname, cv, cspan))
+        elif key == "model":
+            model = r.value(v)
+            if not isinstance(model, A.CMap):
+                raise SpecError("model must be a mapping", r.span(v))
+        elif key == "train":
+            train = r.value(v)
+            if not isinstance(train, A.CMap):
+                raise SpecError("train must be a mapping", r.span(v))
+        else:
+            raise _unknown_key(key, kspan, TOP_KEYS, "the spec")
+    return A.Spec(tuple(cells), model, train, source)

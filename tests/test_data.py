@@ -1,0 +1,664 @@
+"""Tests of rnnc.data: built-in datasets, file loaders, batching and metrics."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rnnc.data import (
+    Batch,
+    Dataset,
+    Split,
+    build_dataset,
+    dataset_names,
+    dataset_options,
+    evaluate_outputs,
+    iterate_batches,
+    num_stream_windows,
+    stream_windows,
+)
+from rnnc.data.core import split_counts
+from rnnc.data.metrics import accuracy, cross_entropy, mse, reber_accuracy, reber_string_accuracy
+from rnnc.data.text import decode_text
+from rnnc.errors import DataError
+
+
+GENERATED = ["reber", "embedded_reber", "adding", "copy", "temporal_order", "sine"]
+SMALL = {
+    "reber": {"n": 300},
+    "embedded_reber": {"n": 300},
+    "adding": {"n": 300, "length": 20},
+    "copy": {"n": 300},
+    "temporal_order": {"n": 300},
+    "sine": {"n": 300, "length": 30},
+}
+LETTERS = "BTPSXVE"
+
+
+def build(name, seed=0, **options):
+    return build_dataset(name, {**SMALL.get(name, {}), **options}, seed)
+
+
+def decode(tokens, length):
+    return "".join(LETTERS[t] for t in tokens[:length])
+
+
+def check_consistent(ds: Dataset) -> None:
+    """Shapes, dtypes, ranges and padding of every split agree with the declared task."""
+    steps = ds.train.x.shape[1]
+    for name, split in ds.splits.items():
+        n = len(split)
+        assert split.lengths.shape == (n,) and split.lengths.dtype == np.int32, name
+        assert split.x.shape[:2] == (n, steps)
+        if n:
+            assert split.lengths.min() >= 1 and split.lengths.max() <= steps
+        valid = np.arange(steps)[None, :] < split.lengths[:, None]
+        if ds.input == "tokens":
+            assert split.x.dtype == np.int32 and split.x.ndim == 2
+            assert split.x.min(initial=0) >= 0 and split.x.max(initial=0) < ds.n_in
+            assert not split.x[~valid].any()
+        else:
+            assert split.x.dtype == np.float64 and split.x.shape[2] == ds.n_in
+            assert not split.x[~valid].any()
+        expected_y = {
+            "classify_step": ((n, steps), np.int32),
+            "classify_last": ((n,), np.int32),
+            "regress_step": ((n, steps, ds.n_out), np.float64),
+            "regress_last": ((n, ds.n_out), np.float64),
+        }[ds.task]
+        assert split.y.shape == expected_y[0] and split.y.dtype == expected_y[1], name
+        if ds.task.startswith("classify"):
+            assert split.y.min(initial=0) >= 0 and split.y.max(initial=0) < ds.n_out
+        if ds.task.endswith("_step"):
+            assert not split.y[~valid].any()
+        if split.legal is not None:
+            assert split.legal.shape == (n, steps, ds.n_out) and split.legal.dtype == bool
+            assert not split.legal[~valid].any()
+    assert ds.info["split_sizes"] == {k: len(s) for k, s in ds.splits.items()}
+
+
+# ---------------------------------------------------------------------------
+# Registry and options
+
+
+def test_names_and_options():
+    assert set(dataset_names()) == {"reber", "embedded_reber", "adding", "copy",
+                                    "temporal_order", "sine", "text", "npz", "csv"}
+    opts = dataset_options("adding")
+    assert opts["length"] == 50 and opts["split"] == [0.8, 0.1, 0.1]
+    opts["split"].append(1)  # a copy: the registry's defaults are unchanged
+    assert dataset_options("adding")["split"] == [0.8, 0.1, 0.1]
+    assert dataset_options("embedded_reber")["n"] == 2000
+    assert dataset_options("text")["split"] == [0.9, 0.05, 0.05]
+
+
+def test_unknown_dataset_and_option():
+    with pytest.raises(DataError, match="unknown dataset 'rebr'") as err:
+        dataset_options("rebr")
+    assert err.value.hint == "did you mean 'reber'?"
+    with pytest.raises(DataError, match="unknown dataset"):
+        build_dataset("nope", {}, 0)
+    with pytest.raises(DataError, match="unknown option 'lenght' for dataset 'adding'") as err:
+        build_dataset("adding", {"lenght": 10}, 0)
+    assert err.value.hint == "did you mean 'length'?"
+
+
+@pytest.mark.parametrize("name, options, message", [
+    ("adding", {"n": -1}, "option 'n' of dataset 'adding' must be an integer >= 1"),
+    ("adding", {"n": "ten"}, "option 'n'.*must be an integer"),
+    ("adding", {"length": True}, "option 'length'"),
+    ("adding", {"split": [0.5, 0.5]}, "option 'split'.*3 fractions"),
+    ("adding", {"split": [0.5, 0.3, 0.3]}, "sum to 1.1"),
+    ("adding", {"split": [0.0, 0.5, 0.5]}, "non-empty train"),
+    ("sine", {"noise": -1}, "option 'noise'"),
+    ("temporal_order", {"relevant": 4}, "option 'relevant'"),
+    ("reber", {"min_length": 3}, "option 'min_length'"),
+    ("reber", {"min_length": 12, "max_length": 10}, "option 'max_length'"),
+    ("adding", {"n": 5}, "too few for split"),
+    ("text", {}, "dataset 'text' needs option 'path'"),
+    ("csv", {"path": "x.csv"}, "dataset 'csv' needs option 'targets'"),
+])
+def test_bad_options(name, options, message):
+    with pytest.raises(DataError, match=message):
+        build_dataset(name, options, 0)
+
+
+def test_bad_seed():
+    with pytest.raises(DataError, match="seed"):
+        build_dataset("adding", SMALL["adding"], -1)
+
+
+# ---------------------------------------------------------------------------
+# Generated datasets: determinism, shapes, splits
+
+
+@pytest.mark.parametrize("name", GENERATED)
+def test_generated_consistent_and_deterministic(name):
+    a, b, c = build(name, seed=3), build(name, seed=3), build(name, seed=4)
+    check_consistent(a)
+    assert a.metric == {"reber": "reber_accuracy", "embedded_reber": "reber_accuracy"}.get(
+        name, "mse" if a.task.startswith("regress") else "accuracy")
+    for split in ("train", "val", "test"):
+        sa, sb = a.split(split), b.split(split)
+        np.testing.assert_array_equal(sa.x, sb.x)
+        np.testing.assert_array_equal(sa.y, sb.y)
+        np.testing.assert_array_equal(sa.lengths, sb.lengths)
+    different = a.train.x.shape != c.train.x.shape or not np.array_equal(a.train.x, c.train.x)
+    assert different
+
+
+def test_split_sizes_and_disjoint():
+    ds = build_dataset("adding", {"n": 1000, "length": 10, "split": [0.7, 0.2, 0.1]}, 0)
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (700, 200, 100)
+    rows = [tuple(r) for s in ds.splits.values() for r in s.x[:, :, 0]]
+    assert len(set(rows)) == 1000  # every example in exactly one split
+    assert split_counts(10, [0.8, 0.1, 0.1]) == (8, 1, 1)
+    assert sum(split_counts(7, [0.33, 0.33, 0.34])) == 7
+    empty = build_dataset("adding", {"n": 10, "length": 4, "split": [1, 0, 0]}, 0)
+    assert (len(empty.train), len(empty.val), len(empty.test)) == (10, 0, 0)
+    # the split (not only the data) depends on the seed
+    a = build_dataset("adding", {"n": 50, "length": 4}, 1)
+    b = build_dataset("adding", {"n": 50, "length": 4}, 2)
+    assert not np.array_equal(a.test.x, b.test.x)
+
+
+# ---------------------------------------------------------------------------
+# Reber grammars, checked against an independent description of the grammar
+
+# The Reber grammar as a regular expression: the cycle 4 -X-> 3 -T*V-> 5 -P-> 4.
+REBER_RE = r"B(?:(?:TS*X|PT*VP)(?:XT*VP)*(?:S|XT*VV)|PT*VV)E"
+REBER = re.compile(REBER_RE)
+EMBEDDED = re.compile(rf"B(?:T{REBER_RE}T|P{REBER_RE}P)E")
+
+# The same grammar in the common "graph" notation (after the initial B): node ->
+# (successor nodes, symbols); node 3 emits the final E.
+GRAPH = [((1, 5), "TP"), ((1, 2), "SX"), ((3, 5), "SX"), ((6,), "E"), ((3, 2), "VP"),
+         ((4, 5), "VT")]
+
+
+def legal_after(prefix: str) -> set[str]:
+    """The symbols the Reber grammar allows after ``prefix`` (which starts with B)."""
+    node = 0
+    for ch in prefix[1:]:
+        nexts, symbols = GRAPH[node]
+        node = nexts[symbols.index(ch)]
+        if node == 6:
+            return set()
+    return set(GRAPH[node][1])
+
+
+def embedded_legal_after(prefix: str) -> set[str]:
+    if len(prefix) == 1:
+        return {"T", "P"}
+    inner = prefix[2:]
+    if not inner:
+        return {"B"}
+    if inner.endswith("E") and REBER.fullmatch(inner):
+        return {prefix[1]}
+    if REBER.fullmatch(inner[:-1]) and inner[-1] in "TP":
+        return {"E"}
+    return legal_after(inner)
+
+
+def test_regex_checker_itself():
+    for good in ["BTSSXXTVVE", "BPVVE", "BTXSE", "BPTVPXVVE", "BTSXXVPSE"]:
+        assert REBER.fullmatch(good), good
+    for bad in ["BTSSXXTVE", "BPVE", "BTXXE", "TXSE", "BPVVEE"]:
+        assert not REBER.fullmatch(bad), bad
+
+
+@pytest.mark.parametrize("name", ["reber", "embedded_reber"])
+def test_reber_strings(name):
+    ds = build(name, min_length=5 if name == "reber" else 9, max_length=25)
+    grammar = REBER if name == "reber" else EMBEDDED
+    legal_fn = legal_after if name == "reber" else embedded_legal_after
+    assert ds.vocab == list(LETTERS)
+    seen = set()
+    for split in ds.splits.values():
+        for i in range(len(split)):
+            n = split.lengths[i]
+            string = decode(split.x[i], n) + LETTERS[split.y[i, n - 1]]
+            assert grammar.fullmatch(string), string
+            assert decode(split.y[i], n) == string[1:]
+            assert (5 if name == "reber" else 9) <= len(string) <= 25
+            for t in range(n):
+                got = {LETTERS[v] for v in np.flatnonzero(split.legal[i, t])}
+                assert got == legal_fn(string[: t + 1]), (string, t)
+                assert split.legal[i, t, split.y[i, t]]
+            seen.add(string)
+    assert len(seen) > 50  # a real variety of strings
+
+
+def test_embedded_reber_long_lag():
+    ds = build("embedded_reber")
+    for split in ds.splits.values():
+        for i in range(len(split)):
+            n = split.lengths[i]
+            second, penultimate = split.x[i, 1], split.y[i, n - 2]
+            assert second == penultimate and LETTERS[second] in "TP"
+            # at the step predicting the penultimate symbol only that symbol is legal
+            assert split.legal[i, n - 2].sum() == 1 and split.legal[i, n - 2, second]
+            assert LETTERS[split.y[i, n - 1]] == "E"
+
+
+def test_reber_length_range():
+    ds = build("reber", min_length=12, max_length=14)
+    full = np.concatenate([s.lengths for s in ds.splits.values()]) + 1
+    assert full.min() >= 12 and full.max() <= 14
+    assert set(full) == {12, 13, 14}
+    assert ds.train.x.shape[1] == 13  # padded to the longest string
+    # conditioning on length keeps the grammar's own odds: both length-5 strings are 1/8
+    five = build("reber", n=2000, min_length=5, max_length=5)
+    first = np.concatenate([s.x[:, 1] for s in five.splits.values()])
+    assert 0.45 < np.mean(first == LETTERS.index("T")) < 0.55
+
+
+# ---------------------------------------------------------------------------
+# Other generated tasks
+
+
+def test_adding_targets():
+    ds = build("adding")
+    for split in ds.splits.values():
+        values, marks = split.x[..., 0], split.x[..., 1]
+        assert ((values >= 0) & (values < 1)).all()
+        assert set(np.unique(marks)) <= {0.0, 1.0}
+        assert (marks.sum(1) == 2).all()
+        half = split.x.shape[1] // 2
+        assert (marks[:, :half].sum(1) == 1).all() and (marks[:, half:].sum(1) == 1).all()
+        np.testing.assert_allclose(split.y[:, 0], (values * marks).sum(1))
+
+
+def test_copy_layout():
+    ds = build("copy", symbols=5, copy_length=4, delay=6)
+    split = ds.train
+    assert split.x.shape[1] == 4 + 6 + 4 and ds.n_in == 7 and ds.n_out == 6
+    assert ((split.x[:, :4] >= 1) & (split.x[:, :4] <= 5)).all()
+    assert (split.x[:, 4:9] == 0).all() and (split.x[:, 9] == 6).all()
+    assert (split.x[:, 10:] == 0).all() and (split.y[:, :10] == 0).all()
+    np.testing.assert_array_equal(split.y[:, 10:], split.x[:, :4])
+
+
+@pytest.mark.parametrize("relevant", [2, 3])
+def test_temporal_order_labels(relevant):
+    ds = build("temporal_order", relevant=relevant)
+    assert ds.n_out == 2 ** relevant and len(ds.info["classes"]) == 2 ** relevant
+    v = ds.vocab
+    for split in ds.splits.values():
+        for i in range(len(split)):
+            n = split.lengths[i]
+            seq = "".join(v[t] for t in split.x[i, :n])
+            assert 100 <= n <= 110 and seq[0] == "E" and seq[-1] == "B"
+            order = "".join(ch for ch in seq if ch in "XY")
+            assert len(order) == relevant
+            assert set(seq[1:-1]) <= set("abcdXY")
+            assert ds.info["classes"][split.y[i]] == order
+            if relevant == 2:
+                pos = [k for k, ch in enumerate(seq) if ch in "XY"]
+                assert 10 <= pos[0] <= 20 and 50 <= pos[1] <= 60
+    labels = np.concatenate([s.y for s in ds.splits.values()])
+    assert set(labels) == set(range(2 ** relevant))
+
+
+def test_sine_targets():
+    ds = build("sine", noise=0.0)
+    np.testing.assert_allclose(ds.train.y[:, :-1, 0], ds.train.x[:, 1:, 0], atol=1e-12)
+    noisy = build("sine", noise=0.1)
+    resid = noisy.train.y[:, :-1, 0] - noisy.train.x[:, 1:, 0]
+    assert 0.08 < resid.std() < 0.12
+
+
+# ---------------------------------------------------------------------------
+# Text
+
+
+def write(tmp_path, name, content):
+    path = tmp_path / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8")
+    return path
+
+
+def test_text_round_trip(tmp_path):
+    text = "".join(f"document {i}: the quick brown fox jumps. é\n\n" for i in range(40))
+    write(tmp_path, "corpus.txt", text)
+    ds = build_dataset("text", {"path": "corpus.txt", "window": 16, "doc_separator": "\n\n"},
+                       0, base_dir=tmp_path)
+    check_consistent(ds)
+    assert ds.vocab == sorted(set(text)) and ds.n_in == ds.n_out == len(ds.vocab)
+    joined = "".join(decode_text(ds.stream[k], ds.vocab) for k in ("train", "val", "test"))
+    assert joined == text
+    assert sum(ds.info["split_chars"].values()) == len(text)
+    assert abs(len(ds.stream["train"]) - 0.9 * len(text)) <= 1
+    for name, split in ds.splits.items():
+        s = ds.stream[name]
+        assert len(split) == (len(s) - 1) // 16
+        flat = split.x.reshape(-1)
+        np.testing.assert_array_equal(flat, s[: len(flat)])
+        np.testing.assert_array_equal(split.y.reshape(-1), s[1: len(flat) + 1])
+        np.testing.assert_array_equal(split.resets.reshape(-1), ds.doc_starts[name][: len(flat)])
+    # doc_starts: the first character of each document (and of each split's stream)
+    train_text = decode_text(ds.stream["train"], ds.vocab)
+    starts = np.flatnonzero(ds.doc_starts["train"])
+    expected = [0] + [m.end() for m in re.finditer("\n\n", train_text) if m.end() < len(train_text)]
+    assert list(starts) == expected
+    assert all("document".startswith(train_text[k: k + 8]) for k in starts)
+    assert ds.doc_starts["val"][0] and ds.info["n_docs"] == 40
+
+
+def test_text_explicit_vocab(tmp_path):
+    path = write(tmp_path, "t.txt", "abcabc" * 100)
+    ds = build_dataset("text", {"path": str(path), "window": 10, "vocab": ["c", "b", "a", "z"]}, 0)
+    assert ds.vocab == ["c", "b", "a", "z"] and ds.stream["train"][0] == 2
+    with pytest.raises(DataError, match=r"character 'c' \(U\+0063\) at character offset 2"):
+        build_dataset("text", {"path": str(path), "window": 10, "vocab": ["a", "b"]}, 0)
+
+
+def test_text_errors(tmp_path):
+    with pytest.raises(DataError, match="text file not found: .*missing.txt") as err:
+        build_dataset("text", {"path": "missing.txt"}, 0, base_dir=tmp_path)
+    assert "relative" in err.value.hint
+    write(tmp_path, "latin1.txt", b"caf\xe9 au lait\n")
+    with pytest.raises(DataError, match="not valid UTF-8: byte 0xe9 at byte offset 3") as err:
+        build_dataset("text", {"path": "latin1.txt"}, 0, base_dir=tmp_path)
+    assert "iconv" in err.value.hint
+    write(tmp_path, "empty.txt", "")
+    with pytest.raises(DataError, match="text file .*empty.txt is empty"):
+        build_dataset("text", {"path": "empty.txt"}, 0, base_dir=tmp_path)
+    write(tmp_path, "short.txt", "x" * 1000)
+    with pytest.raises(DataError, match="corpus too short: the val part of short.txt has 50 "
+                                        "characters, but a window of 100 needs at least 101"
+                       ) as err:
+        build_dataset("text", {"path": "short.txt"}, 0, base_dir=tmp_path)
+    assert "needs at least 2020" in err.value.hint
+    write(tmp_path, "ok.txt", "x" * 2020)
+    build_dataset("text", {"path": "ok.txt"}, 0, base_dir=tmp_path)
+    with pytest.raises(DataError, match="doc_separator"):
+        build_dataset("text", {"path": "ok.txt", "doc_separator": ""}, 0, base_dir=tmp_path)
+
+
+# ---------------------------------------------------------------------------
+# Stream batching
+
+
+def test_stream_windows_continuity():
+    tokens = np.arange(1000, dtype=np.int32) % 97
+    starts = np.zeros(1000, dtype=bool)
+    starts[[0, 5, 250, 333, 998]] = True
+    batch, window = 4, 30
+    windows = list(stream_windows(tokens, batch, window, doc_starts=starts))
+    per = 999 // batch  # 249 steps per stream
+    assert len(windows) == num_stream_windows(1000, batch, window) == math.ceil(per / window)
+    for i in range(len(windows) - 1):
+        a, b = windows[i], windows[i + 1]
+        assert a.x.shape == (batch, window) and (a.lengths == window).all()
+        np.testing.assert_array_equal(b.x[:, 0], a.y[:, -1])  # next window starts where we left
+    last = windows[-1]
+    assert (last.lengths == per % window).all() and not last.x[:, per % window:].any()
+    for b in range(batch):
+        row_x = np.concatenate([w.x[b, : w.lengths[b]] for w in windows])
+        row_y = np.concatenate([w.y[b, : w.lengths[b]] for w in windows])
+        np.testing.assert_array_equal(row_x, tokens[b * per: (b + 1) * per])
+        np.testing.assert_array_equal(row_y, tokens[b * per + 1: (b + 1) * per + 1])
+        row_r = np.concatenate([w.resets[b, : w.lengths[b]] for w in windows])
+        expected = starts[b * per: (b + 1) * per].copy()
+        expected[0] = True
+        np.testing.assert_array_equal(row_r, expected)
+    resumed = list(stream_windows(tokens, batch, window, doc_starts=starts, start=3))
+    assert len(resumed) == len(windows) - 3
+    np.testing.assert_array_equal(resumed[0].x, windows[3].x)
+    np.testing.assert_array_equal(resumed[0].resets, windows[3].resets)
+    assert all(w.resets is None for w in stream_windows(tokens, batch, window))
+
+
+def test_stream_windows_errors():
+    with pytest.raises(DataError, match="too short"):
+        stream_windows(np.arange(5), 8, 2)
+    with pytest.raises(DataError, match="1-D"):
+        stream_windows(np.zeros((2, 5)), 1, 2)
+    with pytest.raises(DataError, match="start window"):
+        stream_windows(np.arange(100), 2, 10, start=99)
+    with pytest.raises(DataError, match="batch size"):
+        iterate_batches(build("adding").train, 0, None)
+
+
+def test_text_stream_batching(tmp_path):
+    write(tmp_path, "t.txt", "hello world, " * 300)
+    ds = build_dataset("text", {"path": "t.txt", "window": 20}, 0, base_dir=tmp_path)
+    batches = list(stream_windows(ds.stream["train"], 8, 20, ds.doc_starts["train"]))
+    assert len(batches) == num_stream_windows(len(ds.stream["train"]), 8, 20)
+    assert isinstance(batches[0], Batch) and batches[0].resets[:, 0].all()
+
+
+# ---------------------------------------------------------------------------
+# iterate_batches
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(0, 40), batch=st.integers(1, 12), shuffle=st.booleans(),
+       drop_last=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_iterate_batches_covers_every_example_once(n, batch, shuffle, drop_last, seed):
+    split = Split(x=np.arange(n, dtype=np.int32)[:, None], y=np.arange(n, dtype=np.int32),
+                  lengths=np.ones(n, dtype=np.int32),
+                  legal=np.zeros((n, 1, 3), dtype=bool))
+    rng = np.random.default_rng(seed) if shuffle else None
+    batches = list(iterate_batches(split, batch, rng, drop_last=drop_last))
+    ids = np.concatenate([b.x[:, 0] for b in batches]) if batches else np.array([], int)
+    for b in batches:
+        np.testing.assert_array_equal(b.x[:, 0], b.y)  # rows stay together
+        assert b.legal.shape == (len(b), 1, 3)
+        assert len(b) == batch or (b is batches[-1] and not drop_last)
+    if drop_last:
+        assert len(ids) == (n // batch) * batch and len(set(ids.tolist())) == len(ids)
+    else:
+        assert sorted(ids.tolist()) == list(range(n))
+        if not shuffle:
+            assert ids.tolist() == list(range(n))
+
+
+# ---------------------------------------------------------------------------
+# npz
+
+
+def test_npz_load_and_infer(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 5, size=(40, 6))
+    lengths = rng.integers(1, 7, size=40)
+    np.savez(tmp_path / "d.npz", x=x, y=x.copy(), lengths=lengths)
+    ds = build_dataset("npz", {"path": "d.npz"}, 0, base_dir=tmp_path)
+    check_consistent(ds)
+    assert ds.task == "classify_step" and ds.input == "tokens" and ds.n_in == x.max() + 1
+    assert sum(len(s) for s in ds.splits.values()) == 40
+    # each original row lands in exactly one split (rows are identified by x == y here)
+    np.savez(tmp_path / "f.npz", x=rng.normal(size=(30, 4, 2)), y=np.arange(30.0)[:, None])
+    ds = build_dataset("npz", {"path": "f.npz"}, 5, base_dir=tmp_path)
+    assert ds.task == "regress_last" and ds.input == "features" and ds.n_in == 2
+    ids = np.concatenate([s.y[:, 0] for s in ds.splits.values()])
+    assert sorted(ids.tolist()) == list(range(30))
+    np.savez(tmp_path / "c.npz", x=rng.normal(size=(30, 4, 2)), y=np.arange(30) % 3)
+    ds = build_dataset("npz", {"path": "c.npz", "n_out": 5}, 0, base_dir=tmp_path)
+    assert ds.task == "classify_last" and ds.n_out == 5 and ds.metric == "accuracy"
+
+
+@pytest.mark.parametrize("arrays, options, message", [
+    ({"x": np.zeros((4, 3), int)}, {}, "has no array 'y'"),
+    ({"y": np.zeros(4, int)}, {}, "has no array 'x'"),
+    ({"x": np.zeros(4, int), "y": np.zeros(4, int)}, {}, "'x' .* has rank 1"),
+    ({"x": np.zeros((4, 3, 2), int), "y": np.zeros(4, int)}, {}, "'x' .* dtype int"),
+    ({"x": np.zeros((4, 3), int), "y": np.zeros(5, int)}, {}, "'y' .* has 5 examples .* 'x' has 4"),
+    ({"x": np.zeros((4, 3), int), "y": np.zeros(4, int), "lengths": np.array([1, 2, 3, 4])}, {},
+     r"'lengths' .* out of range: lengths\[3\] = 4, expected 1 to 3"),
+    ({"x": np.zeros((4, 3), int), "y": np.zeros(4, int), "lengths": np.array([0, 2, 3, 3])}, {},
+     "out of range"),
+    ({"x": np.full((4, 3, 1), np.nan), "y": np.zeros(4, int)}, {}, r"NaN .* at \[0, 0, 0\]"),
+    ({"x": np.zeros((4, 3), int), "y": np.zeros((4, 2), int)}, {}, "'y' .* has 2 steps"),
+    ({"x": np.zeros((4, 3), int), "y": np.full(4, 0.5)}, {"task": "classify_last"},
+     "integer class ids"),
+    ({"x": np.zeros((4, 3), int), "y": np.zeros(4, int)}, {"task": "classify"}, "unknown task"),
+    ({"x": np.zeros((4, 3), int), "y": np.zeros((4, 3, 2, 1))}, {}, "cannot infer the task"),
+])
+def test_npz_errors(tmp_path, arrays, options, message):
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(DataError, match=message):
+        build_dataset("npz", {"path": "bad.npz", "split": [0.5, 0.25, 0.25], **options}, 0,
+                      base_dir=tmp_path)
+
+
+def test_npz_not_an_archive(tmp_path):
+    write(tmp_path, "junk.npz", b"this is not a zip file")
+    with pytest.raises(DataError, match="not an .npz archive"):
+        build_dataset("npz", {"path": "junk.npz"}, 0, base_dir=tmp_path)
+    with pytest.raises(DataError, match="npz file not found"):
+        build_dataset("npz", {"path": "nothere.npz"}, 0, base_dir=tmp_path)
+
+
+# ---------------------------------------------------------------------------
+# csv
+
+
+def series_csv(tmp_path, rows=200):
+    t = np.arange(rows)
+    lines = ["time,temp,load"] + [f"{i},{np.sin(i / 5):.6f},{i % 7}" for i in t]
+    return write(tmp_path, "series.csv", "\n".join(lines) + "\n")
+
+
+def test_csv_windows_and_normalization(tmp_path):
+    series_csv(tmp_path)
+    ds = build_dataset("csv", {"path": "series.csv", "targets": ["temp"], "window": 10,
+                               "horizon": 2}, 0, base_dir=tmp_path)
+    check_consistent(ds)
+    assert ds.task == "regress_step" and ds.n_in == 2 and ds.n_out == 1
+    assert ds.info["columns"] == ["time", "load"] and ds.info["split_rows"]["train"] == 160
+    stats = ds.info["normalize"]["stats"]
+    raw = np.array([[i, np.sin(i / 5), i % 7] for i in range(160)])
+    assert stats["time"]["mean"] == pytest.approx(raw[:, 0].mean())
+    assert stats["temp"]["std"] == pytest.approx(raw[:, 1].std(), rel=1e-5)
+    # x rows s..s+9 of (time, load); y = temp two rows later, all z-scored with train stats
+    assert len(ds.train) == (160 - 12) // 10 + 1
+    denorm_time = ds.train.x[1, :, 0] * stats["time"]["std"] + stats["time"]["mean"]
+    np.testing.assert_allclose(denorm_time, np.arange(10, 20))
+    temp = ds.train.y[1, :, 0] * stats["temp"]["std"] + stats["temp"]["mean"]
+    np.testing.assert_allclose(temp, np.sin(np.arange(12, 22) / 5), atol=1e-5)
+    assert abs(ds.train.x[..., 0].mean()) < 0.2  # roughly centred on train
+    # val windows are normalised with the train statistics, so they are not centred
+    assert ds.val.x[..., 0].mean() > 1.0
+    mm = build_dataset("csv", {"path": "series.csv", "targets": "temp", "columns": ["load"],
+                               "window": 5, "stride": 2, "normalize": "minmax"}, 0,
+                       base_dir=tmp_path)
+    assert mm.n_in == 1 and 0 <= mm.train.x.min() and mm.train.x.max() <= 1
+    assert len(mm.train) == (160 - 6) // 2 + 1
+
+
+def test_csv_errors(tmp_path):
+    opts = {"targets": ["temp"], "window": 10}
+    with pytest.raises(DataError, match="CSV file not found"):
+        build_dataset("csv", {"path": "none.csv", **opts}, 0, base_dir=tmp_path)
+    write(tmp_path, "empty.csv", "")
+    with pytest.raises(DataError, match="CSV file .*empty.csv is empty"):
+        build_dataset("csv", {"path": "empty.csv", **opts}, 0, base_dir=tmp_path)
+    write(tmp_path, "header.csv", "temp,load\n")
+    with pytest.raises(DataError, match="has a header but no data rows"):
+        build_dataset("csv", {"path": "header.csv", **opts}, 0, base_dir=tmp_path)
+    series_csv(tmp_path)
+    with pytest.raises(DataError, match="unknown column 'tmp' in CSV file") as err:
+        build_dataset("csv", {"path": "series.csv", "targets": ["tmp"]}, 0, base_dir=tmp_path)
+    assert err.value.hint == "did you mean 'temp'?"
+    write(tmp_path, "text.csv", "temp,load\n1,2\n3,abc\n4,5\n")
+    with pytest.raises(DataError, match="non-numeric value 'abc' in row 2 \\(line 3\\), "
+                                        "column 'load'"):
+        build_dataset("csv", {"path": "text.csv", **opts}, 0, base_dir=tmp_path)
+    write(tmp_path, "hole.csv", "temp,load\n1,2\n3,\n")
+    with pytest.raises(DataError, match="an empty cell in row 2"):
+        build_dataset("csv", {"path": "hole.csv", **opts}, 0, base_dir=tmp_path)
+    write(tmp_path, "few.csv", "temp,load\n" + "1,2\n" * 8)
+    with pytest.raises(DataError, match="has 8 data rows, fewer than one window needs "
+                                        r"\(10 steps \+ horizon 1 = 11 rows\)"):
+        build_dataset("csv", {"path": "few.csv", **opts}, 0, base_dir=tmp_path)
+    write(tmp_path, "mid.csv", "temp,load\n" + "1,2\n" * 50)
+    with pytest.raises(DataError, match="the val part of CSV file .* has 5 rows"):
+        build_dataset("csv", {"path": "mid.csv", **opts}, 0, base_dir=tmp_path)
+    write(tmp_path, "ragged.csv", "temp,load\n1,2\n3\n")
+    with pytest.raises(DataError, match="row 2 \\(line 3\\) .* has 1 fields"):
+        build_dataset("csv", {"path": "ragged.csv", **opts}, 0, base_dir=tmp_path)
+    with pytest.raises(DataError, match="option 'normalize'") as err:
+        build_dataset("csv", {"path": "series.csv", "targets": ["temp"], "normalize": "zscor"},
+                      0, base_dir=tmp_path)
+    assert err.value.hint == "did you mean 'zscore'?"
+    # a non-numeric column is fine when it is not used
+    write(tmp_path, "dated.csv", "date,temp\n" + "".join(f"d{i},{i}\n" for i in range(300)))
+    ds = build_dataset("csv", {"path": "dated.csv", "targets": ["temp"], "columns": ["temp"],
+                               "window": 10}, 0, base_dir=tmp_path)
+    assert ds.n_in == 1
+
+
+# ---------------------------------------------------------------------------
+# Metrics
+
+
+def test_reber_accuracy_hand_built():
+    legal = np.zeros((1, 4, 4), dtype=bool)
+    legal[0, 0, [0, 1]] = True   # two legal symbols
+    legal[0, 1, [2]] = True      # one legal symbol
+    legal[0, 2, [1, 3]] = True
+    legal[0, 3, [0]] = True      # beyond the length: ignored
+    probs = np.array([[[0.4, 0.4, 0.1, 0.1],     # top-2 = {0, 1}: right
+                       [0.1, 0.2, 0.6, 0.1],     # top-1 = {2}: right
+                       [0.5, 0.3, 0.0, 0.2],     # top-2 = {0, 1} != {1, 3}: wrong
+                       [0.0, 1.0, 0.0, 0.0]]])   # padding
+    assert reber_accuracy(probs, legal, np.array([3])) == pytest.approx(2 / 3)
+    assert reber_accuracy(probs, legal, np.array([2])) == 1.0
+    assert reber_string_accuracy(probs, legal, np.array([3])) == 0.0
+    assert reber_string_accuracy(probs, legal, np.array([2])) == 1.0
+    tie = np.array([[[0.3, 0.3, 0.3, 0.1]] * 4])  # tie between legal and illegal: wrong
+    assert reber_accuracy(tie, legal, np.array([1])) == 0.0
+    assert reber_accuracy(np.log(probs + 1e-9), legal, np.array([3])) == pytest.approx(2 / 3)
+
+
+def test_reber_accuracy_perfect_on_legal_sets():
+    ds = build("embedded_reber")
+    split = ds.test
+    probs = split.legal / np.maximum(split.legal.sum(-1, keepdims=True), 1)
+    result = evaluate_outputs("reber_accuracy", probs, split)
+    assert result["reber_accuracy"] == 1.0 and result["reber_string_accuracy"] == 1.0
+    assert set(result) == {"reber_accuracy", "reber_string_accuracy", "accuracy",
+                           "cross_entropy"}
+
+
+def test_accuracy_mse_cross_entropy():
+    y = np.array([[1, 0, 2], [2, 2, 0]])
+    logits = np.zeros((2, 3, 3))
+    logits[0, 0, 1] = logits[0, 1, 0] = logits[0, 2, 0] = 5   # 2 of 3 right
+    logits[1, 0, 2] = logits[1, 1, 1] = 5                     # 1 of 2 valid right
+    lengths = np.array([3, 2])
+    assert accuracy(logits, y, lengths) == pytest.approx(3 / 5)
+    assert accuracy(logits, y) == pytest.approx(4 / 6)  # padding counts without lengths
+    assert accuracy(logits[:, -1], np.array([0, 1])) == 0.5
+    # per-sequence targets read per-step outputs at the last valid step
+    assert accuracy(logits, np.array([0, 1]), lengths) == 1.0
+    uniform = np.full((2, 3, 3), 1 / 3)
+    assert cross_entropy(uniform, y, lengths) == pytest.approx(math.log(3))
+    assert cross_entropy(np.zeros((2, 3, 3)), y, lengths) == pytest.approx(math.log(3))
+    pred, target = np.zeros((2, 3, 1)), np.ones((2, 3, 1))
+    pred[1, 2] = 100.0  # padding, ignored
+    assert mse(pred, target, np.array([3, 2])) == 1.0
+    assert mse(np.array([[1.0], [3.0]]), np.array([[0.0], [1.0]])) == pytest.approx(2.5)
+    batch = Batch(x=np.zeros((2, 3, 1)), y=target, lengths=np.array([3, 2]))
+    assert evaluate_outputs("mse", pred, batch) == {"mse": 1.0, "rmse": 1.0}
+    with pytest.raises(DataError, match="unknown metric 'acc'"):
+        evaluate_outputs("acc", pred, batch)
+    with pytest.raises(DataError, match="mse: predictions of shape"):
+        mse(np.zeros((2, 4, 1)), target)
+
+
+def test_evaluate_outputs_accuracy_on_copy():
+    ds = build("copy")
+    onehot = np.eye(ds.n_out)[ds.val.y]
+    result = evaluate_outputs("accuracy", onehot, ds.val)
+    assert result["accuracy"] == 1.0 and result["cross_entropy"] < 1e-6
