@@ -24,6 +24,7 @@ act        activation ``fn`` of ``a``      ``np.tanh(a)`` ...
 clip       clip to ``[lo, hi]``            ``np.clip(a, lo, hi)``
 concat     feature-axis concatenation      ``np.concatenate([a, b], axis=-1)``
 slice      features ``lo:hi``              ``a[..., lo:hi]``
+expand     (…, 1) to (…, n) broadcast      ``np.broadcast_to(a, a.shape[:-1] + (n,))``
 pconcat    parameter concatenation         ``np.concatenate([W1, W2], axis=0)``
 =========  ==============================  =====================================
 
@@ -35,6 +36,7 @@ outer       ``sum over ... of g v^T``         ``_outer(g, v)`` (a helper)
 bsum        sum over batch/time axes          ``_bsum(g, ndim)``
 act_grad    ``g * fn'(x)`` from ``y = fn(x)``  ``g * (1.0 - y * y)`` (tanh) ...
 clip_grad   ``g`` where ``lo < y < hi``       ``g * ((y > lo) & (y < hi))``
+sumf        gradient of expand                ``g.sum(axis=-1, keepdims=True)``
 pad         gradient of a slice               ``_pad(g, lo, n - hi)``
 zeros       zeros shaped like ``a``           ``np.zeros_like(a)``
 ==========  ================================  =====================================
@@ -140,6 +142,9 @@ OPS: dict[str, OpDef] = {
               lambda xp, a, ins: f"{xp}.concatenate([{', '.join(a)}], axis=-1)"),
         OpDef("slice", 1,
               lambda xp, a, ins: f"{a[0]}[..., {ins.attr('lo')}:{ins.attr('hi')}]"),
+        OpDef("expand", 1,
+              lambda xp, a, ins: f"{xp}.broadcast_to({a[0]}, {a[0]}.shape[:-1] + "
+              f"({ins.attr('n')},))"),
         OpDef("pconcat", None,
               lambda xp, a, ins: f"{xp}.concatenate([{', '.join(a)}], axis=0)"),
         # backward-only
@@ -155,6 +160,7 @@ OPS: dict[str, OpDef] = {
         ),
         OpDef("pad", 1,
               lambda xp, a, ins: f"_pad({a[0]}, {ins.attr('lo')}, {ins.attr('after')})"),
+        OpDef("sumf", 1, lambda xp, a, ins: f"{a[0]}.sum(axis=-1, keepdims=True)"),
         OpDef("zeros", 1, lambda xp, a, ins: f"{xp}.zeros_like({a[0]})"),
     ]
 }

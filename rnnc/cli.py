@@ -1,0 +1,234 @@
+"""The ``rnnc`` command line (typer).
+
+Every command turns an :class:`~rnnc.errors.RnncError` into one located
+message and a non-zero exit; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from rnnc import __version__
+from rnnc.errors import RnncError
+
+
+app = typer.Typer(
+    name="rnnc",
+    help="A compiler for recurrent neural networks: specs to standalone NumPy and JAX modules.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+_state = {"debug": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"rnnc {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+def fail(err: RnncError) -> None:
+    """Print an error the way every rnnc command does and exit 1."""
+    typer.echo(err.render(), err=True)
+    raise typer.Exit(1)
+
+
+def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorator: RnncError -> located message and exit 1; Ctrl-C -> exit 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except RnncError as err:
+            if _state["debug"]:
+                raise
+            fail(err)
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def write_atomic(path: Path, text: str | bytes) -> None:
+    """Write a file via a temporary file and a rename: never a half-written file."""
+    from rnnc.errors import RnncError as _E
+
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise _E(f"cannot write '{path}': {err.strerror}", None,
+                 "check that the folder exists and is writable") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(text.encode("utf-8") if isinstance(text, str) else text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+SpecArg = Annotated[Path, typer.Argument(help="A spec file (.yaml or .rnn).")]
+
+
+@app.command()
+@handles_errors
+def check(
+    spec: SpecArg,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Validate a spec and print a summary: layers, states, parameters and their count."""
+    from rnnc.compiler import build
+    from rnnc.spec import load_spec
+    from rnnc.summary import summary, summary_text
+
+    try:
+        parsed = load_spec(spec)
+        program = build(parsed, base_dir=spec.parent)
+    except RnncError as err:
+        if as_json:
+            typer.echo(json.dumps({"ok": False, "error": err.to_dict()}, indent=2))
+            raise typer.Exit(1) from None
+        raise
+    if as_json:
+        typer.echo(json.dumps({"ok": True, **summary(program)}, indent=2))
+    else:
+        typer.echo(summary_text(program))
+
+
+@app.command()
+@handles_errors
+def ir(
+    spec: SpecArg,
+    after: Annotated[str | None, typer.Option(help="Show the IR after this pass.")] = None,
+    disable: Annotated[list[str] | None, typer.Option(help="Turn a pass off (repeatable).")
+                       ] = None,
+    raw: Annotated[bool, typer.Option(help="The IR as lowered, before any pass.")] = False,
+) -> None:
+    """Print the IR (after the whole pass pipeline, or after --after PASS)."""
+    from rnnc.compiler import optimize
+    from rnnc.ir.lower import lower
+    from rnnc.ir.passes import PIPELINE
+    from rnnc.ir.printer import program_str
+    from rnnc.spec import load_spec
+
+    program = lower(load_spec(spec), base_dir=str(spec.parent))
+    if raw:
+        program = optimize(program, disable=PIPELINE)
+    else:
+        program = optimize(program, disable=disable or (), until=after)
+    typer.echo(program_str(program), nl=False)
+
+
+@app.command()
+@handles_errors
+def fmt(
+    spec: SpecArg,
+    to: Annotated[str | None, typer.Option(help="Output syntax: yaml or rnn (default: same).")
+                  ] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write to this file.")
+                      ] = None,
+    in_place: Annotated[bool, typer.Option("--in-place", "-i", help="Rewrite SPEC.")] = False,
+) -> None:
+    """Print a spec in canonical form, in either syntax (YAML <-> rnn)."""
+    from rnnc.errors import SpecError
+    from rnnc.spec import SYNTAXES, load_spec
+    from rnnc.spec.printer import to_text, to_yaml
+
+    parsed = load_spec(spec)
+    target = to or SYNTAXES.get(spec.suffix.lower(), "yaml")
+    if target not in ("yaml", "rnn"):
+        raise SpecError(f"unknown syntax '{target}'", None, "use --to yaml or --to rnn")
+    text = to_yaml(parsed) if target == "yaml" else to_text(parsed)
+    dest = spec if in_place else output
+    if dest is not None:
+        write_atomic(dest, text)
+    else:
+        typer.echo(text, nl=False)
+
+
+@app.command()
+@handles_errors
+def compile(  # noqa: A001 - the command is called compile
+    spec: SpecArg,
+    backend: Annotated[str, typer.Option("--backend", "-b", help="numpy or jax (or a plugin).")
+                       ] = "numpy",
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Module file to write.")
+                      ] = None,
+    disable: Annotated[list[str] | None, typer.Option(help="Turn a pass off (repeatable).")
+                       ] = None,
+) -> None:
+    """Compile a spec to a standalone Python module."""
+    from rnnc.compiler import compile_file
+
+    source = compile_file(spec, backend=backend, disable=disable or ())
+    if output is None:
+        typer.echo(source, nl=False)
+    else:
+        write_atomic(output, source)
+        typer.echo(f"wrote {output} ({backend} backend)", err=True)
+
+
+@app.command()
+@handles_errors
+def gradcheck(
+    spec: SpecArg,
+    backend: Annotated[str, typer.Option("--backend", "-b")] = "numpy",
+    tol: Annotated[float, typer.Option(help="Largest relative error accepted.")] = 1e-6,
+) -> None:
+    """Compare a backend's gradients with central finite differences (float64, small sizes)."""
+    from rnnc.gradcheck import gradcheck_spec
+
+    report = gradcheck_spec(spec, backend=backend, tol=tol)
+    typer.echo(report.render())
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of the YAML spec form (for editors)."""
+    from rnnc.spec.schema import json_schema
+
+    typer.echo(json.dumps(json_schema(), indent=2))
+
+
+def _register_training() -> None:
+    from rnnc.train.commands import register
+
+    register(app)
+
+
+_register_training()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:  # pragma: no cover - Ctrl-C outside a command
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,78 @@
+"""What ``rnnc check`` prints: layers, state variables, parameters and their count."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rnnc.ir.nodes import Program
+
+
+def summary(program: Program) -> dict[str, Any]:
+    """The summary as plain data (``rnnc check --json``)."""
+    m = program.model
+    layers = []
+    for layer in m.layers:
+        layers.append({
+            "name": layer.name,
+            "cell": layer.cell.name,
+            "input": layer.input_size,
+            "output": layer.output_size,
+            "directions": list(layer.directions),
+            "states": {s.name: s.size for s in layer.cell.states},
+            "residual": layer.residual,
+            "dropout": layer.dropout,
+        })
+    return {
+        "model": m.name,
+        "spec_sha256": program.spec_hash,
+        "input": {"kind": m.input.kind, "vocab": m.input.vocab, "size": m.input.size},
+        "layers": layers,
+        "head": {"kind": m.head.kind, "at": m.head.at, "input": m.head.input_size,
+                 "output": m.head.output_size},
+        "state": {v.name: v.size for v in m.state_vars},
+        "params": {p.name: list(p.shape) for p in m.params},
+        "param_count": m.param_count,
+        "train": None if program.train is None else {
+            "data": program.train.data[0],
+            "updater": program.train.updater[0],
+            "bptt": None if program.train.k1 is None else [program.train.k1,
+                                                          program.train.k2],
+        },
+    }
+
+
+def summary_text(program: Program) -> str:
+    m = program.model
+    lines = [f"model {m.name}  ({program.source_name or 'spec'} ok)"]
+    enc = m.input
+    if enc.kind == "dense":
+        lines.append(f"  input   dense, {enc.size} features")
+    elif enc.kind == "onehot":
+        lines.append(f"  input   one-hot, vocabulary {enc.vocab}")
+    else:
+        lines.append(f"  input   embedding, vocabulary {enc.vocab} -> {enc.size}")
+    for layer in m.layers:
+        dirs = {("fwd",): "", ("bwd",): ", backward",
+                ("fwd", "bwd"): f", bidirectional ({layer.merge})"}[layer.directions]
+        extra = (", residual" if layer.residual else "") + (
+            f", dropout {layer.dropout}" if layer.dropout else "")
+        states = ", ".join(f"{s.name}[{s.size}]" for s in layer.cell.states)
+        lines.append(f"  {layer.name:<8}{layer.cell.name} {layer.input_size} -> "
+                     f"{layer.output_size}{dirs}{extra}; state {states}")
+    h = m.head
+    where = "every step" if h.at == "per_step" else "the last step"
+    loss = "cross-entropy" if h.kind == "softmax" else "mean squared error"
+    lines.append(f"  head    {h.kind} {h.input_size} -> {h.output_size} at {where} ({loss})")
+    lines.append("  parameters:")
+    width = max(len(p.name) for p in m.params)
+    for p in m.params:
+        shape = "(" + ", ".join(str(d) for d in p.shape) + ("," if len(p.shape) == 1 else "") + ")"
+        init = p.init[0] + (f"({', '.join(f'{a:g}' for a in p.init[1])})" if p.init[1] else "")
+        lines.append(f"    {p.name:<{width}}  {shape:<12} {p.size:>10,}  {init}")
+    lines.append(f"  total parameters: {m.param_count:,}")
+    t = program.train
+    if t is not None:
+        bptt = "full BPTT" if t.k1 is None else f"truncated BPTT k1={t.k1} k2={t.k2}"
+        lines.append(f"  train   {t.data[0]}, {t.updater[0]}, {bptt}, batch {t.batch}, "
+                     f"{t.epochs} epochs")
+    return "\n".join(lines)
