@@ -13,6 +13,7 @@ both sizes; a dimension nothing binds asks for a declaration.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import keyword
@@ -96,8 +97,11 @@ def ceval(e: A.Expr, env: dict[str, Any], what: str = "this value") -> Any:
             return e.name == "true"
         if e.name in env:
             return env[e.name]
+
+        close = difflib.get_close_matches(e.name, list(env), n=1)
         raise SpecError(f"'{e.name}' is not an option, so {what} cannot use it", e.span,
-                        did_you_mean(e.name, env))
+                        f"did you mean '{close[0]}'?" if close else
+                        f"{what} is decided at compile time from numbers and the cell's options")
     if isinstance(e, A.Neg):
         return -_num(ceval(e.operand, env, what), e)
     if isinstance(e, A.Not):
@@ -520,8 +524,9 @@ class _CellLowerer:
         for eq in self.cdef.equations:
             self.eq = eq
             if eq.primed and eq.target not in state_names:
+                close = difflib.get_close_matches(eq.target, state_names, n=1)
                 raise self.err(f"'{eq.target}' is not a state variable", eq.span,
-                               did_you_mean(eq.target, state_names) or
+                               f"did you mean {close[0]}'?" if close else
                                f"declare it: state {eq.target}")
             key = eq.target + ("'" if eq.primed else "")
             if key in defined:
@@ -859,8 +864,10 @@ def _layers(spec: A.Spec, model_cfg: dict, train_cfg: dict | None, in_size: int)
             if isinstance(d, bool) != isinstance(val, bool) or (
                     isinstance(d, int | float) and not isinstance(val, int | float)) or (
                     isinstance(d, str) and not isinstance(val, str)):
-                raise SpecError(f"option '{k}' of cell '{cname}' must be like {d!r}, not "
-                                f"{val!r}", ks or cspan)
+                kind = ("true or false" if isinstance(d, bool) else
+                        "a number" if isinstance(d, int | float) else "a name or string")
+                raise SpecError(f"option '{k}' of cell '{cname}' must be {kind}, not {val!r}",
+                                ks or cspan, f"the default is {_show(d)}")
             copts[k] = val
         name = lo["name"] or f"layer{i + 1}"
         check_identifier(name, "layer name", cspan)
@@ -936,3 +943,10 @@ def _freeze(v: Any) -> Any:
     if isinstance(v, dict):
         return tuple(sorted((k, _freeze(x)) for k, x in v.items()))
     return v
+
+
+def _show(v: Any) -> str:
+    """A value as the spec language writes it."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return repr(v)

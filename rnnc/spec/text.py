@@ -103,7 +103,7 @@ def _syntax_error(err: UnexpectedInput, source: Source) -> SpecSyntaxError:
         return SpecSyntaxError(
             f"unexpected character {ch!r}",
             Span(source, line, col, col + 1),
-            _expected_hint(set(err.allowed or ())),
+            "equations use names, numbers, + - * / @, ( ) and [ ]; comments start with #",
         )
     if isinstance(err, UnexpectedEOF):
         lines = source.text.splitlines() or [""]
@@ -122,8 +122,8 @@ def _syntax_error(err: UnexpectedInput, source: Source) -> SpecSyntaxError:
     shown = "end of line" if tok.type == "_NL" else repr(str(tok))
     end = col + max(1, len(str(tok))) if tok.type != "_NL" else col + 1
     hint = _expected_hint(set(err.expected))
-    if tok.type == "_NL" and "RPAR" in err.expected:
-        hint = "a '(' is not closed"
+    if tok.type in ("_NL", "RBRACE") and "RPAR" in err.expected:
+        hint = "a '(' before this is not closed"
     return SpecSyntaxError(f"unexpected {shown}", Span(source, line, col, end), hint)
 
 

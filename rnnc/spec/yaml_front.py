@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from rnnc.errors import Source, Span, SpecError, SpecSyntaxError
+from rnnc.errors import RnncError, Source, Span, SpecError, SpecSyntaxError
 from rnnc.spec import ast as A
 from rnnc.spec.text import parse_expr
 
@@ -118,7 +118,7 @@ class _Reader:
         inner = Source(self.source.name, text)
         try:
             expr = parse_expr(text, inner)
-        except SpecError as err:
+        except RnncError as err:
             raise type(err)(err.message, self._move(err.span, dline, dcol), err.hint) from None
         return _relocate(expr, lambda s: self._move(s, dline, dcol))
 

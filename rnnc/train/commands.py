@@ -2,6 +2,210 @@
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+
+from rnnc.errors import TrainError
+
+
+RunArg = Annotated[Path, typer.Argument(help="A run folder written by `rnnc train`.")]
+
+
+def _train(
+    spec: Annotated[Path, typer.Argument(help="A spec file (.yaml or .rnn) with a train block.")],
+    backend: Annotated[str | None, typer.Option(
+        "--backend", "-b", help="numpy or jax (default: jax where it imports, else numpy).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Run folder (default: runs/<spec name>).")] = None,
+    resume: Annotated[bool, typer.Option(
+        help="Continue the run in the folder from its latest checkpoint.")] = False,
+    force: Annotated[bool, typer.Option(
+        help="Start over in a folder that already holds a run (its checkpoints are deleted).")
+    ] = False,
+    devices: Annotated[int, typer.Option(
+        min=1, help="Data-parallel devices (JAX backend).")] = 1,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Override the spec's epochs.")
+                      ] = None,
+    batch: Annotated[int | None, typer.Option(min=1, help="Override the spec's batch size.")
+                     ] = None,
+    seed: Annotated[int | None, typer.Option(min=0, help="Override the spec's seed.")] = None,
+    lr: Annotated[float | None, typer.Option(
+        min=0.0, min_open=True, help="Override the updater's learning rate.")] = None,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="No progress bar: one line per epoch.")] = False,
+    stop_after_steps: Annotated[int | None, typer.Option(
+        hidden=True, help="Act as if Ctrl-C came after this many steps (tests).")] = None,
+) -> None:
+    """Train a spec: compile it, train on its dataset, evaluate, checkpoint."""
+    from rnnc.train.driver import TrainOptions, train
+    from rnnc.train.progress import QuietReporter, RichReporter
+    from rnnc.train.runs import Overrides
+
+    reporter = QuietReporter() if quiet else RichReporter()
+    opts = TrainOptions(
+        backend=backend, out=out, resume=resume, force=force, devices=devices,
+        overrides=Overrides(epochs=epochs, batch=batch, seed=seed, lr=lr), quiet=quiet,
+        stop_after_steps=stop_after_steps)
+    result = train(spec, opts, reporter)
+    run_dir = result.run_dir
+    if result.interrupted_at is not None:
+        typer.echo(f"interrupted at step {result.state.step}: checkpoint saved in "
+                   f"{result.interrupted_at}", err=True)
+        typer.echo(f"resume with: rnnc train {spec} --out {run_dir} --resume", err=True)
+        raise typer.Exit(130)
+    if result.test is not None:
+        parts = "  ".join(f"test_{k} {v:.4f}" for k, v in result.test.items())
+        typer.echo(f"test ({result.state.step} steps, best epoch "
+                   f"{result.state.best_epoch}): {parts}")
+        typer.echo(f"run folder: {run_dir}")
+
+
+def _eval(
+    run_dir: RunArg,
+    split: Annotated[str, typer.Option(help="test, val or train.")] = "test",
+    checkpoint: Annotated[str, typer.Option(help="best or latest.")] = "best",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+) -> None:
+    """Metrics of a run's best (or latest) checkpoint on a split."""
+    from rnnc.errors import did_you_mean
+    from rnnc.train.checkpoint import load_checkpoint
+    from rnnc.train.driver import evaluate, open_run
+    from rnnc.train.runs import CHECKPOINTS
+
+    if split not in ("train", "val", "test"):
+        raise TrainError(f"unknown split '{split}'",
+                         hint=did_you_mean(split, ["train", "val", "test"]))
+    if checkpoint not in ("best", "latest"):
+        raise TrainError(f"unknown checkpoint '{checkpoint}'", hint="use best or latest")
+    _, c = open_run(run_dir)
+    cp = load_checkpoint(Path(run_dir) / CHECKPOINTS, checkpoint)
+    metrics = evaluate(c, cp.params, split)
+    if as_json:
+        typer.echo(json.dumps({"split": split, "checkpoint": cp.path.name, "step": cp.step,
+                               "metrics": metrics}, indent=2))
+        return
+    typer.echo(f"{split} split, checkpoint {cp.path.name} (step {cp.step}):")
+    for k, v in metrics.items():
+        typer.echo(f"  {k:<24} {v:.6f}")
+
+
+def _sample(
+    run_dir: RunArg,
+    prime: Annotated[str | None, typer.Option(help="Text to start from (fed first).")] = None,
+    length: Annotated[int, typer.Option(min=1, help="Characters to generate.")] = 200,
+    temperature: Annotated[float, typer.Option(
+        min=0.0, min_open=True, help="Below 1: safer choices; above 1: more surprise.")] = 1.0,
+    seed: Annotated[int, typer.Option(min=0, help="Sampling seed.")] = 0,
+    checkpoint: Annotated[str, typer.Option(help="best or latest.")] = "best",
+) -> None:
+    """Generate text from a character model, one character at a time."""
+    from rnnc.train.checkpoint import load_checkpoint
+    from rnnc.train.driver import open_run
+    from rnnc.train.runs import CHECKPOINTS, read_run
+    from rnnc.train.sampling import sample_text
+
+    record = read_run(run_dir)
+    if record["data"]["name"] != "text":
+        raise TrainError(f"'{run_dir}' is not a character model (it was trained on "
+                         f"'{record['data']['name']}'); sample needs a text dataset",
+                         hint="train a spec with `data text(path: ...)`")
+    _, c = open_run(run_dir, with_data=False)
+    m = c.program.model
+    if any(layer.bidirectional for layer in m.layers) or m.head.at != "per_step":
+        raise TrainError("sampling needs a one-directional model with a per-step head")
+    cp = load_checkpoint(Path(run_dir) / CHECKPOINTS, checkpoint)
+    vocab = cp.record.get("vocab") or record["vocab"]
+    if prime is None:
+        prime = (c.train_cfg.get("sample") or {}).get("prime") or (
+            "\n" if "\n" in vocab else vocab[0])
+    text = sample_text(c.module, cp.params, vocab, prime, length, temperature,
+                       np.random.default_rng(seed), c.program.train.dtype)
+    typer.echo(prime + text)
+
+
+_EXAMPLE = re.compile(r"^(train|val|test):(\d+)$")
+
+
+def _gate_input(c, record: dict, text: str) -> tuple[np.ndarray, list[str]]:
+    """``(1, T)`` ids or ``(1, T, F)`` features for ``--gates``, and a label per step."""
+    m = _EXAMPLE.match(text)
+    vocab = record.get("vocab")
+    if m is not None:
+        from rnnc.train.driver import build_data
+
+        ds = build_data(c.spec, c.train_cfg, Path(record["base_dir"]))
+        split = ds.split(m.group(1))
+        i = int(m.group(2))
+        if i >= len(split):
+            raise TrainError(f"the {m.group(1)} split has {len(split)} examples, so there is "
+                             f"no example {i}")
+        n = int(split.lengths[i])
+        x = split.x[i: i + 1, :n]
+        labels = [vocab[int(t)] for t in x[0]] if vocab and x.ndim == 2 else \
+            [str(t) for t in range(n)]
+        return x, labels
+    if c.program.model.input.kind == "dense" or not vocab:
+        raise TrainError("this model reads feature vectors, not symbols",
+                         hint="pick an example of the dataset instead, e.g. --gates test:0")
+    from rnnc.train.sampling import encode_prime
+
+    if not text:
+        raise TrainError("the --gates input is empty", hint="e.g. --gates BTSSXXTVVE")
+    return np.array([encode_prime(text, vocab)], dtype=np.int32), list(text)
+
+
+def _plot(
+    run_dir: RunArg,
+    output: Annotated[Path | None, typer.Option(
+        "-o", "--output", help="PNG to write (default: RUN_DIR/curves.png or gates.png).")
+    ] = None,
+    gates: Annotated[str | None, typer.Option(
+        help="Plot every gate's activation over this input instead: a string of symbols "
+             "(e.g. BTSSXXTVVE) or an example SPLIT:INDEX (e.g. test:0).")] = None,
+    checkpoint: Annotated[str, typer.Option(help="best or latest (for --gates).")] = "best",
+) -> None:
+    """PNG of a run's training and validation curves, or of its gates over one input."""
+    from rnnc.train.plotting import plot_curves
+    from rnnc.train.runs import read_metrics, read_run
+
+    run_dir = Path(run_dir)
+    record = read_run(run_dir)
+    if gates is None:
+        path = output or run_dir / "curves.png"
+        plot_curves(read_metrics(run_dir), record["metric"], path,
+                    title=f"{Path(record['spec']).name} ({record['backend']})")
+        typer.echo(f"wrote {path}")
+        return
+    from rnnc.compiler import build
+    from rnnc.ir.passes import PIPELINE
+    from rnnc.train.checkpoint import load_checkpoint
+    from rnnc.train.driver import open_run
+    from rnnc.train.gates import interpret
+    from rnnc.train.plotting import plot_gates
+    from rnnc.train.runs import CHECKPOINTS, sizes_from
+
+    _, c = open_run(run_dir, with_data=False)
+    xs, labels = _gate_input(c, record, gates)
+    # the cell as lowered (no fusion): every equation keeps its own name
+    raw = build(c.spec, sizes_from(record), disable=PIPELINE, base_dir=record["base_dir"])
+    cp = load_checkpoint(run_dir / CHECKPOINTS, checkpoint)
+    result = interpret(raw, cp.params, xs)
+    path = output or run_dir / "gates.png"
+    plot_gates(result.gates, labels, path, title=f"gate activations, {cp.path.name}")
+    typer.echo(f"wrote {path} ({len(result.gates)} gates over {xs.shape[1]} steps)")
+
 
 def register(app) -> None:
     """Add the training commands to ``app``."""
+    from rnnc.cli import handles_errors
+
+    app.command("train")(handles_errors(_train))
+    app.command("eval")(handles_errors(_eval))
+    app.command("sample")(handles_errors(_sample))
+    app.command("plot")(handles_errors(_plot))

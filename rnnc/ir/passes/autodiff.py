@@ -1,0 +1,590 @@
+"""Reverse-mode autodiff of a cell: the backward IR that generated BPTT runs.
+
+:func:`autodiff` turns a forward :class:`~rnnc.ir.nodes.Cell` into a
+:class:`CellGrad` whose three sections mirror the forward's:
+
+``body``
+    runs once per time step, in reverse time order. It reads the *seeds* (the
+    adjoint of each next-state value and of the step's output) and the forward
+    values of the same step (``saved``), and gives the adjoint of every state
+    as it entered the step (``state_grads``), to be passed to the previous step.
+    It only computes what the recurrence needs.
+``hoisted``
+    runs once, after the time loop, over whole ``(T, B, n)`` arrays. A name of
+    a body value (forward or backward) here means its stack over all steps
+    (``stacked`` forward values, ``exports`` of the backward body). It holds
+    every gradient that does not feed the recurrence: the adjoints of the
+    inputs (``input_grads``), of the hoisted forward values, and the
+    contributions to parameters and loop invariants. A weight used in the body,
+    ``U @ h``, thus gets its gradient as ONE matmul over all steps,
+    ``outer(dU_h, h)`` with both operands stacked ("hoisted weight gradients"),
+    instead of a small product per step.
+``invariant``
+    runs once, after ``hoisted``, over unbatched values only: it turns the
+    adjoints of loop invariants (a fused weight ``[W_f; W_i]``, a constant
+    expression of parameters) into parameter gradients (``param_grads``). The
+    values it starts from are the ``partials`` of the hoisted section, which a
+    driver running several truncated-BPTT windows sums over the windows.
+
+Each op has one gradient rule in :data:`GRAD_RULES`; the backward uses the
+backward-only ops of :mod:`rnnc.ir.ops` (``matmul_t``, ``outer``, ``bsum``,
+``act_grad``, ``clip_grad``, ``pad``, ``zeros``) plus forward element-wise ops
+and ``slice``/``concat`` (a ``slice`` with attribute ``axis=0`` takes rows of a
+matrix: the gradient of ``pconcat``). Where every user of a value is a
+``slice`` and the slices do not overlap (the split after a fused matmul), its
+adjoint is one ``concat`` of the slices' adjoints, not a sum of pads.
+
+    >>> from rnnc.ir.lower import library, lower_cell
+    >>> cell = lower_cell(library()["elman"], {}, input_size=3, hidden=4)
+    >>> print(grad_str(autodiff(cell)))
+    grad elman
+      seeds %dh_next -> %h_next, %dy -> %h_next
+      body (per step, reversed):
+        %d_h_next: [B, 4] = add(%dh_next, %dy)
+        %d_t4: [B, 4] = act_grad(%h_next, %d_h_next) {fn='tanh'}
+        %d_h: [B, 4] = matmul_t(%U, %d_t4)
+      state grads %h <- %d_h
+      saved per step %h_next; stacked %h
+      exports %d_t4
+      hoisted (all steps):
+        %d_b: [4] = bsum(%d_t4)
+        %d_x: [B, 4] = matmul_t(%W, %d_t4)
+        %d_W: [4, 3] = outer(%d_t4, %x)
+        %d_U: [4, 4] = outer(%d_t4, %h)
+      input grads %x <- %d_x
+      param grads %W <- %d_W, %U <- %d_U, %b <- %d_b
+
+(``%d_x`` shows the shape of ``W.T @ g`` per example; the printer writes the
+shape its producer gives, ``[B, 3]``, once the IR is verified.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from rnnc.ir.nodes import Cell, Instr, Shape
+from rnnc.ir.ops import ACT_MATH, OPS, attrs
+
+
+@dataclass(frozen=True)
+class CellGrad:
+    """The backward of one cell (see the module docstring for the sections)."""
+
+    cell: Cell
+    seeds: tuple[tuple[str, str], ...]  # (seed, the forward value it is the adjoint of)
+    state_seeds: tuple[tuple[str, str], ...]  # (state, seed for the adjoint of its next value)
+    output_seed: str  # seed for the adjoint of the step's output
+    body: tuple[Instr, ...]  # per step, in execution order (the forward's reversed)
+    state_grads: tuple[tuple[str, str], ...]  # (state, adjoint of the state entering the step)
+    saved: tuple[str, ...]  # forward body values and states that ``body`` reads per step
+    stacked: tuple[str, ...]  # forward body values and states ``hoisted`` reads as stacks
+    exports: tuple[str, ...]  # body adjoints (or seeds) that ``hoisted`` reads as stacks
+    views: tuple[tuple[str, str, int, int], ...]
+    """(export, concat, lo, hi): the export is features lo:hi of an exported body concat,
+    so a driver can keep its stack as a view of the concat's stack instead of a copy."""
+    hoisted: tuple[Instr, ...]  # once over all steps
+    input_grads: tuple[tuple[str, str], ...]  # (input, its adjoint over all steps)
+    partials: tuple[tuple[str, str], ...]  # (unbatched value, its adjoint from ``hoisted``)
+    invariant: tuple[Instr, ...]  # once, unbatched; reads the partials
+    param_grads: tuple[tuple[str, str], ...]  # (parameter, gradient)
+
+
+# ------------------------------------------------------------------ rules
+
+# A rule gets the forward instruction, the name of its output's adjoint ``g`` and
+# the operand position ``j``, and returns the name of the contribution to operand
+# j's adjoint (before broadcasting is undone), emitting instructions through ``b``.
+# It returns None when the operand gets no gradient.
+Rule = Callable[["_Builder", Instr, str, int], str | None]
+
+
+def _g_add(b: _Builder, ins: Instr, g: str, j: int) -> str | None:
+    return g
+
+
+def _g_sub(b: _Builder, ins: Instr, g: str, j: int) -> str | None:
+    return g if j == 0 else b.emit("neg", (g,), b.shape(g), "d(a - b)/db = -1")
+
+
+def _g_neg(b: _Builder, ins: Instr, g: str, j: int) -> str | None:
+    return b.emit("neg", (g,), b.shape(g), "d(-a)/da = -1")
+
+
+def _g_mul(b: _Builder, ins: Instr, g: str, j: int) -> str | None:
+    other = ins.args[1 - j]
+    return b.emit("mul", (g, other), b.shape(g), f"d(a*b)/da = b = {b.text(other)}")
+
+
+def _g_div(b: _Builder, ins: Instr, g: str, j: int) -> str | None:
+    a, d = ins.args
+    if j == 0:
+        return b.emit("div", (g, d), b.shape(g), f"d(a/b)/da = 1/b, b = {b.text(d)}")
+    gy = b.emit("mul", (g, ins.name), b.shape(g), "d(a/b)/db = -(a/b)/b")
+    q = b.emit("div", (gy, d), b.shape(g), "")
+    return b.emit("neg", (q,), b.shape(g), "")
+
+
+def _g_matmul(b: _Builder, ins: Instr, g: str, j: int) -> str | None:
+    w, v = ins.args
+    if j == 1:
+        return b.emit("matmul_t", (w, g), b.fshape(v),
+                      f"{w}.T @ d({b.text(ins.name)})")
+    # the weight: sum over every example (and step, once hoisted) of g v^T
+    return b.emit("outer", (g, v), b.fshape(w), f"d{w} = sum g {v}^T", batched=False)
+
+
+def _g_act(b: _Builder, ins: Instr, g: str, j: int) -> str | None:
+    fn = ins.attr("fn")
+    return b.emit("act_grad", (ins.name, g), b.shape(g),
+                  f"{fn}' at {ins.name} = {ACT_MATH.get(fn, fn)}", fn=fn)
+
+
+def _g_clip(b: _Builder, ins: Instr, g: str, j: int) -> str | None:
+    lo, hi = ins.attr("lo"), ins.attr("hi")
+    return b.emit("clip_grad", (ins.name, g), b.shape(g),
+                  f"clip': passes where {lo} < {ins.name} < {hi}", lo=lo, hi=hi)
+
+
+def _g_concat(b: _Builder, ins: Instr, g: str, j: int) -> str | None:
+    lo = sum(b.fshape(a)[0] for a in ins.args[:j])
+    hi = lo + b.fshape(ins.args[j])[0]
+    return b.emit("slice", (g,), (hi - lo,), f"features {lo}:{hi} of the concat", lo=lo, hi=hi)
+
+
+def _g_slice(b: _Builder, ins: Instr, g: str, j: int) -> str | None:
+    # recorded as a piece; the operand's adjoint is assembled when it is reached
+    b.piece(ins.args[0], ins.attr("lo"), ins.attr("hi"), g)
+    return None
+
+
+def _g_pconcat(b: _Builder, ins: Instr, g: str, j: int) -> str | None:
+    lo = sum(b.fshape(a)[0] for a in ins.args[:j])
+    shape = b.fshape(ins.args[j])
+    hi = lo + shape[0]
+    return b.emit("slice", (g,), shape, f"rows {lo}:{hi} of the fused parameter",
+                  lo=lo, hi=hi, axis=0)
+
+
+def _g_const(b: _Builder, ins: Instr, g: str, j: int) -> str | None:
+    return None
+
+
+GRAD_RULES: dict[str, Rule] = {
+    "const": _g_const,
+    "add": _g_add,
+    "sub": _g_sub,
+    "mul": _g_mul,
+    "div": _g_div,
+    "neg": _g_neg,
+    "matmul": _g_matmul,
+    "act": _g_act,
+    "clip": _g_clip,
+    "concat": _g_concat,
+    "slice": _g_slice,
+    "pconcat": _g_pconcat,
+}
+"""One gradient rule per forward op, keyed like :data:`rnnc.ir.ops.OPS`."""
+
+
+# ----------------------------------------------------------------- builder
+
+BODY, POST, INV = "body", "hoisted", "invariant"
+
+
+class _Builder:
+    """Accumulates adjoint contributions and emits the backward sections."""
+
+    def __init__(self, cell: Cell):
+        self.cell = cell
+        self.fwd: dict[str, tuple[Shape, bool]] = {}
+        self.kind: dict[str, str] = {}
+        self.text_of: dict[str, str] = {}
+        for p in cell.params:
+            self.fwd[p.name] = (p.shape, False)
+            self.kind[p.name] = "param"
+        for v in cell.inputs:
+            self.fwd[v.name] = ((v.size,), True)
+            self.kind[v.name] = "input"
+        for v in cell.states:
+            self.fwd[v.name] = ((v.size,), True)
+            self.kind[v.name] = "state"
+        self.defs: dict[str, Instr] = {}
+        for section, instrs in ((INV, cell.invariant), (POST, cell.hoisted), (BODY, cell.body)):
+            for ins in instrs:
+                self.fwd[ins.name] = (ins.shape, ins.batched)
+                self.defs[ins.name] = ins
+                self.text_of[ins.name] = ins.comment
+                if not ins.batched:
+                    self.kind[ins.name] = "const" if ins.op == "const" else "inv"
+                else:
+                    self.kind[ins.name] = "hoisted" if section == POST else "body"
+        self.users: dict[str, list[Instr]] = {n: [] for n in self.fwd}
+        for ins in cell.instrs:
+            for a in ins.args:
+                self.users[a].append(ins)
+        self.taken = set(self.fwd)
+        self.bwd: dict[str, tuple[Shape, bool, str]] = {}  # name -> (shape, batched, level)
+        self.sections: dict[str, list[Instr]] = {BODY: [], POST: [], INV: []}
+        self.level = BODY
+        self.contrib: dict[str, list[str]] = {}
+        self.pieces: dict[str, list[tuple[int, int, str]]] = {}
+        self.adjoint: dict[str, str] = {}
+        self.target = ""  # the forward value whose contribution is being built
+        self.n_tmp = 0
+
+    # -- names, shapes
+    def fresh(self, base: str) -> str:
+        name = base
+        k = 1
+        while name in self.taken:
+            k += 1
+            name = f"{base}_{k}"
+        self.taken.add(name)
+        return name
+
+    def fshape(self, name: str) -> Shape:
+        return self.fwd[name][0] if name in self.fwd else self.bwd[name][0]
+
+    def shape(self, name: str) -> Shape:
+        return self.fshape(name)
+
+    def batched(self, name: str) -> bool:
+        return self.fwd[name][1] if name in self.fwd else self.bwd[name][1]
+
+    def text(self, name: str) -> str:
+        t = self.text_of.get(name) or name
+        return t if len(t) <= 40 else t[:37] + "..."
+
+    def level_of(self, name: str) -> str:
+        """Where the adjoint of a forward value is assembled."""
+        k = self.kind[name]
+        if k in ("body", "state"):
+            return BODY
+        if k in ("hoisted", "input"):
+            return POST
+        return INV
+
+    # -- emission
+    def emit(self, op: str, args: tuple[str, ...], shape: Shape, comment: str = "",
+             batched: bool | None = None, name: str | None = None, **kw: Any) -> str:
+        if batched is None:
+            batched = any(self.batched(a) for a in args)
+        if name is None:
+            self.n_tmp += 1
+            name = self.fresh(f"d_{self.target}" if self.target else f"g{self.n_tmp}")
+        self.sections[self.level].append(
+            Instr(name, op, args, tuple(shape), batched, attrs(**kw), None, comment))
+        self.bwd[name] = (tuple(shape), batched, self.level)
+        return name
+
+    def piece(self, target: str, lo: int, hi: int, g: str) -> None:
+        self.pieces.setdefault(target, []).append((lo, hi, g))
+
+    def contribute(self, target: str, g: str) -> None:
+        self.contrib.setdefault(target, []).append(g)
+
+    # -- adjoints
+    def materialize(self, name: str) -> str | None:
+        """The adjoint of forward value ``name``: its contributions summed (or tiled)."""
+        if name in self.adjoint:
+            return self.adjoint[name]
+        self.target = name
+        terms = list(self.contrib.get(name, []))
+        pieces = sorted(self.pieces.get(name, []))
+        n = self.fshape(name)[0] if self.fshape(name) else 0
+        if pieces:
+            users = self.users.get(name, [])
+            tiling = (not terms and all(u.op == "slice" for u in users)
+                      and all(a[1] <= b[0] for a, b in zip(pieces, pieces[1:], strict=False)))
+            if tiling:
+                parts, at = [], 0
+                for lo, hi, g in pieces:
+                    if lo > at:
+                        parts.append(self._zeros_slice(name, at, lo))
+                    parts.append(g)
+                    at = hi
+                if at < n:
+                    parts.append(self._zeros_slice(name, at, n))
+                if len(parts) == 1:
+                    terms = parts
+                else:
+                    terms = [self.emit("concat", tuple(parts), (n,),
+                                       "the slices' adjoints side by side", name=self._dname(name))]
+            else:
+                for lo, hi, g in pieces:
+                    terms.append(self.emit("pad", (g,), (n,), f"slice {lo}:{hi} back in place",
+                                           lo=lo, after=n - hi))
+        if not terms:
+            self.adjoint[name] = None  # type: ignore[assignment]
+            self.target = ""
+            return None
+        total = terms[0]
+        for k, t in enumerate(terms[1:]):
+            last = k == len(terms) - 2
+            total = self.emit("add", (total, t), self.fshape(name), "sum of the uses' adjoints",
+                              name=self._dname(name) if last else None)
+        self.adjoint[name] = total
+        self.target = ""
+        return total
+
+    def adjoint_or_zeros(self, name: str, why: str) -> str:
+        d = self.materialize(name)
+        if d is None:
+            self.target = name
+            d = self.emit("zeros", (name,), self.fshape(name), why, name=self._dname(name),
+                          batched=self.fwd[name][1])
+            self.target = ""
+        return d
+
+    def _dname(self, name: str) -> str:
+        return self.fresh(f"d_{name}")
+
+    def _zeros_slice(self, name: str, lo: int, hi: int) -> str:
+        s = self.emit("slice", (name,), (hi - lo,), f"shape of the unused features {lo}:{hi}",
+                      lo=lo, hi=hi)
+        return self.emit("zeros", (s,), (hi - lo,), "no adjoint flows back here")
+
+    def backprop(self, ins: Instr) -> None:
+        """Apply ``ins``'s rule: a contribution to each operand's adjoint."""
+        g = self.materialize(ins.name)
+        if g is None:
+            return
+        rule = GRAD_RULES[ins.op]
+        for j, a in enumerate(ins.args):
+            if self.kind[a] == "const":
+                continue
+            # contributions to values assembled after the loop are computed there, on stacks
+            if self.cur == BODY and self.level_of(a) == BODY:
+                self.level = BODY
+            else:
+                self.level = INV if self.cur == INV else POST
+            self.target = a
+            c = rule(self, ins, g, j)
+            if c is not None and self.batched(c) and not self.fwd[a][1]:
+                c = self.emit("bsum", (c,), self.fwd[a][0], f"sum over examples: d{a}",
+                              batched=False)
+            self.target = ""
+            if c is not None:
+                self.contribute(a, c)
+        self.level = self.cur
+
+    cur = BODY
+
+
+def autodiff(cell: Cell) -> CellGrad:
+    """The backward IR of ``cell`` (see the module docstring)."""
+    b = _Builder(cell)
+    # seeds: the adjoints flowing into the step from the next step and from above
+    seeds: list[tuple[str, str]] = []
+    state_seeds = []
+    for s, v in cell.next_state:
+        name = b.fresh(f"d{s}_next")
+        seeds.append((name, v))
+        state_seeds.append((s, name))
+    output_seed = b.fresh("dy")
+    seeds.append((output_seed, cell.output))
+    for name, v in seeds:
+        b.bwd[name] = (b.fshape(v), True, BODY)
+        b.contribute(v, name)
+
+    # 1. body, per step, in reverse
+    b.cur = b.level = BODY
+    for ins in reversed(cell.body):
+        if ins.batched:
+            b.backprop(ins)
+    state_grads = [(v.name, b.adjoint_or_zeros(v.name, "the state is not read"))
+                   for v in cell.states]
+
+    # 2. hoisted, once over all steps
+    b.cur = b.level = POST
+    for ins in reversed(cell.hoisted):
+        if ins.batched:
+            b.backprop(ins)
+    input_grads = [(v.name, b.adjoint_or_zeros(v.name, "the input is not read"))
+                   for v in cell.inputs]
+    unbatched = [p.name for p in cell.params] + [
+        i.name for i in cell.instrs if not i.batched and i.op != "const"]
+    partials = []
+    for u in unbatched:
+        d = b.materialize(u)
+        if d is not None:
+            partials.append((u, d))
+
+    # 3. invariant, once: the partial adjoints are where each unbatched adjoint starts
+    b.cur = b.level = INV
+    b.adjoint = {k: v for k, v in b.adjoint.items() if k not in unbatched}
+    b.contrib = {u: [d] for u, d in partials}
+    b.pieces = {}
+    for ins in reversed([i for i in cell.instrs if not i.batched]):
+        b.backprop(ins)
+    param_grads = [(p.name, b.adjoint_or_zeros(p.name, "no gradient reaches this parameter"))
+                   for p in cell.params]
+
+    body, hoisted, invariant = b.sections[BODY], b.sections[POST], b.sections[INV]
+    # a hoisted concat of the same adjoints as a body concat is that concat's stack
+    body_concats = {i.args: i.name for i in body if i.op == "concat"}
+    rename: dict[str, str] = {}
+    kept = []
+    for ins in hoisted:
+        ins = replace(ins, args=tuple(rename.get(a, a) for a in ins.args))
+        if ins.op == "concat" and ins.args in body_concats:
+            rename[ins.name] = body_concats[ins.args]
+        else:
+            kept.append(ins)
+    hoisted = kept
+    invariant = [replace(i, args=tuple(rename.get(a, a) for a in i.args)) for i in invariant]
+    input_grads = [(k, rename.get(a, a)) for k, a in input_grads]
+    partials = [(k, rename.get(a, a)) for k, a in partials]
+    param_grads = [(k, rename.get(a, a)) for k, a in param_grads]
+
+    body_names = {i.name for i in body} | {s for s, _ in seeds}
+    fwd_step = {v.name for v in cell.states} | {i.name for i in cell.body if i.batched}
+    saved = _ordered(a for i in body for a in i.args if a in fwd_step)
+    stacked = _ordered(a for i in hoisted for a in i.args if a in fwd_step)
+    exports = _ordered([a for i in hoisted for a in i.args if a in body_names]
+                       + [a for _, a in input_grads if a in body_names])
+    # an export that is part of an exported body concat is a slice of its stack
+    views: list[tuple[str, str, int, int]] = []
+    viewed: set[str] = set()
+    for ins in body:
+        if ins.op == "concat" and ins.name in exports:
+            at = 0
+            for a in ins.args:
+                n = b.fshape(a)[0]
+                if a in exports and a not in viewed:
+                    views.append((a, ins.name, at, at + n))
+                    viewed.add(a)
+                at += n
+    return CellGrad(
+        cell=cell, seeds=tuple(seeds), state_seeds=tuple(state_seeds),
+        output_seed=output_seed, body=tuple(body), state_grads=tuple(state_grads),
+        saved=saved, stacked=stacked, exports=exports, views=tuple(views),
+        hoisted=tuple(hoisted), input_grads=tuple(input_grads), partials=tuple(partials),
+        invariant=tuple(invariant), param_grads=tuple(param_grads),
+    )
+
+
+def _ordered(names: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(names))
+
+
+# ----------------------------------------------------------------- checks
+
+
+class GradIRError(AssertionError):
+    """The backward IR broke an invariant: a bug in rnnc."""
+
+
+def verify_grad(grad: CellGrad) -> CellGrad:
+    """Check the backward IR: SSA, what each section may read, arities and shapes."""
+    cell = grad.cell
+
+    def fail(msg: str) -> GradIRError:
+        return GradIRError(f"backward IR of cell '{cell.name}': {msg}")
+
+    shapes: dict[str, Shape] = {p.name: p.shape for p in cell.params}
+    shapes.update({v.name: (v.size,) for v in cell.inputs + cell.states})
+    shapes.update({i.name: i.shape for i in cell.instrs})
+    fwd_kind = {p.name: "unbatched" for p in cell.params}
+    fwd_kind.update({v.name: "time" for v in cell.inputs})
+    fwd_kind.update({v.name: "step" for v in cell.states})
+    for section, instrs in (("inv", cell.invariant), ("time", cell.hoisted), ("step", cell.body)):
+        for i in instrs:
+            fwd_kind[i.name] = section if i.batched else "unbatched"
+    # what each backward section may read: forward kinds, then backward sections
+    may_read = {
+        "body": ({"unbatched", "time", "step"}, {"seed", "body"}),
+        "hoisted": ({"unbatched", "time", "step"}, {"seed", "body", "hoisted"}),
+        "invariant": ({"unbatched"}, {"partial", "invariant"}),
+    }
+    defined: dict[str, str] = {s: "seed" for s, _ in grad.seeds}
+    for s, v in grad.seeds:
+        shapes[s] = shapes[v]
+    for section, instrs in (("body", grad.body), ("hoisted", grad.hoisted),
+                            ("invariant", grad.invariant)):
+        if section == "invariant":
+            for _, d in grad.partials:
+                defined[d] = "partial"
+        fwd_ok, bwd_ok = may_read[section]
+        for ins in instrs:
+            if ins.op not in OPS:
+                raise fail(f"unknown op '{ins.op}' in %{ins.name}")
+            arity = OPS[ins.op].arity
+            if arity is not None and len(ins.args) != arity:
+                raise fail(f"%{ins.name} = {ins.op} takes {arity} operands")
+            if ins.name in defined or ins.name in fwd_kind:
+                raise fail(f"%{ins.name} is defined twice")
+            for a in ins.args:
+                if a in defined:
+                    if defined[a] not in bwd_ok:
+                        raise fail(f"%{ins.name} in {section} reads %{a} ({defined[a]})")
+                elif a in fwd_kind:
+                    if fwd_kind[a] not in fwd_ok:
+                        raise fail(f"%{ins.name} in {section} reads forward %{a}")
+                else:
+                    raise fail(f"%{ins.name} reads %{a}, which is not defined before it")
+            if section == "invariant" and ins.batched:
+                raise fail(f"%{ins.name} in the invariant section is batched")
+            sh = [shapes[a] for a in ins.args]
+            if ins.op in ("add", "sub", "mul", "div"):
+                sa, sb = sh
+                if sa and sb and sa != sb or (sa or sb) != ins.shape:
+                    raise fail(f"%{ins.name} = {ins.op} of {sa} and {sb} gives {ins.shape}")
+            if ins.op == "matmul_t" and (sh[1] != (sh[0][0],) or ins.shape != (sh[0][1],)):
+                raise fail(f"%{ins.name} = matmul_t of {sh[0]} and {sh[1]} gives {ins.shape}")
+            if ins.op == "outer" and (ins.shape != sh[0] + sh[1] or ins.batched):
+                raise fail(f"%{ins.name} = outer of {sh[0]} and {sh[1]} gives {ins.shape}")
+            if ins.op == "concat" and ins.shape != (sum(s[0] for s in sh),):
+                raise fail(f"%{ins.name} = concat of {sh} gives {ins.shape}")
+            if ins.op in ("act_grad", "clip_grad", "zeros") and ins.shape != sh[-1]:
+                raise fail(f"%{ins.name} = {ins.op} of {sh} gives {ins.shape}")
+            defined[ins.name] = section
+            shapes[ins.name] = ins.shape
+    for what, pairs in (("state", grad.state_grads), ("input", grad.input_grads),
+                        ("parameter", grad.param_grads), ("partial", grad.partials)):
+        for v, d in pairs:
+            if d not in shapes or shapes[d] != shapes[v]:
+                raise fail(f"the adjoint of {what} %{v} is %{d} with shape {shapes.get(d)}")
+    body_names = {i.name for i in grad.body} | {s for s, _ in grad.seeds}
+    for e in grad.exports:
+        if e not in body_names:
+            raise fail(f"export %{e} is not a value of the backward body")
+    for e, c, lo, hi in grad.views:
+        if e not in grad.exports or c not in grad.exports or hi - lo != shapes[e][0]:
+            raise fail(f"view %{e} = %{c}[{lo}:{hi}] is inconsistent")
+    return grad
+
+
+# ---------------------------------------------------------------- printing
+
+
+def grad_str(grad: CellGrad) -> str:
+    """The backward IR as text (the style of :mod:`rnnc.ir.printer`)."""
+    from rnnc.ir.printer import instr_str
+
+    def pairs(ps, arrow):
+        return ", ".join(f"%{a} {arrow} %{b}" for a, b in ps)
+
+    lines = [f"grad {grad.cell.name}", "  seeds " + pairs(grad.seeds, "->")]
+    if grad.body:
+        lines.append("  body (per step, reversed):")
+        lines += [f"    {instr_str(i)}" for i in grad.body]
+    lines.append("  state grads " + pairs(grad.state_grads, "<-"))
+    lines.append("  saved per step " + ", ".join(f"%{s}" for s in grad.saved)
+                 + "; stacked " + ", ".join(f"%{s}" for s in grad.stacked))
+    if grad.exports:
+        lines.append("  exports " + ", ".join(f"%{s}" for s in grad.exports))
+    if grad.views:
+        lines.append("  views " + ", ".join(f"%{e} = %{c}[{lo}:{hi}]"
+                                              for e, c, lo, hi in grad.views))
+    if grad.hoisted:
+        lines.append("  hoisted (all steps):")
+        lines += [f"    {instr_str(i)}" for i in grad.hoisted]
+    lines.append("  input grads " + pairs(grad.input_grads, "<-"))
+    if grad.invariant:
+        lines.append("  invariant (once):")
+        lines += [f"    {instr_str(i)}" for i in grad.invariant]
+    lines.append("  param grads " + pairs(grad.param_grads, "<-"))
+    return "\n".join(lines)

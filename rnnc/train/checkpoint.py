@@ -1,0 +1,176 @@
+"""Checkpoints: a folder of safetensors files and a JSON record, written atomically.
+
+Layout of a run folder's ``checkpoints/``::
+
+    checkpoints/
+      step-00000120/            one checkpoint
+        params.safetensors      the parameters
+        opt_state.safetensors   the updater's state ("step", "m/<name>", "v/<name>")
+        stream.safetensors      text runs: the recurrent state carried across windows
+        checkpoint.json         spec hash, step, epoch, data position, RNG state,
+                                metrics, vocabulary, backend (written last)
+      latest                    the name of the newest checkpoint folder
+      best                      the name of the best one (by the validation metric)
+
+A checkpoint folder is written under a temporary name and renamed into place
+when complete, and the ``latest``/``best`` pointers are each replaced
+atomically (temporary file + rename) after that, so an interrupted save never
+leaves a half-written checkpoint behind: the pointers name the previous one
+until the new one is whole. Folders no pointer names are then removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
+
+from rnnc.errors import TrainError
+
+
+POINTERS = ("latest", "best")
+RECORD = "checkpoint.json"
+FORMAT = 1
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint."""
+
+    path: Path
+    params: dict[str, np.ndarray]
+    opt_state: dict[str, np.ndarray]
+    stream_state: dict[str, np.ndarray] | None
+    record: dict[str, Any]
+
+    @property
+    def step(self) -> int:
+        return int(self.record["step"])
+
+
+def _numpy(arrays: dict[str, Any]) -> dict[str, np.ndarray]:
+    # np.array (a copy, C-contiguous) also turns JAX arrays into host arrays
+    return {k: np.array(v) for k, v in arrays.items()}
+
+
+def _write_pointer(folder: Path, name: str, target: str) -> None:
+    from rnnc.cli import write_atomic
+
+    write_atomic(folder / name, target + "\n")
+
+
+def read_pointer(folder: Path, name: str) -> str | None:
+    """The checkpoint folder a pointer names, or None."""
+    try:
+        target = (folder / name).read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    return target if target and (folder / target / RECORD).is_file() else None
+
+
+def save_checkpoint(folder: Path, params: dict[str, Any], opt_state: dict[str, Any],
+                    stream_state: dict[str, Any] | None, record: dict[str, Any],
+                    best: bool = False) -> Path:
+    """Write a checkpoint into ``folder`` (``RUN_DIR/checkpoints``) and point ``latest``
+    (and ``best`` when ``best``) at it; returns its path."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=folder, prefix=".tmp-"))
+    except OSError as err:
+        raise TrainError(f"cannot write checkpoints to '{folder}': {err.strerror}",
+                         hint="check that the run folder is writable") from None
+    try:
+        save_file(_numpy(params), str(tmp / "params.safetensors"))
+        save_file(_numpy(opt_state), str(tmp / "opt_state.safetensors"))
+        if stream_state is not None:
+            save_file(_numpy(stream_state), str(tmp / "stream.safetensors"))
+        record = dict(record, format=FORMAT)
+        (tmp / RECORD).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n",
+                                  encoding="utf-8")
+        base = f"step-{int(record['step']):08d}"
+        name, n = base, 1
+        while (folder / name).exists():
+            name, n = f"{base}.{n}", n + 1
+        os.rename(tmp, folder / name)
+    except BaseException as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError):
+            raise TrainError(f"cannot write a checkpoint to '{folder}': {err.strerror or err}",
+                             hint="check the free disk space and the folder's permissions"
+                             ) from None
+        raise
+    _write_pointer(folder, "latest", name)
+    if best:
+        _write_pointer(folder, "best", name)
+    _prune(folder)
+    return folder / name
+
+
+def _prune(folder: Path) -> None:
+    """Remove checkpoint folders (and stale temporary ones) that no pointer names."""
+    keep = {read_pointer(folder, p) for p in POINTERS}
+    for entry in folder.iterdir():
+        if entry.is_dir() and entry.name not in keep and (
+                entry.name.startswith("step-") or entry.name.startswith(".tmp-")):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def has_checkpoint(folder: Path) -> bool:
+    return read_pointer(Path(folder), "latest") is not None
+
+
+def load_checkpoint(folder: Path, which: str = "latest") -> Checkpoint:
+    """Load the checkpoint a pointer (``latest`` or ``best``) names.
+
+    ``best`` falls back to ``latest`` when no best checkpoint was recorded.
+    """
+    folder = Path(folder)
+    name = read_pointer(folder, which)
+    if name is None and which == "best":
+        name = read_pointer(folder, "latest")
+    if name is None:
+        raise TrainError(f"no checkpoint in '{folder.parent}'",
+                         hint="train first: rnnc train SPEC --out RUN_DIR")
+    path = folder / name
+    try:
+        record = json.loads((path / RECORD).read_text(encoding="utf-8"))
+        params = load_file(str(path / "params.safetensors"))
+        opt_state = load_file(str(path / "opt_state.safetensors"))
+        stream = path / "stream.safetensors"
+        stream_state = load_file(str(stream)) if stream.exists() else None
+    except (OSError, ValueError, SafetensorError) as err:
+        raise TrainError(f"checkpoint '{path}' is damaged: {err}",
+                         hint="delete it, or train again with --force") from None
+    return Checkpoint(path, params, opt_state, stream_state, record)
+
+
+# ----------------------------------------------------------------- RNG state
+
+
+def rng_to_json(rng: Any) -> dict[str, Any]:
+    """A dropout RNG as JSON: a NumPy Generator's bit-generator state, or a JAX key."""
+    if isinstance(rng, np.random.Generator):
+        return {"kind": "numpy", "state": rng.bit_generator.state}
+    key = np.asarray(rng)
+    return {"kind": "jax", "key": key.tolist(), "dtype": str(key.dtype)}
+
+
+def rng_from_json(data: dict[str, Any]) -> Any:
+    """The inverse of :func:`rng_to_json`."""
+    if data["kind"] == "numpy":
+        state = data["state"]
+        bitgen = getattr(np.random, state["bit_generator"])()
+        bitgen.state = state
+        return np.random.Generator(bitgen)
+    import jax.numpy as jnp
+
+    return jnp.asarray(np.asarray(data["key"], dtype=data["dtype"]))

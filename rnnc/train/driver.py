@@ -1,0 +1,707 @@
+"""The training driver behind ``rnnc train``.
+
+It drives a generated module only through its public contract
+(``docs/generated-module.md``): ``init_params``, ``init_opt_state``,
+``train_step`` (loss, gradients, regularisation, clipping and the update all
+happen inside the module), ``forward`` for evaluation and ``step`` for
+sampling. The driver owns everything around that:
+
+* **Data.** Sequence datasets: shuffled mini-batches (:func:`iterate_batches`,
+  the order drawn from ``(seed, epoch)``), each from a zero state, with their
+  ``lengths``. Text: ``batch`` parallel streams cut into windows of ``k1``
+  characters (the dataset's ``window`` without ``bptt``) by
+  :func:`stream_windows`; the state is carried from one window to the next and,
+  with ``reset: document``, reset where a document starts.
+* **Evaluation** on the validation split after every epoch (loss and the
+  dataset's metrics), early stopping, the test split once at the end with the
+  best parameters (it is never trained on).
+* **Checkpoints** (:mod:`rnnc.train.checkpoint`) with everything a resumed run
+  needs to continue exactly as an uninterrupted one: parameters, updater state,
+  dropout RNG, data position, carried stream state, early-stopping state.
+* **Logs**: ``metrics.jsonl`` and a progress display (:mod:`rnnc.train.progress`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rnnc import __version__
+from rnnc.data import Batch, Dataset, build_dataset, evaluate_outputs, iterate_batches
+from rnnc.data import stream_windows as _stream_windows
+from rnnc.errors import BackendError, RnncError, TrainError, did_you_mean
+from rnnc.ir.lower import Sizes, spec_hash, validate
+from rnnc.ir.nodes import Program
+from rnnc.spec import ast as A
+from rnnc.spec import load_spec
+from rnnc.train import checkpoint as ckpt
+from rnnc.train.runs import (
+    CHECKPOINTS,
+    METRICS,
+    RUN_RECORD,
+    Overrides,
+    apply_overrides,
+    import_module_file,
+    module_path,
+    read_run,
+)
+
+
+EVAL_BATCH = 256
+"""Rows per ``forward`` call when evaluating a sequence dataset."""
+
+METRIC_KEYS = {
+    "reber_accuracy": ("reber_accuracy", "reber_string_accuracy", "accuracy", "cross_entropy"),
+    "accuracy": ("accuracy", "cross_entropy"),
+    "mse": ("mse", "rmse"),
+}
+"""The keys :func:`rnnc.data.evaluate_outputs` returns for each dataset metric."""
+
+_LOWER_IS_BETTER = ("loss", "cross_entropy", "mse", "rmse")
+
+
+# ------------------------------------------------------------------ backends
+
+
+def default_backend() -> str:
+    """``jax`` where JAX and the JAX backend import, else ``numpy``."""
+    import importlib.util
+
+    if importlib.util.find_spec("jax") is None:
+        return "numpy"
+    try:
+        load_backend("jax")
+    except RnncError:
+        return "numpy"
+    return "jax"
+
+
+def load_backend(name: str):
+    from rnnc.backends import get_backend
+
+    try:
+        return get_backend(name)
+    except RnncError:
+        raise
+    except (ImportError, AttributeError) as err:
+        raise BackendError(f"the {name} backend is not available: {err}",
+                           hint="install what it needs (pip install 'rnnc[jax]') or use "
+                                "--backend numpy") from None
+
+
+# --------------------------------------------------------------- the model
+
+
+@dataclass
+class Compiled:
+    """A spec compiled for training: the dataset, the program and its module."""
+
+    spec: A.Spec
+    program: Program
+    dataset: Dataset
+    module: Any
+    backend: str
+    train_cfg: dict[str, Any]
+
+
+def build_data(spec: A.Spec, train_cfg: dict[str, Any], base_dir: Path) -> Dataset:
+    name, opts = train_cfg["data"]
+    try:
+        return build_dataset(name, opts, train_cfg["seed"], base_dir=base_dir)
+    except RnncError as err:
+        raise err.with_span(spec.train.key_span("data")) from None
+
+
+def compile_for_training(spec: A.Spec, base_dir: Path, backend: str,
+                         module_file: Path) -> Compiled:
+    """Build the dataset, lower the spec with the sizes it implies, emit and import."""
+    from rnnc.compiler import build
+
+    if spec.train is None:
+        from rnnc.errors import Span, SpecError
+
+        span = Span(spec.source, 1, 1) if spec.source else None
+        raise SpecError("the spec has no train block", span,
+                        "add `train { data ...; epochs N }` to say how to train it")
+    _, train_cfg = validate(spec)
+    dataset = build_data(spec, train_cfg, base_dir)
+    program = build(spec, Sizes(dataset.n_in, dataset.n_out, dataset.task), base_dir=base_dir)
+    source = load_backend(backend).emit(program)
+    from rnnc.cli import write_atomic
+
+    write_atomic(module_file, source)
+    module = import_module_file(module_file)
+    return Compiled(spec, program, dataset, module, backend, train_cfg)
+
+
+def uses_dropout(program: Program) -> bool:
+    m = program.model
+    return bool(m.input_dropout or m.output_dropout or any(layer.dropout for layer in m.layers))
+
+
+def is_text(dataset: Dataset) -> bool:
+    return dataset.stream is not None
+
+
+def window_length(program: Program, dataset: Dataset) -> int:
+    """Text: the window of one ``train_step`` call: k1, else the dataset's window."""
+    plan = program.train
+    if plan.k1 is not None:
+        return plan.k1
+    return int(dataset.info.get("window", 100))
+
+
+def _as_model_input(batch: Batch, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    x, y = batch.x, batch.y
+    if x.dtype.kind == "f":
+        x = x.astype(dtype)
+    if y.dtype.kind == "f":
+        y = y.astype(dtype)
+    return x, y
+
+
+# ----------------------------------------------------------------- evaluation
+
+
+def stream_windows(ds: Dataset, split: str, batch: int, window: int, reset: str,
+                   start: int = 0) -> Iterator[Batch]:
+    """Windows of a text split's stream (document resets only with ``reset: document``)."""
+    starts = ds.doc_starts[split] if reset == "document" else None
+    return _stream_windows(ds.stream[split], batch, window, starts, start)
+
+
+def evaluate(c: Compiled, params: dict[str, Any], split: str) -> dict[str, float]:
+    """Loss and metrics of ``params`` on a split (``{"loss": ..., <metric>: ...}``)."""
+    ds, module, plan = c.dataset, c.module, c.program.train
+    outputs, parts = [], []
+    if is_text(ds):
+        window = window_length(c.program, ds)
+        tokens = len(ds.stream[split])
+        rows = max(1, min(plan.batch, (tokens - 1) // window))
+        if tokens < 2:
+            raise TrainError(f"the {split} part of the text is too short to evaluate",
+                             hint="use more text or change the split fractions")
+        state = None
+        for b in stream_windows(ds, split, rows, window, plan.reset):
+            ys, state = module.forward(params, b.x, state, b.lengths, b.resets)
+            outputs.append(np.asarray(ys))
+            parts.append(b)
+    else:
+        data = ds.split(split)
+        if len(data) == 0:
+            raise TrainError(f"the {split} split is empty",
+                             hint="give it a share with the dataset's split option")
+        for b in iterate_batches(data, EVAL_BATCH, None):
+            x, _ = _as_model_input(b, plan.dtype)
+            ys, _ = module.forward(params, x, None, b.lengths)
+            outputs.append(np.asarray(ys))
+            parts.append(b)
+    out = np.concatenate(outputs, axis=0)
+    whole = Batch(x=np.concatenate([b.x for b in parts]), y=np.concatenate([b.y for b in parts]),
+                  lengths=np.concatenate([b.lengths for b in parts]),
+                  legal=None if parts[0].legal is None else
+                  np.concatenate([b.legal for b in parts]))
+    are = "probs" if c.program.model.head.kind == "softmax" else "auto"
+    metrics = evaluate_outputs(ds.metric, out, whole, outputs_are=are)
+    loss = metrics["mse"] if ds.metric == "mse" else metrics["cross_entropy"]
+    return {"loss": loss, **metrics}
+
+
+# ------------------------------------------------------------ early stopping
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """Which validation value picks the best epoch, and when to stop."""
+
+    key: str  # e.g. "val_loss", "val_reber_accuracy"
+    patience: int | None  # None: no early stopping (the key still picks the best)
+
+    @property
+    def maximize(self) -> bool:
+        return not self.key.endswith(_LOWER_IS_BETTER)
+
+    def better(self, value: float, best: float | None) -> bool:
+        if not math.isfinite(value):
+            return False
+        if best is None:
+            return True
+        return value > best if self.maximize else value < best
+
+
+def stop_rule(plan_early_stop: tuple[str, int] | None, dataset_metric: str,
+              span: Any = None) -> StopRule:
+    keys = ["val_loss"] + [f"val_{k}" for k in METRIC_KEYS[dataset_metric]]
+    if plan_early_stop is None:
+        return StopRule("val_loss", None)
+    metric, patience = plan_early_stop
+    key = metric if metric.startswith("val_") else f"val_{metric}"
+    if key not in keys:
+        raise TrainError(f"early_stop metric '{metric}' is not measured on this dataset",
+                         span, did_you_mean(key, keys) or "expected one of: " + ", ".join(keys))
+    return StopRule(key, patience)
+
+
+# ---------------------------------------------------------------- the state
+
+
+@dataclass(frozen=True)
+class TrainState:
+    """Everything that changes during training; replaced as a whole after each step, so
+    an interruption at any moment leaves a consistent state to save."""
+
+    params: dict[str, Any]
+    opt_state: dict[str, Any]
+    step: int = 0
+    epoch: int = 0  # the epoch in progress (0-based)
+    batch_index: int = 0  # batches of this epoch done
+    stream_state: dict[str, Any] | None = None  # text: state carried into the next window
+    rng: Any = None  # dropout RNG (JSON form), or None without dropout
+    epoch_loss: float = 0.0  # sum of step losses weighted by tokens, this epoch
+    epoch_tokens: int = 0
+    best: float | None = None  # best value of the stop rule's key
+    best_epoch: int | None = None
+    bad_epochs: int = 0
+    finished: str | None = None  # why training ended ("epochs", "early_stop")
+    elapsed: float = 0.0  # training seconds before this process
+
+
+@dataclass
+class TrainOptions:
+    backend: str | None = None
+    out: Path | None = None
+    resume: bool = False
+    force: bool = False
+    devices: int = 1
+    overrides: Overrides = field(default_factory=Overrides)
+    quiet: bool = False
+    stop_after_steps: int | None = None
+
+
+class NonFinite(Exception):
+    """Raised inside the loop when the loss or gradient norm is NaN or infinite."""
+
+
+class Trainer:
+    """One training run in one run folder (see :func:`train`)."""
+
+    def __init__(self, c: Compiled, run_dir: Path, reporter, spec_sha: str,
+                 stop_after: int | None = None, devices: int = 1):
+        self.c = c
+        self.run_dir = run_dir
+        self.plan = c.program.train
+        self.ds = c.dataset
+        self.module = c.module
+        self.reporter = reporter
+        self.spec_sha = spec_sha
+        self.stop_after = stop_after
+        self.rule = stop_rule(self.plan.early_stop, self.ds.metric,
+                              c.spec.train.key_span("early_stop"))
+        self.dropout = uses_dropout(c.program)
+        self.train_step = self._train_step(devices)
+        self.best_params: dict[str, Any] | None = None
+        self.interrupted = False
+        self.sample_cfg = c.train_cfg.get("sample") or {}
+
+    def _train_step(self, devices: int):
+        if devices == 1:
+            return self.module.train_step
+        if self.c.backend != "jax":
+            raise TrainError(f"--devices {devices} needs the jax backend",
+                             hint="add --backend jax")
+        parallel = getattr(self.module, "data_parallel", None)
+        if parallel is None:
+            raise TrainError(f"--devices {devices}: this JAX module has no data-parallel "
+                             f"support (no data_parallel function)",
+                             hint="train on one device (leave out --devices)")
+        import jax
+
+        if jax.device_count() < devices:
+            raise TrainError(f"--devices {devices}, but JAX sees {jax.device_count()} device(s)")
+        if self.plan.batch % devices:
+            raise TrainError(f"the batch ({self.plan.batch}) does not split evenly over "
+                             f"{devices} devices", hint="use a batch that is a multiple of it")
+        return parallel(devices)
+
+    # -- state
+    def fresh_state(self) -> TrainState:
+        params = self.module.init_params(seed=self.plan.seed, dtype=self.plan.dtype)
+        rng = None
+        if self.dropout:
+            if self.c.backend == "jax":
+                import jax
+
+                rng = ckpt.rng_to_json(jax.random.PRNGKey(self.plan.seed))
+            else:
+                rng = ckpt.rng_to_json(np.random.default_rng([self.plan.seed, 1]))
+        return TrainState(params=params, opt_state=self.module.init_opt_state(params), rng=rng)
+
+    def state_from(self, cp: ckpt.Checkpoint) -> TrainState:
+        r = cp.record
+        return TrainState(
+            params=cp.params, opt_state=cp.opt_state, step=r["step"], epoch=r["epoch"],
+            batch_index=r["batch_index"], stream_state=cp.stream_state, rng=r["rng"],
+            epoch_loss=r["epoch_loss"], epoch_tokens=r["epoch_tokens"], best=r["best"],
+            best_epoch=r["best_epoch"], bad_epochs=r["bad_epochs"], finished=r["finished"],
+            elapsed=r["elapsed"])
+
+    def save(self, st: TrainState, best: bool = False, metrics: dict | None = None) -> Path:
+        record = {
+            "spec_sha256": self.spec_sha, "backend": self.c.backend, "rnnc": __version__,
+            "step": st.step, "epoch": st.epoch, "batch_index": st.batch_index,
+            "rng": st.rng, "epoch_loss": st.epoch_loss, "epoch_tokens": st.epoch_tokens,
+            "best": st.best, "best_epoch": st.best_epoch, "bad_epochs": st.bad_epochs,
+            "best_key": self.rule.key, "finished": st.finished,
+            "elapsed": st.elapsed + (time.perf_counter() - self.t0),
+            "metrics": metrics or {}, "vocab": self.ds.vocab, "dtype": self.plan.dtype,
+        }
+        return ckpt.save_checkpoint(self.run_dir / CHECKPOINTS, st.params, st.opt_state,
+                                    st.stream_state, record, best=best)
+
+    # -- data
+    def n_batches(self) -> int:
+        if is_text(self.ds):
+            from rnnc.data import num_stream_windows
+
+            return num_stream_windows(len(self.ds.stream["train"]), self.plan.batch,
+                                      window_length(self.c.program, self.ds))
+        from rnnc.data import num_batches
+
+        return num_batches(len(self.ds.train), self.plan.batch)
+
+    def batches(self, epoch: int, start: int) -> Iterator[Batch]:
+        """The epoch's batches from index ``start`` on (the same order on every resume)."""
+        if is_text(self.ds):
+            return stream_windows(self.ds, "train", self.plan.batch,
+                                  window_length(self.c.program, self.ds), self.plan.reset, start)
+        order_rng = np.random.default_rng([self.plan.seed, 0, epoch])
+        it = iterate_batches(self.ds.train, self.plan.batch, order_rng)
+        for _ in range(start):
+            next(it)
+        return it
+
+    # -- one step
+    def step(self, st: TrainState, b: Batch) -> tuple[TrainState, dict[str, float]]:
+        x, y = _as_model_input(b, self.plan.dtype)
+        rng, rng_next = None, None
+        if st.rng is not None:
+            if st.rng["kind"] == "jax":
+                import jax
+
+                rng_next, rng = jax.random.split(ckpt.rng_from_json(st.rng))
+            else:
+                rng = rng_next = ckpt.rng_from_json(st.rng)
+        state_in = st.stream_state if is_text(self.ds) else None
+        t = time.perf_counter()
+        params, opt_state, final, m = self.train_step(
+            st.params, st.opt_state, x, y, state_in, b.lengths, b.resets, rng=rng)
+        loss, gnorm, lr = float(m["loss"]), float(m["grad_norm"]), float(m["lr"])
+        seconds = time.perf_counter() - t
+        if not (math.isfinite(loss) and math.isfinite(gnorm)):
+            raise NonFinite(loss if not math.isfinite(loss) else gnorm)
+        tokens = int(np.sum(b.lengths))
+        new = replace(
+            st, params=params, opt_state=opt_state, step=st.step + 1,
+            batch_index=st.batch_index + 1,
+            stream_state=final if is_text(self.ds) else None,
+            rng=None if rng_next is None else ckpt.rng_to_json(rng_next),
+            epoch_loss=st.epoch_loss + loss * tokens, epoch_tokens=st.epoch_tokens + tokens)
+        return new, {"loss": loss, "grad_norm": gnorm, "lr": lr,
+                     "tokens_per_s": tokens / max(seconds, 1e-9)}
+
+    # -- the loop
+    def run(self, st: TrainState, log) -> TrainState:
+        self.t0 = time.perf_counter()
+        self.state = st
+        every = self.plan.checkpoint_every
+        sample_every = self.plan.sample_every if self.can_sample() else 0
+        n_batches = self.n_batches()
+        keys = ["val_loss", f"val_{self.ds.metric}"]
+        if self.rule.key not in keys:
+            keys.append(self.rule.key)
+        self.reporter.start(self.plan.epochs, n_batches, keys, self.ds.metric)
+        with _sigint_to_flag(self):
+            while self.state.epoch < self.plan.epochs and self.state.finished is None:
+                st = self.state
+                self.reporter.epoch_start(st.epoch, st.batch_index)
+                for b in self.batches(st.epoch, st.batch_index):
+                    try:
+                        self.state, m = self.step(self.state, b)
+                    except NonFinite as bad:
+                        self._non_finite(float(bad.args[0]))
+                    st = self.state
+                    log({"kind": "train", "step": st.step, "epoch": st.epoch + 1, **m})
+                    self.reporter.step(st, m)
+                    if sample_every and st.step % sample_every == 0:
+                        self.reporter.sample(st.step, self.sample(st.params, st.step))
+                    if every and st.step % every == 0:
+                        self.save(st)
+                    if self.interrupted or (self.stop_after is not None
+                                            and st.step >= self.stop_after):
+                        raise KeyboardInterrupt
+                self.end_epoch(log)
+        self.reporter.stop()
+        return self.state
+
+    def end_epoch(self, log) -> None:
+        st = self.state
+        val = {f"val_{k}": v for k, v in evaluate(self.c, st.params, "val").items()}
+        train_loss = st.epoch_loss / st.epoch_tokens if st.epoch_tokens else math.nan
+        record = {"kind": "val", "step": st.step, "epoch": st.epoch + 1,
+                  "train_loss": train_loss, **val,
+                  "time": st.elapsed + time.perf_counter() - self.t0}
+        value = val[self.rule.key]
+        improved = self.rule.better(value, st.best)
+        best, best_epoch = (value, st.epoch + 1) if improved else (st.best, st.best_epoch)
+        bad = 0 if improved else st.bad_epochs + 1
+        finished = None
+        if self.rule.patience is not None:
+            if bad >= self.rule.patience:
+                finished = "early_stop"
+            elif self.rule.maximize and best is not None and best >= 1.0:
+                finished = "early_stop"  # a perfect score cannot improve
+        if st.epoch + 1 >= self.plan.epochs and finished is None:
+            finished = "epochs"
+        if improved:
+            self.best_params = st.params
+        new = replace(st, epoch=st.epoch + 1, batch_index=0, stream_state=None, epoch_loss=0.0,
+                      epoch_tokens=0, best=best, best_epoch=best_epoch, bad_epochs=bad,
+                      finished=finished)
+        log(record)
+        self.save(new, best=improved, metrics=record)
+        self.state = new
+        self.reporter.epoch_end(record, self.rule, improved, finished)
+
+    def _non_finite(self, value: float) -> None:
+        st = self.state
+        where = f"step {st.step + 1} (epoch {st.epoch + 1}, batch {st.batch_index + 1})"
+        name = ckpt.read_pointer(self.run_dir / CHECKPOINTS, "latest")
+        keep = (f"the last good checkpoint is {self.run_dir / CHECKPOINTS / name}"
+                if name else "no checkpoint had been written yet")
+        self.reporter.stop()
+        raise TrainError(f"the loss or gradient norm became {value} at {where}; training "
+                         f"stopped", hint=f"{keep}; try a smaller learning rate, gradient "
+                                          f"clipping (clip norm 1.0) or a different init")
+
+    # -- sampling
+    def can_sample(self) -> bool:
+        return can_sample(self.c.program, self.ds)
+
+    def sample(self, params: dict[str, Any], step: int) -> str:
+        from rnnc.train.sampling import sample_text
+
+        prime = self.sample_cfg.get("prime") or self.ds.vocab[int(self.ds.stream["train"][0])]
+        rng = np.random.default_rng([self.plan.seed, 2, step])
+        return sample_text(self.module, params, self.ds.vocab, prime,
+                           self.plan.sample_length, self.sample_cfg.get("temperature", 1.0),
+                           rng, self.plan.dtype)
+
+
+def can_sample(program: Program, ds: Dataset) -> bool:
+    """Character models: a text dataset, one-directional layers, a per-step softmax head."""
+    m = program.model
+    return (is_text(ds) and ds.vocab is not None and m.head.at == "per_step"
+            and m.head.kind == "softmax" and not any(layer.bidirectional for layer in m.layers))
+
+
+@contextlib.contextmanager
+def _sigint_to_flag(trainer: Trainer):
+    """The first Ctrl-C asks the loop to stop after the current step; a second one
+    interrupts at once (the state is still consistent: it is replaced as a whole)."""
+
+    def handler(signum, frame):
+        trainer.interrupted = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: Ctrl-C stays a plain KeyboardInterrupt
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+# --------------------------------------------------------------- the command
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    state: TrainState
+    test: dict[str, float] | None
+    interrupted_at: Path | None = None
+
+
+def _prepare_dir(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".rnnc-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise TrainError(f"cannot write to the output folder '{run_dir}': "
+                         f"{err.strerror or err}",
+                         hint="choose another folder with --out") from None
+
+
+def _start_over(run_dir: Path) -> None:
+    for name in (CHECKPOINTS, METRICS):
+        p = run_dir / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """Drop the records a resumed run will write again (after the checkpoint's step)."""
+    from rnnc.cli import write_atomic
+
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if rec.get("kind") != "test" and rec.get("step", 0) <= step:
+            keep.append(line)
+    write_atomic(path, "".join(line + "\n" for line in keep))
+
+
+def train(spec_path: Path, opts: TrainOptions, reporter) -> TrainResult:
+    """``rnnc train``: compile, train, evaluate; returns where things are."""
+    spec_path = Path(spec_path)
+    original = load_spec(spec_path)
+    sha = spec_hash(original)
+    run_dir = Path(opts.out) if opts.out is not None else Path("runs") / spec_path.stem
+    overrides = opts.overrides
+    backend = opts.backend
+    resume_from: ckpt.Checkpoint | None = None
+    if opts.resume:
+        record = read_run(run_dir) if (run_dir / RUN_RECORD).exists() else None
+        if record is None or not ckpt.has_checkpoint(run_dir / CHECKPOINTS):
+            raise TrainError(f"there is no checkpoint to resume in '{run_dir}'",
+                             hint="leave out --resume to start a new run")
+        if record["spec_sha256"] != sha:
+            raise TrainError(
+                f"'{run_dir}' was trained from a different spec (sha256 "
+                f"{record['spec_sha256'][:12]}…, this one is {sha[:12]}…): refusing to resume",
+                hint="train the changed spec into a new folder (--out), or restore the spec")
+        if backend is not None and backend != record["backend"]:
+            raise TrainError(f"'{run_dir}' was trained with the {record['backend']} backend",
+                             hint=f"resume with --backend {record['backend']}")
+        backend = record["backend"]
+        before = Overrides.from_dict(record.get("overrides"))
+        for key in ("batch", "seed", "lr"):
+            now = getattr(overrides, key)
+            if now is not None and now != getattr(before, key):
+                raise TrainError(f"--{key} differs from the interrupted run's "
+                                 f"({getattr(before, key)}): refusing to resume",
+                                 hint="resume with the same settings (only --epochs may change)")
+        overrides = replace(before, epochs=overrides.epochs or before.epochs)
+        resume_from = ckpt.load_checkpoint(run_dir / CHECKPOINTS, "latest")
+        if resume_from.record.get("spec_sha256") != sha:
+            raise TrainError(f"the checkpoint in '{run_dir}' belongs to another spec",
+                             hint="train into a new folder with --out")
+    else:
+        if ckpt.has_checkpoint(run_dir / CHECKPOINTS) and not opts.force:
+            raise TrainError(f"'{run_dir}' already holds a trained run",
+                             hint="continue it with --resume, start over with --force, or "
+                                  "choose another folder with --out")
+    if backend is None:
+        backend = default_backend()
+    _prepare_dir(run_dir)
+    if not opts.resume:
+        _start_over(run_dir)
+
+    spec = apply_overrides(original, overrides)
+    c = compile_for_training(spec, spec_path.parent, backend, module_path(run_dir, backend))
+    from rnnc.cli import write_atomic
+
+    suffix = spec_path.suffix if spec_path.suffix in (".rnn", ".yaml", ".yml") else ".rnn"
+    write_atomic(run_dir / f"spec{suffix}", spec_path.read_bytes())
+    ds = c.dataset
+    write_atomic(run_dir / RUN_RECORD, json.dumps({
+        "spec": str(spec_path.resolve()), "spec_copy": f"spec{suffix}", "spec_sha256": sha,
+        "backend": backend, "module": module_path(run_dir, backend).name,
+        "base_dir": str(spec_path.parent.resolve()), "overrides": overrides.as_dict(),
+        "data": {"name": c.program.train.data[0], "options": ds.info.get("options"),
+                 "seed": c.program.train.seed},
+        "sizes": {"n_in": ds.n_in, "n_out": ds.n_out, "task": ds.task},
+        "metric": ds.metric, "vocab": ds.vocab, "rnnc": __version__,
+    }, indent=1) + "\n")
+
+    trainer = Trainer(c, run_dir, reporter, sha, opts.stop_after_steps, opts.devices)
+    if resume_from is not None:
+        state = trainer.state_from(resume_from)
+        if overrides.epochs is not None and state.finished == "epochs" \
+                and state.epoch < c.program.train.epochs:
+            state = replace(state, finished=None)
+        _trim_metrics(run_dir / METRICS, state.step)
+        if state.finished is not None:
+            reporter.note(f"the run in {run_dir} already finished ({state.finished}) at "
+                          f"epoch {state.epoch}, step {state.step}")
+            return TrainResult(run_dir, state, None)
+        reporter.note(f"resuming {run_dir} at step {state.step} (epoch {state.epoch + 1}, "
+                      f"batch {state.batch_index})")
+        best = ckpt.read_pointer(run_dir / CHECKPOINTS, "best")
+        if best is not None:
+            trainer.best_params = ckpt.load_checkpoint(run_dir / CHECKPOINTS, "best").params
+    else:
+        state = trainer.fresh_state()
+    try:
+        metrics_file = open(run_dir / METRICS, "a", encoding="utf-8")  # noqa: SIM115
+    except OSError as err:
+        raise TrainError(f"cannot write '{run_dir / METRICS}': {err.strerror}") from None
+    with metrics_file:
+        def log(rec: dict[str, Any]) -> None:
+            metrics_file.write(json.dumps(rec) + "\n")
+            metrics_file.flush()
+
+        try:
+            state = trainer.run(state, log)
+        except KeyboardInterrupt:
+            trainer.reporter.stop()
+            where = trainer.save(trainer.state)
+            return TrainResult(run_dir, trainer.state, None, interrupted_at=where)
+        params = trainer.best_params if trainer.best_params is not None else state.params
+        test = evaluate(c, params, "test")
+        log({"kind": "test", "step": state.step, "epoch": state.epoch,
+             **{f"test_{k}": v for k, v in test.items()}})
+    return TrainResult(run_dir, state, test)
+
+
+# --------------------------------------------------- reading a finished run
+
+
+def open_run(run_dir: Path, with_data: bool = True) -> tuple[dict[str, Any], Compiled]:
+    """A run folder's record and its compiled model, re-created from the run's own spec
+    copy and module file (``eval``, ``sample`` and ``plot`` use this)."""
+    from rnnc.compiler import build
+    from rnnc.train.runs import sizes_from
+
+    run_dir = Path(run_dir)
+    record = read_run(run_dir)
+    spec = apply_overrides(load_spec(run_dir / record["spec_copy"]),
+                           Overrides.from_dict(record.get("overrides")))
+    _, train_cfg = validate(spec)
+    base = Path(record["base_dir"])
+    dataset = build_data(spec, train_cfg, base) if with_data else None
+    program = build(spec, sizes_from(record), base_dir=base)
+    module = import_module_file(run_dir / record["module"])
+    return record, Compiled(spec, program, dataset, module, record["backend"], train_cfg)

@@ -1,0 +1,141 @@
+"""What ``rnnc train`` shows while it runs: a rich progress bar, or one line per epoch."""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+
+def fmt(value: Any) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        return f"{value:.4f}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
+    return str(value)
+
+
+def epoch_line(record: dict[str, Any], epochs: int, keys: list[str]) -> str:
+    """``epoch 3/10  step 150  train_loss 0.2134  val_loss 0.2011  ...  12.3s``."""
+    parts = [f"epoch {record['epoch']}/{epochs}", f"step {record['step']}",
+             f"train_loss {fmt(record['train_loss'])}"]
+    parts += [f"{k} {fmt(record[k])}" for k in keys if k in record]
+    parts.append(f"{record['time']:.1f}s")
+    return "  ".join(parts)
+
+
+class QuietReporter:
+    """``--quiet``: one line per epoch on stdout, nothing else."""
+
+    def __init__(self, out=None):
+        self.keys: list[str] = []
+        self.headline = ""
+        self.out = out or sys.stdout
+        self.epochs = 0
+
+    def start(self, epochs: int, n_batches: int, keys: list[str], headline: str) -> None:
+        """Training begins: ``keys`` are the validation values each epoch line shows."""
+        self.epochs, self.keys, self.headline = epochs, keys, headline
+
+    def epoch_start(self, epoch: int, done: int) -> None:
+        pass
+
+    def step(self, state, metrics: dict[str, float]) -> None:
+        pass
+
+    def sample(self, step: int, text: str) -> None:
+        pass
+
+    def epoch_end(self, record: dict[str, Any], rule, improved: bool,
+                  finished: str | None) -> None:
+        line = epoch_line(record, self.epochs, self.keys)
+        if finished == "early_stop":
+            line += f"  (early stop on {rule.key})"
+        print(line, file=self.out, flush=True)
+
+    def note(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    def stop(self) -> None:
+        pass
+
+
+class RichReporter(QuietReporter):
+    """A progress bar per epoch (step, loss, validation metric, tokens/s) on stderr, the
+    epoch lines above it, and a text sample every ``sample.every`` steps."""
+
+    def __init__(self):
+        super().__init__()
+        self.console = Console(stderr=True, highlight=False)
+        self.progress: Progress | None = None
+        self.task = None
+        self.n_batches = 0
+        self.last_metric = ""
+
+    def start(self, epochs: int, n_batches: int, keys: list[str], headline: str) -> None:
+        super().start(epochs, n_batches, keys, headline)
+        self.n_batches = n_batches
+        self.progress = Progress(
+            TextColumn("epoch {task.fields[epoch]}"),
+            BarColumn(bar_width=24),
+            MofNCompleteColumn(),
+            TextColumn("step {task.fields[step]}"),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("{task.fields[metric]}"),
+            TextColumn("{task.fields[tps]} tok/s"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
+        )
+        self.progress.start()
+
+    def epoch_start(self, epoch: int, done: int) -> None:
+        if self.progress is None:
+            return
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+        self.task = self.progress.add_task(
+            "train", total=self.n_batches, completed=done, epoch=f"{epoch + 1}/{self.epochs}",
+            step="-", loss="-", metric=self.last_metric, tps="-")
+
+    def step(self, state, metrics: dict[str, float]) -> None:
+        if self.progress is None or self.task is None:
+            return
+        self.progress.update(self.task, advance=1, step=state.step, loss=fmt(metrics["loss"]),
+                             tps=f"{metrics['tokens_per_s']:.0f}", metric=self.last_metric)
+
+    def sample(self, step: int, text: str) -> None:
+        self.console.print(f"[dim]sample at step {step}:[/dim]")
+        self.console.print(text, markup=False)
+
+    def epoch_end(self, record: dict[str, Any], rule, improved: bool,
+                  finished: str | None) -> None:
+        key = f"val_{self.headline}"
+        if key in record:
+            self.last_metric = f"{key} {fmt(record[key])}"
+        line = epoch_line(record, self.epochs, self.keys)
+        if improved:
+            line += "  *"
+        if finished == "early_stop":
+            line += f"  (early stop on {rule.key})"
+        self.console.print(line, markup=False)
+
+    def note(self, text: str) -> None:
+        self.console.print(text, markup=False)
+
+    def stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+            self.task = None

@@ -1,0 +1,143 @@
+"""Run folders: what ``rnnc train`` writes and ``eval``/``sample``/``plot`` read back.
+
+A run folder holds::
+
+    run.json             what the run is: spec (path, hash, text file), backend,
+                         dataset and its options, overrides from the command line
+    spec.rnn|spec.yaml   a copy of the spec as it was trained
+    model_<backend>.py   the generated module the run trains (imported from here)
+    metrics.jsonl        one JSON record per training step, per validation pass
+                         and for the final test pass
+    checkpoints/         see :mod:`rnnc.train.checkpoint`
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from rnnc.errors import RnncError, TrainError
+from rnnc.ir.lower import Sizes
+from rnnc.spec import ast as A
+
+
+RUN_RECORD = "run.json"
+METRICS = "metrics.jsonl"
+CHECKPOINTS = "checkpoints"
+
+
+def module_path(run_dir: Path, backend: str) -> Path:
+    return Path(run_dir) / f"model_{backend}.py"
+
+
+_imports = itertools.count()
+
+
+def import_module_file(path: Path) -> ModuleType:
+    """Import a generated module from its file (a fresh module object each time)."""
+    name = f"rnnc_run_{next(_imports)}_{Path(path).stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise TrainError(f"cannot import the generated module '{path}'")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # some libraries (dataclasses, pickle) look modules up here
+    try:
+        spec.loader.exec_module(module)
+    except FileNotFoundError:
+        sys.modules.pop(name, None)
+        raise TrainError(f"the run's module '{path}' is missing",
+                         hint="train the run again (rnnc train SPEC --out RUN_DIR --force)"
+                         ) from None
+    except RnncError:
+        sys.modules.pop(name, None)
+        raise
+    return module
+
+
+def read_run(run_dir: Path) -> dict[str, Any]:
+    """The ``run.json`` of a run folder; TrainError if there is none."""
+    path = Path(run_dir) / RUN_RECORD
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TrainError(f"'{run_dir}' is not a run folder (it has no {RUN_RECORD})",
+                         hint="give the folder `rnnc train` wrote (default runs/<spec name>)"
+                         ) from None
+    except (OSError, ValueError) as err:
+        raise TrainError(f"cannot read '{path}': {err}") from None
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """Every record of ``metrics.jsonl`` (a half-written last line is skipped)."""
+    path = Path(run_dir) / METRICS
+    out = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
+# ---------------------------------------------------------------- overrides
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """Training settings given on the command line, over the spec's."""
+
+    epochs: int | None = None
+    batch: int | None = None
+    seed: int | None = None
+    lr: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> Overrides:
+        return cls(**(data or {}))
+
+
+def _set(node: A.CMap, key: str, value: Any) -> A.CMap:
+    items = [(k, v) for k, v in node.items]
+    spans = list(node.key_spans) + [None] * (len(items) - len(node.key_spans))
+    for i, (k, _) in enumerate(items):
+        if k == key:
+            items[i] = (k, value)
+            return replace(node, items=tuple(items), key_spans=tuple(spans))
+    return replace(node, items=tuple(items) + ((key, value),), key_spans=tuple(spans) + (None,))
+
+
+def apply_overrides(spec: A.Spec, overrides: Overrides) -> A.Spec:
+    """The spec with the command line's epochs/batch/seed/lr written into its train block."""
+    from rnnc.spec.schema import TRAIN
+
+    train = spec.train
+    if train is None:
+        return spec
+    for key in ("epochs", "batch", "seed"):
+        value = getattr(overrides, key)
+        if value is not None:
+            train = _set(train, key, A.CScalar(int(value)))
+    if overrides.lr is not None:
+        name, opts = TRAIN.validate(train, "train")["updater"]
+        options = A.CMap(tuple((k, A.CScalar(v)) for k, v in (opts or {}).items()
+                               if k != "lr") + (("lr", A.CScalar(float(overrides.lr))),))
+        train = _set(train, "updater", A.CMap(((name, options),)))
+    return replace(spec, train=train)
+
+
+def sizes_from(record: dict[str, Any]) -> Sizes:
+    s = record["sizes"]
+    return Sizes(s["n_in"], s["n_out"], s["task"])

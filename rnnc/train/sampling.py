@@ -1,0 +1,53 @@
+"""Sampling text from a character model, one character at a time with ``step``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from rnnc.errors import TrainError
+
+
+def encode_prime(prime: str, vocab: Sequence[str]) -> list[int]:
+    """Token ids of ``prime``; TrainError naming a character the model never saw."""
+    index = {ch: i for i, ch in enumerate(vocab)}
+    ids = []
+    for pos, ch in enumerate(prime):
+        if ch not in index:
+            raise TrainError(f"the prime's character {ch!r} (position {pos}) is not in the "
+                             f"model's vocabulary", hint="the model knows these characters: "
+                             + repr("".join(vocab))[:200])
+        ids.append(index[ch])
+    return ids
+
+
+def next_distribution(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """``probs`` sharpened (T < 1) or flattened (T > 1): ``p^(1/T)``, renormalised."""
+    logp = np.log(np.maximum(np.asarray(probs, dtype=np.float64), 1e-300)) / temperature
+    logp -= logp.max()
+    p = np.exp(logp)
+    return p / p.sum()
+
+
+def sample_text(module: Any, params: dict[str, Any], vocab: Sequence[str], prime: str,
+                length: int, temperature: float, rng: np.random.Generator,
+                dtype: str = "float32") -> str:
+    """``length`` characters following ``prime`` (which is fed first, state carried)."""
+    if not prime:
+        raise TrainError("the prime is empty", hint="give at least one character: --prime 'T'")
+    if temperature <= 0:
+        raise TrainError(f"the temperature must be > 0, not {temperature}")
+    ids = encode_prime(prime, vocab)
+    state = module.initial_state(1, dtype)
+    probs = None
+    for tok in ids:
+        probs, state = module.step(params, np.array([tok], dtype=np.int32), state)
+    out = []
+    for _ in range(length):
+        p = next_distribution(np.asarray(probs)[0], temperature)
+        tok = int(rng.choice(len(p), p=p))
+        out.append(vocab[tok])
+        probs, state = module.step(params, np.array([tok], dtype=np.int32), state)
+    return "".join(out)
