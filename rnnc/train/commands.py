@@ -35,8 +35,8 @@ def _train(
     batch: Annotated[int | None, typer.Option(min=1, help="Override the spec's batch size.")
                      ] = None,
     seed: Annotated[int | None, typer.Option(min=0, help="Override the spec's seed.")] = None,
-    lr: Annotated[float | None, typer.Option(
-        min=0.0, min_open=True, help="Override the updater's learning rate.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Override the updater's learning rate.")
+                  ] = None,
     quiet: Annotated[bool, typer.Option(
         "--quiet", "-q", help="No progress bar: one line per epoch.")] = False,
     stop_after_steps: Annotated[int | None, typer.Option(
@@ -47,6 +47,8 @@ def _train(
     from rnnc.train.progress import QuietReporter, RichReporter
     from rnnc.train.runs import Overrides
 
+    if lr is not None and not lr > 0:
+        raise TrainError(f"--lr must be a positive number, not {lr}")
     reporter = QuietReporter() if quiet else RichReporter()
     opts = TrainOptions(
         backend=backend, out=out, resume=resume, force=force, devices=devices,
@@ -63,7 +65,7 @@ def _train(
         parts = "  ".join(f"test_{k} {v:.4f}" for k, v in result.test.items())
         typer.echo(f"test ({result.state.step} steps, best epoch "
                    f"{result.state.best_epoch}): {parts}")
-        typer.echo(f"run folder: {run_dir}")
+    typer.echo(f"run folder: {run_dir}")
 
 
 def _eval(
@@ -100,7 +102,7 @@ def _sample(
     prime: Annotated[str | None, typer.Option(help="Text to start from (fed first).")] = None,
     length: Annotated[int, typer.Option(min=1, help="Characters to generate.")] = 200,
     temperature: Annotated[float, typer.Option(
-        min=0.0, min_open=True, help="Below 1: safer choices; above 1: more surprise.")] = 1.0,
+        help="Below 1: safer choices; above 1: more surprise.")] = 1.0,
     seed: Annotated[int, typer.Option(min=0, help="Sampling seed.")] = 0,
     checkpoint: Annotated[str, typer.Option(help="best or latest.")] = "best",
 ) -> None:

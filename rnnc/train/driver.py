@@ -153,6 +153,13 @@ def is_text(dataset: Dataset) -> bool:
     return dataset.stream is not None
 
 
+def split_size(ds: Dataset, split: str) -> int:
+    """Examples in a split (text: predictable characters in its stream)."""
+    if is_text(ds):
+        return max(len(ds.stream[split]) - 1, 0)
+    return len(ds.split(split))
+
+
 def window_length(program: Program, dataset: Dataset) -> int:
     """Text: the window of one ``train_step`` call: k1, else the dataset's window."""
     plan = program.train
@@ -182,15 +189,17 @@ def stream_windows(ds: Dataset, split: str, batch: int, window: int, reset: str,
 
 def evaluate(c: Compiled, params: dict[str, Any], split: str) -> dict[str, float]:
     """Loss and metrics of ``params`` on a split (``{"loss": ..., <metric>: ...}``)."""
+    with np.errstate(all="ignore"):
+        return _evaluate(c, params, split)
+
+
+def _evaluate(c: Compiled, params: dict[str, Any], split: str) -> dict[str, float]:
     ds, module, plan = c.dataset, c.module, c.program.train
     outputs, parts = [], []
     if is_text(ds):
         window = window_length(c.program, ds)
         tokens = len(ds.stream[split])
         rows = max(1, min(plan.batch, (tokens - 1) // window))
-        if tokens < 2:
-            raise TrainError(f"the {split} part of the text is too short to evaluate",
-                             hint="use more text or change the split fractions")
         state = None
         for b in stream_windows(ds, split, rows, window, plan.reset):
             ys, state = module.forward(params, b.x, state, b.lengths, b.resets)
@@ -198,14 +207,14 @@ def evaluate(c: Compiled, params: dict[str, Any], split: str) -> dict[str, float
             parts.append(b)
     else:
         data = ds.split(split)
-        if len(data) == 0:
-            raise TrainError(f"the {split} split is empty",
-                             hint="give it a share with the dataset's split option")
         for b in iterate_batches(data, EVAL_BATCH, None):
             x, _ = _as_model_input(b, plan.dtype)
             ys, _ = module.forward(params, x, None, b.lengths)
             outputs.append(np.asarray(ys))
             parts.append(b)
+    if not parts:
+        raise TrainError(f"the {split} split is empty",
+                         hint="give it a share with the dataset's split option")
     out = np.concatenate(outputs, axis=0)
     whole = Batch(x=np.concatenate([b.x for b in parts]), y=np.concatenate([b.y for b in parts]),
                   lengths=np.concatenate([b.lengths for b in parts]),
@@ -307,6 +316,12 @@ class Trainer:
         self.stop_after = stop_after
         self.rule = stop_rule(self.plan.early_stop, self.ds.metric,
                               c.spec.train.key_span("early_stop"))
+        for split in ("train", "val"):
+            if split_size(self.ds, split) == 0:
+                raise TrainError(f"the {split} split of the dataset is empty",
+                                 c.spec.train.key_span("data"),
+                                 "training needs both: give each a share with the dataset's "
+                                 "split option, e.g. split: [0.8, 0.1, 0.1]")
         self.dropout = uses_dropout(c.program)
         self.train_step = self._train_step(devices)
         self.best_params: dict[str, Any] | None = None
@@ -319,19 +334,22 @@ class Trainer:
         if self.c.backend != "jax":
             raise TrainError(f"--devices {devices} needs the jax backend",
                              hint="add --backend jax")
-        parallel = getattr(self.module, "data_parallel", None)
-        if parallel is None:
+        if not hasattr(self.module, "make_mesh"):
             raise TrainError(f"--devices {devices}: this JAX module has no data-parallel "
-                             f"support (no data_parallel function)",
+                             f"support (no make_mesh)",
                              hint="train on one device (leave out --devices)")
+        import functools
+
         import jax
 
         if jax.device_count() < devices:
-            raise TrainError(f"--devices {devices}, but JAX sees {jax.device_count()} device(s)")
+            raise TrainError(f"--devices {devices}, but JAX sees {jax.device_count()} device(s)",
+                             hint="on CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N "
+                                  "makes N devices")
         if self.plan.batch % devices:
             raise TrainError(f"the batch ({self.plan.batch}) does not split evenly over "
                              f"{devices} devices", hint="use a batch that is a multiple of it")
-        return parallel(devices)
+        return functools.partial(self.module.train_step, mesh=self.module.make_mesh(devices))
 
     # -- state
     def fresh_state(self) -> TrainState:
@@ -403,8 +421,10 @@ class Trainer:
                 rng = rng_next = ckpt.rng_from_json(st.rng)
         state_in = st.stream_state if is_text(self.ds) else None
         t = time.perf_counter()
-        params, opt_state, final, m = self.train_step(
-            st.params, st.opt_state, x, y, state_in, b.lengths, b.resets, rng=rng)
+        # overflow shows up as a non-finite loss, which is checked below: no warnings
+        with np.errstate(all="ignore"):
+            params, opt_state, final, m = self.train_step(
+                st.params, st.opt_state, x, y, state_in, b.lengths, b.resets, rng=rng)
         loss, gnorm, lr = float(m["loss"]), float(m["grad_norm"]), float(m["lr"])
         seconds = time.perf_counter() - t
         if not (math.isfinite(loss) and math.isfinite(gnorm)):
@@ -425,6 +445,8 @@ class Trainer:
         self.state = st
         every = self.plan.checkpoint_every
         sample_every = self.plan.sample_every if self.can_sample() else 0
+        if not getattr(self.reporter, "shows_samples", True):
+            sample_every = 0
         n_batches = self.n_batches()
         keys = ["val_loss", f"val_{self.ds.metric}"]
         if self.rule.key not in keys:
@@ -486,7 +508,7 @@ class Trainer:
         st = self.state
         where = f"step {st.step + 1} (epoch {st.epoch + 1}, batch {st.batch_index + 1})"
         name = ckpt.read_pointer(self.run_dir / CHECKPOINTS, "latest")
-        keep = (f"the last good checkpoint is {self.run_dir / CHECKPOINTS / name}"
+        keep = (f"the last checkpoint, {self.run_dir / CHECKPOINTS / name}, is kept"
                 if name else "no checkpoint had been written yet")
         self.reporter.stop()
         raise TrainError(f"the loss or gradient norm became {value} at {where}; training "
@@ -680,6 +702,8 @@ def train(spec_path: Path, opts: TrainOptions, reporter) -> TrainResult:
             where = trainer.save(trainer.state)
             return TrainResult(run_dir, trainer.state, None, interrupted_at=where)
         params = trainer.best_params if trainer.best_params is not None else state.params
+        if split_size(c.dataset, "test") == 0:
+            return TrainResult(run_dir, state, None)
         test = evaluate(c, params, "test")
         log({"kind": "test", "step": state.step, "epoch": state.epoch,
              **{f"test_{k}": v for k, v in test.items()}})

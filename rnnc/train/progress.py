@@ -37,6 +37,8 @@ def epoch_line(record: dict[str, Any], epochs: int, keys: list[str]) -> str:
 class QuietReporter:
     """``--quiet``: one line per epoch on stdout, nothing else."""
 
+    shows_samples = False
+
     def __init__(self, out=None):
         self.keys: list[str] = []
         self.headline = ""
@@ -73,6 +75,8 @@ class QuietReporter:
 class RichReporter(QuietReporter):
     """A progress bar per epoch (step, loss, validation metric, tokens/s) on stderr, the
     epoch lines above it, and a text sample every ``sample.every`` steps."""
+
+    shows_samples = True
 
     def __init__(self):
         super().__init__()
@@ -129,7 +133,7 @@ class RichReporter(QuietReporter):
             line += "  *"
         if finished == "early_stop":
             line += f"  (early stop on {rule.key})"
-        self.console.print(line, markup=False)
+        self.console.print(line, markup=False, soft_wrap=True)
 
     def note(self, text: str) -> None:
         self.console.print(text, markup=False)

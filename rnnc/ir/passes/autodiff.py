@@ -48,14 +48,13 @@ adjoint is one ``concat`` of the slices' adjoints, not a sum of pads.
       exports %d_t4
       hoisted (all steps):
         %d_b: [4] = bsum(%d_t4)
-        %d_x: [B, 4] = matmul_t(%W, %d_t4)
-        %d_W: [4, 3] = outer(%d_t4, %x)
         %d_U: [4, 4] = outer(%d_t4, %h)
+        %d_W: [4, 3] = outer(%d_t4, %x)
+        %d_x: [B, 3] = matmul_t(%W, %d_t4)
       input grads %x <- %d_x
       param grads %W <- %d_W, %U <- %d_U, %b <- %d_b
 
-(``%d_x`` shows the shape of ``W.T @ g`` per example; the printer writes the
-shape its producer gives, ``[B, 3]``, once the IR is verified.)
+The weight gradients ``%d_W`` and ``%d_U`` are single products over all steps.
 """
 
 from __future__ import annotations
@@ -225,6 +224,8 @@ class _Builder:
             for a in ins.args:
                 self.users[a].append(ins)
         self.taken = set(self.fwd)
+        # how many adjoint terms each value may receive (uses, plus seeds added later)
+        self.n_uses: dict[str, int] = {n: len(us) for n, us in self.users.items()}
         self.bwd: dict[str, tuple[Shape, bool, str]] = {}  # name -> (shape, batched, level)
         self.sections: dict[str, list[Instr]] = {BODY: [], POST: [], INV: []}
         self.level = BODY
@@ -243,6 +244,13 @@ class _Builder:
             name = f"{base}_{k}"
         self.taken.add(name)
         return name
+
+    def numbered(self, base: str) -> str:
+        k = 1
+        while f"{base}_{k}" in self.taken:
+            k += 1
+        self.taken.add(f"{base}_{k}")
+        return f"{base}_{k}"
 
     def fshape(self, name: str) -> Shape:
         return self.fwd[name][0] if name in self.fwd else self.bwd[name][0]
@@ -273,7 +281,12 @@ class _Builder:
             batched = any(self.batched(a) for a in args)
         if name is None:
             self.n_tmp += 1
-            name = self.fresh(f"d_{self.target}" if self.target else f"g{self.n_tmp}")
+            if not self.target:
+                name = self.fresh(f"g{self.n_tmp}")
+            elif self.n_uses.get(self.target, 0) > 1:  # d_<v> is kept for the sum
+                name = self.numbered(f"d_{self.target}")
+            else:
+                name = self.fresh(f"d_{self.target}")
         self.sections[self.level].append(
             Instr(name, op, args, tuple(shape), batched, attrs(**kw), None, comment))
         self.bwd[name] = (tuple(shape), batched, self.level)
@@ -281,6 +294,10 @@ class _Builder:
 
     def piece(self, target: str, lo: int, hi: int, g: str) -> None:
         self.pieces.setdefault(target, []).append((lo, hi, g))
+
+    def seed(self, target: str, g: str) -> None:
+        self.n_uses[target] = self.n_uses.get(target, 0) + 1
+        self.contribute(target, g)
 
     def contribute(self, target: str, g: str) -> None:
         self.contrib.setdefault(target, []).append(g)
@@ -323,8 +340,8 @@ class _Builder:
         total = terms[0]
         for k, t in enumerate(terms[1:]):
             last = k == len(terms) - 2
-            total = self.emit("add", (total, t), self.fshape(name), "sum of the uses' adjoints",
-                              name=self._dname(name) if last else None)
+            total = self.emit("add", (total, t), self.fshape(name), "sum over the uses",
+                              name=self._dname(name) if last else self.numbered(f"d_{name}"))
         self.adjoint[name] = total
         self.target = ""
         return total
@@ -387,7 +404,7 @@ def autodiff(cell: Cell) -> CellGrad:
     seeds.append((output_seed, cell.output))
     for name, v in seeds:
         b.bwd[name] = (b.fshape(v), True, BODY)
-        b.contribute(v, name)
+        b.seed(v, name)
 
     # 1. body, per step, in reverse
     b.cur = b.level = BODY

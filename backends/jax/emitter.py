@@ -1,0 +1,705 @@
+"""Emit a standalone JAX module from a :class:`~rnnc.ir.nodes.Program`.
+
+The module follows ``docs/generated-module.md``. What this file writes is the
+model-specific part: constants, one straight-line step function per layer
+(plus its ``invariant`` and ``hoisted`` sections when the passes made them),
+the wiring of layers, input encoding and head. The model-independent part
+(``lax.scan`` driver, objectives, truncated-BPTT windows, jitted entry points,
+sharding helpers) is pasted from the sections of ``template.py``; the update
+rules are pasted verbatim from ``runtime_optim.py``.
+
+Emitters print; they do not decide semantics. Per-instruction array code comes
+from the shared op table (:func:`rnnc.ir.ops.render`) with a few JAX rows
+overridden (``jax.nn.sigmoid``, ``jax.nn.relu``).
+"""
+
+from __future__ import annotations
+
+import builtins
+import re
+import shlex
+import textwrap
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from rnnc.errors import BackendError
+from rnnc.ir.nodes import Cell, Instr, Layer, Model, Param, Program, TrainPlan
+from rnnc.ir.ops import ACT_FORWARD, RUNTIME_HELPERS, render
+
+from .pyfmt import WIDTH, Seq, assign, call, clean, comment, doc_text, literal, pystr
+
+
+RUNTIME_MARKER = "# --- rnnc runtime begins ---"
+SECTION = re.compile(r"^# --- section: (\w+) ---$", re.M)
+
+# Activations with a better JAX primitive than the shared formula (same values; relu's
+# gradient at 0 is 0 like the NumPy backend's, where jnp.maximum would give 0.5).
+ACT_JAX = {
+    "sigmoid": "jax.nn.sigmoid({a})",
+    "relu": "jax.nn.relu({a})",
+}
+
+# scan's unroll factor: measured on CPU (see docs/jax.md, bench/bench_jax.py).
+UNROLL = 1
+
+# Names a cell function uses itself; spec names that collide get a trailing "_".
+_RESERVED = {"p", "inv", "hx", "jnp", "jax", "np", "functools", "_outer", "_bsum", "_pad"}
+_RESERVED |= set(dir(builtins))
+
+
+def _act(xp: str, a: Sequence[str], ins: Instr) -> str:
+    fn = ins.attr("fn")
+    if fn in ACT_JAX:
+        return ACT_JAX[fn].format(a=a[0])
+    return ACT_FORWARD[fn].format(xp=xp, a=a[0])
+
+
+OVERRIDES = {"act": _act}
+
+
+def _version() -> str:
+    try:
+        from rnnc import __version__
+
+        return __version__
+    except ImportError:  # pragma: no cover
+        return "0"
+
+
+def _ident(s: str) -> str:
+    return re.sub(r"\W", "_", s)
+
+
+# ------------------------------------------------------------------ the template
+
+
+def template_sections() -> dict[str, str]:
+    """The sections of ``template.py`` by name (code only, without the marker lines)."""
+    text = resources.files(__package__).joinpath("template.py").read_text(encoding="utf-8")
+    parts = SECTION.split(text)
+    out = {}
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        out[name] = body.strip("\n") + "\n"
+    return out
+
+
+def runtime_optim_source() -> str:
+    """The update runtime, from its marker line on, verbatim."""
+    text = resources.files(__package__).joinpath("runtime_optim.py").read_text(encoding="utf-8")
+    at = text.index(RUNTIME_MARKER)
+    return text[at:].strip("\n") + "\n"
+
+
+# ------------------------------------------------------------------------- cells
+
+
+@dataclass
+class CellCode:
+    """The functions of one layer's cell, and the entry of CELLS that names them."""
+
+    functions: list[str] = field(default_factory=list)
+    entry: dict[str, str] = field(default_factory=dict)
+
+
+def _wrap_equation(eq: str, indent: int) -> list[str]:
+    pad = " " * indent
+    return textwrap.wrap(doc_text(eq), WIDTH - indent, initial_indent=pad,
+                         subsequent_indent=pad + "    ", break_long_words=True,
+                         break_on_hyphens=False) or [pad]
+
+
+class _CellEmitter:
+    """Writes the invariant / hoisted / step functions of one layer's cell."""
+
+    def __init__(self, layer: Layer, fname: str):
+        self.layer = layer
+        self.cell: Cell = layer.cell
+        self.fname = fname
+        cell = self.cell
+        if len(cell.inputs) != 1:
+            raise BackendError(
+                f"cell '{cell.name}' of layer '{layer.name}' has {len(cell.inputs)} inputs; "
+                "the JAX backend runs cells with one input", None)
+        self.params = {p.name for p in cell.params}
+        # unbatched hoisted values depend on parameters only: compute them with the invariant
+        self.invariant = list(cell.invariant) + [i for i in cell.hoisted if not i.batched]
+        self.hoisted = [i for i in cell.hoisted if i.batched]
+        self.body = list(cell.body)
+        self.section = {i.name: "invariant" for i in self.invariant}
+        self.section.update({i.name: "hoisted" for i in self.hoisted})
+        self.section.update({i.name: "body" for i in self.body})
+        self.local = self._local_names()
+        self.live = self._live()
+
+    def _local_names(self) -> dict[str, str]:
+        cell = self.cell
+        taken: set[str] = set()
+        out = {}
+        for name in [v.name for v in cell.inputs + cell.states] + [i.name for i in cell.instrs]:
+            local = name
+            while local in _RESERVED or local in taken:
+                local += "_"
+            taken.add(local)
+            out[name] = local
+        return out
+
+    def _live(self) -> set[str]:
+        """Names whose value reaches the output or a next state (the rest is not written)."""
+        cell = self.cell
+        live = {cell.output} | {v for _, v in cell.next_state}
+        order = self.invariant + self.hoisted + self.body
+        for ins in reversed(order):
+            if ins.name in live:
+                live.update(ins.args)
+        return live
+
+    # -- names as seen from inside each function
+    def ref(self, name: str, where: str) -> str:
+        if name in self.params:
+            return f"p[{pystr(name)}]"
+        sec = self.section.get(name)
+        if sec == "invariant" and where != "invariant":
+            return f"inv[{pystr(name)}]"
+        if sec == "hoisted" and where == "body":
+            return f"hx[{pystr(name)}]"
+        return self.local[name]
+
+    def _instr_lines(self, ins: Instr, where: str) -> list[str]:
+        target = self.local[ins.name]
+        def names(a: str) -> str:
+            return self.ref(a, where)
+
+        if ins.op in ("concat", "pconcat"):
+            axis = "-1" if ins.op == "concat" else "0"
+            args = [Seq([names(a) for a in ins.args]), f"axis={axis}"]
+            code = call(4, f"{target} = jnp.concatenate", args)
+        else:
+            code = f"    {target} = {render(ins, 'jnp', names, OVERRIDES)}"
+        if "\n" not in code and len(code) > WIDTH:
+            raise BackendError(f"line too long in the JAX module for %{ins.name}", ins.span)
+        if "\n" not in code:
+            note = comment(ins.comment, WIDTH - len(code) - 2)
+            shown = clean(ins.comment).strip()
+            if note and shown not in (ins.name, code.split(" = ", 1)[1]):
+                code += "  " + note
+        return [code]
+
+    @staticmethod
+    def _dict_return(items: list[str]) -> str:
+        one = "    return {" + ", ".join(items) + "}"
+        if len(one) <= WIDTH:
+            return one
+        return "    return {\n" + "".join(f"        {i},\n" for i in items) + "    }"
+
+    def _used_by(self, section_instrs: list[Instr], sources: set[str],
+                 extra: set[str]) -> list[str]:
+        """Values of `sources` read by live instructions of section_instrs or in `extra`."""
+        out: list[str] = []
+        for ins in section_instrs:
+            if ins.name in self.live:
+                out.extend(a for a in ins.args if a in sources and a not in out)
+        out.extend(n for n in sorted(extra & sources) if n not in out)
+        return out
+
+    def emit(self) -> CellCode:
+        cell, layer = self.cell, self.layer
+        code = CellCode()
+        x = self.local[cell.inputs[0].name]
+        states = [self.local[s.name] for s in cell.states]
+        ends = {cell.output} | {v for _, v in cell.next_state}
+        inv_names = {i.name for i in self.invariant}
+        hx_names = {i.name for i in self.hoisted}
+        title = f"{layer.name} ({cell.name})"
+
+        inv_live = [i for i in self.invariant if i.name in self.live]
+        hx_live = [i for i in self.hoisted if i.name in self.live]
+        body_live = [i for i in self.body if i.name in self.live]
+
+        if inv_live:
+            lines = [f"def {self.fname}_invariant(p):",
+                     f'    """{doc_text(title)}: values of parameters only, once per call."""']
+            for ins in inv_live:
+                lines += self._instr_lines(ins, "invariant")
+            needed = self._used_by(hx_live + body_live, inv_names, ends)
+            lines.append(self._dict_return(
+                [f"{pystr(n)}: {self.local[n]}" for n in needed]))
+            code.functions.append("\n".join(lines))
+            code.entry["invariant"] = f"{self.fname}_invariant"
+        else:
+            code.entry["invariant"] = "None"
+
+        if hx_live:
+            lines = [f"def {self.fname}_hoisted(p, inv, {x}):",
+                     f'    """{doc_text(title)}: values of inputs and parameters only, for '
+                     'every step at once."""']
+            for ins in hx_live:
+                lines += self._instr_lines(ins, "hoisted")
+            needed = self._used_by(body_live, hx_names, ends)
+            lines.append(self._dict_return(
+                [f"{pystr(n)}: {self.local[n]}" for n in needed]))
+            code.functions.append("\n".join(lines))
+            code.entry["hoisted"] = f"{self.fname}_hoisted"
+        else:
+            code.entry["hoisted"] = "None"
+
+        sig = ", ".join(["p", "inv", "hx", x] + states)
+        state_list = ", ".join(f"{s.name}'" for s in cell.states)
+        state_list += "," if len(cell.states) == 1 else ""
+        lines = [f"def {self.fname}_step({sig}):",
+                 f'    """{doc_text(title)} at one time step: (output, ({doc_text(state_list)})).',
+                 ""]
+        for eq in cell.equations:
+            lines += _wrap_equation(eq, 4)
+        lines.append('    """')
+        for ins in body_live:
+            lines += self._instr_lines(ins, "body")
+        nxt = dict(cell.next_state)
+        new = [self.ref(nxt[s.name], "body") for s in cell.states]
+        new_t = "(" + ", ".join(new) + ("," if len(new) == 1 else "") + ")"
+        ret = f"    return {self.ref(cell.output, 'body')}, {new_t}"
+        if len(ret) > WIDTH:
+            ret = call(4, "return ", [self.ref(cell.output, "body"), Seq(new)])
+            ret = ret.replace("return (", "return (", 1)
+        lines.append(ret)
+        code.functions.append("\n".join(lines))
+        code.entry["step"] = f"{self.fname}_step"
+
+        reads_x = cell.inputs[0].name in ends or any(
+            cell.inputs[0].name in i.args for i in body_live)
+        code.entry["reads_x"] = repr(reads_x)
+        return code
+
+
+# ----------------------------------------------------------------------- module
+
+
+def _param_fans(p: Param) -> tuple[int, int]:
+    if p.fan is not None:
+        return p.fan
+    if len(p.shape) >= 2:
+        return p.shape[1], p.shape[0]
+    n = p.shape[0] if p.shape else 1
+    return n, n
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, tuple):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
+
+
+def model_summary(model: Model) -> dict[str, Any]:
+    enc = model.input
+    return {
+        "name": model.name,
+        "input": {"kind": enc.kind, "vocab": enc.vocab, "size": enc.size,
+                  "normalize": enc.normalize},
+        "layers": [
+            {
+                "name": layer.name,
+                "cell": layer.cell.name,
+                "input_size": layer.input_size,
+                "hidden": layer.cell.output_size,
+                "output_size": layer.output_size,
+                "states": {s.name: s.size for s in layer.cell.states},
+                "directions": list(layer.directions),
+                "merge": layer.merge,
+                "residual": layer.residual,
+                "dropout": layer.dropout,
+            }
+            for layer in model.layers
+        ],
+        "head": {"kind": model.head.kind, "at": model.head.at,
+                 "input_size": model.head.input_size, "output_size": model.head.output_size},
+        "stack": model.stack,
+        "dropout": {"input": model.input_dropout, "output": model.output_dropout},
+        "param_count": model.param_count,
+    }
+
+
+def train_summary(plan: TrainPlan | None) -> dict[str, Any] | None:
+    if plan is None:
+        return None
+    name, opts = plan.data
+    up, up_opts = plan.updater
+    return {
+        "data": {"name": name, **{k: _plain(v) for k, v in opts}},
+        "bptt": None if plan.k1 is None else {"k1": plan.k1, "k2": plan.k2},
+        "updater": {"name": up, **dict(up_opts)},
+        "schedule": None if plan.schedule is None else {"name": plan.schedule[0],
+                                                        **dict(plan.schedule[1])},
+        "clip": {"norm": plan.clip_norm, "value": plan.clip_value},
+        "l1": plan.l1,
+        "l2": plan.l2,
+        "epochs": plan.epochs,
+        "batch": plan.batch,
+        "early_stop": None if plan.early_stop is None else {
+            "metric": plan.early_stop[0], "patience": plan.early_stop[1]},
+        "seed": plan.seed,
+        "reset": plan.reset,
+        "dtype": plan.dtype,
+        "sample_every": plan.sample_every,
+        "sample_length": plan.sample_length,
+        "checkpoint_every": plan.checkpoint_every,
+    }
+
+
+def _describe(model: Model) -> str:
+    enc = model.input
+    if enc.kind == "onehot":
+        parts = [f"input onehot (vocab {enc.vocab})"]
+    elif enc.kind == "embedding":
+        parts = [f"input embedding (vocab {enc.vocab}, dim {enc.size})"]
+    else:
+        parts = [f"input dense ({enc.size} features)"]
+    for layer in model.layers:
+        d = {("fwd",): "", ("bwd",): " backward", ("fwd", "bwd"): f" bidirectional {layer.merge}"}
+        extra = d[layer.directions] + (" residual" if layer.residual else "")
+        parts.append(f"{layer.name}: {layer.cell.name} {layer.cell.output_size}{extra}")
+    head = model.head
+    parts.append(f"head {head.kind} {head.at} ({head.output_size})")
+    return " -> ".join(parts)
+
+
+class ModuleEmitter:
+    def __init__(self, program: Program):
+        self.program = program
+        self.model = program.model
+        self.plan = program.train
+        self.sections = template_sections()
+        model = self.model
+        self.bidirectional = any(layer.bidirectional for layer in model.layers)
+        plan = self.plan
+        self.k1 = plan.k1 if plan is not None else None
+        self.k2 = plan.k2 if plan is not None else None
+        if self.k1 is not None and any("bwd" in layer.directions for layer in model.layers):
+            raise BackendError(
+                "truncated BPTT needs forward-only layers (a backward direction reads the "
+                "future of every window)", None,
+                "remove `bptt` from the train block, or make the layers forward")
+        self.windows = self.k1 is not None
+
+    # -- pieces
+    def header(self) -> str:
+        prog = self.program
+        src = prog.source_name or "<spec>"
+        shown = src if clean(src) == src else repr(src)
+        out = f"{_ident(self.model.name)}_jax.py"
+        return "\n".join([
+            f"# Generated by rnnc {_version()} from {shown} -- DO NOT EDIT.",
+            f"# spec_sha256: {_ident(prog.spec_hash)}  backend: jax",
+            f"# Regenerate with: rnnc compile {shlex.quote(shown)} --backend jax -o {out}",
+        ])
+
+    def docstring(self) -> str:
+        model = self.model
+        lines = [f'"""{doc_text(model.name)}: a recurrent network generated by rnnc (JAX backend).',
+                 ""]
+        lines += textwrap.wrap(doc_text(_describe(model)), WIDTH, break_on_hyphens=False)
+        for layer in model.layers:
+            lines += ["", f"{doc_text(layer.name)} ({doc_text(layer.cell.name)}):"]
+            for eq in layer.cell.equations:
+                lines += _wrap_equation(eq, 4)
+        lines += [
+            "",
+            "API (batch-major arrays; see docs/generated-module.md): init_params, initial_state,",
+            "step, forward, loss_and_grad, init_opt_state, train_step; make_mesh, shard_batch and",
+            "replicate for data-parallel training over several devices.",
+            '"""',
+        ]
+        return "\n".join(lines)
+
+    def constants(self) -> str:
+        model, plan = self.model, self.plan
+        params = model.params
+        shapes = {p.name: tuple(p.shape) for p in params}
+        inits = {p.name: (p.init[0], tuple(float(a) for a in p.init[1])) + _param_fans(p)
+                 for p in params}
+        states = {v.name: (v.size,) for v in model.state_vars}
+        out = [
+            "# The normalised spec, as plain data.",
+            assign("SPEC", _plain(self.program.spec_data)),
+            f"SPEC_SHA256 = {pystr(self.program.spec_hash)}",
+            "# Parameter shapes, in the order init_params draws them.",
+            assign("PARAM_SHAPES", shapes),
+            "# name: (initialiser, arguments, fan_in, fan_out)",
+            assign("PARAM_INITS", inits),
+            "# State sizes (without the batch axis).",
+            assign("STATE_SHAPES", states),
+            assign("MODEL", model_summary(model)),
+            assign("TRAIN", train_summary(plan)),
+        ]
+        drop: dict[str, tuple[float, int]] = {}
+        if model.input_dropout > 0:
+            drop["input"] = (model.input_dropout, model.input.size)
+        for layer in model.layers:
+            if layer.dropout > 0:
+                drop[layer.name] = (layer.dropout, layer.output_size)
+        if model.output_dropout > 0:
+            drop["output"] = (model.output_dropout, model.layers[-1].output_size)
+        if plan is None:
+            updater: dict[str, Any] = {"name": "adam"}
+            schedule = None
+            clip = None
+            l1 = l2 = 0.0
+        else:
+            updater = {"name": plan.updater[0], **dict(plan.updater[1])}
+            schedule = None if plan.schedule is None else {"name": plan.schedule[0],
+                                                           **dict(plan.schedule[1])}
+            clip = {}
+            if plan.clip_value is not None:
+                clip["value"] = plan.clip_value
+            if plan.clip_norm is not None:
+                clip["norm"] = plan.clip_norm
+            clip = clip or None
+            l1, l2 = plan.l1, plan.l2
+        out += [
+            "",
+            "# Width of the encoded input vectors.",
+            f"INPUT_SIZE = {model.input.size}",
+            "# Dropout while training: {place: (rate, width)}.",
+            assign("DROPOUT", drop),
+            "# lax.scan unroll factor.",
+            f"UNROLL = {UNROLL}",
+        ]
+        if self.windows:
+            out += ["# Truncated BPTT: every K1 steps, backpropagate through K2 steps.",
+                    f"K1 = {self.k1}", f"K2 = {self.k2}"]
+        out += [
+            "# The updater, learning-rate schedule, clipping and L1/L2 of train_step.",
+            assign("UPDATER", updater),
+            assign("SCHEDULE", schedule),
+            assign("CLIP", clip),
+            f"L1 = {l1!r}",
+            f"L2 = {l2!r}",
+        ]
+        return "\n".join(out)
+
+    def cells(self) -> tuple[list[str], str]:
+        functions: list[str] = []
+        entries: dict[str, dict[str, str]] = {}
+        used: set[str] = set()
+        for layer in self.model.layers:
+            fname = _ident(f"{layer.name}_{layer.cell.name}")
+            while fname in used:
+                fname += "_"
+            used.add(fname)
+            code = _CellEmitter(layer, fname).emit()
+            functions.extend(code.functions)
+            entries[layer.name] = code.entry
+        table = ["# Each layer's cell: its parameter and state names and its functions.",
+                 "CELLS = {"]
+        for layer in self.model.layers:
+            e = entries[layer.name]
+            table.append(f"    {pystr(layer.name)}: {{")
+            table.append("        " + literal_line(
+                "params", tuple(p.name for p in layer.cell.params), 8))
+            table.append("        " + literal_line(
+                "states", tuple(s.name for s in layer.cell.states), 8))
+            for key in ("invariant", "hoisted", "step", "reads_x"):
+                table.append(f"        {pystr(key)}: {e[key]},")
+            table.append("    },")
+        table.append("}")
+        return functions, "\n".join(table)
+
+    def encode(self) -> str:
+        enc = self.model.input
+        head = "def _encode(params, xs, dtype):\n"
+        if enc.kind == "onehot":
+            return head + (
+                f'    """Token ids (B, T) -> time-major one-hot vectors (T, B, {enc.vocab})."""\n'
+                f"    return jax.nn.one_hot(jnp.swapaxes(xs, 0, 1), {enc.vocab}, dtype=dtype)")
+        if enc.kind == "embedding":
+            return head + (
+                f'    """Token ids (B, T) -> time-major embeddings E[ids] (T, B, {enc.size})."""\n'
+                '    return params["input.E"][jnp.swapaxes(xs, 0, 1)]')
+        return head + (
+            f'    """Features (B, T, {enc.size}) -> time-major (T, B, {enc.size})."""\n'
+            "    return jnp.swapaxes(xs, 0, 1).astype(dtype)")
+
+    def layers(self) -> str:
+        lines = [
+            "def _layers(params, x, state, valid, resets, drop, detach_every=None, "
+            "collect=False):",
+            '    """All layers over time-major inputs x (T, B, F).',
+            "",
+            "    Returns (top-layer outputs (T, B, n), final state, and with `collect` the state",
+            "    after every step). `drop` holds the dropout multipliers (None: no dropout).",
+            '    """',
+            "    final, seq = {}, {}",
+            "",
+            "    def run(layer, prefix, x, reverse=False):",
+            "        cell = CELLS[layer]",
+            "        y, s, s_seq = _run_direction(",
+            "            cell, params, prefix, x, state, valid, resets, reverse, detach_every, "
+            "collect",
+            "        )",
+            "        final.update(s)",
+            "        seq.update(s_seq)",
+            "        return y",
+            "",
+            '    x = _dropout(x, drop, "input")',
+        ]
+        for layer in self.model.layers:
+            name = pystr(layer.name)
+            lines.append("    " + comment(self._layer_note(layer), WIDTH - 4))
+            if layer.bidirectional:
+                lines.append(call(4, "y_fwd = run", [name, pystr(layer.prefix("fwd")), "x"]))
+                lines.append(call(4, "y_bwd = run",
+                                  [name, pystr(layer.prefix("bwd")), "x", "reverse=True"]))
+                if layer.merge == "concat":
+                    lines.append("    y = jnp.concatenate([y_fwd, y_bwd], axis=-1)")
+                else:
+                    lines.append("    y = y_fwd + y_bwd")
+            else:
+                reverse = ["reverse=True"] if layer.directions == ("bwd",) else []
+                lines.append(call(4, "y = run",
+                                  [name, pystr(layer.prefix(layer.directions[0])), "x"]
+                                  + reverse))
+            if layer.residual:
+                lines.append("    y = y + x")
+            if layer.dropout > 0:
+                lines.append(f"    x = _dropout(y, drop, {name})")
+            else:
+                lines.append("    x = y")
+        lines.append("    return x, final, seq")
+        return "\n".join(lines)
+
+    @staticmethod
+    def _layer_note(layer: Layer) -> str:
+        d = {("fwd",): "forward", ("bwd",): "backward",
+             ("fwd", "bwd"): f"bidirectional, {layer.merge}"}[layer.directions]
+        extra = ", residual" if layer.residual else ""
+        return f"{layer.name}: {layer.cell.name}, {d}{extra}"
+
+    def layers_step(self) -> str:
+        lines = [
+            "def _layers_step(params, x, state):",
+            '    """All layers at one time step: (top-layer output (B, n), next state)."""',
+            "    new = {}",
+        ]
+        for layer in self.model.layers:
+            lines.append("    " + comment(self._layer_note(layer), WIDTH - 4))
+            lines.append(call(4, "y, s = _step_direction",
+                              [f"CELLS[{pystr(layer.name)}]", "params",
+                               pystr(layer.prefix(layer.directions[0])), "x", "state"]))
+            lines.append("    new.update(s)")
+            lines.append("    x = y + x" if layer.residual else "    x = y")
+        lines.append("    return x, new")
+        return "\n".join(lines)
+
+    def head(self) -> str:
+        head = self.model.head
+        affine = 'h @ params["head.W"].T + params["head.b"]'
+        out = []
+        if head.kind == "softmax":
+            out.append(
+                "def _predict(params, h):\n"
+                '    """Head outputs for features h (..., n): softmax of logits h @ W.T + b."""\n'
+                f"    return jax.nn.softmax({affine}, axis=-1)")
+            out.append(
+                "def _losses(params, h, y):\n"
+                '    """Cross-entropy -log softmax(h @ W.T + b)[y] at every position of h."""\n'
+                f"    logp = jax.nn.log_softmax({affine}, axis=-1)\n"
+                "    return -jnp.take_along_axis(logp, y[..., None], axis=-1)[..., 0]")
+        else:
+            out.append(
+                "def _predict(params, h):\n"
+                '    """Head outputs for features h (..., n): the values h @ W.T + b."""\n'
+                f"    return {affine}")
+            out.append(
+                "def _losses(params, h, y):\n"
+                '    """Squared error (prediction - y)^2 averaged over the output features."""\n'
+                "    return jnp.mean(jnp.square(_predict(params, h) - y), axis=-1)")
+        if head.at == "per_step":
+            out.append(
+                "def _targets(ys, T):\n"
+                '    """Per-step targets, time-major: (T, B) or (T, B, Y)."""\n'
+                "    return jnp.swapaxes(ys, 0, 1)")
+            out.append(
+                "def _readout(params, top, lengths):\n"
+                '    """Head outputs at every step, batch-major (B, T, out)."""\n'
+                "    return jnp.swapaxes(_predict(params, top), 0, 1)")
+            if self.windows:
+                out.append(
+                    "def _loss_weights(lengths, T, B):\n"
+                    '    """(T, B) bools: the steps whose loss counts (t < lengths[b])."""\n'
+                    "    if lengths is None:\n"
+                    "        return jnp.ones((T, B), bool)\n"
+                    "    return _valid(lengths, T)")
+        else:
+            out.append(self.sections["last"].strip("\n"))
+            out.append(
+                "def _readout(params, top, lengths):\n"
+                '    """Head outputs at each row\'s last valid step, (B, out)."""\n'
+                "    return _predict(params, _last(top, lengths))")
+            if self.windows:
+                out.append(
+                    "def _targets(ys, T):\n"
+                    '    """Each row\'s target repeated at every step, time-major."""\n'
+                    "    return jnp.broadcast_to(ys[None], (T,) + ys.shape)")
+                out.append(
+                    "def _loss_weights(lengths, T, B):\n"
+                    '    """(T, B) bools: each row\'s last valid step, t = lengths[b] - 1."""\n'
+                    "    last = jnp.full((B,), T - 1) if lengths is None else lengths - 1\n"
+                    "    return jnp.arange(T)[:, None] == last[None, :]")
+        return "\n\n\n".join(out)
+
+    def uses_backward_helpers(self) -> bool:
+        ops = {i.op for layer in self.model.layers for i in layer.cell.instrs}
+        return bool(ops & {"outer", "bsum", "pad"})
+
+    # -- the whole module
+    def emit(self) -> str:
+        s = self.sections
+        blocks: list[str] = []
+        blocks.append(self.header() + "\n" + self.docstring() + "\n\n"
+                      "import functools\n\n"
+                      "import jax\n"
+                      "import jax.numpy as jnp\n"
+                      "import numpy as np\n"
+                      "from jax.sharding import Mesh, NamedSharding, PartitionSpec\n\n")
+        blocks.append(self.constants())
+        blocks.append(runtime_optim_source() + "\n\n_runtime_init_opt_state = init_opt_state")
+        blocks.append("# " + "-" * 30 + " model " + "-" * 30)
+        functions, table = self.cells()
+        blocks.extend(functions)
+        blocks.append(table)
+        blocks.append(self.encode())
+        blocks.append(self.layers())
+        if not self.bidirectional:
+            blocks.append(self.layers_step())
+        blocks.append(self.head())
+        if self.uses_backward_helpers():
+            blocks.append(RUNTIME_HELPERS.format(xp="jnp").strip("\n"))
+        blocks.append("# " + "-" * 28 + " run and train " + "-" * 28)
+        blocks.append(s["init"])
+        blocks.append(s["run"])
+        if self.model.head.at == "last":
+            blocks.append(s["objective_last"])
+        else:
+            blocks.append(s["objective_per_step"])
+        if self.windows:
+            blocks.append(s["objective_truncated"])
+            blocks.append(s["windows"])
+        else:
+            blocks.append(s["objective_full"])
+        blocks.append(s["entry"])
+        blocks.append(s["step_bidirectional"] if self.bidirectional else s["step"])
+        blocks.append(s["mesh"])
+        return "\n\n\n".join(b.strip("\n") for b in blocks) + "\n"
+
+
+def literal_line(key: str, value: Any, indent: int) -> str:
+    k = f"{pystr(key)}: "
+    return k + literal(value, indent, len(k), 1) + ","
+
+
+def emit(program: Program) -> str:
+    """The generated module's source text for `program`."""
+    return ModuleEmitter(program).emit()
+

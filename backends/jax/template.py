@@ -1,0 +1,502 @@
+"""Model-independent code of generated JAX modules.
+
+The emitter (``emitter.py``) pastes the sections of this file that follow a
+``# --- section: NAME ---`` marker into every generated module, next to the
+model-specific code it writes itself (constants, cell step functions,
+``_encode``, ``_layers``, the head). Keeping this code in a real module means
+ruff lints and formats it like any other file, and the generated modules stay
+ruff-clean by construction.
+
+Everything above the first marker only exists so that this file is valid on its
+own: stand-ins for the names every generated module defines. Sections that are
+alternatives define the same function (hence F811 is off for this file).
+"""
+
+# ruff: noqa: F811
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+
+# Stand-ins for the module-specific definitions the emitter writes (never pasted).
+PARAM_SHAPES: dict = {}
+PARAM_INITS: dict = {}
+STATE_SHAPES: dict = {}
+INPUT_SIZE = 1
+DROPOUT: dict = {}
+UNROLL = 1
+K1 = K2 = 1
+UPDATER: dict = {"name": "sgd"}
+SCHEDULE = None
+CLIP = None
+L1 = L2 = 0.0
+BIDIRECTIONAL = False
+LAYERS: dict = {}
+
+
+def _encode(params, xs, dtype):
+    raise NotImplementedError
+
+
+def _layers(params, x, state, valid, resets, drop, detach_every=None, collect=False):
+    raise NotImplementedError
+
+
+def _layers_step(params, x, state):
+    raise NotImplementedError
+
+
+def _predict(params, h):
+    raise NotImplementedError
+
+
+def _losses(params, h, y):
+    raise NotImplementedError
+
+
+def _targets(ys, T):
+    raise NotImplementedError
+
+
+def _readout(params, top, lengths):
+    raise NotImplementedError
+
+
+def _loss_weights(lengths, T, B):
+    raise NotImplementedError
+
+
+def _window_objective(params, enc, ys, state, valid, resets, drop, lengths):
+    raise NotImplementedError
+
+
+def _runtime_init_opt_state(params, updater):
+    raise NotImplementedError
+
+
+def learning_rate(step, updater, schedule=None):
+    raise NotImplementedError
+
+
+def clip_gradients(grads, clip):
+    raise NotImplementedError
+
+
+def regularize(grads, params, l1, l2, exclude=None):
+    raise NotImplementedError
+
+
+def apply_updates(params, grads, opt_state, updater, schedule=None):
+    raise NotImplementedError
+
+
+# --- section: init ---
+def _init_array(rng, kind, args, shape, fan_in, fan_out):
+    """One parameter drawn on the host with NumPy (float64), by its initialiser."""
+    if kind == "xavier_uniform":
+        a = np.sqrt(6.0 / (fan_in + fan_out))
+        return rng.uniform(-a, a, size=shape)
+    if kind == "xavier_normal":
+        return rng.normal(0.0, np.sqrt(2.0 / (fan_in + fan_out)), size=shape)
+    if kind == "orthogonal":
+        m, n = shape[0], int(np.prod(shape[1:]))
+        q, r = np.linalg.qr(rng.normal(0.0, 1.0, size=(max(m, n), min(m, n))))
+        q = q * np.sign(np.diag(r))
+        return (q.T if m < n else q).reshape(shape)
+    if kind == "uniform":
+        return rng.uniform(args[0], args[1], size=shape)
+    if kind == "normal":
+        return rng.normal(0.0, args[0], size=shape)
+    if kind == "zeros":
+        return np.zeros(shape)
+    if kind == "ones":
+        return np.ones(shape)
+    if kind == "constant":
+        return np.full(shape, args[0])
+    raise ValueError(f"unknown initialiser {kind!r}")
+
+
+def init_params(seed=0, dtype="float32"):
+    """Fresh parameters {name: array}, drawn in PARAM_SHAPES order from one NumPy generator.
+
+    Values are drawn on the host (so they equal the NumPy backend's for the same seed),
+    then converted to `dtype` JAX arrays.
+    """
+    rng = np.random.default_rng(seed)
+    params = {}
+    for name, shape in PARAM_SHAPES.items():
+        kind, args, fan_in, fan_out = PARAM_INITS[name]
+        value = _init_array(rng, kind, args, shape, fan_in, fan_out)
+        params[name] = jnp.asarray(value, dtype=dtype)
+    return params
+
+
+def initial_state(batch, dtype="float32"):
+    """The zero state {"<layer>.<state>": (batch, size)}."""
+    return {name: jnp.zeros((batch,) + shape, dtype=dtype) for name, shape in STATE_SHAPES.items()}
+
+
+# --- section: run ---
+def _dropout_masks(rng, T, B, dtype):
+    """Inverted-dropout multipliers mask / (1 - rate), mask ~ Bernoulli(1 - rate).
+
+    One time-major (T, B, width) array per place (input, a layer's output, output),
+    drawn fresh for each (time, batch, feature) element.
+    """
+    masks = {}
+    for i, (place, (rate, width)) in enumerate(DROPOUT.items()):
+        keep = jax.random.bernoulli(jax.random.fold_in(rng, i), 1.0 - rate, (T, B, width))
+        masks[place] = keep.astype(dtype) / jnp.asarray(1.0 - rate, dtype)
+    return masks
+
+
+def _dropout(x, drop, place):
+    """x times the dropout multipliers of `place` (unchanged when not training)."""
+    if drop is None or place not in drop:
+        return x
+    return x * drop[place]
+
+
+def _valid(lengths, T):
+    """(T, B) bools, true where t < lengths[b]; None when every step is valid."""
+    if lengths is None:
+        return None
+    return jnp.arange(T)[:, None] < lengths[None, :]
+
+
+def _run_direction(
+    cell, params, prefix, xs, state, valid, resets, reverse, detach_every, collect=False
+):
+    """Run one direction of a layer over time-major inputs xs (T, B, n) with lax.scan.
+
+    Before step t, rows with resets[t] get a zero state, and with detach_every = k the
+    state entering steps k, 2k, ... is a constant for gradients (truncated BPTT). Rows
+    with valid[t] false keep their state. A reverse direction runs t = T-1 ... 0 and
+    stores each output at its own t. Returns (outputs (T, B, m), final state and, with
+    `collect`, the state after every step (T, B, size)), states keyed "<prefix><name>".
+    """
+    p = {name: params[prefix + name] for name in cell["params"]}
+    inv = cell["invariant"](p) if cell["invariant"] is not None else {}
+    hx = cell["hoisted"](p, inv, xs) if cell["hoisted"] is not None else {}
+    x_seq = xs if cell["reads_x"] else None
+    carry0 = tuple(state[prefix + name] for name in cell["states"])
+
+    def body(carry, inputs):
+        t, x_t, hx_t, valid_t, reset_t = inputs
+        if reset_t is not None:
+            carry = tuple(jnp.where(reset_t[:, None], jnp.zeros_like(v), v) for v in carry)
+        if detach_every is not None:
+            cut = (t % detach_every == 0) & (t > 0)
+            carry = tuple(jnp.where(cut, jax.lax.stop_gradient(v), v) for v in carry)
+        y, new = cell["step"](p, inv, hx_t, x_t, *carry)
+        if valid_t is not None:
+            new = tuple(jnp.where(valid_t[:, None], n, v) for n, v in zip(new, carry, strict=True))
+        return new, ((y, new) if collect else y)
+
+    steps = jnp.arange(xs.shape[0])
+    final, out = jax.lax.scan(
+        body, carry0, (steps, x_seq, hx, valid, resets), reverse=reverse, unroll=UNROLL
+    )
+    names = [prefix + name for name in cell["states"]]
+    final = dict(zip(names, final, strict=True))
+    if not collect:
+        return out, final, {}
+    ys, seq = out
+    return ys, final, dict(zip(names, seq, strict=True))
+
+
+def _step_direction(cell, params, prefix, x, state):
+    """One step of one direction of a layer: (output (B, m), next state)."""
+    p = {name: params[prefix + name] for name in cell["params"]}
+    inv = cell["invariant"](p) if cell["invariant"] is not None else {}
+    hx = cell["hoisted"](p, inv, x) if cell["hoisted"] is not None else {}
+    carry = tuple(state[prefix + name] for name in cell["states"])
+    y, new = cell["step"](p, inv, hx, x, *carry)
+    return y, {prefix + name: v for name, v in zip(cell["states"], new, strict=True)}
+
+
+def _prepare(params, xs, state, lengths, resets, rng):
+    """Shared set-up of the entry points: dtype, sizes, state, masks (all time-major)."""
+    dtype = params["head.W"].dtype
+    B, T = xs.shape[:2]
+    if state is None:
+        state = initial_state(B, dtype)
+    valid = _valid(lengths, T)
+    resets = None if resets is None else jnp.swapaxes(resets, 0, 1).astype(bool)
+    drop = None if rng is None else _dropout_masks(rng, T, B, dtype)
+    return dtype, B, T, state, valid, resets, drop
+
+
+# --- section: objective_per_step ---
+def _scan_objective(params, enc, ys, state, valid, resets, drop, lengths, detach_every=None):
+    """Mean loss over the valid steps of every row, and the final state."""
+    T = enc.shape[0]
+    top, final, _ = _layers(params, enc, state, valid, resets, drop, detach_every)
+    losses = _losses(params, _dropout(top, drop, "output"), _targets(ys, T))  # (T, B)
+    if valid is None:
+        return jnp.mean(losses), final
+    total = jnp.sum(jnp.where(valid, losses, jnp.zeros_like(losses)))
+    return total / jnp.sum(valid).astype(losses.dtype), final
+
+
+# --- section: last ---
+def _last(top, lengths):
+    """Each row's output at its last valid step, t = lengths[b] - 1: (B, n)."""
+    if lengths is None:
+        return top[-1]
+    return top[lengths - 1, jnp.arange(top.shape[1])]
+
+
+# --- section: objective_last ---
+def _scan_objective(params, enc, ys, state, valid, resets, drop, lengths, detach_every=None):
+    """Mean loss over the rows (each scored at its last valid step), and the final state."""
+    top, final, _ = _layers(params, enc, state, valid, resets, drop, detach_every)
+    h = _last(_dropout(top, drop, "output"), lengths)
+    return jnp.mean(_losses(params, h, ys)), final
+
+
+# --- section: objective_full ---
+def _objective(params, enc, ys, state, valid, resets, drop, lengths):
+    """The loss (full BPTT) and the final state."""
+    return _scan_objective(params, enc, ys, state, valid, resets, drop, lengths)
+
+
+# --- section: objective_truncated ---
+def _objective(params, enc, ys, state, valid, resets, drop, lengths):
+    """The loss with truncated BPTT (K1, K2) and the final state.
+
+    For each window end e = K1, 2 K1, ... (and T), the losses at steps [e - K1, e) are
+    backpropagated through steps [max(0, e - K2), e). When the windows are disjoint and
+    tile the sequence (K1 = K2 dividing T) that is one scan whose state is a constant for
+    gradients every K1 steps; otherwise the windows run side by side (_window_objective).
+    """
+    T = enc.shape[0]
+    if K1 >= T:  # one window: full BPTT
+        return _scan_objective(params, enc, ys, state, valid, resets, drop, lengths)
+    if K1 == K2 and T % K1 == 0:
+        return _scan_objective(params, enc, ys, state, valid, resets, drop, lengths, K1)
+    return _window_objective(params, enc, ys, state, valid, resets, drop, lengths)
+
+
+# --- section: windows ---
+def _windows(T):
+    """Truncated-BPTT windows over T steps, as static index arrays.
+
+    Window j scores the losses at steps [lo, e) = [j K1, min((j + 1) K1, T)) and
+    backpropagates through the K2 steps [e - K2, e) (positions before step 0 are padding);
+    the state entering step max(0, e - K2) is a constant, unless it is the call's initial
+    state. Returns the time index of every window position (W, K2) clipped into [0, T),
+    whether it is a real step, whether its loss is scored in this window, and the first
+    real step of each window (W,).
+    """
+    lo = np.arange(0, T, K1)
+    ends = np.minimum(lo + K1, T)
+    index = ends[:, None] - K2 + np.arange(K2)[None, :]
+    real = index >= 0
+    scored = index >= lo[:, None]
+    first = np.maximum(ends - K2, 0)
+    return np.clip(index, 0, T - 1), real, scored, first
+
+
+def _window_objective(params, enc, ys, state, valid, resets, drop, lengths):
+    """The loss with truncated BPTT by windows that run side by side.
+
+    The sequence runs once without gradients to find the state entering each window;
+    then every window reruns its K2 steps from that state, all windows at once as extra
+    batch rows (row w * B + b is row b of window w). The loss is the mean over the valid
+    steps of the whole call, each step scored in exactly one window.
+    """
+    T, B = enc.shape[:2]
+    index, real, scored, first = _windows(T)
+    W = index.shape[0]
+    sg = jax.lax.stop_gradient
+    _, final, seq = _layers(sg(params), sg(enc), sg(state), valid, resets, drop, collect=True)
+
+    def fold(a):
+        """(T, B, ...) time-major -> (K2, W * B, ...): the steps of every window."""
+        a = jnp.swapaxes(a[index], 0, 1)
+        return a.reshape((K2, W * B) + a.shape[3:])
+
+    def spread(mask):
+        """(W, K2) -> (K2, W * B), the same for every row of a window."""
+        return jnp.asarray(np.repeat(mask.T, B, axis=1))
+
+    # the state entering each window: the call's initial state, or a constant
+    start = {}
+    for name, s in seq.items():
+        entering = jnp.concatenate([state[name][None], sg(s[:-1])], axis=0)
+        start[name] = entering[first].reshape((W * B,) + s.shape[2:])
+    w_valid = spread(real) if valid is None else spread(real) & fold(valid)
+    w_resets = None if resets is None else spread(real) & fold(resets)
+    w_drop = None if drop is None else {k: fold(v) for k, v in drop.items()}
+    top, _, _ = _layers(params, fold(enc), start, w_valid, w_resets, w_drop)
+    top = _dropout(top, w_drop, "output")
+    losses = _losses(params, top, fold(_targets(ys, T)))
+    weights = _loss_weights(lengths, T, B)  # (T, B): which steps count for the loss
+    w_weights = spread(scored & real) & fold(weights)
+    total = jnp.sum(jnp.where(w_weights, losses, jnp.zeros_like(losses)))
+    return total / jnp.sum(weights).astype(losses.dtype), final
+
+
+# --- section: entry ---
+@jax.jit
+def forward(params, xs, state=None, lengths=None, resets=None):
+    """Run the model: (outputs, final state); no dropout.
+
+    xs: (B, T) token ids or (B, T, F) features; lengths: (B,) ints or None; resets: (B, T)
+    bools or None. Outputs are probabilities (softmax head) or values (linear head),
+    (B, T, out) per step or (B, out) for a last-step head.
+    """
+    dtype, B, T, state, valid, resets, _ = _prepare(params, xs, state, lengths, resets, None)
+    top, final, _ = _layers(params, _encode(params, xs, dtype), state, valid, resets, None)
+    return _readout(params, top, lengths), final
+
+
+@functools.partial(jax.jit, static_argnames=("wrt_inputs",))
+def loss_and_grad(
+    params, xs, ys, state=None, lengths=None, resets=None, rng=None, wrt_inputs=False
+):
+    """(loss, grads, final state) of the data loss, with the spec's truncated BPTT.
+
+    With `rng` (a jax.random.PRNGKey) dropout is on. grads has the keys of params; with
+    wrt_inputs=True also "xs" (gradient w.r.t. the encoded inputs, (B, T, F)) and
+    "state/<name>" for each initial-state entry.
+    """
+    dtype, B, T, state, valid, resets, drop = _prepare(params, xs, state, lengths, resets, rng)
+
+    def objective(params, state, delta):
+        enc = _encode(params, xs, dtype)
+        if delta is not None:
+            enc = enc + delta
+        return _objective(params, enc, ys, state, valid, resets, drop, lengths)
+
+    if not wrt_inputs:
+        grad_fn = jax.value_and_grad(objective, has_aux=True)
+        (loss, final), grads = grad_fn(params, state, None)
+        return loss, grads, final
+    delta = jnp.zeros((T, B, INPUT_SIZE), dtype)
+    grad_fn = jax.value_and_grad(objective, argnums=(0, 1, 2), has_aux=True)
+    (loss, final), (g_params, g_state, g_delta) = grad_fn(params, state, delta)
+    grads = dict(g_params)
+    grads["xs"] = jnp.swapaxes(g_delta, 0, 1)
+    grads.update({"state/" + name: g for name, g in g_state.items()})
+    return loss, grads, final
+
+
+def _is_bias(name):
+    """Biases (symbol b or b_*) get no L1/L2 penalty."""
+    symbol = name.rsplit(".", 1)[-1]
+    return symbol == "b" or symbol.startswith("b_")
+
+
+def init_opt_state(params, optimizer=None):
+    """Optimizer state for params: the spec's updater, or `optimizer.init(params)` for an
+    optax GradientTransformation."""
+    if optimizer is not None:
+        return optimizer.init(params)
+    return _runtime_init_opt_state(params, UPDATER)
+
+
+@functools.partial(jax.jit, static_argnames=("optimizer",))
+def _train_step(params, opt_state, xs, ys, state, lengths, resets, rng, optimizer):
+    loss, grads, final = loss_and_grad(params, xs, ys, state, lengths, resets, rng)
+    if L1 or L2:
+        grads = regularize(grads, params, L1, L2, exclude=_is_bias)
+    grads, grad_norm = clip_gradients(grads, CLIP)
+    if optimizer is None:
+        lr = learning_rate(opt_state["step"], UPDATER, SCHEDULE)
+        params, opt_state = apply_updates(params, grads, opt_state, UPDATER, SCHEDULE)
+    else:
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = {k: (p + updates[k]).astype(p.dtype) for k, p in params.items()}
+        lr = jnp.asarray(jnp.nan, loss.dtype)
+    return params, opt_state, final, {"loss": loss, "grad_norm": grad_norm, "lr": lr}
+
+
+def train_step(
+    params,
+    opt_state,
+    xs,
+    ys,
+    state=None,
+    lengths=None,
+    resets=None,
+    rng=None,
+    optimizer=None,
+    mesh=None,
+):
+    """One training update: (params, opt_state, final state, metrics).
+
+    Loss and gradients as loss_and_grad, then the L1/L2 gradients (not for biases), then
+    clipping (by value, then by global norm), then the spec's updater with its
+    learning-rate schedule, or `optimizer` (an optax GradientTransformation whose state
+    comes from init_opt_state(params, optimizer); metrics["lr"] is then nan). metrics =
+    {"loss", "grad_norm" (before clipping), "lr"}.
+
+    With a `mesh` (see make_mesh) the batch is split over its "data" axis and parameters
+    and optimizer state are replicated: data-parallel training, XLA sums the gradients.
+    """
+    if mesh is not None:
+        params, opt_state, rng = replicate(mesh, (params, opt_state, rng))
+        xs, ys, lengths, resets = shard_batch(mesh, xs, ys, lengths, resets)
+        if state is not None:
+            state = dict(zip(state, shard_batch(mesh, *state.values()), strict=True))
+    return _train_step(params, opt_state, xs, ys, state, lengths, resets, rng, optimizer)
+
+
+# --- section: step ---
+@jax.jit
+def step(params, x_t, state=None):
+    """One time step for streaming inference: (y_t, next state); no dropout.
+
+    x_t: (B,) token ids or (B, F) features. y_t: probabilities (softmax head) or values.
+    """
+    dtype = params["head.W"].dtype
+    if state is None:
+        state = initial_state(x_t.shape[0], dtype)
+    h, state = _layers_step(params, _encode(params, x_t[:, None], dtype)[0], state)
+    return _predict(params, h), state
+
+
+# --- section: step_bidirectional ---
+def step(params, x_t, state=None):
+    """Not available: a bidirectional layer needs the whole sequence (use forward)."""
+    raise NotImplementedError("step() needs a model without bidirectional layers")
+
+
+# --- section: mesh ---
+def make_mesh(n_devices=None):
+    """A 1-D mesh with axis "data" over the first `n_devices` devices (default: all).
+
+    In a multi-host job (after jax.distributed.initialize()) jax.devices() lists every
+    process's devices, so the mesh spans all hosts.
+    """
+    devices = jax.devices()
+    if n_devices is not None:
+        devices = devices[:n_devices]
+    return Mesh(np.array(devices), ("data",))
+
+
+def _put(x, sharding):
+    if jax.process_count() > 1 and not isinstance(x, jax.Array):
+        # multi-host: each process passes its own slice of the global batch
+        return jax.make_array_from_process_local_data(sharding, np.asarray(x))
+    return jax.device_put(x, sharding)
+
+
+def shard_batch(mesh, *arrays):
+    """Batch-major arrays split along axis 0 over the mesh's "data" axis (None stays None).
+
+    The batch must be divisible by the number of devices in the mesh.
+    """
+    sharding = NamedSharding(mesh, PartitionSpec("data"))
+    return tuple(None if a is None else _put(a, sharding) for a in arrays)
+
+
+def replicate(mesh, tree):
+    """A copy of every array in `tree` on every device of the mesh."""
+    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))

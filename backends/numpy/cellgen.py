@@ -1,0 +1,501 @@
+"""Source text for one cell: its forward step, its backward step and the time loops.
+
+For a cell with function prefix ``P`` (the cell's name) the generated functions are
+
+``P_prepare(p, xs)``
+    the invariant section (parameters only) and the hoisted section (every step
+    at once, ``(T, B, n)``), collected with the parameters in a dict ``k``;
+``P_step(k, t, *state, tape=None)``
+    one step forward, one line per body instruction;
+``P_backward_step(k, tape, t, *seeds)``
+    one step back, one line per backward-body instruction;
+``P_backward_hoisted(k, tape, s, e, acc, need_dx)``
+    after the loop, over steps ``s:e`` at once: input adjoints, and the
+    adjoints of parameters and invariants summed into ``acc`` (one big matmul
+    per weight: the hoisted weight gradients);
+``P_backward_invariant(k, acc)``
+    once: parameter gradients from the summed adjoints;
+``P_forward`` / ``P_backward``
+    the time loops, with resets, padding and the tape.
+
+Inside the loops arrays are time-major, ``(T, B, n)``, so each step reads
+contiguous rows; the hoisted IR values (``(B, T, n)`` in the IR's terms) are
+the same arrays with the axes swapped, which element-wise ops, feature slices
+and ``v @ W.T`` do not see.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from rnnc.ir.nodes import Cell, Instr
+from rnnc.ir.ops import ACT_FORWARD, ACT_GRAD, ACT_MATH, fmt_float, render
+from rnnc.ir.passes.autodiff import CellGrad, autodiff, verify_grad
+
+from .pyfmt import INDENT, Namer, call, docstring, with_comment
+
+
+I1, I2, I3 = INDENT, INDENT * 2, INDENT * 3
+
+# NumPy renderings that differ from the shared op table: stacked (T, B, n) matmuls as
+# one 2-D product, bsum over the two leading axes, row slices of fused parameters, and
+# hard_sigmoid' without a float64 temporary (0.2 * bool array would be float64).
+NP_ACT_FORWARD = dict(ACT_FORWARD)
+NP_ACT_GRAD = dict(ACT_GRAD, hard_sigmoid="{g} * 0.2 * (({y} > 0.0) & ({y} < 1.0))")
+
+
+def _act(xp, a, ins):
+    return NP_ACT_FORWARD[ins.attr("fn")].format(xp=xp, a=a[0])
+
+
+def _act_grad(xp, a, ins):
+    return NP_ACT_GRAD[ins.attr("fn")].format(xp=xp, y=a[0], g=a[1])
+
+
+def _slice(xp, a, ins):
+    lo, hi = ins.attr("lo"), ins.attr("hi")
+    if ins.attr("axis") == 0:
+        return f"{a[0]}[{lo}:{hi}]"
+    return f"{a[0]}[..., {lo}:{hi}]"
+
+
+STEP_OPS = {"act": _act, "act_grad": _act_grad, "slice": _slice}
+STACK_OPS = dict(
+    STEP_OPS,
+    matmul=lambda xp, a, ins: f"_matmul({a[1]}, {a[0]}.T)",
+    matmul_t=lambda xp, a, ins: f"_matmul({a[1]}, {a[0]})",
+    bsum=lambda xp, a, ins: f"{a[0]}.sum(axis=(0, 1))",
+)
+
+LOCALS = {
+    "k", "t", "tape", "s", "e", "acc", "need_dx", "p", "xs", "T", "B", "ys", "state",
+    "keep", "valid", "reverse", "dys", "dtype", "dx", "np", "math",
+}
+_TEMP = re.compile(r"^t\d+$")
+
+
+class CellCode:
+    """Generated functions of one cell (see the module docstring)."""
+
+    def __init__(self, cell: Cell, prefix: str, grad: CellGrad | None = None):
+        self.cell = cell
+        self.grad = grad if grad is not None else verify_grad(autodiff(cell))
+        self.fn = prefix
+        self.fns = {f: f"{prefix}_{f}" for f in (
+            "prepare", "step", "backward_step", "backward_hoisted", "backward_invariant",
+            "forward", "backward")}
+        self.names = Namer(LOCALS | set(self.fns.values()))
+        self.defs: dict[str, Instr] = {i.name: i for i in cell.instrs}
+        self.consts = {i.name: fmt_float(i.attr("value")) for i in cell.instrs if i.op == "const"}
+        self.params = {p.name for p in cell.params}
+        self.inputs = {v.name for v in cell.inputs}
+        self.states = [v.name for v in cell.states]
+        # values computed once per call (k): parameters, unbatched instructions, hoisted
+        self.unbatched = [i for i in cell.instrs if not i.batched and i.op != "const"]
+        self.hoisted = [i for i in cell.hoisted if i.batched]
+        self.body = [i for i in cell.body if i.batched]
+        self.k_names = self.params | {i.name for i in self.unbatched} | {
+            i.name for i in self.hoisted} | self.inputs
+        self.time_names = self.inputs | {i.name for i in self.hoisted}
+        g = self.grad
+        self.exports = list(g.exports)
+        self.view_of = {e: (c, lo, hi) for e, c, lo, hi in g.views}
+        self.saved = list(dict.fromkeys(list(g.saved) + list(g.stacked)))
+        self.stacked = set(g.stacked)
+
+    # -- names
+    def nm(self, name: str) -> str:
+        if name in self.consts:
+            v = self.consts[name]
+            return f"({v})" if v.startswith("-") else v
+        return self.names(name)
+
+    def size(self, name: str) -> int:
+        for v in self.cell.inputs + self.cell.states:
+            if v.name == name:
+                return v.size
+        g = self.grad
+        for s, v in g.seeds:
+            if s == name:
+                return self.size(v)
+        for i in self.cell.instrs + g.body + g.hoisted + g.invariant:
+            if i.name == name:
+                return i.shape[0]
+        raise KeyError(name)
+
+    # -- math text for comments and docstrings
+    def math(self, name: str, depth: int = 0) -> str:
+        """The value as an expression over named values (temporaries inlined)."""
+        ins = self.defs.get(name)
+        if ins is None or (depth and not _TEMP.match(name)):
+            return _display(name)
+        if ins.op == "const":
+            return fmt_float(ins.attr("value")).removesuffix(".0")
+        a = [self.math(x, depth + 1) for x in ins.args]
+        op = ins.op
+        if op in ("add", "sub"):
+            b = a[1] if op == "add" or not _loose(a[1]) else f"({a[1]})"
+            return f"{a[0]} {'+' if op == 'add' else '-'} {b}"
+        if op in ("mul", "div"):
+            x, y = (f"({v})" if _loose(v) else v for v in a)
+            return f"{x} {'*' if op == 'mul' else '/'} {y}"
+        if op == "neg":
+            return f"-({a[0]})" if _loose(a[0]) else f"-{a[0]}"
+        if op == "matmul":
+            return f"{a[0]} @ ({a[1]})" if _loose(a[1]) else f"{a[0]} @ {a[1]}"
+        if op == "act":
+            return f"{ins.attr('fn')}({a[0]})"
+        if op == "clip":
+            return f"clip({a[0]}, {fmt_float(ins.attr('lo'))}, {fmt_float(ins.attr('hi'))})"
+        if op in ("concat", "pconcat"):
+            return "[" + ("; " if op == "pconcat" else ", ").join(a) + "]"
+        if op == "slice":
+            src = self.defs.get(ins.args[0])
+            part = self._fused_part(src, ins.attr("lo"), ins.attr("hi"))
+            return part if part else f"{a[0]}[{ins.attr('lo')}:{ins.attr('hi')}]"
+        return f"{op}({', '.join(a)})"
+
+    def _fused_part(self, src: Instr | None, lo: int, hi: int) -> str | None:
+        """``W_i @ x`` for a slice of ``[W_f; W_i] @ x`` that is exactly W_i's rows."""
+        if src is None or src.op != "matmul":
+            return None
+        w = self.defs.get(src.args[0])
+        if w is None or w.op != "pconcat":
+            return None
+        at = 0
+        for p in w.args:
+            n = self._shape(p)[0]
+            if (at, at + n) == (lo, hi):
+                return f"{_display(p)} @ {_display(src.args[1])}"
+            at += n
+        return None
+
+    def _shape(self, name: str):
+        for p in self.cell.params:
+            if p.name == name:
+                return p.shape
+        return self.defs[name].shape
+
+    def equations(self) -> list[str]:
+        """Each named value and next state as an equation, temporaries inlined."""
+        out = []
+        nexts = {v: s for s, v in self.cell.next_state}
+        for ins in self.cell.instrs:
+            if ins.op == "const" or ins.op == "pconcat" or _TEMP.match(ins.name):
+                continue
+            if ins.op == "slice" and self._fused_part(self.defs.get(ins.args[0]), ins.attr("lo"),
+                                                       ins.attr("hi")):
+                continue
+            if ins.name in nexts:
+                continue
+            out.append(f"{_display(ins.name)} = {self.math(ins.name)}")
+        for s, v in self.cell.next_state:
+            rhs = self.math(v) if v in self.defs else _display(v)
+            out.append(f"{s}' = {rhs}")
+        if self.cell.output not in nexts:
+            out.append(f"output: {_display(self.cell.output)}")
+        return out
+
+    def comment(self, ins: Instr) -> str:
+        """Short math for a forward line: ``f = sigmoid(...)`` or the value as an expression."""
+        m = self.math(ins.name)
+        if not _TEMP.match(ins.name):
+            return f"{_display(ins.name)} = {m}"
+        return m
+
+    # -- emission helpers
+    def line(self, ins: Instr, ops: dict, comment: str, indent: str = I1) -> list[str]:
+        code = f"{self.nm(ins.name)} = {render(ins, 'np', self.nm, ops)}"
+        return with_comment(code, comment, indent)
+
+    def load(self, out: list[str], name: str, src: str, indent: str = I1) -> None:
+        out.append(f"{indent}{self.nm(name)} = {src}")
+
+    # -- functions
+    def prepare(self) -> list[str]:
+        c = self.cell
+        x = c.inputs[0].name
+        out = [f"def {self.fns['prepare']}(p, xs):"]
+        doc = (f"{c.name} outside the time loop: loop invariants and hoisted values.\n\n"
+               f"p: the parameters by symbol; xs (T, B, {c.inputs[0].size}): every input. "
+               "Returns k: the\nparameters, the inputs, the invariants (parameters only) and "
+               "the hoisted values\n(inputs and parameters only, every step at once: (T, B, n)).")
+        out += docstring(doc, I1)
+        reads = _ordered(a for i in self.unbatched + self.hoisted for a in i.args
+                         if a in self.params)
+        for a in reads:
+            self.load(out, a, f'p["{a}"]')
+        if any(a == x for i in self.hoisted for a in i.args):
+            self.load(out, x, "xs")
+        if self.unbatched:
+            out.append(f"{I1}# loop invariants: parameters only, once per call")
+            for ins in self.unbatched:
+                out += self.line(ins, STEP_OPS, self.comment(ins))
+        if self.hoisted:
+            out.append(f"{I1}# hoisted: inputs and parameters only, every step at once")
+            for ins in self.hoisted:
+                out += self.line(ins, STACK_OPS, self.comment(ins))
+        out.append(f"{I1}k = dict(p)")
+        out.append(f'{I1}k["{x}"] = xs')
+        for ins in self.unbatched + self.hoisted:
+            out.append(f'{I1}k["{ins.name}"] = {self.nm(ins.name)}')
+        out.append(f"{I1}return k")
+        return out
+
+    def step(self) -> list[str]:
+        c = self.cell
+        st = [self.nm(s) for s in self.states]
+        out = [f"def {self.fns['step']}(k, t, {', '.join(st)}, tape=None):"]
+        eqs = "\n".join(I1 + e for e in self.equations())
+        doc = (f"{c.name}, one step forward from the state entering step t.\n\n{eqs}\n\n"
+               "Returns the next state and the output. A dict `tape` receives what "
+               f"{self.fns['backward_step']}\nreads.")
+        out += docstring(doc, I1)
+        reads = _ordered(a for i in self.body for a in i.args)
+        for a in reads:
+            if a in self.time_names:
+                self.load(out, a, f'k["{a}"][t]')
+            elif a in self.k_names:
+                self.load(out, a, f'k["{a}"]')
+        for ins in self.body:
+            out += self.line(ins, STEP_OPS, self.comment(ins))
+        if self.saved:
+            out.append(f"{I1}if tape is not None:  # what the backward step reads")
+            for a in self.saved:
+                out.append(f'{I2}tape["{a}"][t] = {self.nm(a)}')
+        nxt = dict(c.next_state)
+        new = ", ".join(self.nm(nxt[s]) for s in self.states)
+        if len(self.states) == 1:
+            new += ","
+        out.append(f"{I1}return ({new}), {self.nm(c.output)}")
+        return out
+
+    def backward_step(self) -> list[str]:
+        c, g = self.cell, self.grad
+        seeds = [self.nm(d) for _, d in g.state_seeds] + [self.nm(g.output_seed)]
+        out = [f"def {self.fns['backward_step']}(k, tape, t, {', '.join(seeds)}):"]
+        st = ", ".join(f"{s}'" for s in self.states)
+        doc = (f"{c.name}, one step back: the adjoints of ({st}) and of the output at step t\n"
+               f"give the adjoints of the state entering step t. Stores what "
+               f"{self.fns['backward_hoisted']}\nreads (the exports) in the tape.")
+        out += docstring(doc, I1)
+        reads = _ordered(a for i in g.body for a in i.args)
+        for a in reads:
+            if a in self.saved:
+                self.load(out, a, f'tape["{a}"][t]')
+            elif a in self.time_names:
+                self.load(out, a, f'k["{a}"][t]')
+            elif a in self.k_names:
+                self.load(out, a, f'k["{a}"]')
+        for ins in g.body:
+            out += self.line(ins, STEP_OPS, self.grad_comment(ins))
+        for e in self.exports:
+            if e not in self.view_of:
+                out.append(f'{I1}tape["{e}"][t] = {self.nm(e)}')
+        out.append(f"{I1}return {_tuple([self.nm(d) for _, d in g.state_grads])}")
+        return out
+
+    def grad_comment(self, ins: Instr) -> str:
+        return ins.comment
+
+    def backward_hoisted(self) -> list[str]:
+        c, g = self.cell, self.grad
+        out = [f"def {self.fns['backward_hoisted']}(k, tape, s, e, acc, need_dx=True):"]
+        doc = (f"{c.name} after the time loop, for steps s:e at once (stacks (e - s, B, n)).\n\n"
+               "Sums the adjoints of the parameters and loop invariants into acc (each weight\n"
+               "gradient is one matmul over all the steps) and returns the adjoint of the\n"
+               "inputs at steps s:e (None unless need_dx).")
+        out += docstring(doc, I1)
+        # instructions needed for acc, then those only needed for the input adjoints
+        partial_roots = {d for _, d in g.partials}
+        for_acc = _live(g.hoisted, partial_roots)
+        for_dx = _live(g.hoisted, {d for _, d in g.input_grads}) - for_acc
+        first = [i for i in g.hoisted if i.name in for_acc]
+        second = [i for i in g.hoisted if i.name in for_dx]
+        bwd_body = {i.name for i in g.body} | {s for s, _ in g.seeds}
+
+        def loads(instrs: Sequence[Instr], extra: Sequence[str], indent: str, done: set[str]):
+            names = _ordered([a for i in instrs for a in i.args] + list(extra))
+            lines = []
+            for a in names:
+                if a in done or a in self.consts or a in {i.name for i in g.hoisted}:
+                    continue
+                done.add(a)
+                if a in bwd_body or a in self.saved:
+                    lines.append(f'{indent}{self.nm(a)} = tape["{a}"][s:e]')
+                elif a in self.time_names:
+                    lines.append(f'{indent}{self.nm(a)} = k["{a}"][s:e]')
+                elif a in self.k_names:
+                    lines.append(f'{indent}{self.nm(a)} = k["{a}"]')
+            return lines
+
+        done: set[str] = set()
+        out += loads(first, [d for _, d in g.partials], I1, done)
+        for ins in first:
+            out += self.line(ins, STACK_OPS, ins.comment)
+        for v, d in g.partials:
+            out.append(f'{I1}_accumulate(acc, "{v}", {self.nm(d)})')
+        out.append(f"{I1}if not need_dx:")
+        out.append(f"{I2}return None")
+        out += loads(second, [d for _, d in g.input_grads], I1, done)
+        for ins in second:
+            out += self.line(ins, STACK_OPS, ins.comment)
+        (_, dx), = g.input_grads
+        out.append(f"{I1}return {self.nm(dx)}")
+        return out
+
+    def backward_invariant(self) -> list[str]:
+        c, g = self.cell, self.grad
+        out = [f"def {self.fns['backward_invariant']}(k, acc):"]
+        doc = (f"{c.name}, once: the parameter gradients from the adjoints summed in acc\n"
+               "(over every step and truncated-BPTT window).")
+        out += docstring(doc, I1)
+        partial = {d: v for v, d in g.partials}
+        names = _ordered([a for i in g.invariant for a in i.args] + [d for _, d in g.param_grads])
+        defined = {i.name for i in g.invariant}
+        for a in names:
+            if a in partial:
+                self.load(out, a, f'acc["{partial[a]}"]')
+            elif a in self.k_names and a not in defined:
+                self.load(out, a, f'k["{a}"]')
+        for ins in g.invariant:
+            out += self.line(ins, STEP_OPS, ins.comment)
+        items = [f'"{p}": {self.nm(d)}' for p, d in g.param_grads]
+        out += _dict_return(items)
+        return out
+
+    def forward(self) -> list[str]:
+        c = self.cell
+        n_in, n_out = c.inputs[0].size, c.output_size
+        st = [self.nm(s) for s in self.states]
+        new = {s: self.names.fresh(f"{self.nm(s)}_new") for s in self.states}
+        sig = "p, xs, state, keep=None, valid=None, reverse=False, tape=None"
+        out = [f"def {self.fns['forward']}({sig}):"]
+        doc = (f"Run {c.name} over xs (T, B, {n_in}) from state ({', '.join(self.states)}).\n\n"
+               f"Returns the outputs (T, B, {n_out}) and the final state. keep (T, B, 1) is 0.0 "
+               "where a\nrow's state is zeroed before step t (a reset); valid (T, B, 1) is False "
+               "at padded\nsteps, where the state carries over. reverse runs t = T-1 ... 0. A "
+               f"dict `tape`\nreceives what {self.fns['backward']} reads.")
+        out += docstring(doc, I1)
+        out.append(f"{I1}T, B = xs.shape[0], xs.shape[1]")
+        out.append(f"{I1}k = {self.fns['prepare']}(p, xs)")
+        out.append(f"{I1}{_tuple(st)} = state")
+        out.append(f"{I1}ys = np.empty((T, B, {n_out}), dtype=xs.dtype)")
+        out.append(f"{I1}if tape is not None:  # what {self.fns['backward']} reads")
+        out.append(f'{I2}tape["k"] = k')
+        for a in self.saved:
+            if a in self.stacked:
+                out.append(f'{I2}tape["{a}"] = np.empty((T, B, {self.size(a)}), dtype=xs.dtype)')
+            else:
+                out.append(f'{I2}tape["{a}"] = [None] * T')
+        for e in self.exports:
+            if e not in self.view_of:
+                out.append(f'{I2}tape["{e}"] = np.empty((T, B, {self.size(e)}), dtype=xs.dtype)')
+        for e in self.exports:
+            if e in self.view_of:
+                cc, lo, hi = self.view_of[e]
+                out.append(f'{I2}tape["{e}"] = tape["{cc}"][..., {lo}:{hi}]')
+        out.append(f"{I1}for t in reversed(range(T)) if reverse else range(T):")
+        out.append(f"{I2}if keep is not None:  # a reset: this row starts again from zero")
+        for s in st:
+            out.append(f"{I3}{s} = {s} * keep[t]")
+        news = ", ".join(new[s] for s in self.states) + ("," if len(st) == 1 else "")
+        out += call(f"{I2}({news}), ys[t] = {self.fns['step']}", ["k", "t", *st, "tape"])
+        out.append(f"{I2}if valid is not None:  # padded steps keep the state")
+        for s, py in zip(self.states, st, strict=True):
+            out.append(f"{I3}{new[s]} = np.where(valid[t], {new[s]}, {py})")
+        out.append(f"{I2}{', '.join(st)} = {', '.join(new[s] for s in self.states)}")
+        out.append(f"{I1}return ys, ({', '.join(st)}{',' if len(st) == 1 else ''})")
+        return out
+
+    def backward(self) -> list[str]:
+        c = self.cell
+        sig = "tape, dys, s, e, keep=None, valid=None, reverse=False, acc=None, need_dx=True"
+        out = [f"def {self.fns['backward']}({sig}):"]
+        doc = (f"Backpropagate through steps s..e-1 of {self.fns['forward']}, the latest first."
+               "\n\n"
+               f"dys (e - s, B, {c.output_size}): the adjoints of the outputs at those steps. "
+               "The adjoint of\nthe state after the window is zero: later losses belong to "
+               "later windows. Sums the\nadjoints of parameters and invariants into acc and "
+               "returns the adjoint of xs[s:e]\n(None unless need_dx) and of the state "
+               "entering step s.")
+        out += docstring(doc, I1)
+        ds = {s: self.names.fresh(f"d{self.nm(s)}") for s in self.states}
+        skip = {s: self.names.fresh(f"d{self.nm(s)}_skip") for s in self.states}
+        out.append(f'{I1}k = tape["k"]')
+        out.append(f"{I1}B, dtype = dys.shape[1], dys.dtype")
+        sizes = {v.name: v.size for v in c.states}
+        for s in self.states:
+            out.append(f"{I1}{ds[s]} = np.zeros((B, {sizes[s]}), dtype=dtype)")
+        out.append(f"{I1}for t in range(s, e) if reverse else reversed(range(s, e)):")
+        out.append(f"{I2}if valid is not None:  # a padded step passed the state through")
+        for s in self.states:
+            out.append(f"{I3}{skip[s]} = np.where(valid[t], 0.0, {ds[s]})")
+            out.append(f"{I3}{ds[s]} = np.where(valid[t], {ds[s]}, 0.0)")
+        lhs = _tuple([ds[s] for s in self.states])
+        out += call(f"{I2}{lhs} = {self.fns['backward_step']}",
+                    ["k", "tape", "t", *(ds[s] for s in self.states), "dys[t - s]"])
+        out.append(f"{I2}if valid is not None:")
+        for s in self.states:
+            out.append(f"{I3}{ds[s]} = {ds[s]} + {skip[s]}")
+        out.append(f"{I2}if keep is not None:  # a reset cut the state off from earlier steps")
+        for s in self.states:
+            out.append(f"{I3}{ds[s]} = {ds[s]} * keep[t]")
+        out.append(f"{I1}dx = {self.fns['backward_hoisted']}(k, tape, s, e, acc, need_dx)")
+        tup = ", ".join(ds[s] for s in self.states) + ("," if len(self.states) == 1 else "")
+        out.append(f"{I1}return dx, ({tup})")
+        return out
+
+    def source(self) -> list[str]:
+        out: list[str] = []
+        for f in (self.prepare, self.step, self.forward, self.backward_step,
+                  self.backward_hoisted, self.backward, self.backward_invariant):
+            out += ["", ""] + f()
+        return out
+
+
+def _tuple(names: Sequence[str]) -> str:
+    """A tuple target/value as ruff writes it: ``a, b`` or ``(a,)``."""
+    return f"({names[0]},)" if len(names) == 1 else ", ".join(names)
+
+
+def _dict_return(items: list[str]) -> list[str]:
+    one = f"{I1}return {{{', '.join(items)}}}"
+    if len(one) <= 100:
+        return [one]
+    return [f"{I1}return {{"] + [f"{I2}{i}," for i in items] + [f"{I1}}}"]
+
+
+def _display(name: str) -> str:
+    return name[:-5] + "'" if name.endswith("_next") else name
+
+
+def _loose(text: str) -> bool:
+    """Whether an expression needs parentheses as an operand of * or /."""
+    depth = 0
+    for ch in text:
+        if ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth -= 1
+        elif depth == 0 and ch in "+-" and text.strip()[0] != ch:
+            return True
+    return depth == 0 and " " in text and any(f" {o} " in text for o in "+-")
+
+
+def _ordered(names) -> list[str]:
+    return list(dict.fromkeys(names))
+
+
+def _live(instrs: Sequence[Instr], roots: set[str]) -> set[str]:
+    live = set(roots)
+    out = set()
+    for ins in reversed(instrs):
+        if ins.name in live:
+            out.add(ins.name)
+            live.update(ins.args)
+    return out
+
+
+ACT_NAMES = ACT_MATH  # re-exported for docstrings

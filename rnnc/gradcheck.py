@@ -1,0 +1,344 @@
+"""Gradient checks: a backend's gradients against central finite differences.
+
+:func:`gradcheck` loads (or takes) a generated module, draws small random data
+(``T`` steps, ``B`` rows, random lengths and resets when asked, a random
+initial state) in float64 and compares every gradient ``loss_and_grad``
+returns -- parameters, the initial state and, for dense inputs, ``xs`` --
+with central differences of an independent reference objective.
+
+The reference follows the contract's truncated BPTT: for each window (losses
+at steps ``lo:e``, backpropagated through ``s:e``) it reruns the module's
+``forward`` over ``s:e`` from the state entering step ``s``, computed once
+from the unperturbed values (a constant), and scores only the window's steps.
+Without windows this is the plain loss. The error of a gradient is
+``max |g - fd| / max(max |g|, max |fd|)`` over the entries checked.
+
+``rnnc gradcheck SPEC`` prints :func:`gradcheck_spec`'s report::
+
+    >>> report = gradcheck_spec("specs/char_lstm.rnn")  # doctest: +SKIP
+    >>> print(report.render())  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+# ----------------------------------------------------------------- loading
+
+
+def load_module(source: str, name: str = "rnnc_generated") -> types.ModuleType:
+    """Execute generated source as a fresh module (not added to sys.modules)."""
+    module = types.ModuleType(name)
+    module.__file__ = f"<{name}>"
+    code = compile(source, module.__file__, "exec")
+    exec(code, module.__dict__)  # noqa: S102 - our own generated code
+    return module
+
+
+def module_for(program: Any, backend: str = "numpy") -> types.ModuleType:
+    """Compile a :class:`~rnnc.ir.nodes.Program` with ``backend`` and load the result."""
+    from rnnc.backends import get_backend
+
+    if backend == "jax":
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+    return load_module(get_backend(backend).emit(program), f"rnnc_gradcheck_{backend}")
+
+
+def program_from_text(text: str, n_in: int | None = None, n_out: int | None = None,
+                      passes: bool = True, name: str = "<spec>.rnn") -> Any:
+    """Lower (and, with ``passes``, optimise) spec text; ``n_in``/``n_out`` fill ``auto``."""
+    from rnnc.compiler import optimize
+    from rnnc.ir.lower import Sizes, lower
+    from rnnc.ir.passes import PIPELINE
+    from rnnc.spec import parse_spec
+
+    program = lower(parse_spec(text, name), sizes=Sizes(n_in, n_out, None))
+    return optimize(program, disable=() if passes else PIPELINE)
+
+
+def module_from_text(text: str, n_in: int | None = None, n_out: int | None = None,
+                     passes: bool = True, backend: str = "numpy") -> types.ModuleType:
+    """Compile spec text with ``backend`` and load the generated module."""
+    return module_for(program_from_text(text, n_in, n_out, passes), backend)
+
+
+# -------------------------------------------------------------------- data
+
+
+def random_batch(module: types.ModuleType, T: int, B: int, rng: np.random.Generator
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs and targets that fit the module's input encoding and head."""
+    inp, head = module.MODEL["input"], module.MODEL["head"]
+    if inp["kind"] == "dense":
+        xs = rng.normal(size=(B, T, inp["size"]))
+    else:
+        xs = rng.integers(0, inp["vocab"], size=(B, T))
+    out = head["output_size"]
+    if head["kind"] == "softmax":
+        ys = rng.integers(0, out, size=(B, T) if head["at"] == "per_step" else (B,))
+    else:
+        ys = rng.normal(size=(B, T, out) if head["at"] == "per_step" else (B, out))
+    return xs, ys
+
+
+def windows(T: int, k1: int | None, k2: int | None) -> list[tuple[int, int, int]]:
+    """(s, lo, e) for each truncated-BPTT window: losses at lo:e, backpropagated s:e.
+
+    Window j scores steps j k1 ... min((j + 1) k1, T) - 1 and reaches back k2 steps from
+    its nominal end (j + 1) k1 (so k1 = k2 detaches the state every k1 steps).
+    """
+    if k1 is None or k1 >= T:
+        return [(0, 0, T)]
+    k2 = k2 or k1
+    return [(max(0, lo + k1 - k2), lo, min(lo + k1, T)) for lo in range(0, T, k1)]
+
+
+# --------------------------------------------------------------- reference
+
+
+@dataclass
+class _Problem:
+    module: types.ModuleType
+    xs: np.ndarray
+    ys: np.ndarray
+    state: dict[str, np.ndarray]
+    lengths: np.ndarray | None
+    resets: np.ndarray | None
+    T: int
+    B: int
+    windows: list[tuple[int, int, int]]
+    entering: dict[tuple[int, int], dict[str, np.ndarray]] = field(default_factory=dict)
+
+    def n_scored(self) -> float:
+        if self.module.MODEL["head"]["at"] == "last":
+            return float(self.B)
+        if self.lengths is None:
+            return float(self.T * self.B)
+        return float(np.minimum(self.lengths, self.T).sum())
+
+    def backward_keys(self) -> set[str]:
+        """State entries of layer directions that run backward in time."""
+        out = set()
+        for la in self.module.MODEL["layers"]:
+            for d in la["directions"]:
+                if d == "bwd":
+                    pre = f"{la['name']}.bwd." if len(la["directions"]) == 2 else f"{la['name']}."
+                    out |= {pre + s for s in la["states"]}
+        return out
+
+    def _run(self, params, s: int, e: int, state):
+        _, final = self.module.forward(params, self.xs[:, s:e], state, self._lengths(s, e),
+                                       self._resets(s, e))
+        return {k: np.asarray(v) for k, v in final.items()}
+
+    def freeze(self, params: dict[str, np.ndarray]) -> None:
+        """The state entering each window from outside, from the unperturbed values.
+
+        Forward-in-time directions enter at step s with the state after step s - 1;
+        backward-in-time directions enter at step e - 1 with their state after step e
+        (from a run over steps e ... T - 1 that starts from the forward states at e).
+        """
+        back = self.backward_keys()
+        prefix = {0: dict(self.state)}
+        for s, _, e in self.windows:
+            for at in (s, e):
+                if at not in prefix:
+                    prefix[at] = self._run(params, 0, at, self.state)
+        for s, _, e in self.windows:
+            start = {k: v for k, v in prefix[s].items() if k not in back}
+            if back and e < self.T:
+                entering = {k: (self.state[k] if k in back else v) for k, v in prefix[e].items()}
+                suffix = self._run(params, e, self.T, entering)
+                start.update({k: suffix[k] for k in back})
+            self.entering[(s, e)] = start
+
+    def _lengths(self, s: int, e: int):
+        if self.lengths is None:
+            return None
+        return np.clip(self.lengths - s, 0, e - s)
+
+    def _resets(self, s: int, e: int):
+        return None if self.resets is None else self.resets[:, s:e]
+
+    def objective(self, params, xs=None, state=None) -> float:
+        """Sum over the windows of the window's loss, the entering state held constant."""
+        xs = self.xs if xs is None else xs
+        state = self.state if state is None else state
+        head = self.module.MODEL["head"]
+        total = 0.0
+        back = self.backward_keys()
+        for s, lo, e in self.windows:
+            start = dict(self.entering[(s, e)])
+            for k in state:  # the initial state enters windows that reach step 0 (T - 1)
+                if (e == self.T) if k in back else (s == 0):
+                    start[k] = state[k]
+            lengths = self._lengths(s, e)
+            out, _ = self.module.forward(params, xs[:, s:e], start, lengths, self._resets(s, e))
+            out = np.asarray(out, dtype=np.float64)
+            if head["at"] == "per_step":
+                w = np.ones((self.B, e - s))
+                if lengths is not None:
+                    w = (np.arange(e - s)[None, :] < lengths[:, None]).astype(float)
+                w[:, : lo - s] = 0.0
+                total += float(np.sum(_step_losses(out, self.ys[:, s:e], head["kind"]) * w))
+            else:
+                last = (np.full(self.B, self.T) if self.lengths is None else self.lengths) - 1
+                w = ((last >= lo) & (last < e)).astype(float)
+                if w.any():
+                    total += float(np.sum(_step_losses(out, self.ys, head["kind"]) * w))
+        return total / self.n_scored()
+
+
+def _step_losses(out: np.ndarray, ys: np.ndarray, kind: str) -> np.ndarray:
+    if kind == "softmax":
+        p = np.take_along_axis(out, np.asarray(ys)[..., None], axis=-1)[..., 0]
+        return -np.log(p)
+    d = out - ys
+    return np.mean(d * d, axis=-1)
+
+
+# ------------------------------------------------------------------- check
+
+
+def _central(f, x: np.ndarray, idx: Iterable[tuple[int, ...]], eps: float) -> np.ndarray:
+    out = []
+    for i in idx:
+        old = x[i]
+        x[i] = old + eps
+        up = f()
+        x[i] = old - eps
+        down = f()
+        x[i] = old
+        out.append((up - down) / (2 * eps))
+    return np.array(out)
+
+
+def _pick(shape: tuple[int, ...], limit: int | None, rng: np.random.Generator):
+    every = list(np.ndindex(*shape))
+    if limit is None or len(every) <= limit:
+        return every
+    chosen = rng.choice(len(every), size=limit, replace=False)
+    return [every[i] for i in sorted(chosen)]
+
+
+def gradcheck(target: Any, seed: int = 0, T: int = 5, B: int = 3, lengths: bool = True,
+              resets: bool = False, eps: float = 1e-5, max_entries: int | None = None,
+              backend: str = "numpy", jitter: float = 0.1) -> list[tuple[str, float]]:
+    """``[(name, max relative error)]`` of every gradient of a generated module.
+
+    ``target`` is a loaded module or a Program (compiled with ``backend``). Runs in
+    float64 on ``T`` steps and ``B`` rows, with random ``lengths`` (some rows shorter
+    than T) and ``resets`` when asked, and the module's truncated-BPTT windows
+    (``K1``/``K2``). ``max_entries`` checks a random subset of each array's entries.
+    Parameters get ``jitter`` noise so that zero-initialised ones are generic.
+    """
+    module = target if isinstance(target, types.ModuleType) else module_for(target, backend)
+    rng = np.random.default_rng(seed)
+    params = {k: np.array(v, dtype=np.float64) for k, v in module.init_params(seed,
+                                                                             "float64").items()}
+    for k in params:
+        params[k] = params[k] + jitter * rng.normal(size=params[k].shape)
+    xs, ys = random_batch(module, T, B, rng)
+    state = {k: rng.normal(size=(B,) + tuple(shape)) * 0.5
+             for k, shape in module.STATE_SHAPES.items()}
+    lens = None
+    if lengths:
+        lens = rng.integers(max(1, T // 2), T + 1, size=B)
+        lens[0] = T
+    rs = rng.random((B, T)) < 0.25 if resets else None
+    k1, k2 = getattr(module, "K1", None), getattr(module, "K2", None)
+    prob = _Problem(module, xs, ys, state, lens, rs, T, B, windows(T, k1, k2))
+    prob.freeze(params)
+    _, grads, _ = module.loss_and_grad(params, xs, ys, state, lens, rs, wrt_inputs=True)
+    grads = {k: np.asarray(v, dtype=np.float64) for k, v in grads.items()}
+    report = []
+    for name, p in params.items():
+        idx = _pick(p.shape, max_entries, rng)
+        fd = _central(lambda: prob.objective(params), p, idx, eps)
+        report.append((name, _rel_err(grads[name], idx, fd)))
+    for name in module.STATE_SHAPES:
+        s = state[name]
+        idx = _pick(s.shape, max_entries, rng)
+        fd = _central(lambda: prob.objective(params, state=state), s, idx, eps)
+        report.append(("state/" + name, _rel_err(grads["state/" + name], idx, fd)))
+    if module.MODEL["input"]["kind"] == "dense":
+        idx = _pick(xs.shape, max_entries, rng)
+        fd = _central(lambda: prob.objective(params, xs=xs), xs, idx, eps)
+        report.append(("xs", _rel_err(grads["xs"], idx, fd)))
+    return report
+
+
+def _rel_err(g: np.ndarray, idx, fd: np.ndarray) -> float:
+    got = np.array([g[i] for i in idx])
+    scale = max(float(np.max(np.abs(g))) if g.size else 0.0,
+                float(np.max(np.abs(fd))) if fd.size else 0.0, 1e-12)
+    return float(np.max(np.abs(got - fd))) / scale if fd.size else 0.0
+
+
+# ------------------------------------------------------------------ report
+
+
+@dataclass
+class GradcheckReport:
+    """The result of :func:`gradcheck_spec`: per-array errors against a tolerance."""
+
+    spec: str
+    backend: str
+    tol: float
+    rows: list[tuple[str, float]]
+    T: int
+    B: int
+    windows: list[tuple[int, int, int]]
+
+    @property
+    def ok(self) -> bool:
+        return all(err <= self.tol for _, err in self.rows)
+
+    @property
+    def worst(self) -> tuple[str, float]:
+        return max(self.rows, key=lambda r: r[1]) if self.rows else ("", 0.0)
+
+    def render(self) -> str:
+        width = max([len(n) for n, _ in self.rows] + [9])
+        lines = [f"gradcheck {self.spec} (backend {self.backend}, float64, T={self.T}, "
+                 f"B={self.B}, {len(self.windows)} window(s))",
+                 f"  {'gradient'.ljust(width)}  max rel err  ok"]
+        for name, err in self.rows:
+            mark = "ok" if err <= self.tol else "FAIL"
+            lines.append(f"  {name.ljust(width)}  {err:11.2e}  {mark}")
+        verdict = "passed" if self.ok else "FAILED"
+        lines.append(f"{verdict}: worst {self.worst[0]} {self.worst[1]:.2e} "
+                     f"(tolerance {self.tol:.0e})")
+        return "\n".join(lines)
+
+
+def gradcheck_spec(spec_path: str | Path, backend: str = "numpy", tol: float = 1e-6,
+                   seed: int = 0, T: int = 5, B: int = 3, max_entries: int | None = 12,
+                   disable: Iterable[str] = ()) -> GradcheckReport:
+    """Compile the spec at ``spec_path`` and check its gradients (see :func:`gradcheck`)."""
+    from rnnc.compiler import build
+    from rnnc.spec import load_spec
+
+    path = Path(spec_path)
+    program = build(load_spec(path), disable=disable, base_dir=path.parent)
+    module = module_for(program, backend)
+    rows = gradcheck(module, seed=seed, T=T, B=B, lengths=True, resets=True,
+                     max_entries=max_entries)
+    return GradcheckReport(str(spec_path), backend, tol, rows, T, B,
+                           windows(T, getattr(module, "K1", None), getattr(module, "K2", None)))
+
+
+if __name__ == "__main__":  # pragma: no cover - python -m rnnc.gradcheck SPEC
+    rep = gradcheck_spec(sys.argv[1])
+    print(rep.render())
+    raise SystemExit(0 if rep.ok else 1)

@@ -1,0 +1,538 @@
+"""The JAX backend against independent implementations, and its generated-file contract.
+
+- PyTorch (float64): nn.RNN (tanh, relu), nn.LSTM (1 and 2 layers, bidirectional, packed
+  sequences of different lengths), nn.GRU: outputs, final states, loss and the gradients
+  w.r.t. parameters, inputs and initial state, to 1e-9.
+- ONNX reference operators: GRU with linear_before_reset=0 (rnnc's ``reset: "before"``)
+  and LSTM with peepholes, forward values.
+- Truncated BPTT (k1 = k2 and k1 < k2) against a window-by-window reference built from
+  ``forward`` and ``jax.grad``.
+- The file: ruff-clean, deterministic, importable without rnnc, jitted entry points.
+"""
+
+import importlib.util
+import itertools
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+# Small programs compile much faster without LLVM's expensive passes (numerics unchanged
+# at these tolerances); only takes effect if no XLA backend has started yet.
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+os.environ.setdefault("XLA_FLAGS", FAST_COMPILE)
+
+jax = pytest.importorskip("jax")
+jax.config.update("jax_enable_x64", True)
+jnp = jax.numpy
+
+from rnnc.compiler import build  # noqa: E402
+from rnnc.ir.lower import Sizes  # noqa: E402
+from rnnc.spec import parse_spec  # noqa: E402
+
+
+ROOT = Path(__file__).resolve().parents[1]
+RTOL = 1e-9
+_COUNTER = itertools.count()
+_MODULES: dict[str, object] = {}
+
+
+def emit(text, n_in, n_out, name="case.rnn", disable=()):
+    from rnnc.backends.jax import JaxBackend
+
+    program = build(parse_spec(text, name), Sizes(n_in, n_out), disable)
+    return JaxBackend().emit(program)
+
+
+def load(source, tmp_dir):
+    """Import a generated module (cached by source, so jitted functions are reused)."""
+    if source in _MODULES:
+        return _MODULES[source]
+    name = f"rnnc_jax_case_{next(_COUNTER)}"
+    path = Path(tmp_dir) / f"{name}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    _MODULES[source] = module
+    return module
+
+
+@pytest.fixture(scope="module")
+def tmp_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("jax_modules")
+
+
+def close(a, b, rtol=RTOL, what=""):
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    assert a.shape == b.shape, f"{what}: shapes {a.shape} and {b.shape}"
+    scale = max(np.abs(b).max(initial=0.0), 1e-3)
+    err = np.abs(a - b).max(initial=0.0) / scale
+    assert err <= rtol, f"{what}: relative error {err:.3g}"
+
+
+# ---------------------------------------------------------------------- PyTorch
+
+B, T, F, H, C = 3, 5, 3, 4, 5
+
+TORCH_CASES = {
+    # id: (torch module, rnnc layer, layers, bidirectional)
+    "rnn_tanh": ("RNN", "elman(hidden: 4)", 1, False),
+    "rnn_relu": ("RNN", "elman(hidden: 4, act: relu)", 1, False),
+    "lstm": ("LSTM", "lstm(hidden: 4)", 1, False),
+    "lstm_2layers": ("LSTM", "lstm(hidden: 4)", 2, False),
+    "lstm_bidirectional": ("LSTM", "lstm(hidden: 4, direction: bidirectional)", 1, True),
+    "lstm_2layers_bidirectional": (
+        "LSTM", "lstm(hidden: 4, direction: bidirectional)", 2, True),
+    "gru": ("GRU", "gru(hidden: 4)", 1, False),
+}
+
+
+def torch_spec(layer, layers):
+    body = "\n".join(f"  layer {layer}" for _ in range(layers))
+    return (f"model oracle {{\n  input dense(features: {F})\n{body}\n"
+            f"  head softmax(at: per_step, classes: {C})\n}}\n")
+
+
+def torch_params(kind, rnn, layers, bidir, head, grad=False):
+    """rnnc parameters (or their gradients) from a torch RNN and Linear head."""
+
+    def get(name):
+        t = getattr(rnn, name)
+        t = t.grad if grad else t.detach()
+        return t.numpy().copy()
+
+    out = {}
+    dirs = [("fwd", ""), ("bwd", "_reverse")] if bidir else [("fwd", "")]
+    for layer, (d, suffix) in itertools.product(range(layers), dirs):
+        prefix = f"layer{layer + 1}." + (f"{d}." if bidir else "")
+        w, u = get(f"weight_ih_l{layer}{suffix}"), get(f"weight_hh_l{layer}{suffix}")
+        bi, bh = get(f"bias_ih_l{layer}{suffix}"), get(f"bias_hh_l{layer}{suffix}")
+        # the two biases enter as a sum: the gradient of that sum is either one's gradient
+        bsum = bi if grad else bi + bh
+        if kind == "RNN":
+            out.update({prefix + "W": w, prefix + "U": u, prefix + "b": bsum})
+        elif kind == "LSTM":
+            for gate, ws, us, bs in zip("ifgo", np.split(w, 4), np.split(u, 4),
+                                        np.split(bsum, 4), strict=True):
+                out.update({prefix + f"W_{gate}": ws, prefix + f"U_{gate}": us,
+                            prefix + f"b_{gate}": bs})
+        else:  # GRU: torch's rows are r, z, n; b_hn stays separate
+            (wr, wz, wn), (ur, uz, un) = np.split(w, 3), np.split(u, 3)
+            (bir, biz, bin_), (bhr, bhz, bhn) = np.split(bi, 3), np.split(bh, 3)
+            out.update({prefix + "W_z": wz, prefix + "U_z": uz, prefix + "W_r": wr,
+                        prefix + "U_r": ur, prefix + "W_n": wn, prefix + "U_n": un,
+                        prefix + "b_n": bin_, prefix + "b_hn": bhn})
+            out[prefix + "b_z"] = biz if grad else biz + bhz
+            out[prefix + "b_r"] = bir if grad else bir + bhr
+    w, b = head.weight, head.bias
+    out["head.W"] = (w.grad if grad else w.detach()).numpy().copy()
+    out["head.b"] = (b.grad if grad else b.detach()).numpy().copy()
+    return out
+
+
+def state_names(kind, layers, bidir):
+    names = ["h", "c"] if kind == "LSTM" else ["h"]
+    dirs = ["fwd.", "bwd."] if bidir else [""]
+    return {s: [f"layer{layer + 1}.{d}{s}" for layer in range(layers) for d in dirs]
+            for s in names}
+
+
+@pytest.mark.parametrize("case", list(TORCH_CASES))
+def test_matches_pytorch(case, tmp_dir):
+    torch = pytest.importorskip("torch")
+    kind, layer, layers, bidir = TORCH_CASES[case]
+    mod = load(emit(torch_spec(layer, layers), F, C), tmp_dir)
+    torch.manual_seed(0)
+    opts = {"nonlinearity": "relu"} if case == "rnn_relu" else {}
+    rnn = getattr(torch.nn, kind)(F, H, num_layers=layers, bidirectional=bidir,
+                                  batch_first=True, **opts).double()
+    D = 2 if bidir else 1
+    head = torch.nn.Linear(D * H, C).double()
+    x = torch.randn(B, T, F, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, C, (B, T))
+    init = {s: torch.randn(layers * D, B, H, dtype=torch.float64, requires_grad=True)
+            for s in state_names(kind, layers, bidir)}
+    out, hn = rnn(x, (init["h"], init["c"]) if kind == "LSTM" else init["h"])
+    hn = dict(zip(["h", "c"], hn, strict=True)) if kind == "LSTM" else {"h": hn}
+    logits = head(out)
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, C), y.reshape(-1))
+    loss.backward()
+
+    params = {k: jnp.asarray(v) for k, v in torch_params(kind, rnn, layers, bidir, head).items()}
+    assert set(params) == set(mod.PARAM_SHAPES)
+    for k, v in params.items():
+        assert v.shape == tuple(mod.PARAM_SHAPES[k]), k
+    names = state_names(kind, layers, bidir)
+    state = {n: jnp.asarray(init[s].detach().numpy()[i])
+             for s, ns in names.items() for i, n in enumerate(ns)}
+    xs, ys = x.detach().numpy(), y.numpy()
+
+    probs, final = mod.forward(params, xs, state)
+    close(probs, torch.softmax(logits, -1).detach().numpy(), what="outputs")
+    for s, ns in names.items():
+        for i, n in enumerate(ns):
+            close(final[n], hn[s].detach().numpy()[i], what=f"final {n}")
+
+    value, grads, _ = mod.loss_and_grad(params, xs, ys, state, wrt_inputs=True)
+    close(value, loss.item(), what="loss")
+    want = torch_params(kind, rnn, layers, bidir, head, grad=True)
+    for k, g in want.items():
+        close(grads[k], g, what=f"d loss / d {k}")
+    close(grads["xs"], x.grad.numpy(), what="d loss / d xs")
+    for s, ns in names.items():
+        for i, n in enumerate(ns):
+            close(grads["state/" + n], init[s].grad.numpy()[i], what=f"d loss / d {n}")
+
+
+def test_lengths_match_packed_pytorch(tmp_dir):
+    """Rows of different lengths: nn.LSTM over a packed sequence (both directions)."""
+    torch = pytest.importorskip("torch")
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    kind, layer, layers, bidir = TORCH_CASES["lstm_bidirectional"]
+    mod = load(emit(torch_spec(layer, layers), F, C), tmp_dir)
+    torch.manual_seed(1)
+    rnn = torch.nn.LSTM(F, H, bidirectional=True, batch_first=True).double()
+    head = torch.nn.Linear(2 * H, C).double()
+    lengths = torch.tensor([5, 2, 4])
+    x = torch.randn(B, T, F, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, C, (B, T))
+    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    out, (hn, cn) = rnn(packed)
+    out, _ = pad_packed_sequence(out, batch_first=True, total_length=T)
+    logits = head(out)
+    valid = torch.arange(T)[None, :] < lengths[:, None]
+    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, C), y.reshape(-1), reduction="none")
+    loss = ce[valid.reshape(-1)].mean()
+    loss.backward()
+
+    params = {k: jnp.asarray(v) for k, v in torch_params(kind, rnn, 1, True, head).items()}
+    xs, ys, lens = x.detach().numpy(), y.numpy(), lengths.numpy()
+    probs, final = mod.forward(params, xs, lengths=lens)
+    ok = valid.numpy()
+    close(np.asarray(probs)[ok], torch.softmax(logits, -1).detach().numpy()[ok], what="outputs")
+    for i, d in enumerate(["fwd", "bwd"]):
+        close(final[f"layer1.{d}.h"], hn.detach().numpy()[i], what=f"final {d} h")
+        close(final[f"layer1.{d}.c"], cn.detach().numpy()[i], what=f"final {d} c")
+    value, grads, _ = mod.loss_and_grad(params, xs, ys, lengths=lens, wrt_inputs=True)
+    close(value, loss.item(), what="loss")
+    for k, g in torch_params(kind, rnn, 1, True, head, grad=True).items():
+        close(grads[k], g, what=f"d loss / d {k}")
+    close(grads["xs"], x.grad.numpy(), what="d loss / d xs")
+
+
+# ------------------------------------------------------------------------- ONNX
+
+
+def _onnx_run(op, attrs, inputs):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+    from onnx.reference import ReferenceEvaluator
+
+    names = list(inputs)
+    node = helper.make_node(op, names, ["Y", "Y_h"] + (["Y_c"] if op == "LSTM" else []),
+                            **attrs)
+
+    def info(name, value):
+        kind = TensorProto.INT32 if value.dtype == np.int32 else TensorProto.DOUBLE
+        return helper.make_tensor_value_info(name, kind, value.shape)
+
+    steps, batch = inputs["X"].shape[:2]
+    hidden = attrs["hidden_size"]
+    shapes = {"Y": (steps, 1, batch, hidden), "Y_h": (1, batch, hidden),
+              "Y_c": (1, batch, hidden)}
+    graph = helper.make_graph(
+        [node], "g", [info(n, v) for n, v in inputs.items()],
+        [helper.make_tensor_value_info(n, TensorProto.DOUBLE, shapes[n]) for n in node.output])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    onnx.checker.check_model(model)
+    return ReferenceEvaluator(model).run(None, inputs)
+
+
+def test_onnx_gru_reset_before(tmp_dir):
+    mod = load(emit(torch_spec('gru(hidden: 4, reset: "before")', 1), F, C), tmp_dir)
+    rng = np.random.default_rng(3)
+    params = {k: rng.normal(0, 0.5, v) for k, v in mod.PARAM_SHAPES.items()}
+    xs = rng.normal(size=(B, T, F))
+    h0 = rng.normal(size=(B, H))
+    p = {k[len("layer1."):]: v for k, v in params.items() if k.startswith("layer1.")}
+    assert "b_hn" not in p  # the "before" form has one bias per gate
+    W = np.concatenate([p["W_z"], p["W_r"], p["W_n"]])[None]
+    R = np.concatenate([p["U_z"], p["U_r"], p["U_n"]])[None]
+    bias = np.concatenate([p["b_z"], p["b_r"], p["b_n"], np.zeros(3 * H)])[None]
+    Y, Y_h = _onnx_run("GRU", {"hidden_size": H, "linear_before_reset": 0}, {
+        "X": xs.transpose(1, 0, 2), "W": W, "R": R, "B": bias,
+        "sequence_lens": np.full(B, T, np.int32), "initial_h": h0[None]})
+    top, final, _ = mod._layers(params, jnp.asarray(xs.transpose(1, 0, 2)),
+                                {"layer1.h": jnp.asarray(h0)}, None, None, None)
+    close(top, Y[:, 0], what="Y")
+    close(final["layer1.h"], Y_h[0], what="Y_h")
+
+
+def test_onnx_lstm_peepholes(tmp_dir):
+    mod = load(emit(torch_spec("lstm(hidden: 4, peepholes: true)", 1), F, C), tmp_dir)
+    rng = np.random.default_rng(4)
+    params = {k: rng.normal(0, 0.5, v) for k, v in mod.PARAM_SHAPES.items()}
+    xs = rng.normal(size=(B, T, F))
+    h0, c0 = rng.normal(size=(B, H)), rng.normal(size=(B, H))
+    p = {k[len("layer1."):]: v for k, v in params.items() if k.startswith("layer1.")}
+    order = "iofg"  # ONNX gate order i, o, f, c (c is rnnc's g)
+    W = np.concatenate([p[f"W_{g}"] for g in order])[None]
+    R = np.concatenate([p[f"U_{g}"] for g in order])[None]
+    bias = np.concatenate([p[f"b_{g}"] for g in order] + [np.zeros(4 * H)])[None]
+    P = np.concatenate([p["p_i"], p["p_o"], p["p_f"]])[None]
+    Y, Y_h, Y_c = _onnx_run("LSTM", {"hidden_size": H}, {
+        "X": xs.transpose(1, 0, 2), "W": W, "R": R, "B": bias,
+        "sequence_lens": np.full(B, T, np.int32), "initial_h": h0[None],
+        "initial_c": c0[None], "P": P})
+    state = {"layer1.h": jnp.asarray(h0), "layer1.c": jnp.asarray(c0)}
+    top, final, _ = mod._layers(params, jnp.asarray(xs.transpose(1, 0, 2)), state,
+                                None, None, None)
+    close(top, Y[:, 0], what="Y")
+    close(final["layer1.h"], Y_h[0], what="Y_h")
+    close(final["layer1.c"], Y_c[0], what="Y_c")
+
+
+# ------------------------------------------------------------- truncated BPTT
+
+
+def tbptt_spec(k1, k2, layers=2):
+    body = "\n".join(["  layer lstm(hidden: 3)", "  layer gru(hidden: 3)"][:layers])
+    return (f"model tb {{\n  input onehot(vocab: 4)\n{body}\n"
+            f"  head softmax(at: per_step, classes: 4)\n}}\n"
+            f"train {{\n  data reber\n  bptt k1 {k1} k2 {k2}\n}}\n")
+
+
+def reference_tbptt(mod, params, xs, ys, state, k1, k2):
+    """Sum over windows of the gradient of their losses, each window run with `forward`
+    from a constant state (the call's initial state for windows that start at 0)."""
+    T = xs.shape[1]
+    n = xs.shape[0] * T
+
+    def loss(params, state):
+        total = 0.0
+        for lo in range(0, T, k1):
+            hi = min(lo + k1, T)
+            s = max(0, hi - k2)
+            st = state
+            if s > 0:
+                _, st = mod.forward(jax.lax.stop_gradient(params), xs[:, :s], state)
+                st = jax.lax.stop_gradient(st)
+            probs, _ = mod.forward(params, xs[:, s:hi], st)
+            p = jnp.take_along_axis(probs[:, lo - s:], ys[:, lo:hi, None], axis=-1)
+            total = total - jnp.sum(jnp.log(p))
+        return total / n
+
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, state)
+
+
+@pytest.mark.parametrize("k1,k2,steps", [
+    (3, 3, 6),  # disjoint windows that tile the sequence: one scan, cut every 3 steps
+    (3, 3, 7),  # the last window (losses at 6) goes back through steps 4..6
+    (2, 5, 7),  # overlapping windows
+    (8, 8, 7),  # one window: full BPTT
+])
+def test_truncated_bptt_matches_window_reference(k1, k2, steps, tmp_dir):
+    # one layer here (the matrix compares two-layer truncated BPTT with the NumPy backend)
+    mod = load(emit(tbptt_spec(k1, k2, layers=1), 4, 4), tmp_dir)
+    rng = np.random.default_rng(5)
+    params = mod.init_params(1, "float64")
+    xs, ys = rng.integers(0, 4, (2, steps)), rng.integers(0, 4, (2, steps))
+    state = {k: jnp.asarray(rng.normal(size=(2,) + v)) for k, v in mod.STATE_SHAPES.items()}
+    value, grads, final = mod.loss_and_grad(params, xs, ys, state, wrt_inputs=True)
+    ref_value, (ref_grads, ref_state) = reference_tbptt(mod, params, xs, ys, state, k1, k2)
+    close(value, ref_value, what="loss")
+    for k in params:
+        close(grads[k], ref_grads[k], what=f"d/d {k}")
+    for k in state:
+        close(grads["state/" + k], ref_state[k], what=f"d/d state {k}")
+    _, want_final = mod.forward(params, xs, state)
+    for k in state:
+        close(final[k], want_final[k], what=f"final {k}")
+    if k1 >= xs.shape[1]:  # one window: full BPTT
+        full = load(emit(tbptt_spec(k1, k2, layers=1).split("train")[0], 4, 4), tmp_dir)
+        fvalue, fgrads, _ = full.loss_and_grad(params, xs, ys, state)
+        for k in params:
+            close(grads[k], fgrads[k], what=f"full BPTT d/d {k}")
+
+
+# ------------------------------------------------------------ sections, step
+
+
+def test_sections_give_the_same_numbers(tmp_dir):
+    """Body-only cells (no passes) and cells with invariant/hoisted sections agree."""
+    text = tbptt_spec(3, 3, layers=1).split("train")[0].replace(
+        "lstm(hidden: 3)", "lstm(hidden: 3, peepholes: true)")
+    passes = ("fold_constants", "cse", "fuse_gates", "hoist_inputs", "dce")
+    full = load(emit(text, 4, 4), tmp_dir)
+    bare = load(emit(text, 4, 4, disable=passes), tmp_dir)
+    assert "_invariant(p)" in full.__loader__.get_source(full.__name__)
+    assert "_invariant(p)" not in bare.__loader__.get_source(bare.__name__)
+    rng = np.random.default_rng(6)
+    params = full.init_params(2, "float64")
+    xs, ys = rng.integers(0, 4, (3, 6)), rng.integers(0, 4, (3, 6))
+    a = full.loss_and_grad(params, xs, ys, lengths=np.array([6, 2, 4]))
+    b = bare.loss_and_grad(params, xs, ys, lengths=np.array([6, 2, 4]))
+    close(a[0], b[0], what="loss")
+    for k in params:
+        close(a[1][k], b[1][k], what=k)
+
+
+def test_step_matches_forward(tmp_dir):
+    mod = load(emit(tbptt_spec(3, 3).split("train")[0], 4, 4), tmp_dir)
+    params = mod.init_params(0, "float64")
+    xs = np.random.default_rng(7).integers(0, 4, (2, 5))
+    probs, final = mod.forward(params, xs)
+    state = mod.initial_state(2, "float64")
+    for t in range(xs.shape[1]):
+        y, state = mod.step(params, xs[:, t], state)
+        close(y, probs[:, t], what=f"step {t}")
+    for k in final:
+        close(state[k], final[k], what=k)
+
+
+def test_train_step_with_optax(tmp_dir):
+    optax = pytest.importorskip("optax")
+    mod = load(emit(tbptt_spec(3, 3, layers=1).split("train")[0], 4, 4), tmp_dir)
+    params = mod.init_params(0, "float64")
+    xs = np.random.default_rng(8).integers(0, 4, (2, 7))
+    opt = optax.sgd(0.1)
+    new, opt_state, _, metrics = mod.train_step(params, mod.init_opt_state(params, opt), xs, xs,
+                                                optimizer=opt)
+    _, grads, _ = mod.loss_and_grad(params, xs, xs)
+    for k in params:
+        close(new[k], params[k] - 0.1 * grads[k], what=k)
+    assert np.isnan(metrics["lr"])
+    # without a train block the spec's updater is adam with its defaults
+    assert mod.UPDATER == {"name": "adam"} and mod.TRAIN is None
+    assert set(mod.init_opt_state(params)) == {"step"} | {f"{s}/{k}" for s in "mv"
+                                                          for k in params}
+
+
+# -------------------------------------------------------------------- the file
+
+LIB_SPEC = """model lib {
+  input embedding(vocab: 7, dim: 3)
+  layer lstm(hidden: 3, peepholes: true) dropout 0.2
+  layer gru(hidden: 3, direction: bidirectional, merge: sum)
+  head softmax(at: last, classes: 2)
+}
+train {
+  data reber
+  updater rmsprop(lr: 0.01)
+  clip norm 1.0 value 0.5
+  l2 0.001
+}
+"""
+
+
+def test_generated_file_is_clean_deterministic_and_standalone(tmp_path):
+    src = emit(LIB_SPEC, 7, 2, name="specs/lib_case.rnn")
+    assert src == emit(LIB_SPEC, 7, 2, name="specs/lib_case.rnn")
+    assert src.startswith("# Generated by rnnc ")
+    assert "# spec_sha256: " in src.splitlines()[1] and "backend: jax" in src.splitlines()[1]
+    assert "import rnnc" not in src and "from rnnc" not in src
+    path = tmp_path / "lib_jax.py"
+    path.write_text(src)
+    ruff = shutil.which("ruff")
+    if ruff:
+        cfg = ["--config", str(ROOT / "pyproject.toml")]
+        r = subprocess.run([ruff, "check", *cfg, str(path)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout + r.stderr
+        r = subprocess.run([ruff, "format", "--check", *cfg, str(path)], capture_output=True,
+                           text=True)
+        assert r.returncode == 0, r.stdout + r.stderr
+    # import and run it where rnnc cannot be imported (isolated mode, -I: no cwd, no user
+    # site; a meta-path finder refuses rnnc even if installed)
+    script = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'rnnc' or name.startswith('rnnc.'):\n"
+        "            raise ImportError('rnnc is blocked')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        f"sys.path.insert(0, {str(tmp_path)!r})\n"
+        "import numpy as np\n"
+        "import lib_jax as m\n"
+        "assert not any(k == 'rnnc' or k.startswith('rnnc.') for k in sys.modules)\n"
+        "p = m.init_params(0)\n"
+        "xs = np.array([[1, 2, 3], [4, 5, 6]])\n"
+        "y, s = m.forward(p, xs, lengths=np.array([3, 2]))\n"
+        "assert y.shape == (2, 2), y.shape\n"
+        "print('ok', float(y.sum()))\n"
+    )
+    env = {**os.environ, "XLA_FLAGS": FAST_COMPILE}
+    r = subprocess.run([sys.executable, "-I", "-c", script], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=300, env=env)
+    assert r.returncode == 0 and r.stdout.startswith("ok"), r.stdout + r.stderr
+
+
+def test_init_params_follow_the_contract(tmp_dir):
+    mod = load(emit(LIB_SPEC, 7, 2), tmp_dir)
+    params = mod.init_params(3, "float64")
+    assert list(params) == list(mod.PARAM_SHAPES)
+    assert list(params)[0] == "input.E"
+    rng = np.random.default_rng(3)
+    for name, shape in mod.PARAM_SHAPES.items():
+        kind, args, fan_in, fan_out = mod.PARAM_INITS[name]
+        if kind == "xavier_uniform":
+            a = np.sqrt(6.0 / (fan_in + fan_out))
+            want = rng.uniform(-a, a, size=shape)
+        elif kind == "normal":
+            want = rng.normal(0.0, args[0], size=shape)
+        elif kind == "constant":
+            want = np.full(shape, args[0])
+        else:
+            assert kind == "zeros", kind
+            want = np.zeros(shape)
+        np.testing.assert_array_equal(np.asarray(params[name]), want, err_msg=name)
+    assert float(params["layer1.b_f"][0]) == 1.0  # forget-gate bias
+    assert params["head.W"].dtype == jnp.float64
+    assert mod.init_params(3)["head.W"].dtype == jnp.float32
+    assert mod.initial_state(4)["layer2.fwd.h"].shape == (4, 3)
+
+
+def test_orthogonal_init(tmp_dir):
+    text = ("cell orth(x) {\n  state h\n  param U init orthogonal\n"
+            "  param W init orthogonal\n  h' = tanh(W @ x + U @ h + b)\n}\n"
+            "model o {\n  input dense(features: 5)\n  layer orth(hidden: 3)\n"
+            "  head linear(at: per_step, size: 2)\n}\n")
+    mod = load(emit(text, 5, 2), tmp_dir)
+    p = mod.init_params(0, "float64")
+    U, W = np.asarray(p["layer1.U"]), np.asarray(p["layer1.W"])
+    np.testing.assert_allclose(U @ U.T, np.eye(3), atol=1e-12)
+    np.testing.assert_allclose(W @ W.T, np.eye(3), atol=1e-12)  # (3, 5): orthonormal rows
+
+
+def test_entry_points_are_jitted_and_import_is_lazy(tmp_path):
+    src = emit(LIB_SPEC, 7, 2)
+    (tmp_path / "m.py").write_text(src)
+    script = (
+        "import sys, time\n"
+        f"sys.path.insert(0, {str(tmp_path)!r})\n"
+        "import jax\n"
+        "from jax._src import xla_bridge\n"
+        "import m\n"
+        "assert not xla_bridge._backends, 'importing the module started a backend'\n"
+        "for f in (m.forward, m.loss_and_grad):\n"
+        "    assert hasattr(f, 'lower'), f\n"
+        "print('ok')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stdout + r.stderr
+
+
+def test_bptt_with_backward_layers_is_refused():
+    from rnnc.errors import BackendError
+
+    text = tbptt_spec(3, 3, layers=1).replace("lstm(hidden: 3)",
+                                              "lstm(hidden: 3, direction: backward)")
+    with pytest.raises(BackendError, match="forward-only"):
+        emit(text, 4, 4)
