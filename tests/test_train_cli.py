@@ -515,3 +515,29 @@ def test_plot_without_metrics(tmp_path, reber_run):
     shutil.copytree(reber_run[1], run)
     (run / "metrics.jsonl").unlink()
     _assert_clean_error(rnnc("plot", run, code=1), "no metrics to plot")
+
+
+def test_data_parallel_over_two_host_devices(tmp_path):
+    """--devices 2 (JAX, two forced host devices) trains like one device."""
+    from rnnc.train.driver import load_backend
+
+    try:
+        load_backend("jax")
+    except RnncError:
+        pytest.skip("the jax backend is not available")
+    spec = write(tmp_path / "r.rnn", REBER.format(cell="elman", epochs=2, extra="")
+                 .replace("reber(n: 240)", "reber(n: 250)"))  # 200 to train: a last batch of 8
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    runs = {}
+    for devices in ("1", "2"):
+        run = tmp_path / f"run{devices}"
+        proc = subprocess.run(
+            [sys.executable, "-c", "from rnnc.cli import main; main()", "train", str(spec),
+             "-b", "jax", "-o", str(run), "-q", "--devices", devices],
+            capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "Traceback" not in proc.stdout + proc.stderr
+        runs[devices] = records(run, "train")
+    assert len(runs["1"]) == 2 * 13 and len(runs["2"]) == 2 * 12  # the 8-row batch is dropped
+    for a, b in zip(runs["1"][:12], runs["2"][:12], strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)

@@ -52,7 +52,7 @@ def _train(
     reporter = QuietReporter() if quiet else RichReporter()
     opts = TrainOptions(
         backend=backend, out=out, resume=resume, force=force, devices=devices,
-        overrides=Overrides(epochs=epochs, batch=batch, seed=seed, lr=lr), quiet=quiet,
+        overrides=Overrides(epochs=epochs, batch=batch, seed=seed, lr=lr),
         stop_after_steps=stop_after_steps)
     result = train(spec, opts, reporter)
     run_dir = result.run_dir

@@ -293,7 +293,6 @@ class TrainOptions:
     force: bool = False
     devices: int = 1
     overrides: Overrides = field(default_factory=Overrides)
-    quiet: bool = False
     stop_after_steps: int | None = None
 
 
@@ -323,9 +322,11 @@ class Trainer:
                                  "training needs both: give each a share with the dataset's "
                                  "split option, e.g. split: [0.8, 0.1, 0.1]")
         self.dropout = uses_dropout(c.program)
+        self.devices = devices
         self.train_step = self._train_step(devices)
         self.best_params: dict[str, Any] | None = None
         self.interrupted = False
+        self.t0 = time.perf_counter()
         self.sample_cfg = c.train_cfg.get("sample") or {}
 
     def _train_step(self, devices: int):
@@ -395,7 +396,7 @@ class Trainer:
                                       window_length(self.c.program, self.ds))
         from rnnc.data import num_batches
 
-        return num_batches(len(self.ds.train), self.plan.batch)
+        return num_batches(len(self.ds.train), self.plan.batch, drop_last=self.devices > 1)
 
     def batches(self, epoch: int, start: int) -> Iterator[Batch]:
         """The epoch's batches from index ``start`` on (the same order on every resume)."""
@@ -403,7 +404,9 @@ class Trainer:
             return stream_windows(self.ds, "train", self.plan.batch,
                                   window_length(self.c.program, self.ds), self.plan.reset, start)
         order_rng = np.random.default_rng([self.plan.seed, 0, epoch])
-        it = iterate_batches(self.ds.train, self.plan.batch, order_rng)
+        # over several devices every batch must split evenly: the remainder is left out
+        it = iterate_batches(self.ds.train, self.plan.batch, order_rng,
+                             drop_last=self.devices > 1)
         for _ in range(start):
             next(it)
         return it
@@ -454,6 +457,8 @@ class Trainer:
         self.reporter.start(self.plan.epochs, n_batches, keys, self.ds.metric)
         with _sigint_to_flag(self):
             while self.state.epoch < self.plan.epochs and self.state.finished is None:
+                if self.interrupted:  # Ctrl-C during the validation pass
+                    raise KeyboardInterrupt
                 st = self.state
                 self.reporter.epoch_start(st.epoch, st.batch_index)
                 for b in self.batches(st.epoch, st.batch_index):
