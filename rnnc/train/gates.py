@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from rnnc.errors import TrainError
-from rnnc.ir.nodes import Cell, Instr, Layer, Program
-from rnnc.ir.ops import render
+from rnnc.ir.interp import CompiledCell
+from rnnc.ir.nodes import Cell, Layer, Program
 
 
 GATE_ACTIVATIONS = ("sigmoid", "hard_sigmoid")
@@ -56,58 +56,6 @@ class Interpretation:
     outputs: np.ndarray
     gates: dict[str, np.ndarray] = field(default_factory=dict)
     states: dict[str, np.ndarray] = field(default_factory=dict)
-
-
-class _CompiledCell:
-    """A cell's instructions rendered once to Python code objects."""
-
-    def __init__(self, cell: Cell):
-        self.cell = cell
-
-        def code(ins: Instr):
-            return compile(render(ins, "np"), f"<{cell.name}.{ins.name}>", "eval")
-
-        self.invariant = [(i.name, code(i)) for i in cell.invariant]
-        self.hoisted = [(i.name, code(i)) for i in cell.hoisted]
-        self.body = [(i.name, code(i)) for i in cell.body]
-        self.gates = gate_names(cell)
-
-    @staticmethod
-    def _run(program, env: dict[str, Any]) -> None:
-        for name, code in program:
-            env[name] = eval(code, {"np": np}, env)  # noqa: S307 - code rendered from the IR
-
-    def run(self, params: Mapping[str, np.ndarray], xs: np.ndarray, reverse: bool,
-            lengths: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """Run over ``xs`` ``(B, T, n)``; returns (outputs, gates over time, final state)."""
-        cell = self.cell
-        batch, steps = xs.shape[:2]
-        env: dict[str, Any] = dict(params)
-        self._run(self.invariant, env)
-        hoisted: dict[str, np.ndarray] = {}
-        if self.hoisted:
-            henv = dict(env)
-            henv[cell.inputs[0].name] = xs
-            self._run(self.hoisted, henv)
-            hoisted = {name: henv[name] for name, _ in self.hoisted}
-        state = {s.name: np.zeros((batch, s.size), dtype=xs.dtype) for s in cell.states}
-        outputs: list[np.ndarray | None] = [None] * steps
-        gates: dict[str, list[np.ndarray | None]] = {g: [None] * steps for g in self.gates}
-        order = range(steps - 1, -1, -1) if reverse else range(steps)
-        for t in order:
-            step_env = dict(env)
-            step_env.update(state)
-            step_env[cell.inputs[0].name] = xs[:, t]
-            for name, value in hoisted.items():
-                step_env[name] = value[:, t]
-            self._run(self.body, step_env)
-            valid = (t < lengths)[:, None]
-            state = {s: np.where(valid, step_env[v], state[s]) for s, v in cell.next_state}
-            outputs[t] = step_env[cell.output]
-            for g in self.gates:
-                gates[g][t] = step_env[g]
-        return (np.stack(outputs, axis=1),
-                {g: np.stack(v, axis=1) for g, v in gates.items()}, state)
 
 
 def _encode(program: Program, params: Mapping[str, np.ndarray], xs: np.ndarray,
@@ -149,7 +97,7 @@ def interpret(program: Program, params: Mapping[str, Any], xs: Any,
     lengths = np.full(batch, steps) if lengths is None else np.asarray(lengths)
     result = Interpretation(outputs=np.empty(0))
     for layer in program.model.layers:
-        compiled = _CompiledCell(layer.cell)
+        compiled = CompiledCell(layer.cell, gate_names(layer.cell))
         outs = []
         for d in layer.directions:
             p = _layer_params(layer, d, params, dtype)

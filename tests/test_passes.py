@@ -1,0 +1,129 @@
+"""Passes: fixture pairs (input IR -> expected IR) and numerical properties.
+
+Each ``tests/fixtures/passes/<pass>.txt`` holds blocks::
+
+    # title: what the case shows
+    <input IR, in the text form of `rnnc ir`>
+    # expect:
+    <the IR after the pass>
+
+``RNNC_UPDATE_FIXTURES=1 pytest tests/test_passes.py`` rewrites the expected parts
+(review the diff).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rnnc.ir.interp import CompiledCell
+from rnnc.ir.lower import library, lower_cell
+from rnnc.ir.nodes import Cell
+from rnnc.ir.parse import parse_cell
+from rnnc.ir.passes import PIPELINE, get_pass
+from rnnc.ir.printer import cell_str
+from rnnc.ir.verify import verify_cell
+
+
+FIXTURES = Path(__file__).parent / "fixtures" / "passes"
+
+
+def _blocks(path: Path) -> list[tuple[str, str, str]]:
+    out = []
+    for chunk in path.read_text().split("# title: ")[1:]:
+        title, _, rest = chunk.partition("\n")
+        given_ir, _, expected = rest.partition("# expect:\n")
+        out.append((title.strip(), given_ir.strip(), expected.strip()))
+    return out
+
+
+CASES = [(p.stem, *b) for p in sorted(FIXTURES.glob("*.txt")) for b in _blocks(p)]
+
+
+def test_every_pass_has_fixtures():
+    assert {c[0] for c in CASES} == set(PIPELINE)
+
+
+@pytest.mark.parametrize("name,title,given_ir,expected", CASES, ids=[c[1] for c in CASES])
+def test_pass_fixture(name, title, given_ir, expected):
+    before = verify_cell(parse_cell(given_ir))
+    after = verify_cell(get_pass(name)(before), after=name)
+    got = cell_str(after)
+    if os.environ.get("RNNC_UPDATE_FIXTURES"):
+        path = FIXTURES / f"{name}.txt"
+        path.write_text(path.read_text().replace(expected, got))
+        return
+    assert got == expected
+    # the pass keeps the numbers
+    _assert_same_numbers(before, after)
+
+
+def _run(cell: Cell, params, xs, reverse=False):
+    lengths = np.full(xs.shape[0], xs.shape[1])
+    outs, _, state = CompiledCell(cell).run(params, xs, reverse, lengths)
+    return outs, state
+
+
+def _random_params(cell: Cell, rng) -> dict:
+    return {p.name: rng.normal(0, 0.5, p.shape) for p in cell.params}
+
+
+def _assert_same_numbers(a: Cell, b: Cell, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    params = _random_params(a, rng)
+    xs = rng.normal(size=(3, 5, a.inputs[0].size))
+    (oa, sa), (ob, sb) = _run(a, params, xs), _run(b, params, xs)
+    np.testing.assert_allclose(ob, oa, rtol=1e-12, atol=1e-12)
+    for k in sa:
+        np.testing.assert_allclose(sb[k], sa[k], rtol=1e-12, atol=1e-12)
+
+
+_OPTIONS = {
+    "lstm": st.fixed_dictionaries({}, optional={
+        "peepholes": st.booleans(), "coupled": st.booleans(), "input_gate": st.booleans(),
+        "output_gate": st.booleans(), "cell_clip": st.sampled_from([0, 0.5]),
+        "proj": st.sampled_from([0, 2]), "gate_act": st.sampled_from(["sigmoid", "hard_sigmoid"]),
+        "out_act": st.sampled_from(["tanh", "softsign", "identity"])}),
+    "gru": st.fixed_dictionaries({}, optional={"reset": st.sampled_from(["before", "after"]),
+                                               "act": st.sampled_from(["tanh", "relu"])}),
+    "elman": st.fixed_dictionaries({}, optional={
+        "act": st.sampled_from(["tanh", "relu", "softsign", "softplus", "sigmoid"])}),
+    "mgu": st.just({}), "indrnn": st.just({}), "jordan": st.just({}),
+}
+
+
+@st.composite
+def cells(draw):
+    name = draw(st.sampled_from(sorted(_OPTIONS)))
+    opts = draw(_OPTIONS[name])
+    return lower_cell(library()[name], opts, draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cells(), st.sampled_from(PIPELINE), st.integers(0, 3))
+def test_each_pass_keeps_numbers_and_is_idempotent(cell, name, seed):
+    fn = get_pass(name)
+    once = verify_cell(fn(cell), after=name)
+    _assert_same_numbers(cell, once, seed)
+    assert cell_str(fn(once)) == cell_str(once)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cells(), st.integers(0, 3))
+def test_whole_pipeline_keeps_numbers(cell, seed):
+    out = cell
+    for name in PIPELINE:
+        out = verify_cell(get_pass(name)(out), after=name)
+    _assert_same_numbers(cell, out, seed)
+    # and with fusion or hoisting switched off
+    for off in ("fuse_gates", "hoist_inputs"):
+        alt = cell
+        for name in PIPELINE:
+            if name != off:
+                alt = get_pass(name)(alt)
+        _assert_same_numbers(out, alt, seed)
