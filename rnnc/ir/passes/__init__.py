@@ -13,7 +13,9 @@ from importlib import import_module
 from rnnc.ir.nodes import Cell
 
 
-PIPELINE: tuple[str, ...] = ("fold_constants", "cse", "fuse_gates", "hoist_inputs", "dce")
+PIPELINE: tuple[str, ...] = (
+    "fold_constants", "cse", "fuse_gates", "reassociate", "hoist_inputs", "dce",
+)
 """Pass names in the order they run (each lives in ``rnnc/ir/passes/<name>.py``)."""
 
 
