@@ -355,7 +355,7 @@ def flax_cells() -> dict[str, Any]:
             gates = nn.Dense(4 * H, name="i")(inputs) + nn.Dense(
                 4 * H, use_bias=False, name="h", kernel_init=nn.initializers.orthogonal()
             )(h)
-            p = self.param("peep", nn.initializers.zeros_init(), (3, H))
+            p = self.param("peep", nn.initializers.zeros_init(), (3, H), jnp.float32)
             gi, gf, gg, go = jnp.split(gates, 4, axis=-1)
             i = jax.nn.sigmoid(gi + p[0] * c)
             f = jax.nn.sigmoid(gf + p[1] * c)

@@ -43,15 +43,20 @@ def load_module(source: str, name: str = "rnnc_generated") -> types.ModuleType:
     return module
 
 
-def module_for(program: Any, backend: str = "numpy") -> types.ModuleType:
-    """Compile a :class:`~rnnc.ir.nodes.Program` with ``backend`` and load the result."""
+def source_for(program: Any, backend: str = "numpy") -> str:
+    """The generated module's source for a :class:`~rnnc.ir.nodes.Program`."""
     from rnnc.backends import get_backend
 
+    return get_backend(backend).emit(program)
+
+
+def module_for(program: Any, backend: str = "numpy") -> types.ModuleType:
+    """Compile a :class:`~rnnc.ir.nodes.Program` with ``backend`` and load the result."""
     if backend == "jax":
         import jax
 
         jax.config.update("jax_enable_x64", True)
-    return load_module(get_backend(backend).emit(program), f"rnnc_gradcheck_{backend}")
+    return load_module(source_for(program, backend), f"rnnc_gradcheck_{backend}")
 
 
 def program_from_text(text: str, n_in: int | None = None, n_out: int | None = None,
@@ -141,26 +146,41 @@ class _Problem:
                                        self._resets(s, e))
         return {k: np.asarray(v) for k, v in final.items()}
 
+    def boundary(self, params, p: int) -> dict[str, np.ndarray]:
+        """The full run's state at position p, from runs over parts of the sequence only.
+
+        Forward-in-time directions: the state after step p - 1; backward-in-time ones:
+        the state after processing step p (entering step p - 1). A forward layer above a
+        backward one needs the backward state at p, and that one the forward state below
+        it at p: alternating prefix and suffix runs, one round per layer, settle it.
+        """
+        back = self.backward_keys()
+        fwd = {k: v for k, v in self.state.items() if k not in back}
+        bwd = {k: v for k, v in self.state.items() if k in back}
+        for _ in range(len(self.module.MODEL["layers"])):
+            if back and p < self.T:
+                suffix = self._run(params, p, self.T, {**fwd, **{k: self.state[k] for k in back}})
+                bwd = {k: suffix[k] for k in back}
+            if p > 0:
+                prefix = self._run(params, 0, p, {**{k: self.state[k] for k in fwd}, **bwd})
+                fwd = {k: prefix[k] for k in fwd}
+        return {**fwd, **bwd}
+
     def freeze(self, params: dict[str, np.ndarray]) -> None:
         """The state entering each window from outside, from the unperturbed values.
 
-        Forward-in-time directions enter at step s with the state after step s - 1;
-        backward-in-time directions enter at step e - 1 with their state after step e
-        (from a run over steps e ... T - 1 that starts from the forward states at e).
+        Forward-in-time directions enter at step s with the full run's state after step
+        s - 1, backward-in-time ones at step e - 1 with their state after step e.
         """
         back = self.backward_keys()
-        prefix = {0: dict(self.state)}
+        at = {}
         for s, _, e in self.windows:
-            for at in (s, e):
-                if at not in prefix:
-                    prefix[at] = self._run(params, 0, at, self.state)
+            for p in (s, e):
+                if p not in at:
+                    at[p] = self.boundary(params, p)
         for s, _, e in self.windows:
-            start = {k: v for k, v in prefix[s].items() if k not in back}
-            if back and e < self.T:
-                entering = {k: (self.state[k] if k in back else v) for k, v in prefix[e].items()}
-                suffix = self._run(params, e, self.T, entering)
-                start.update({k: suffix[k] for k in back})
-            self.entering[(s, e)] = start
+            self.entering[(s, e)] = {k: (at[e][k] if k in back else at[s][k])
+                                     for k in self.state}
 
     def _lengths(self, s: int, e: int):
         if self.lengths is None:

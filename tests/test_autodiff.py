@@ -232,7 +232,7 @@ def test_every_forward_op_has_a_rule():
     from rnnc.ir.ops import OPS
 
     forward_ops = {"const", "add", "sub", "mul", "div", "neg", "matmul", "act", "clip",
-                   "concat", "slice", "pconcat"}
+                   "concat", "slice", "expand", "pconcat"}
     assert forward_ops <= set(OPS)
     assert set(GRAD_RULES) == forward_ops
 

@@ -87,16 +87,17 @@ TORCH_CASES = {
     "lstm": ("LSTM", "lstm(hidden: 4)", 1, False),
     "lstm_2layers": ("LSTM", "lstm(hidden: 4)", 2, False),
     "lstm_bidirectional": ("LSTM", "lstm(hidden: 4, direction: bidirectional)", 1, True),
-    "lstm_2layers_bidirectional": (
-        "LSTM", "lstm(hidden: 4, direction: bidirectional)", 2, True),
+    "lstm_2layers_bidirectional": ("LSTM", "lstm(hidden: 4, direction: bidirectional)", 2, True),
     "gru": ("GRU", "gru(hidden: 4)", 1, False),
 }
 
 
 def torch_spec(layer, layers):
     body = "\n".join(f"  layer {layer}" for _ in range(layers))
-    return (f"model oracle {{\n  input dense(features: {F})\n{body}\n"
-            f"  head softmax(at: per_step, classes: {C})\n}}\n")
+    return (
+        f"model oracle {{\n  input dense(features: {F})\n{body}\n"
+        f"  head softmax(at: per_step, classes: {C})\n}}\n"
+    )
 
 
 def torch_params(kind, rnn, layers, bidir, head, grad=False):
@@ -118,16 +119,27 @@ def torch_params(kind, rnn, layers, bidir, head, grad=False):
         if kind == "RNN":
             out.update({prefix + "W": w, prefix + "U": u, prefix + "b": bsum})
         elif kind == "LSTM":
-            for gate, ws, us, bs in zip("ifgo", np.split(w, 4), np.split(u, 4),
-                                        np.split(bsum, 4), strict=True):
-                out.update({prefix + f"W_{gate}": ws, prefix + f"U_{gate}": us,
-                            prefix + f"b_{gate}": bs})
+            for gate, ws, us, bs in zip(
+                "ifgo", np.split(w, 4), np.split(u, 4), np.split(bsum, 4), strict=True
+            ):
+                out.update(
+                    {prefix + f"W_{gate}": ws, prefix + f"U_{gate}": us, prefix + f"b_{gate}": bs}
+                )
         else:  # GRU: torch's rows are r, z, n; b_hn stays separate
             (wr, wz, wn), (ur, uz, un) = np.split(w, 3), np.split(u, 3)
             (bir, biz, bin_), (bhr, bhz, bhn) = np.split(bi, 3), np.split(bh, 3)
-            out.update({prefix + "W_z": wz, prefix + "U_z": uz, prefix + "W_r": wr,
-                        prefix + "U_r": ur, prefix + "W_n": wn, prefix + "U_n": un,
-                        prefix + "b_n": bin_, prefix + "b_hn": bhn})
+            out.update(
+                {
+                    prefix + "W_z": wz,
+                    prefix + "U_z": uz,
+                    prefix + "W_r": wr,
+                    prefix + "U_r": ur,
+                    prefix + "W_n": wn,
+                    prefix + "U_n": un,
+                    prefix + "b_n": bin_,
+                    prefix + "b_hn": bhn,
+                }
+            )
             out[prefix + "b_z"] = biz if grad else biz + bhz
             out[prefix + "b_r"] = bir if grad else bir + bhr
     w, b = head.weight, head.bias
@@ -139,8 +151,7 @@ def torch_params(kind, rnn, layers, bidir, head, grad=False):
 def state_names(kind, layers, bidir):
     names = ["h", "c"] if kind == "LSTM" else ["h"]
     dirs = ["fwd.", "bwd."] if bidir else [""]
-    return {s: [f"layer{layer + 1}.{d}{s}" for layer in range(layers) for d in dirs]
-            for s in names}
+    return {s: [f"layer{layer + 1}.{d}{s}" for layer in range(layers) for d in dirs] for s in names}
 
 
 @pytest.mark.parametrize("case", list(TORCH_CASES))
@@ -150,14 +161,17 @@ def test_matches_pytorch(case, tmp_dir):
     mod = load(emit(torch_spec(layer, layers), F, C), tmp_dir)
     torch.manual_seed(0)
     opts = {"nonlinearity": "relu"} if case == "rnn_relu" else {}
-    rnn = getattr(torch.nn, kind)(F, H, num_layers=layers, bidirectional=bidir,
-                                  batch_first=True, **opts).double()
+    rnn = getattr(torch.nn, kind)(
+        F, H, num_layers=layers, bidirectional=bidir, batch_first=True, **opts
+    ).double()
     D = 2 if bidir else 1
     head = torch.nn.Linear(D * H, C).double()
     x = torch.randn(B, T, F, dtype=torch.float64, requires_grad=True)
     y = torch.randint(0, C, (B, T))
-    init = {s: torch.randn(layers * D, B, H, dtype=torch.float64, requires_grad=True)
-            for s in state_names(kind, layers, bidir)}
+    init = {
+        s: torch.randn(layers * D, B, H, dtype=torch.float64, requires_grad=True)
+        for s in state_names(kind, layers, bidir)
+    }
     out, hn = rnn(x, (init["h"], init["c"]) if kind == "LSTM" else init["h"])
     hn = dict(zip(["h", "c"], hn, strict=True)) if kind == "LSTM" else {"h": hn}
     logits = head(out)
@@ -169,8 +183,11 @@ def test_matches_pytorch(case, tmp_dir):
     for k, v in params.items():
         assert v.shape == tuple(mod.PARAM_SHAPES[k]), k
     names = state_names(kind, layers, bidir)
-    state = {n: jnp.asarray(init[s].detach().numpy()[i])
-             for s, ns in names.items() for i, n in enumerate(ns)}
+    state = {
+        n: jnp.asarray(init[s].detach().numpy()[i])
+        for s, ns in names.items()
+        for i, n in enumerate(ns)
+    }
     xs, ys = x.detach().numpy(), y.numpy()
 
     probs, final = mod.forward(params, xs, state)
@@ -236,8 +253,7 @@ def _onnx_run(op, attrs, inputs):
     from onnx.reference import ReferenceEvaluator
 
     names = list(inputs)
-    node = helper.make_node(op, names, ["Y", "Y_h"] + (["Y_c"] if op == "LSTM" else []),
-                            **attrs)
+    node = helper.make_node(op, names, ["Y", "Y_h"] + (["Y_c"] if op == "LSTM" else []), **attrs)
 
     def info(name, value):
         kind = TensorProto.INT32 if value.dtype == np.int32 else TensorProto.DOUBLE
@@ -245,11 +261,13 @@ def _onnx_run(op, attrs, inputs):
 
     steps, batch = inputs["X"].shape[:2]
     hidden = attrs["hidden_size"]
-    shapes = {"Y": (steps, 1, batch, hidden), "Y_h": (1, batch, hidden),
-              "Y_c": (1, batch, hidden)}
+    shapes = {"Y": (steps, 1, batch, hidden), "Y_h": (1, batch, hidden), "Y_c": (1, batch, hidden)}
     graph = helper.make_graph(
-        [node], "g", [info(n, v) for n, v in inputs.items()],
-        [helper.make_tensor_value_info(n, TensorProto.DOUBLE, shapes[n]) for n in node.output])
+        [node],
+        "g",
+        [info(n, v) for n, v in inputs.items()],
+        [helper.make_tensor_value_info(n, TensorProto.DOUBLE, shapes[n]) for n in node.output],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
     onnx.checker.check_model(model)
     return ReferenceEvaluator(model).run(None, inputs)
@@ -261,16 +279,26 @@ def test_onnx_gru_reset_before(tmp_dir):
     params = {k: rng.normal(0, 0.5, v) for k, v in mod.PARAM_SHAPES.items()}
     xs = rng.normal(size=(B, T, F))
     h0 = rng.normal(size=(B, H))
-    p = {k[len("layer1."):]: v for k, v in params.items() if k.startswith("layer1.")}
+    p = {k[len("layer1.") :]: v for k, v in params.items() if k.startswith("layer1.")}
     assert "b_hn" not in p  # the "before" form has one bias per gate
     W = np.concatenate([p["W_z"], p["W_r"], p["W_n"]])[None]
     R = np.concatenate([p["U_z"], p["U_r"], p["U_n"]])[None]
     bias = np.concatenate([p["b_z"], p["b_r"], p["b_n"], np.zeros(3 * H)])[None]
-    Y, Y_h = _onnx_run("GRU", {"hidden_size": H, "linear_before_reset": 0}, {
-        "X": xs.transpose(1, 0, 2), "W": W, "R": R, "B": bias,
-        "sequence_lens": np.full(B, T, np.int32), "initial_h": h0[None]})
-    top, final, _ = mod._layers(params, jnp.asarray(xs.transpose(1, 0, 2)),
-                                {"layer1.h": jnp.asarray(h0)}, None, None, None)
+    Y, Y_h = _onnx_run(
+        "GRU",
+        {"hidden_size": H, "linear_before_reset": 0},
+        {
+            "X": xs.transpose(1, 0, 2),
+            "W": W,
+            "R": R,
+            "B": bias,
+            "sequence_lens": np.full(B, T, np.int32),
+            "initial_h": h0[None],
+        },
+    )
+    top, final, _ = mod._layers(
+        params, jnp.asarray(xs.transpose(1, 0, 2)), {"layer1.h": jnp.asarray(h0)}, None, None, None
+    )
     close(top, Y[:, 0], what="Y")
     close(final["layer1.h"], Y_h[0], what="Y_h")
 
@@ -281,19 +309,28 @@ def test_onnx_lstm_peepholes(tmp_dir):
     params = {k: rng.normal(0, 0.5, v) for k, v in mod.PARAM_SHAPES.items()}
     xs = rng.normal(size=(B, T, F))
     h0, c0 = rng.normal(size=(B, H)), rng.normal(size=(B, H))
-    p = {k[len("layer1."):]: v for k, v in params.items() if k.startswith("layer1.")}
+    p = {k[len("layer1.") :]: v for k, v in params.items() if k.startswith("layer1.")}
     order = "iofg"  # ONNX gate order i, o, f, c (c is rnnc's g)
     W = np.concatenate([p[f"W_{g}"] for g in order])[None]
     R = np.concatenate([p[f"U_{g}"] for g in order])[None]
     bias = np.concatenate([p[f"b_{g}"] for g in order] + [np.zeros(4 * H)])[None]
     P = np.concatenate([p["p_i"], p["p_o"], p["p_f"]])[None]
-    Y, Y_h, Y_c = _onnx_run("LSTM", {"hidden_size": H}, {
-        "X": xs.transpose(1, 0, 2), "W": W, "R": R, "B": bias,
-        "sequence_lens": np.full(B, T, np.int32), "initial_h": h0[None],
-        "initial_c": c0[None], "P": P})
+    Y, Y_h, Y_c = _onnx_run(
+        "LSTM",
+        {"hidden_size": H},
+        {
+            "X": xs.transpose(1, 0, 2),
+            "W": W,
+            "R": R,
+            "B": bias,
+            "sequence_lens": np.full(B, T, np.int32),
+            "initial_h": h0[None],
+            "initial_c": c0[None],
+            "P": P,
+        },
+    )
     state = {"layer1.h": jnp.asarray(h0), "layer1.c": jnp.asarray(c0)}
-    top, final, _ = mod._layers(params, jnp.asarray(xs.transpose(1, 0, 2)), state,
-                                None, None, None)
+    top, final, _ = mod._layers(params, jnp.asarray(xs.transpose(1, 0, 2)), state, None, None, None)
     close(top, Y[:, 0], what="Y")
     close(final["layer1.h"], Y_h[0], what="Y_h")
     close(final["layer1.c"], Y_c[0], what="Y_c")
@@ -304,14 +341,19 @@ def test_onnx_lstm_peepholes(tmp_dir):
 
 def tbptt_spec(k1, k2, layers=2):
     body = "\n".join(["  layer lstm(hidden: 3)", "  layer gru(hidden: 3)"][:layers])
-    return (f"model tb {{\n  input onehot(vocab: 4)\n{body}\n"
-            f"  head softmax(at: per_step, classes: 4)\n}}\n"
-            f"train {{\n  data reber\n  bptt k1 {k1} k2 {k2}\n}}\n")
+    return (
+        f"model tb {{\n  input onehot(vocab: 4)\n{body}\n"
+        f"  head softmax(at: per_step, classes: 4)\n}}\n"
+        f"train {{\n  data reber\n  bptt k1 {k1} k2 {k2}\n}}\n"
+    )
 
 
 def reference_tbptt(mod, params, xs, ys, state, k1, k2):
     """Sum over windows of the gradient of their losses, each window run with `forward`
-    from a constant state (the call's initial state for windows that start at 0)."""
+    from a constant state (the call's initial state for windows that start at 0).
+
+    Window j scores steps [j k1, min((j + 1) k1, T)) and reaches back to (j + 1) k1 - k2
+    (the contract in docs/generated-module.md), so k1 = k2 cuts every k1 steps."""
     T = xs.shape[1]
     n = xs.shape[0] * T
 
@@ -319,25 +361,28 @@ def reference_tbptt(mod, params, xs, ys, state, k1, k2):
         total = 0.0
         for lo in range(0, T, k1):
             hi = min(lo + k1, T)
-            s = max(0, hi - k2)
+            s = max(0, lo + k1 - k2)
             st = state
             if s > 0:
                 _, st = mod.forward(jax.lax.stop_gradient(params), xs[:, :s], state)
                 st = jax.lax.stop_gradient(st)
             probs, _ = mod.forward(params, xs[:, s:hi], st)
-            p = jnp.take_along_axis(probs[:, lo - s:], ys[:, lo:hi, None], axis=-1)
+            p = jnp.take_along_axis(probs[:, lo - s :], ys[:, lo:hi, None], axis=-1)
             total = total - jnp.sum(jnp.log(p))
         return total / n
 
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, state)
 
 
-@pytest.mark.parametrize("k1,k2,steps", [
-    (3, 3, 6),  # disjoint windows that tile the sequence: one scan, cut every 3 steps
-    (3, 3, 7),  # the last window (losses at 6) goes back through steps 4..6
-    (2, 5, 7),  # overlapping windows
-    (8, 8, 7),  # one window: full BPTT
-])
+@pytest.mark.parametrize(
+    "k1,k2,steps",
+    [
+        (3, 3, 6),  # disjoint windows that tile the sequence: one scan, cut every 3 steps
+        (3, 3, 7),  # the last window (the loss at 6) starts at 6: cut every 3 steps
+        (2, 5, 7),  # overlapping windows
+        (8, 8, 7),  # one window: full BPTT
+    ],
+)
 def test_truncated_bptt_matches_window_reference(k1, k2, steps, tmp_dir):
     # one layer here (the matrix compares two-layer truncated BPTT with the NumPy backend)
     mod = load(emit(tbptt_spec(k1, k2, layers=1), 4, 4), tmp_dir)
@@ -367,9 +412,14 @@ def test_truncated_bptt_matches_window_reference(k1, k2, steps, tmp_dir):
 
 def test_sections_give_the_same_numbers(tmp_dir):
     """Body-only cells (no passes) and cells with invariant/hoisted sections agree."""
-    text = tbptt_spec(3, 3, layers=1).split("train")[0].replace(
-        "lstm(hidden: 3)", "lstm(hidden: 3, peepholes: true)")
-    passes = ("fold_constants", "cse", "fuse_gates", "hoist_inputs", "dce")
+    text = (
+        tbptt_spec(3, 3, layers=1)
+        .split("train")[0]
+        .replace("lstm(hidden: 3)", "lstm(hidden: 3, peepholes: true)")
+    )
+    from rnnc.ir.passes import PIPELINE
+
+    passes = PIPELINE  # all of them off: body-only cells
     full = load(emit(text, 4, 4), tmp_dir)
     bare = load(emit(text, 4, 4, disable=passes), tmp_dir)
     assert "_invariant(p)" in full.__loader__.get_source(full.__name__)
@@ -403,16 +453,16 @@ def test_train_step_with_optax(tmp_dir):
     params = mod.init_params(0, "float64")
     xs = np.random.default_rng(8).integers(0, 4, (2, 7))
     opt = optax.sgd(0.1)
-    new, opt_state, _, metrics = mod.train_step(params, mod.init_opt_state(params, opt), xs, xs,
-                                                optimizer=opt)
+    new, opt_state, _, metrics = mod.train_step(
+        params, mod.init_opt_state(params, opt), xs, xs, optimizer=opt
+    )
     _, grads, _ = mod.loss_and_grad(params, xs, xs)
     for k in params:
         close(new[k], params[k] - 0.1 * grads[k], what=k)
     assert np.isnan(metrics["lr"])
     # without a train block the spec's updater is adam with its defaults
     assert mod.UPDATER == {"name": "adam"} and mod.TRAIN is None
-    assert set(mod.init_opt_state(params)) == {"step"} | {f"{s}/{k}" for s in "mv"
-                                                          for k in params}
+    assert set(mod.init_opt_state(params)) == {"step"} | {f"{s}/{k}" for s in "mv" for k in params}
 
 
 # -------------------------------------------------------------------- the file
@@ -445,8 +495,9 @@ def test_generated_file_is_clean_deterministic_and_standalone(tmp_path):
         cfg = ["--config", str(ROOT / "pyproject.toml")]
         r = subprocess.run([ruff, "check", *cfg, str(path)], capture_output=True, text=True)
         assert r.returncode == 0, r.stdout + r.stderr
-        r = subprocess.run([ruff, "format", "--check", *cfg, str(path)], capture_output=True,
-                           text=True)
+        r = subprocess.run(
+            [ruff, "format", "--check", *cfg, str(path)], capture_output=True, text=True
+        )
         assert r.returncode == 0, r.stdout + r.stderr
     # import and run it where rnnc cannot be imported (isolated mode, -I: no cwd, no user
     # site; a meta-path finder refuses rnnc even if installed)
@@ -468,8 +519,14 @@ def test_generated_file_is_clean_deterministic_and_standalone(tmp_path):
         "print('ok', float(y.sum()))\n"
     )
     env = {**os.environ, "XLA_FLAGS": FAST_COMPILE}
-    r = subprocess.run([sys.executable, "-I", "-c", script], capture_output=True, text=True,
-                       cwd=tmp_path, timeout=300, env=env)
+    r = subprocess.run(
+        [sys.executable, "-I", "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+        env=env,
+    )
     assert r.returncode == 0 and r.stdout.startswith("ok"), r.stdout + r.stderr
 
 
@@ -499,10 +556,12 @@ def test_init_params_follow_the_contract(tmp_dir):
 
 
 def test_orthogonal_init(tmp_dir):
-    text = ("cell orth(x) {\n  state h\n  param U init orthogonal\n"
-            "  param W init orthogonal\n  h' = tanh(W @ x + U @ h + b)\n}\n"
-            "model o {\n  input dense(features: 5)\n  layer orth(hidden: 3)\n"
-            "  head linear(at: per_step, size: 2)\n}\n")
+    text = (
+        "cell orth(x) {\n  state h\n  param U init orthogonal\n"
+        "  param W init orthogonal\n  h' = tanh(W @ x + U @ h + b)\n}\n"
+        "model o {\n  input dense(features: 5)\n  layer orth(hidden: 3)\n"
+        "  head linear(at: per_step, size: 2)\n}\n"
+    )
     mod = load(emit(text, 5, 2), tmp_dir)
     p = mod.init_params(0, "float64")
     U, W = np.asarray(p["layer1.U"]), np.asarray(p["layer1.W"])
@@ -524,15 +583,65 @@ def test_entry_points_are_jitted_and_import_is_lazy(tmp_path):
         "    assert hasattr(f, 'lower'), f\n"
         "print('ok')\n"
     )
-    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "ok" in r.stdout, r.stdout + r.stderr
 
 
 def test_bptt_with_backward_layers_is_refused():
     from rnnc.errors import BackendError
 
-    text = tbptt_spec(3, 3, layers=1).replace("lstm(hidden: 3)",
-                                              "lstm(hidden: 3, direction: backward)")
+    text = tbptt_spec(3, 3, layers=1).replace(
+        "lstm(hidden: 3)", "lstm(hidden: 3, direction: backward)"
+    )
     with pytest.raises(BackendError, match="forward-only"):
         emit(text, 4, 4)
+
+
+def test_step_needs_forward_layers(tmp_dir):
+    text = (
+        tbptt_spec(3, 3, layers=1)
+        .split("train")[0]
+        .replace("lstm(hidden: 3)", "lstm(hidden: 3, direction: backward)")
+    )
+    mod = load(emit(text, 4, 4), tmp_dir)
+    with pytest.raises(NotImplementedError, match="forward"):
+        mod.step(mod.init_params(0), np.zeros(2, int))
+
+
+def test_compilation_cache_location(monkeypatch, tmp_path):
+    from rnnc.backends.jax import cache
+
+    monkeypatch.delenv("RNNC_JAX_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    if sys.platform.startswith("linux"):
+        assert cache.cache_dir() == tmp_path / "xdg" / "rnnc" / "jax"
+    assert cache.cache_dir(tmp_path / "given") == tmp_path / "given"
+    monkeypatch.setenv("RNNC_JAX_CACHE", str(tmp_path / "env"))
+    assert cache.cache_dir() == tmp_path / "env"
+    assert cache.cache_dir(tmp_path / "given") == tmp_path / "given"
+    for off in ("off", "OFF", "0", "none"):
+        monkeypatch.setenv("RNNC_JAX_CACHE", off)
+        assert cache.cache_dir() is None and cache.enable_compilation_cache() is None
+
+
+def test_compilation_cache_stores_programs(tmp_path):
+    script = (
+        "import sys\n"
+        "from rnnc.backends.jax.cache import enable_compilation_cache\n"
+        "where = enable_compilation_cache(sys.argv[1])\n"
+        "import jax, jax.numpy as jnp\n"
+        "jax.jit(lambda x: jnp.tanh(x) * 2)(jnp.ones(3)).block_until_ready()\n"
+        "print(where)\n"
+    )
+    env = {**os.environ, "XLA_FLAGS": FAST_COMPILE}
+    env.pop("RNNC_JAX_CACHE", None)
+    r = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "c")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(tmp_path / "c")
+    assert any(p.is_file() for p in (tmp_path / "c").rglob("*"))

@@ -41,8 +41,10 @@ ACT_JAX = {
     "relu": "jax.nn.relu({a})",
 }
 
-# scan's unroll factor: measured on CPU (see docs/jax.md, bench/bench_jax.py).
-UNROLL = 1
+# lax.scan's unroll factor by platform (jax.default_backend() when tracing). Measured on
+# the char-LM workload (docs/jax.md): on an H100, 4 steps per iteration train 1.6x faster
+# than 1 (and beat cuDNN); on CPU it makes no difference but compiles slower.
+UNROLL = {"cpu": 1, "gpu": 4, "tpu": 4}
 
 # Names a cell function uses itself; spec names that collide get a trailing "_".
 _RESERVED = {"p", "inv", "hx", "jnp", "jax", "np", "functools", "_outer", "_bsum", "_pad"}
@@ -105,9 +107,14 @@ class CellCode:
 
 def _wrap_equation(eq: str, indent: int) -> list[str]:
     pad = " " * indent
-    return textwrap.wrap(doc_text(eq), WIDTH - indent, initial_indent=pad,
-                         subsequent_indent=pad + "    ", break_long_words=True,
-                         break_on_hyphens=False) or [pad]
+    return textwrap.wrap(
+        doc_text(eq),
+        WIDTH - indent,
+        initial_indent=pad,
+        subsequent_indent=pad + "    ",
+        break_long_words=True,
+        break_on_hyphens=False,
+    ) or [pad]
 
 
 class _CellEmitter:
@@ -121,7 +128,9 @@ class _CellEmitter:
         if len(cell.inputs) != 1:
             raise BackendError(
                 f"cell '{cell.name}' of layer '{layer.name}' has {len(cell.inputs)} inputs; "
-                "the JAX backend runs cells with one input", None)
+                "the JAX backend runs cells with one input",
+                None,
+            )
         self.params = {p.name for p in cell.params}
         # unbatched hoisted values depend on parameters only: compute them with the invariant
         self.invariant = list(cell.invariant) + [i for i in cell.hoisted if not i.batched]
@@ -168,6 +177,7 @@ class _CellEmitter:
 
     def _instr_lines(self, ins: Instr, where: str) -> list[str]:
         target = self.local[ins.name]
+
         def names(a: str) -> str:
             return self.ref(a, where)
 
@@ -193,8 +203,9 @@ class _CellEmitter:
             return one
         return "    return {\n" + "".join(f"        {i},\n" for i in items) + "    }"
 
-    def _used_by(self, section_instrs: list[Instr], sources: set[str],
-                 extra: set[str]) -> list[str]:
+    def _used_by(
+        self, section_instrs: list[Instr], sources: set[str], extra: set[str]
+    ) -> list[str]:
         """Values of `sources` read by live instructions of section_instrs or in `extra`."""
         out: list[str] = []
         for ins in section_instrs:
@@ -218,27 +229,29 @@ class _CellEmitter:
         body_live = [i for i in self.body if i.name in self.live]
 
         if inv_live:
-            lines = [f"def {self.fname}_invariant(p):",
-                     f'    """{doc_text(title)}: values of parameters only, once per call."""']
+            lines = [
+                f"def {self.fname}_invariant(p):",
+                f'    """{doc_text(title)}: values of parameters only, once per call."""',
+            ]
             for ins in inv_live:
                 lines += self._instr_lines(ins, "invariant")
             needed = self._used_by(hx_live + body_live, inv_names, ends)
-            lines.append(self._dict_return(
-                [f"{pystr(n)}: {self.local[n]}" for n in needed]))
+            lines.append(self._dict_return([f"{pystr(n)}: {self.local[n]}" for n in needed]))
             code.functions.append("\n".join(lines))
             code.entry["invariant"] = f"{self.fname}_invariant"
         else:
             code.entry["invariant"] = "None"
 
         if hx_live:
-            lines = [f"def {self.fname}_hoisted(p, inv, {x}):",
-                     f'    """{doc_text(title)}: values of inputs and parameters only, for '
-                     'every step at once."""']
+            lines = [
+                f"def {self.fname}_hoisted(p, inv, {x}):",
+                f'    """{doc_text(title)}: values of inputs and parameters only, for '
+                'every step at once."""',
+            ]
             for ins in hx_live:
                 lines += self._instr_lines(ins, "hoisted")
             needed = self._used_by(body_live, hx_names, ends)
-            lines.append(self._dict_return(
-                [f"{pystr(n)}: {self.local[n]}" for n in needed]))
+            lines.append(self._dict_return([f"{pystr(n)}: {self.local[n]}" for n in needed]))
             code.functions.append("\n".join(lines))
             code.entry["hoisted"] = f"{self.fname}_hoisted"
         else:
@@ -247,9 +260,11 @@ class _CellEmitter:
         sig = ", ".join(["p", "inv", "hx", x] + states)
         state_list = ", ".join(f"{s.name}'" for s in cell.states)
         state_list += "," if len(cell.states) == 1 else ""
-        lines = [f"def {self.fname}_step({sig}):",
-                 f'    """{doc_text(title)} at one time step: (output, ({doc_text(state_list)})).',
-                 ""]
+        lines = [
+            f"def {self.fname}_step({sig}):",
+            f'    """{doc_text(title)} at one time step: (output, ({doc_text(state_list)})).',
+            "",
+        ]
         for eq in cell.equations:
             lines += _wrap_equation(eq, 4)
         lines.append('    """')
@@ -267,7 +282,8 @@ class _CellEmitter:
         code.entry["step"] = f"{self.fname}_step"
 
         reads_x = cell.inputs[0].name in ends or any(
-            cell.inputs[0].name in i.args for i in body_live)
+            cell.inputs[0].name in i.args for i in body_live
+        )
         code.entry["reads_x"] = repr(reads_x)
         return code
 
@@ -296,8 +312,12 @@ def model_summary(model: Model) -> dict[str, Any]:
     enc = model.input
     return {
         "name": model.name,
-        "input": {"kind": enc.kind, "vocab": enc.vocab, "size": enc.size,
-                  "normalize": enc.normalize},
+        "input": {
+            "kind": enc.kind,
+            "vocab": enc.vocab,
+            "size": enc.size,
+            "normalize": enc.normalize,
+        },
         "layers": [
             {
                 "name": layer.name,
@@ -313,8 +333,12 @@ def model_summary(model: Model) -> dict[str, Any]:
             }
             for layer in model.layers
         ],
-        "head": {"kind": model.head.kind, "at": model.head.at,
-                 "input_size": model.head.input_size, "output_size": model.head.output_size},
+        "head": {
+            "kind": model.head.kind,
+            "at": model.head.at,
+            "input_size": model.head.input_size,
+            "output_size": model.head.output_size,
+        },
         "stack": model.stack,
         "dropout": {"input": model.input_dropout, "output": model.output_dropout},
         "param_count": model.param_count,
@@ -330,15 +354,17 @@ def train_summary(plan: TrainPlan | None) -> dict[str, Any] | None:
         "data": {"name": name, **{k: _plain(v) for k, v in opts}},
         "bptt": None if plan.k1 is None else {"k1": plan.k1, "k2": plan.k2},
         "updater": {"name": up, **dict(up_opts)},
-        "schedule": None if plan.schedule is None else {"name": plan.schedule[0],
-                                                        **dict(plan.schedule[1])},
+        "schedule": None
+        if plan.schedule is None
+        else {"name": plan.schedule[0], **dict(plan.schedule[1])},
         "clip": {"norm": plan.clip_norm, "value": plan.clip_value},
         "l1": plan.l1,
         "l2": plan.l2,
         "epochs": plan.epochs,
         "batch": plan.batch,
-        "early_stop": None if plan.early_stop is None else {
-            "metric": plan.early_stop[0], "patience": plan.early_stop[1]},
+        "early_stop": None
+        if plan.early_stop is None
+        else {"metric": plan.early_stop[0], "patience": plan.early_stop[1]},
         "seed": plan.seed,
         "reset": plan.reset,
         "dtype": plan.dtype,
@@ -366,21 +392,27 @@ def _describe(model: Model) -> str:
 
 
 class ModuleEmitter:
-    def __init__(self, program: Program):
+    """Writes the module for one program; `unroll` is lax.scan's unroll factor."""
+
+    def __init__(self, program: Program, unroll: int | None = None):
         self.program = program
+        self.unroll = dict(UNROLL) if unroll is None else {k: int(unroll) for k in UNROLL}
         self.model = program.model
         self.plan = program.train
         self.sections = template_sections()
         model = self.model
-        self.bidirectional = any(layer.bidirectional for layer in model.layers)
+        # a layer that runs backward in time needs the whole sequence: no step()
+        self.backward = any("bwd" in layer.directions for layer in model.layers)
         plan = self.plan
         self.k1 = plan.k1 if plan is not None else None
         self.k2 = plan.k2 if plan is not None else None
         if self.k1 is not None and any("bwd" in layer.directions for layer in model.layers):
             raise BackendError(
                 "truncated BPTT needs forward-only layers (a backward direction reads the "
-                "future of every window)", None,
-                "remove `bptt` from the train block, or make the layers forward")
+                "future of every window)",
+                None,
+                "remove `bptt` from the train block, or make the layers forward",
+            )
         self.windows = self.k1 is not None
 
     # -- pieces
@@ -388,17 +420,28 @@ class ModuleEmitter:
         prog = self.program
         src = prog.source_name or "<spec>"
         shown = src if clean(src) == src else repr(src)
+        if len(f"# Generated by rnnc {_version()} from {shown} -- DO NOT EDIT.") > WIDTH:
+            # a long path: its file name keeps the header within the line length
+            name = src.replace("\\", "/").rsplit("/", 1)[-1]
+            shown = name if clean(name) == name else repr(name)
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
         out = f"{_ident(self.model.name)}_jax.py"
-        return "\n".join([
+        regen = f"rnnc compile {shlex.quote(shown)} --backend jax -o {out}"
+        lines = [
             f"# Generated by rnnc {_version()} from {shown} -- DO NOT EDIT.",
             f"# spec_sha256: {_ident(prog.spec_hash)}  backend: jax",
-            f"# Regenerate with: rnnc compile {shlex.quote(shown)} --backend jax -o {out}",
-        ])
+            f"# Regenerate with: {regen}",
+        ]
+        if len(lines[-1]) > WIDTH:
+            lines[-1:] = ["# Regenerate with:", f"#   {regen}"]
+        return "\n".join(lines)
 
     def docstring(self) -> str:
         model = self.model
-        lines = [f'"""{doc_text(model.name)}: a recurrent network generated by rnnc (JAX backend).',
-                 ""]
+        lines = [
+            f'"""{doc_text(model.name)}: a recurrent network generated by rnnc (JAX backend).',
+            "",
+        ]
         lines += textwrap.wrap(doc_text(_describe(model)), WIDTH, break_on_hyphens=False)
         for layer in model.layers:
             lines += ["", f"{doc_text(layer.name)} ({doc_text(layer.cell.name)}):"]
@@ -417,8 +460,9 @@ class ModuleEmitter:
         model, plan = self.model, self.plan
         params = model.params
         shapes = {p.name: tuple(p.shape) for p in params}
-        inits = {p.name: (p.init[0], tuple(float(a) for a in p.init[1])) + _param_fans(p)
-                 for p in params}
+        inits = {
+            p.name: (p.init[0], tuple(float(a) for a in p.init[1])) + _param_fans(p) for p in params
+        }
         states = {v.name: (v.size,) for v in model.state_vars}
         out = [
             "# The normalised spec, as plain data.",
@@ -448,8 +492,11 @@ class ModuleEmitter:
             l1 = l2 = 0.0
         else:
             updater = {"name": plan.updater[0], **dict(plan.updater[1])}
-            schedule = None if plan.schedule is None else {"name": plan.schedule[0],
-                                                           **dict(plan.schedule[1])}
+            schedule = (
+                None
+                if plan.schedule is None
+                else {"name": plan.schedule[0], **dict(plan.schedule[1])}
+            )
             clip = {}
             if plan.clip_value is not None:
                 clip["value"] = plan.clip_value
@@ -463,12 +510,15 @@ class ModuleEmitter:
             f"INPUT_SIZE = {model.input.size}",
             "# Dropout while training: {place: (rate, width)}.",
             assign("DROPOUT", drop),
-            "# lax.scan unroll factor.",
-            f"UNROLL = {UNROLL}",
+            "# lax.scan unroll factor, by platform (jax.default_backend()).",
+            assign("UNROLL", self.unroll),
         ]
         if self.windows:
-            out += ["# Truncated BPTT: every K1 steps, backpropagate through K2 steps.",
-                    f"K1 = {self.k1}", f"K2 = {self.k2}"]
+            out += [
+                "# Truncated BPTT: every K1 steps, backpropagate through K2 steps.",
+                f"K1 = {self.k1}",
+                f"K2 = {self.k2}",
+            ]
         out += [
             "# The updater, learning-rate schedule, clipping and L1/L2 of train_step.",
             assign("UPDATER", updater),
@@ -491,15 +541,19 @@ class ModuleEmitter:
             code = _CellEmitter(layer, fname).emit()
             functions.extend(code.functions)
             entries[layer.name] = code.entry
-        table = ["# Each layer's cell: its parameter and state names and its functions.",
-                 "CELLS = {"]
+        table = [
+            "# Each layer's cell: its parameter and state names and its functions.",
+            "CELLS = {",
+        ]
         for layer in self.model.layers:
             e = entries[layer.name]
             table.append(f"    {pystr(layer.name)}: {{")
-            table.append("        " + literal_line(
-                "params", tuple(p.name for p in layer.cell.params), 8))
-            table.append("        " + literal_line(
-                "states", tuple(s.name for s in layer.cell.states), 8))
+            table.append(
+                "        " + literal_line("params", tuple(p.name for p in layer.cell.params), 8)
+            )
+            table.append(
+                "        " + literal_line("states", tuple(s.name for s in layer.cell.states), 8)
+            )
             for key in ("invariant", "hoisted", "step", "reads_x"):
                 table.append(f"        {pystr(key)}: {e[key]},")
             table.append("    },")
@@ -512,19 +566,21 @@ class ModuleEmitter:
         if enc.kind == "onehot":
             return head + (
                 f'    """Token ids (B, T) -> time-major one-hot vectors (T, B, {enc.vocab})."""\n'
-                f"    return jax.nn.one_hot(jnp.swapaxes(xs, 0, 1), {enc.vocab}, dtype=dtype)")
+                f"    return jax.nn.one_hot(jnp.swapaxes(xs, 0, 1), {enc.vocab}, dtype=dtype)"
+            )
         if enc.kind == "embedding":
             return head + (
                 f'    """Token ids (B, T) -> time-major embeddings E[ids] (T, B, {enc.size})."""\n'
-                '    return params["input.E"][jnp.swapaxes(xs, 0, 1)]')
+                '    return params["input.E"][jnp.swapaxes(xs, 0, 1)]'
+            )
         return head + (
             f'    """Features (B, T, {enc.size}) -> time-major (T, B, {enc.size})."""\n'
-            "    return jnp.swapaxes(xs, 0, 1).astype(dtype)")
+            "    return jnp.swapaxes(xs, 0, 1).astype(dtype)"
+        )
 
     def layers(self) -> str:
         lines = [
-            "def _layers(params, x, state, valid, resets, drop, detach_every=None, "
-            "collect=False):",
+            "def _layers(params, x, state, valid, resets, drop, detach_every=None, collect=False):",
             '    """All layers over time-major inputs x (T, B, F).',
             "",
             "    Returns (top-layer outputs (T, B, n), final state, and with `collect` the state",
@@ -549,17 +605,22 @@ class ModuleEmitter:
             lines.append("    " + comment(self._layer_note(layer), WIDTH - 4))
             if layer.bidirectional:
                 lines.append(call(4, "y_fwd = run", [name, pystr(layer.prefix("fwd")), "x"]))
-                lines.append(call(4, "y_bwd = run",
-                                  [name, pystr(layer.prefix("bwd")), "x", "reverse=True"]))
+                lines.append(
+                    call(4, "y_bwd = run", [name, pystr(layer.prefix("bwd")), "x", "reverse=True"])
+                )
                 if layer.merge == "concat":
                     lines.append("    y = jnp.concatenate([y_fwd, y_bwd], axis=-1)")
                 else:
                     lines.append("    y = y_fwd + y_bwd")
             else:
                 reverse = ["reverse=True"] if layer.directions == ("bwd",) else []
-                lines.append(call(4, "y = run",
-                                  [name, pystr(layer.prefix(layer.directions[0])), "x"]
-                                  + reverse))
+                lines.append(
+                    call(
+                        4,
+                        "y = run",
+                        [name, pystr(layer.prefix(layer.directions[0])), "x"] + reverse,
+                    )
+                )
             if layer.residual:
                 lines.append("    y = y + x")
             if layer.dropout > 0:
@@ -571,8 +632,11 @@ class ModuleEmitter:
 
     @staticmethod
     def _layer_note(layer: Layer) -> str:
-        d = {("fwd",): "forward", ("bwd",): "backward",
-             ("fwd", "bwd"): f"bidirectional, {layer.merge}"}[layer.directions]
+        d = {
+            ("fwd",): "forward",
+            ("bwd",): "backward",
+            ("fwd", "bwd"): f"bidirectional, {layer.merge}",
+        }[layer.directions]
         extra = ", residual" if layer.residual else ""
         return f"{layer.name}: {layer.cell.name}, {d}{extra}"
 
@@ -584,9 +648,19 @@ class ModuleEmitter:
         ]
         for layer in self.model.layers:
             lines.append("    " + comment(self._layer_note(layer), WIDTH - 4))
-            lines.append(call(4, "y, s = _step_direction",
-                              [f"CELLS[{pystr(layer.name)}]", "params",
-                               pystr(layer.prefix(layer.directions[0])), "x", "state"]))
+            lines.append(
+                call(
+                    4,
+                    "y, s = _step_direction",
+                    [
+                        f"CELLS[{pystr(layer.name)}]",
+                        "params",
+                        pystr(layer.prefix(layer.directions[0])),
+                        "x",
+                        "state",
+                    ],
+                )
+            )
             lines.append("    new.update(s)")
             lines.append("    x = y + x" if layer.residual else "    x = y")
         lines.append("    return x, new")
@@ -600,53 +674,63 @@ class ModuleEmitter:
             out.append(
                 "def _predict(params, h):\n"
                 '    """Head outputs for features h (..., n): softmax of logits h @ W.T + b."""\n'
-                f"    return jax.nn.softmax({affine}, axis=-1)")
+                f"    return jax.nn.softmax({affine}, axis=-1)"
+            )
             out.append(
                 "def _losses(params, h, y):\n"
                 '    """Cross-entropy -log softmax(h @ W.T + b)[y] at every position of h."""\n'
                 f"    logp = jax.nn.log_softmax({affine}, axis=-1)\n"
-                "    return -jnp.take_along_axis(logp, y[..., None], axis=-1)[..., 0]")
+                "    return -jnp.take_along_axis(logp, y[..., None], axis=-1)[..., 0]"
+            )
         else:
             out.append(
                 "def _predict(params, h):\n"
                 '    """Head outputs for features h (..., n): the values h @ W.T + b."""\n'
-                f"    return {affine}")
+                f"    return {affine}"
+            )
             out.append(
                 "def _losses(params, h, y):\n"
                 '    """Squared error (prediction - y)^2 averaged over the output features."""\n'
-                "    return jnp.mean(jnp.square(_predict(params, h) - y), axis=-1)")
+                "    return jnp.mean(jnp.square(_predict(params, h) - y), axis=-1)"
+            )
         if head.at == "per_step":
             out.append(
                 "def _targets(ys, T):\n"
                 '    """Per-step targets, time-major: (T, B) or (T, B, Y)."""\n'
-                "    return jnp.swapaxes(ys, 0, 1)")
+                "    return jnp.swapaxes(ys, 0, 1)"
+            )
             out.append(
                 "def _readout(params, top, lengths):\n"
                 '    """Head outputs at every step, batch-major (B, T, out)."""\n'
-                "    return jnp.swapaxes(_predict(params, top), 0, 1)")
+                "    return jnp.swapaxes(_predict(params, top), 0, 1)"
+            )
             if self.windows:
                 out.append(
                     "def _loss_weights(lengths, T, B):\n"
                     '    """(T, B) bools: the steps whose loss counts (t < lengths[b])."""\n'
                     "    if lengths is None:\n"
                     "        return jnp.ones((T, B), bool)\n"
-                    "    return _valid(lengths, T)")
+                    "    return _valid(lengths, T)"
+                )
         else:
             out.append(self.sections["last"].strip("\n"))
             out.append(
                 "def _readout(params, top, lengths):\n"
                 '    """Head outputs at each row\'s last valid step, (B, out)."""\n'
-                "    return _predict(params, _last(top, lengths))")
+                "    return _predict(params, _last(top, lengths))"
+            )
             if self.windows:
                 out.append(
                     "def _targets(ys, T):\n"
                     '    """Each row\'s target repeated at every step, time-major."""\n'
-                    "    return jnp.broadcast_to(ys[None], (T,) + ys.shape)")
+                    "    return jnp.broadcast_to(ys[None], (T,) + ys.shape)"
+                )
                 out.append(
                     "def _loss_weights(lengths, T, B):\n"
                     '    """(T, B) bools: each row\'s last valid step, t = lengths[b] - 1."""\n'
                     "    last = jnp.full((B,), T - 1) if lengths is None else lengths - 1\n"
-                    "    return jnp.arange(T)[:, None] == last[None, :]")
+                    "    return jnp.arange(T)[:, None] == last[None, :]"
+                )
         return "\n\n\n".join(out)
 
     def uses_backward_helpers(self) -> bool:
@@ -657,12 +741,14 @@ class ModuleEmitter:
     def emit(self) -> str:
         s = self.sections
         blocks: list[str] = []
-        blocks.append(self.header() + "\n" + self.docstring() + "\n\n"
-                      "import functools\n\n"
-                      "import jax\n"
-                      "import jax.numpy as jnp\n"
-                      "import numpy as np\n"
-                      "from jax.sharding import Mesh, NamedSharding, PartitionSpec\n\n")
+        blocks.append(
+            self.header() + "\n" + self.docstring() + "\n\n"
+            "import functools\n\n"
+            "import jax\n"
+            "import jax.numpy as jnp\n"
+            "import numpy as np\n"
+            "from jax.sharding import Mesh, NamedSharding, PartitionSpec\n\n"
+        )
         blocks.append(self.constants())
         blocks.append(runtime_optim_source() + "\n\n_runtime_init_opt_state = init_opt_state")
         blocks.append("# " + "-" * 30 + " model " + "-" * 30)
@@ -671,7 +757,7 @@ class ModuleEmitter:
         blocks.append(table)
         blocks.append(self.encode())
         blocks.append(self.layers())
-        if not self.bidirectional:
+        if not self.backward:
             blocks.append(self.layers_step())
         blocks.append(self.head())
         if self.uses_backward_helpers():
@@ -689,7 +775,7 @@ class ModuleEmitter:
         else:
             blocks.append(s["objective_full"])
         blocks.append(s["entry"])
-        blocks.append(s["step_bidirectional"] if self.bidirectional else s["step"])
+        blocks.append(s["step_backward"] if self.backward else s["step"])
         blocks.append(s["mesh"])
         return "\n\n\n".join(b.strip("\n") for b in blocks) + "\n"
 
@@ -699,7 +785,6 @@ def literal_line(key: str, value: Any, indent: int) -> str:
     return k + literal(value, indent, len(k), 1) + ","
 
 
-def emit(program: Program) -> str:
+def emit(program: Program, unroll: int | None = None) -> str:
     """The generated module's source text for `program`."""
-    return ModuleEmitter(program).emit()
-
+    return ModuleEmitter(program, unroll).emit()

@@ -28,7 +28,7 @@ PARAM_INITS: dict = {}
 STATE_SHAPES: dict = {}
 INPUT_SIZE = 1
 DROPOUT: dict = {}
-UNROLL = 1
+UNROLL: dict = {}
 K1 = K2 = 1
 UPDATER: dict = {"name": "sgd"}
 SCHEDULE = None
@@ -199,7 +199,11 @@ def _run_direction(
 
     steps = jnp.arange(xs.shape[0])
     final, out = jax.lax.scan(
-        body, carry0, (steps, x_seq, hx, valid, resets), reverse=reverse, unroll=UNROLL
+        body,
+        carry0,
+        (steps, x_seq, hx, valid, resets),
+        reverse=reverse,
+        unroll=UNROLL.get(jax.default_backend(), 1),
     )
     names = [prefix + name for name in cell["states"]]
     final = dict(zip(names, final, strict=True))
@@ -269,8 +273,8 @@ def _objective(params, enc, ys, state, valid, resets, drop, lengths):
 def _objective(params, enc, ys, state, valid, resets, drop, lengths):
     """The loss with truncated BPTT (K1, K2) and the final state.
 
-    For each window end e = K1, 2 K1, ... (and T), the losses at steps [e - K1, e) are
-    backpropagated through steps [max(0, e - K2), e). When the windows are disjoint and
+    Window j scores the losses at steps [j K1, min((j + 1) K1, T)) and backpropagates
+    them through steps [max(0, (j + 1) K1 - K2), (j + 1) K1). When the windows are disjoint and
     tile the sequence (K1 = K2 dividing T) that is one scan whose state is a constant for
     gradients every K1 steps; otherwise the windows run side by side (_window_objective).
     """
@@ -286,17 +290,19 @@ def _objective(params, enc, ys, state, valid, resets, drop, lengths):
 def _windows(T):
     """Truncated-BPTT windows over T steps, as static index arrays.
 
-    Window j scores the losses at steps [lo, e) = [j K1, min((j + 1) K1, T)) and
-    backpropagates through the K2 steps [e - K2, e) (positions before step 0 are padding);
-    the state entering step max(0, e - K2) is a constant, unless it is the call's initial
-    state. Returns the time index of every window position (W, K2) clipped into [0, T),
+    Window j scores the losses at steps [lo, e) = [j K1, min((j + 1) K1, T))
+    and backpropagates through the K2 steps [(j + 1) K1 - K2, (j + 1) K1)
+    (positions outside [0, T) are padding), so with K1 = K2 the state is a
+    constant every K1 steps whatever T is; the state entering step
+    max(0, (j + 1) K1 - K2) is a constant, unless it is the call's initial state.
+    Returns the time index of every window position (W, K2) clipped into [0, T),
     whether it is a real step, whether its loss is scored in this window, and the first
     real step of each window (W,).
     """
     lo = np.arange(0, T, K1)
-    ends = np.minimum(lo + K1, T)
+    ends = lo + K1
     index = ends[:, None] - K2 + np.arange(K2)[None, :]
-    real = index >= 0
+    real = (index >= 0) & (index < T)
     scored = index >= lo[:, None]
     first = np.maximum(ends - K2, 0)
     return np.clip(index, 0, T - 1), real, scored, first
@@ -462,10 +468,12 @@ def step(params, x_t, state=None):
     return _predict(params, h), state
 
 
-# --- section: step_bidirectional ---
+# --- section: step_backward ---
 def step(params, x_t, state=None):
-    """Not available: a bidirectional layer needs the whole sequence (use forward)."""
-    raise NotImplementedError("step() needs a model without bidirectional layers")
+    """Not available: a layer that runs backward in time needs the whole sequence."""
+    raise NotImplementedError(
+        "step() needs a model whose layers all run forward in time; use forward()"
+    )
 
 
 # --- section: mesh ---

@@ -26,21 +26,22 @@ and ``v @ W.T`` do not see.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 from rnnc.ir.nodes import Cell, Instr
 from rnnc.ir.ops import ACT_FORWARD, ACT_GRAD, ACT_MATH, fmt_float, render
-from rnnc.ir.passes.autodiff import CellGrad, autodiff, verify_grad
+from rnnc.ir.passes.autodiff import CellGrad, IRMath, autodiff, verify_grad
 
-from .pyfmt import INDENT, Namer, call, docstring, with_comment
+from .pyfmt import INDENT, WIDTH, Namer, call, docstring, with_comment
 
 
 I1, I2, I3 = INDENT, INDENT * 2, INDENT * 3
 
-# NumPy renderings that differ from the shared op table: stacked (T, B, n) matmuls as
-# one 2-D product, bsum over the two leading axes, row slices of fused parameters, and
-# hard_sigmoid' without a float64 temporary (0.2 * bool array would be float64).
+# NumPy renderings that differ from the shared op table (same math): stacked (T, B, n)
+# matmuls as one 2-D product, bsum over the two leading axes, row slices of fused
+# parameters, and hard_sigmoid' without a float64 temporary (0.2 * bool array would be
+# float64). (sigmoid stays 0.5 (1 + tanh(x / 2)): measured against 1 / (1 + exp(-x))
+# it was as fast or faster, and it cannot overflow.)
 NP_ACT_FORWARD = dict(ACT_FORWARD)
 NP_ACT_GRAD = dict(ACT_GRAD, hard_sigmoid="{g} * 0.2 * (({y} > 0.0) & ({y} < 1.0))")
 
@@ -72,7 +73,6 @@ LOCALS = {
     "k", "t", "tape", "s", "e", "acc", "need_dx", "p", "xs", "T", "B", "ys", "state",
     "keep", "valid", "reverse", "dys", "dtype", "dx", "np", "math",
 }
-_TEMP = re.compile(r"^t\d+$")
 
 
 class CellCode:
@@ -103,6 +103,7 @@ class CellCode:
         self.view_of = {e: (c, lo, hi) for e, c, lo, hi in g.views}
         self.saved = list(dict.fromkeys(list(g.saved) + list(g.stacked)))
         self.stacked = set(g.stacked)
+        self.texts = IRMath(cell)
 
     # -- names
     def nm(self, name: str) -> str:
@@ -125,84 +126,15 @@ class CellCode:
         raise KeyError(name)
 
     # -- math text for comments and docstrings
-    def math(self, name: str, depth: int = 0) -> str:
-        """The value as an expression over named values (temporaries inlined)."""
-        ins = self.defs.get(name)
-        if ins is None or (depth and not _TEMP.match(name)):
-            return _display(name)
-        if ins.op == "const":
-            return fmt_float(ins.attr("value")).removesuffix(".0")
-        a = [self.math(x, depth + 1) for x in ins.args]
-        op = ins.op
-        if op in ("add", "sub"):
-            b = a[1] if op == "add" or not _loose(a[1]) else f"({a[1]})"
-            return f"{a[0]} {'+' if op == 'add' else '-'} {b}"
-        if op in ("mul", "div"):
-            x, y = (f"({v})" if _loose(v) else v for v in a)
-            return f"{x} {'*' if op == 'mul' else '/'} {y}"
-        if op == "neg":
-            return f"-({a[0]})" if _loose(a[0]) else f"-{a[0]}"
-        if op == "matmul":
-            return f"{a[0]} @ ({a[1]})" if _loose(a[1]) else f"{a[0]} @ {a[1]}"
-        if op == "act":
-            return f"{ins.attr('fn')}({a[0]})"
-        if op == "clip":
-            return f"clip({a[0]}, {fmt_float(ins.attr('lo'))}, {fmt_float(ins.attr('hi'))})"
-        if op in ("concat", "pconcat"):
-            return "[" + ("; " if op == "pconcat" else ", ").join(a) + "]"
-        if op == "slice":
-            src = self.defs.get(ins.args[0])
-            part = self._fused_part(src, ins.attr("lo"), ins.attr("hi"))
-            return part if part else f"{a[0]}[{ins.attr('lo')}:{ins.attr('hi')}]"
-        return f"{op}({', '.join(a)})"
-
-    def _fused_part(self, src: Instr | None, lo: int, hi: int) -> str | None:
-        """``W_i @ x`` for a slice of ``[W_f; W_i] @ x`` that is exactly W_i's rows."""
-        if src is None or src.op != "matmul":
-            return None
-        w = self.defs.get(src.args[0])
-        if w is None or w.op != "pconcat":
-            return None
-        at = 0
-        for p in w.args:
-            n = self._shape(p)[0]
-            if (at, at + n) == (lo, hi):
-                return f"{_display(p)} @ {_display(src.args[1])}"
-            at += n
-        return None
-
-    def _shape(self, name: str):
-        for p in self.cell.params:
-            if p.name == name:
-                return p.shape
-        return self.defs[name].shape
+    def math(self, name: str) -> str:
+        return self.texts.expr(name)
 
     def equations(self) -> list[str]:
-        """Each named value and next state as an equation, temporaries inlined."""
-        out = []
-        nexts = {v: s for s, v in self.cell.next_state}
-        for ins in self.cell.instrs:
-            if ins.op == "const" or ins.op == "pconcat" or _TEMP.match(ins.name):
-                continue
-            if ins.op == "slice" and self._fused_part(self.defs.get(ins.args[0]), ins.attr("lo"),
-                                                       ins.attr("hi")):
-                continue
-            if ins.name in nexts:
-                continue
-            out.append(f"{_display(ins.name)} = {self.math(ins.name)}")
-        for s, v in self.cell.next_state:
-            rhs = self.math(v) if v in self.defs else _display(v)
-            out.append(f"{s}' = {rhs}")
-        if self.cell.output not in nexts:
-            out.append(f"output: {_display(self.cell.output)}")
-        return out
+        return self.texts.equations()
 
     def comment(self, ins: Instr) -> str:
         """Short math for a forward line: ``f = sigmoid(...)`` or the value as an expression."""
-        m = self.math(ins.name)
-        if not _TEMP.match(ins.name):
-            return f"{_display(ins.name)} = {m}"
-        return m
+        return self.texts.eq(ins.name)
 
     # -- emission helpers
     def line(self, ins: Instr, ops: dict, comment: str, indent: str = I1) -> list[str]:
@@ -216,7 +148,7 @@ class CellCode:
     def prepare(self) -> list[str]:
         c = self.cell
         x = c.inputs[0].name
-        out = [f"def {self.fns['prepare']}(p, xs):"]
+        out = call(f"def {self.fns['prepare']}", ["p", "xs"], tail=":")
         doc = (f"{c.name} outside the time loop: loop invariants and hoisted values.\n\n"
                f"p: the parameters by symbol; xs (T, B, {c.inputs[0].size}): every input. "
                "Returns k: the\nparameters, the inputs, the invariants (parameters only) and "
@@ -246,7 +178,7 @@ class CellCode:
     def step(self) -> list[str]:
         c = self.cell
         st = [self.nm(s) for s in self.states]
-        out = [f"def {self.fns['step']}(k, t, {', '.join(st)}, tape=None):"]
+        out = call(f"def {self.fns['step']}", ["k", "t", *st, "tape=None"], tail=":")
         eqs = "\n".join(I1 + e for e in self.equations())
         doc = (f"{c.name}, one step forward from the state entering step t.\n\n{eqs}\n\n"
                "Returns the next state and the output. A dict `tape` receives what "
@@ -274,11 +206,12 @@ class CellCode:
     def backward_step(self) -> list[str]:
         c, g = self.cell, self.grad
         seeds = [self.nm(d) for _, d in g.state_seeds] + [self.nm(g.output_seed)]
-        out = [f"def {self.fns['backward_step']}(k, tape, t, {', '.join(seeds)}):"]
+        out = call(f"def {self.fns['backward_step']}", ["k", "tape", "t", *seeds], tail=":")
         st = ", ".join(f"{s}'" for s in self.states)
-        doc = (f"{c.name}, one step back: the adjoints of ({st}) and of the output at step t\n"
-               f"give the adjoints of the state entering step t. Stores what "
-               f"{self.fns['backward_hoisted']}\nreads (the exports) in the tape.")
+        doc = (f"{c.name}, one step back in time: {self.fns['step']} reversed, line by line.\n\n"
+               f"From the adjoints of ({st}) and of the step's output, the adjoints of the "
+               f"state\nentering step t. Stores what {self.fns['backward_hoisted']} reads "
+               "in the tape.")
         out += docstring(doc, I1)
         reads = _ordered(a for i in g.body for a in i.args)
         for a in reads:
@@ -301,7 +234,8 @@ class CellCode:
 
     def backward_hoisted(self) -> list[str]:
         c, g = self.cell, self.grad
-        out = [f"def {self.fns['backward_hoisted']}(k, tape, s, e, acc, need_dx=True):"]
+        out = call(f"def {self.fns['backward_hoisted']}",
+                   ["k", "tape", "s", "e", "acc", "need_dx=True"], tail=":")
         doc = (f"{c.name} after the time loop, for steps s:e at once (stacks (e - s, B, n)).\n\n"
                "Sums the adjoints of the parameters and loop invariants into acc (each weight\n"
                "gradient is one matmul over all the steps) and returns the adjoint of the\n"
@@ -347,7 +281,7 @@ class CellCode:
 
     def backward_invariant(self) -> list[str]:
         c, g = self.cell, self.grad
-        out = [f"def {self.fns['backward_invariant']}(k, acc):"]
+        out = call(f"def {self.fns['backward_invariant']}", ["k", "acc"], tail=":")
         doc = (f"{c.name}, once: the parameter gradients from the adjoints summed in acc\n"
                "(over every step and truncated-BPTT window).")
         out += docstring(doc, I1)
@@ -368,10 +302,8 @@ class CellCode:
     def forward(self) -> list[str]:
         c = self.cell
         n_in, n_out = c.inputs[0].size, c.output_size
-        st = [self.nm(s) for s in self.states]
-        new = {s: self.names.fresh(f"{self.nm(s)}_new") for s in self.states}
         sig = "p, xs, state, keep=None, valid=None, reverse=False, tape=None"
-        out = [f"def {self.fns['forward']}({sig}):"]
+        out = call(f"def {self.fns['forward']}", sig.split(", "), tail=":")
         doc = (f"Run {c.name} over xs (T, B, {n_in}) from state ({', '.join(self.states)}).\n\n"
                f"Returns the outputs (T, B, {n_out}) and the final state. keep (T, B, 1) is 0.0 "
                "where a\nrow's state is zeroed before step t (a reset); valid (T, B, 1) is False "
@@ -380,7 +312,6 @@ class CellCode:
         out += docstring(doc, I1)
         out.append(f"{I1}T, B = xs.shape[0], xs.shape[1]")
         out.append(f"{I1}k = {self.fns['prepare']}(p, xs)")
-        out.append(f"{I1}{_tuple(st)} = state")
         out.append(f"{I1}ys = np.empty((T, B, {n_out}), dtype=xs.dtype)")
         out.append(f"{I1}if tape is not None:  # what {self.fns['backward']} reads")
         out.append(f'{I2}tape["k"] = k')
@@ -396,23 +327,38 @@ class CellCode:
             if e in self.view_of:
                 cc, lo, hi = self.view_of[e]
                 out.append(f'{I2}tape["{e}"] = tape["{cc}"][..., {lo}:{hi}]')
-        out.append(f"{I1}for t in reversed(range(T)) if reverse else range(T):")
-        out.append(f"{I2}if keep is not None:  # a reset: this row starts again from zero")
-        for s in st:
-            out.append(f"{I3}{s} = {s} * keep[t]")
-        news = ", ".join(new[s] for s in self.states) + ("," if len(st) == 1 else "")
-        out += call(f"{I2}({news}), ys[t] = {self.fns['step']}", ["k", "t", *st, "tape"])
-        out.append(f"{I2}if valid is not None:  # padded steps keep the state")
-        for s, py in zip(self.states, st, strict=True):
-            out.append(f"{I3}{new[s]} = np.where(valid[t], {new[s]}, {py})")
-        out.append(f"{I2}{', '.join(st)} = {', '.join(new[s] for s in self.states)}")
-        out.append(f"{I1}return ys, ({', '.join(st)}{',' if len(st) == 1 else ''})")
-        return out
+        # the time loop, with the states by name (as a tuple when the names are long)
+        st = [self.nm(s) for s in self.states]
+        new = [self.names.fresh(f"{x}_new") for x in st]
+        loop = [f"{I1}{_tuple(st)} = state",
+                f"{I1}for t in reversed(range(T)) if reverse else range(T):",
+                f"{I2}if keep is not None:  # a reset: this row starts again from zero"]
+        loop += [f"{I3}{x} = {x} * keep[t]" for x in st]
+        target = _tuple(new) if len(new) == 1 else f"({', '.join(new)})"
+        loop += call(f"{I2}{target}, ys[t] = {self.fns['step']}", ["k", "t", *st, "tape"])
+        loop.append(f"{I2}if valid is not None:  # padded steps keep the state")
+        loop += [f"{I3}{n} = np.where(valid[t], {n}, {x})" for n, x in zip(new, st, strict=True)]
+        loop.append(f"{I2}{', '.join(st)} = {', '.join(new)}")
+        loop.append(f"{I1}return ys, {_paren(st)}")
+        if max(len(x) for x in loop) > WIDTH:
+            loop = [
+                f"{I1}for t in reversed(range(T)) if reverse else range(T):",
+                f"{I2}if keep is not None:  # a reset: this row starts again from zero",
+                f"{I3}state = tuple(v * keep[t] for v in state)",
+                *call(f"{I2}new, ys[t] = {self.fns['step']}", ["k", "t", "*state", "tape"]),
+                f"{I2}if valid is not None:  # padded steps keep the state",
+                f"{I3}new = tuple(",
+                f"{I3}{I1}np.where(valid[t], n, v) for n, v in zip(new, state, strict=True)",
+                f"{I3})",
+                f"{I2}state = new",
+                f"{I1}return ys, state",
+            ]
+        return out + loop
 
     def backward(self) -> list[str]:
         c = self.cell
         sig = "tape, dys, s, e, keep=None, valid=None, reverse=False, acc=None, need_dx=True"
-        out = [f"def {self.fns['backward']}({sig}):"]
+        out = call(f"def {self.fns['backward']}", sig.split(", "), tail=":")
         doc = (f"Backpropagate through steps s..e-1 of {self.fns['forward']}, the latest first."
                "\n\n"
                f"dys (e - s, B, {c.output_size}): the adjoints of the outputs at those steps. "
@@ -421,30 +367,44 @@ class CellCode:
                "returns the adjoint of xs[s:e]\n(None unless need_dx) and of the state "
                "entering step s.")
         out += docstring(doc, I1)
-        ds = {s: self.names.fresh(f"d{self.nm(s)}") for s in self.states}
-        skip = {s: self.names.fresh(f"d{self.nm(s)}_skip") for s in self.states}
         out.append(f'{I1}k = tape["k"]')
         out.append(f"{I1}B, dtype = dys.shape[1], dys.dtype")
-        sizes = {v.name: v.size for v in c.states}
-        for s in self.states:
-            out.append(f"{I1}{ds[s]} = np.zeros((B, {sizes[s]}), dtype=dtype)")
-        out.append(f"{I1}for t in range(s, e) if reverse else reversed(range(s, e)):")
-        out.append(f"{I2}if valid is not None:  # a padded step passed the state through")
-        for s in self.states:
-            out.append(f"{I3}{skip[s]} = np.where(valid[t], 0.0, {ds[s]})")
-            out.append(f"{I3}{ds[s]} = np.where(valid[t], {ds[s]}, 0.0)")
-        lhs = _tuple([ds[s] for s in self.states])
-        out += call(f"{I2}{lhs} = {self.fns['backward_step']}",
-                    ["k", "tape", "t", *(ds[s] for s in self.states), "dys[t - s]"])
-        out.append(f"{I2}if valid is not None:")
-        for s in self.states:
-            out.append(f"{I3}{ds[s]} = {ds[s]} + {skip[s]}")
-        out.append(f"{I2}if keep is not None:  # a reset cut the state off from earlier steps")
-        for s in self.states:
-            out.append(f"{I3}{ds[s]} = {ds[s]} * keep[t]")
+        sizes = [v.size for v in c.states]
+        ds = [self.names.fresh(f"d{self.nm(s)}") for s in self.states]
+        skip = [self.names.fresh(f"{d}_skip") for d in ds]
+        loop = [f"{I1}{d} = np.zeros((B, {n}), dtype=dtype)" for d, n in zip(ds, sizes,
+                                                                            strict=True)]
+        loop.append(f"{I1}for t in range(s, e) if reverse else reversed(range(s, e)):")
+        loop.append(f"{I2}if valid is not None:  # a padded step passed the state through")
+        for d, sk in zip(ds, skip, strict=True):
+            loop.append(f"{I3}{sk} = np.where(valid[t], 0.0, {d})")
+            loop.append(f"{I3}{d} = np.where(valid[t], {d}, 0.0)")
+        loop += call(f"{I2}{_tuple(ds)} = {self.fns['backward_step']}",
+                     ["k", "tape", "t", *ds, "dys[t - s]"])
+        loop.append(f"{I2}if valid is not None:")
+        loop += [f"{I3}{d} = {d} + {sk}" for d, sk in zip(ds, skip, strict=True)]
+        loop.append(f"{I2}if keep is not None:  # a reset cut the state off from earlier steps")
+        loop += [f"{I3}{d} = {d} * keep[t]" for d in ds]
+        result = _paren(ds)
+        if max(len(x) for x in loop) > WIDTH:  # long state names: a tuple of adjoints
+            loop = [
+                f"{I1}ds = tuple(np.zeros((B, n), dtype=dtype) for n in "
+                f"{_paren([str(n) for n in sizes])})",
+                f"{I1}for t in range(s, e) if reverse else reversed(range(s, e)):",
+                f"{I2}if valid is not None:  # a padded step passed the state through",
+                f"{I3}skip = tuple(np.where(valid[t], 0.0, d) for d in ds)",
+                f"{I3}ds = tuple(np.where(valid[t], d, 0.0) for d in ds)",
+                *call(f"{I2}ds = {self.fns['backward_step']}",
+                      ["k", "tape", "t", "*ds", "dys[t - s]"]),
+                f"{I2}if valid is not None:",
+                f"{I3}ds = tuple(d + d_skip for d, d_skip in zip(ds, skip, strict=True))",
+                f"{I2}if keep is not None:  # a reset cut the state off from earlier steps",
+                f"{I3}ds = tuple(d * keep[t] for d in ds)",
+            ]
+            result = "ds"
+        out += loop
         out.append(f"{I1}dx = {self.fns['backward_hoisted']}(k, tape, s, e, acc, need_dx)")
-        tup = ", ".join(ds[s] for s in self.states) + ("," if len(self.states) == 1 else "")
-        out.append(f"{I1}return dx, ({tup})")
+        out.append(f"{I1}return dx, {result}")
         return out
 
     def source(self) -> list[str]:
@@ -460,28 +420,16 @@ def _tuple(names: Sequence[str]) -> str:
     return f"({names[0]},)" if len(names) == 1 else ", ".join(names)
 
 
+def _paren(names: Sequence[str]) -> str:
+    """A tuple display: ``(a,)`` or ``(a, b)``."""
+    return f"({names[0]},)" if len(names) == 1 else f"({', '.join(names)})"
+
+
 def _dict_return(items: list[str]) -> list[str]:
     one = f"{I1}return {{{', '.join(items)}}}"
     if len(one) <= 100:
         return [one]
     return [f"{I1}return {{"] + [f"{I2}{i}," for i in items] + [f"{I1}}}"]
-
-
-def _display(name: str) -> str:
-    return name[:-5] + "'" if name.endswith("_next") else name
-
-
-def _loose(text: str) -> bool:
-    """Whether an expression needs parentheses as an operand of * or /."""
-    depth = 0
-    for ch in text:
-        if ch in "([":
-            depth += 1
-        elif ch in ")]":
-            depth -= 1
-        elif depth == 0 and ch in "+-" and text.strip()[0] != ch:
-            return True
-    return depth == 0 and " " in text and any(f" {o} " in text for o in "+-")
 
 
 def _ordered(names) -> list[str]:

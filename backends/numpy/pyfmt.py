@@ -156,14 +156,30 @@ def _split_args(s: str) -> list[str]:
 
 
 def docstring(text: str, indent: str = "") -> list[str]:
-    """A triple-quoted docstring; lines are escaped and kept within the width."""
+    """A triple-quoted docstring; lines are escaped and wrapped to fit the width."""
     text = text.replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
-    raw = text.strip("\n").split("\n")
+    raw: list[str] = []
+    for i, line in enumerate(text.strip("\n").split("\n")):
+        room = WIDTH - len(indent) - (3 if i == 0 else 0)
+        if len(line) <= room:
+            raw.append(line)
+            continue
+        lead = line[: len(line) - len(line.lstrip(" "))]
+        raw += wrap(line, room, lead, lead + ("    " if lead else ""))
     if len(raw) == 1 and len(indent) + len(raw[0]) + 6 <= WIDTH and not raw[0].endswith('"'):
         return [f'{indent}"""{raw[0]}"""']
     lines = [f'{indent}"""{raw[0]}'] + [(indent + r).rstrip() if r else "" for r in raw[1:]]
     lines.append(f'{indent}"""')
     return lines
+
+
+def comment(text: str, indent: str = "") -> str:
+    """``# text`` on its own line, trimmed to the width."""
+    room = WIDTH - len(indent) - 2
+    text = " ".join(text.split())
+    if len(text) > room:
+        text = text[: room - 3].rstrip() + "..."
+    return f"{indent}# {text}"
 
 
 def wrap(text: str, width: int, first: str = "", rest: str = "") -> list[str]:

@@ -39,6 +39,15 @@ def module_path(run_dir: Path, backend: str) -> Path:
 _imports = itertools.count()
 
 
+def _is_jax_module(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8") as f:
+            head = [f.readline() for _ in range(3)]
+    except OSError:
+        return False
+    return any("backend: jax" in line for line in head)
+
+
 def import_module_file(path: Path) -> ModuleType:
     """Import a generated module from its file (a fresh module object each time)."""
     name = f"rnnc_run_{next(_imports)}_{Path(path).stem}"
@@ -46,6 +55,10 @@ def import_module_file(path: Path) -> ModuleType:
     if spec is None or spec.loader is None:
         raise TrainError(f"cannot import the generated module '{path}'")
     module = importlib.util.module_from_spec(spec)
+    if _is_jax_module(path):
+        from rnnc.backends.jax.cache import enable_compilation_cache
+
+        enable_compilation_cache()  # before the module's first computation
     sys.modules[name] = module  # some libraries (dataclasses, pickle) look modules up here
     try:
         spec.loader.exec_module(module)

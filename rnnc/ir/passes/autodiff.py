@@ -28,7 +28,7 @@
 
 Each op has one gradient rule in :data:`GRAD_RULES`; the backward uses the
 backward-only ops of :mod:`rnnc.ir.ops` (``matmul_t``, ``outer``, ``bsum``,
-``act_grad``, ``clip_grad``, ``pad``, ``zeros``) plus forward element-wise ops
+``act_grad``, ``clip_grad``, ``sumf``, ``pad``, ``zeros``) plus forward element-wise ops
 and ``slice``/``concat`` (a ``slice`` with attribute ``axis=0`` takes rows of a
 matrix: the gradient of ``pconcat``). Where every user of a value is a
 ``slice`` and the slices do not overlap (the split after a fused matmul), its
@@ -59,12 +59,13 @@ The weight gradients ``%d_W`` and ``%d_U`` are single products over all steps.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from rnnc.ir.nodes import Cell, Instr, Shape
-from rnnc.ir.ops import ACT_MATH, OPS, attrs
+from rnnc.ir.ops import OPS, attrs, fmt_float
 
 
 @dataclass(frozen=True)
@@ -104,23 +105,22 @@ def _g_add(b: _Builder, ins: Instr, g: str, j: int) -> str | None:
 
 
 def _g_sub(b: _Builder, ins: Instr, g: str, j: int) -> str | None:
-    return g if j == 0 else b.emit("neg", (g,), b.shape(g), "d(a - b)/db = -1")
+    return g if j == 0 else b.emit("neg", (g,), b.shape(g), b.through(ins))
 
 
 def _g_neg(b: _Builder, ins: Instr, g: str, j: int) -> str | None:
-    return b.emit("neg", (g,), b.shape(g), "d(-a)/da = -1")
+    return b.emit("neg", (g,), b.shape(g), b.through(ins))
 
 
 def _g_mul(b: _Builder, ins: Instr, g: str, j: int) -> str | None:
-    other = ins.args[1 - j]
-    return b.emit("mul", (g, other), b.shape(g), f"d(a*b)/da = b = {b.text(other)}")
+    return b.emit("mul", (g, ins.args[1 - j]), b.shape(g), b.through(ins))
 
 
 def _g_div(b: _Builder, ins: Instr, g: str, j: int) -> str | None:
     a, d = ins.args
     if j == 0:
-        return b.emit("div", (g, d), b.shape(g), f"d(a/b)/da = 1/b, b = {b.text(d)}")
-    gy = b.emit("mul", (g, ins.name), b.shape(g), "d(a/b)/db = -(a/b)/b")
+        return b.emit("div", (g, d), b.shape(g), b.through(ins))
+    gy = b.emit("mul", (g, ins.name), b.shape(g), "d(a/b)/db = -(a/b) / b: " + b.through(ins))
     q = b.emit("div", (gy, d), b.shape(g), "")
     return b.emit("neg", (q,), b.shape(g), "")
 
@@ -128,28 +128,28 @@ def _g_div(b: _Builder, ins: Instr, g: str, j: int) -> str | None:
 def _g_matmul(b: _Builder, ins: Instr, g: str, j: int) -> str | None:
     w, v = ins.args
     if j == 1:
-        return b.emit("matmul_t", (w, g), b.fshape(v),
-                      f"{w}.T @ d({b.text(ins.name)})")
+        return b.emit("matmul_t", (w, g), b.fshape(v), b.through(ins))
     # the weight: sum over every example (and step, once hoisted) of g v^T
-    return b.emit("outer", (g, v), b.fshape(w), f"d{w} = sum g {v}^T", batched=False)
+    return b.emit("outer", (g, v), b.fshape(w),
+                  f"d{w} = sum over steps and rows of d({display(ins.name)}) {display(v)}^T",
+                  batched=False)
 
 
 def _g_act(b: _Builder, ins: Instr, g: str, j: int) -> str | None:
     fn = ins.attr("fn")
-    return b.emit("act_grad", (ins.name, g), b.shape(g),
-                  f"{fn}' at {ins.name} = {ACT_MATH.get(fn, fn)}", fn=fn)
+    return b.emit("act_grad", (ins.name, g), b.shape(g), f"{fn}' " + b.through(ins), fn=fn)
 
 
 def _g_clip(b: _Builder, ins: Instr, g: str, j: int) -> str | None:
     lo, hi = ins.attr("lo"), ins.attr("hi")
-    return b.emit("clip_grad", (ins.name, g), b.shape(g),
-                  f"clip': passes where {lo} < {ins.name} < {hi}", lo=lo, hi=hi)
+    return b.emit("clip_grad", (ins.name, g), b.shape(g), "clip' " + b.through(ins),
+                  lo=lo, hi=hi)
 
 
 def _g_concat(b: _Builder, ins: Instr, g: str, j: int) -> str | None:
     lo = sum(b.fshape(a)[0] for a in ins.args[:j])
     hi = lo + b.fshape(ins.args[j])[0]
-    return b.emit("slice", (g,), (hi - lo,), f"features {lo}:{hi} of the concat", lo=lo, hi=hi)
+    return b.emit("slice", (g,), (hi - lo,), b.through(ins), lo=lo, hi=hi)
 
 
 def _g_slice(b: _Builder, ins: Instr, g: str, j: int) -> str | None:
@@ -158,11 +158,16 @@ def _g_slice(b: _Builder, ins: Instr, g: str, j: int) -> str | None:
     return None
 
 
+def _g_expand(b: _Builder, ins: Instr, g: str, j: int) -> str | None:
+    return b.emit("sumf", (g,), b.fshape(ins.args[0]), "sum over the broadcast features: "
+                  + b.through(ins))
+
+
 def _g_pconcat(b: _Builder, ins: Instr, g: str, j: int) -> str | None:
     lo = sum(b.fshape(a)[0] for a in ins.args[:j])
     shape = b.fshape(ins.args[j])
     hi = lo + shape[0]
-    return b.emit("slice", (g,), shape, f"rows {lo}:{hi} of the fused parameter",
+    return b.emit("slice", (g,), shape, f"rows {lo}:{hi} of the fused {display(ins.name)}",
                   lo=lo, hi=hi, axis=0)
 
 
@@ -182,6 +187,7 @@ GRAD_RULES: dict[str, Rule] = {
     "clip": _g_clip,
     "concat": _g_concat,
     "slice": _g_slice,
+    "expand": _g_expand,
     "pconcat": _g_pconcat,
 }
 """One gradient rule per forward op, keyed like :data:`rnnc.ir.ops.OPS`."""
@@ -199,7 +205,6 @@ class _Builder:
         self.cell = cell
         self.fwd: dict[str, tuple[Shape, bool]] = {}
         self.kind: dict[str, str] = {}
-        self.text_of: dict[str, str] = {}
         for p in cell.params:
             self.fwd[p.name] = (p.shape, False)
             self.kind[p.name] = "param"
@@ -214,7 +219,6 @@ class _Builder:
             for ins in instrs:
                 self.fwd[ins.name] = (ins.shape, ins.batched)
                 self.defs[ins.name] = ins
-                self.text_of[ins.name] = ins.comment
                 if not ins.batched:
                     self.kind[ins.name] = "const" if ins.op == "const" else "inv"
                 else:
@@ -234,6 +238,7 @@ class _Builder:
         self.adjoint: dict[str, str] = {}
         self.target = ""  # the forward value whose contribution is being built
         self.n_tmp = 0
+        self.texts = IRMath(cell)
 
     # -- names, shapes
     def fresh(self, base: str) -> str:
@@ -261,9 +266,9 @@ class _Builder:
     def batched(self, name: str) -> bool:
         return self.fwd[name][1] if name in self.fwd else self.bwd[name][1]
 
-    def text(self, name: str) -> str:
-        t = self.text_of.get(name) or name
-        return t if len(t) <= 40 else t[:37] + "..."
+    def through(self, ins: Instr) -> str:
+        """Comment text: the forward equation a backward line goes back through."""
+        return "back through " + self.texts.eq(ins.name)
 
     def level_of(self, name: str) -> str:
         """Where the adjoint of a forward value is assembled."""
@@ -328,10 +333,12 @@ class _Builder:
                     terms = parts
                 else:
                     terms = [self.emit("concat", tuple(parts), (n,),
-                                       "the slices' adjoints side by side", name=self._dname(name))]
+                                       f"the adjoints of {display(name)}'s slices side by side",
+                                       name=self._dname(name))]
             else:
                 for lo, hi, g in pieces:
-                    terms.append(self.emit("pad", (g,), (n,), f"slice {lo}:{hi} back in place",
+                    terms.append(self.emit("pad", (g,), (n,),
+                                           f"slice {lo}:{hi} of {display(name)} back in place",
                                            lo=lo, after=n - hi))
         if not terms:
             self.adjoint[name] = None  # type: ignore[assignment]
@@ -340,7 +347,8 @@ class _Builder:
         total = terms[0]
         for k, t in enumerate(terms[1:]):
             last = k == len(terms) - 2
-            total = self.emit("add", (total, t), self.fshape(name), "sum over the uses",
+            total = self.emit("add", (total, t), self.fshape(name),
+                              f"sum over the uses of {display(name)}",
                               name=self._dname(name) if last else self.numbered(f"d_{name}"))
         self.adjoint[name] = total
         self.target = ""
@@ -359,7 +367,7 @@ class _Builder:
         return self.fresh(f"d_{name}")
 
     def _zeros_slice(self, name: str, lo: int, hi: int) -> str:
-        s = self.emit("slice", (name,), (hi - lo,), f"shape of the unused features {lo}:{hi}",
+        s = self.emit("slice", (name,), (hi - lo,), f"features {lo}:{hi} of {display(name)}",
                       lo=lo, hi=hi)
         return self.emit("zeros", (s,), (hi - lo,), "no adjoint flows back here")
 
@@ -380,8 +388,8 @@ class _Builder:
             self.target = a
             c = rule(self, ins, g, j)
             if c is not None and self.batched(c) and not self.fwd[a][1]:
-                c = self.emit("bsum", (c,), self.fwd[a][0], f"sum over examples: d{a}",
-                              batched=False)
+                c = self.emit("bsum", (c,), self.fwd[a][0],
+                              f"d{display(a)}: the sum over steps and rows", batched=False)
             self.target = ""
             if c is not None:
                 self.contribute(a, c)
@@ -485,6 +493,126 @@ def autodiff(cell: Cell) -> CellGrad:
 
 def _ordered(names: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
+
+
+# ------------------------------------------------------------- math text
+
+
+_TEMP = re.compile(r"^t\d+$")
+
+
+def display(name: str) -> str:
+    """How a value reads in math text: ``h_next`` is ``h'``."""
+    return name[:-5] + "'" if name.endswith("_next") else name
+
+
+class IRMath:
+    """A cell's values as math text over its named values (temporaries inlined).
+
+    ``t3 = add(t1, t2)`` with ``t1 = matmul(W_f, x)`` reads ``W_f @ x + U_f @ h``; a
+    slice of a fused matmul that is exactly one weight's rows reads as that weight's
+    product again (``W_i @ x``).
+    """
+
+    def __init__(self, cell: Cell):
+        self.cell = cell
+        self.defs = {i.name: i for i in cell.instrs}
+        self.shapes = {p.name: p.shape for p in cell.params}
+        self.shapes.update({i.name: i.shape for i in cell.instrs})
+        self.primed = {v: f"{s}'" for s, v in cell.next_state if v in self.defs}
+
+    def name(self, name: str) -> str:
+        return self.primed.get(name) or display(name)
+
+    def expr(self, name: str, depth: int = 0) -> str:
+        ins = self.defs.get(name)
+        if ins is None or (depth and not _TEMP.match(name)):
+            return self.name(name)
+        if ins.op == "const":
+            return fmt_float(ins.attr("value")).removesuffix(".0")
+        a = [self.expr(x, depth + 1) for x in ins.args]
+        op = ins.op
+        if op in ("add", "sub"):
+            b = f"({a[1]})" if op == "sub" and _ops(a[1]) & {"+", "-"} else a[1]
+            return f"{a[0]} {'+' if op == 'add' else '-'} {b}"
+        if op in ("mul", "div"):
+            x = f"({a[0]})" if _ops(a[0]) & {"+", "-"} else a[0]
+            tight = {"+", "-"} if op == "mul" else {"+", "-", "*", "/", "@"}
+            y = f"({a[1]})" if _ops(a[1]) & tight else a[1]
+            return f"{x} {'*' if op == 'mul' else '/'} {y}"
+        if op == "neg":
+            return f"-({a[0]})" if _ops(a[0]) else f"-{a[0]}"
+        if op == "matmul":
+            return f"{a[0]} @ ({a[1]})" if _ops(a[1]) else f"{a[0]} @ {a[1]}"
+        if op == "act":
+            return f"{ins.attr('fn')}({a[0]})"
+        if op == "clip":
+            return f"clip({a[0]}, {fmt_float(ins.attr('lo'))}, {fmt_float(ins.attr('hi'))})"
+        if op in ("concat", "pconcat"):
+            return "[" + ("; " if op == "pconcat" else ", ").join(a) + "]"
+        if op == "expand":
+            return a[0]  # a (..., 1) value broadcast over the features
+        if op == "slice":
+            part = self.fused_part(ins)
+            return part if part else f"{a[0]}[{ins.attr('lo')}:{ins.attr('hi')}]"
+        return f"{op}({', '.join(a)})"
+
+    def eq(self, name: str) -> str:
+        """``f = sigmoid(...)`` for a named value, the bare expression for a temporary."""
+        if name not in self.defs or _TEMP.match(name):
+            return self.expr(name)
+        return f"{self.name(name)} = {self.expr(name)}"
+
+    def fused_part(self, ins: Instr) -> str | None:
+        """``W_i @ x`` for a slice of ``[W_f; W_i] @ x`` that is exactly W_i's rows."""
+        src = self.defs.get(ins.args[0])
+        if ins.op != "slice" or src is None or src.op != "matmul":
+            return None
+        w = self.defs.get(src.args[0])
+        if w is None or w.op != "pconcat":
+            return None
+        at = 0
+        for p in w.args:
+            n = self.shapes[p][0]
+            if (at, at + n) == (ins.attr("lo"), ins.attr("hi")):
+                return f"{display(p)} @ {display(src.args[1])}"
+            at += n
+        return None
+
+    def _fused_matmul(self, ins: Instr) -> bool:
+        """A product with a fused weight (made by gate fusion, read through its slices)."""
+        w = self.defs.get(ins.args[0]) if ins.op == "matmul" else None
+        return w is not None and w.op == "pconcat"
+
+    def equations(self) -> list[str]:
+        """Each named value and next state as an equation, temporaries inlined."""
+        out = []
+        nexts = {v: s for s, v in self.cell.next_state}
+        for ins in self.cell.instrs:
+            if ins.op in ("const", "pconcat") or _TEMP.match(ins.name) or ins.name in nexts:
+                continue
+            if self.fused_part(ins) or self._fused_matmul(ins):
+                continue
+            out.append(f"{display(ins.name)} = {self.expr(ins.name)}")
+        for s, v in self.cell.next_state:
+            out.append(f"{s}' = {self.expr(v) if v in self.defs else display(v)}")
+        if self.cell.output not in nexts:
+            out.append(f"output: {display(self.cell.output)}")
+        return out
+
+
+def _ops(text: str) -> set[str]:
+    """The binary operators at the top level of math text (outside brackets)."""
+    depth, out = 0, set()
+    for i, ch in enumerate(text):
+        if ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth -= 1
+        elif depth == 0 and ch in "+-*/@" and 0 < i < len(text) - 1 and text[i - 1] == " " \
+                and text[i + 1] == " ":
+            out.add(ch)
+    return out
 
 
 # ----------------------------------------------------------------- checks

@@ -1,0 +1,431 @@
+"""One test matrix for every registered backend, over a set of spec cases, in float64.
+
+For each backend and case:
+
+- ``test_agrees_with_numpy``: ``init_params``, ``forward`` (outputs and final state),
+  ``loss_and_grad`` (loss, every gradient including inputs and initial state, final
+  state) and, for the updater cases, two ``train_step`` calls (parameters, optimizer
+  state, metrics) equal the NumPy backend's to 1e-9 relative. The NumPy backend is the
+  reference; while it is not there these tests skip.
+- ``test_gradients_match_finite_differences``: the backend's gradients against central
+  differences of its own loss (cases without truncated BPTT, whose gradient is not the
+  loss gradient by design), along random directions, one per parameter tensor.
+
+The cases cover every library cell with option combinations (several cells share one
+model to keep the number of compilations down), stacks, both directions, merges,
+residual layers, the three input encodings, softmax and linear heads per step and at the
+last step, lengths, resets, truncated BPTT with k1 = k2 and k1 < k2, and every updater
+with schedules, clipping and L1/L2.
+"""
+
+import importlib.util
+import itertools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+# Small programs compile much faster without LLVM's expensive passes (numerics unchanged
+# at these tolerances); only takes effect if no XLA backend has started yet.
+os.environ.setdefault(
+    "XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+)
+
+try:
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+except ImportError:  # pragma: no cover
+    jax = None
+
+from rnnc.backends import backend_names, get_backend  # noqa: E402
+from rnnc.compiler import build  # noqa: E402
+from rnnc.ir.lower import Sizes  # noqa: E402
+from rnnc.spec import parse_spec  # noqa: E402
+
+
+ROOT = Path(__file__).resolve().parents[1]
+RTOL = 1e-9
+B, T = 3, 5
+
+
+@dataclass(frozen=True)
+class Case:
+    text: str
+    n_in: int
+    n_out: int
+    lengths: bool = False
+    resets: bool = False
+    train: bool = False  # compare train_step (the updater cases)
+    grads: bool = True  # compare forward / loss_and_grad
+
+    @property
+    def truncated(self) -> bool:
+        return "bptt" in self.text
+
+
+def model(
+    layers,
+    inp="onehot(vocab: 5)",
+    head="softmax(at: per_step, classes: 4)",
+    train="",
+    cells="",
+    extra="",
+):
+    body = "\n".join(f"  layer {layer}" for layer in layers)
+    out = f"{cells}model case {{\n  input {inp}\n{body}\n  head {head}\n{extra}}}\n"
+    if train:
+        out += "train {\n  data reber\n" + "".join(f"  {line}\n" for line in train) + "}\n"
+    return out
+
+
+MIX_CELL = """cell mix(x) {
+  state h, s[2]
+  param W_g init orthogonal
+  param V init xavier_normal
+  param P init normal(0.3)
+  param b_g init ones
+  g = sigmoid(W_g @ [x, h] + b_g)
+  q = softplus(V @ x) / (1 + exp(-h))
+  h' = tanh(g * h + (1 - g) * q)
+  s' = -s / 2 + identity(P @ h') + h[1:3]
+}
+"""
+
+DENSE = "dense(features: 3)"
+LAST = "softmax(at: last, classes: 4)"
+
+CASES = {
+    # cells and their options (several per model)
+    "elman_softsign+gru_before": Case(
+        model(["elman(hidden: 3, act: softsign)", 'gru(hidden: 3, reset: "before")']),
+        5,
+        4,
+        lengths=True,
+    ),
+    "gru+indrnn": Case(
+        model(["gru(hidden: 3)", "indrnn(hidden: 3, u_init: 0.5)"]), 5, 4, resets=True
+    ),
+    "jordan_units+linear_per_step": Case(
+        model(
+            ["jordan(hidden: 3, units: 4, out_act: sigmoid)"],
+            DENSE,
+            "linear(at: per_step, size: 2)",
+        ),
+        3,
+        2,
+    ),
+    "lstm_peepholes+mgu": Case(
+        model(["lstm(hidden: 3, peepholes: true, forget_bias: 0.5)", "mgu(hidden: 3)"]), 5, 4
+    ),
+    "lstm_variants": Case(
+        model(
+            [
+                "lstm(hidden: 3, coupled: true, cell_clip: 0.8, proj: 2)",
+                "lstm(hidden: 3, forget_gate: false, output_gate: false, gate_act: hard_sigmoid, "
+                "out_act: softsign)",
+                "lstm(hidden: 3, input_gate: false, cell_act: softsign)",
+            ]
+        ),
+        5,
+        4,
+        lengths=True,
+    ),
+    "custom_cell+linear_last": Case(
+        model(["mix(hidden: 3)"], DENSE, "linear(at: last, size: 2)", cells=MIX_CELL),
+        3,
+        2,
+        lengths=True,
+    ),
+    # structure
+    "stack+lengths+resets": Case(
+        model(["lstm(hidden: 3)", "gru(hidden: 3)"]), 5, 4, lengths=True, resets=True
+    ),
+    "bidirectional_concat+embedding": Case(
+        model(
+            ["gru(hidden: 3, direction: bidirectional)", "lstm(hidden: 3)"],
+            "embedding(vocab: 6, dim: 3)",
+        ),
+        6,
+        4,
+        lengths=True,
+    ),
+    "bidirectional_sum+residual+last": Case(
+        model(
+            ["elman(hidden: 3, direction: bidirectional, merge: sum, residual: true)"], DENSE, LAST
+        ),
+        3,
+        4,
+        lengths=True,
+    ),
+    "backward+last": Case(
+        model(["lstm(hidden: 3, direction: backward)"], head=LAST), 5, 4, lengths=True, resets=True
+    ),
+    "residual_stack": Case(
+        model(["elman(hidden: 5)", "mgu(hidden: 5)"], extra="  stack residual\n"), 5, 4
+    ),
+    # truncated BPTT
+    "bptt_k1=k2": Case(
+        model(["lstm(hidden: 3)", "elman(hidden: 3)"], train=["bptt k1 2 k2 2"]), 5, 4, lengths=True
+    ),
+    "bptt_k1<k2": Case(
+        model(["gru(hidden: 3)"], train=["bptt k1 2 k2 3"]), 5, 4, lengths=True, resets=True
+    ),
+    "bptt_k1<k2+last": Case(
+        model(["lstm(hidden: 3)"], head=LAST, train=["bptt k1 2 k2 4"]), 5, 4, lengths=True
+    ),
+}
+
+UPDATERS = {
+    "sgd": ["updater sgd(lr: 0.1)", "l1 0.01", "schedule step(factor: 0.5, every: 1)"],
+    "momentum": ["updater momentum(lr: 0.05, momentum: 0.8)", "clip value 0.05"],
+    "nesterov": [
+        "updater nesterov(lr: 0.05)",
+        "l2 0.01",
+        "schedule exponential(decay: 0.5, every: 1)",
+    ],
+    "adagrad": ["updater adagrad(lr: 0.1, initial_accumulator: 0.1)"],
+    "rmsprop": [
+        "updater rmsprop(lr: 0.01, decay: 0.95)",
+        "clip norm 0.1",
+        "schedule warmup_linear(warmup: 3)",
+    ],
+    "adam": [
+        "updater adam(lr: 0.01, b1: 0.8)",
+        "clip norm 0.5 value 0.1",
+        "l1 0.001",
+        "l2 0.01",
+        "schedule cosine(total: 4, warmup: 1, min_lr: 0.0001)",
+    ],
+    "nadam": ["updater nadam(lr: 0.01)", "bptt k1 2 k2 3"],
+}
+for _name, _lines in UPDATERS.items():
+    CASES[f"updater_{_name}"] = Case(
+        model(["elman(hidden: 3)"], train=_lines), 5, 4, lengths=True, train=True, grads=False
+    )
+
+
+# ----------------------------------------------------------------- plumbing
+
+_MODULES: dict[tuple[str, str], object] = {}
+_COUNTER = itertools.count()
+
+
+def backend_available(name):
+    if name == "numpy":
+        return (ROOT / "backends" / "numpy" / "__init__.py").exists()
+    if name == "jax":
+        return jax is not None
+    try:
+        get_backend(name)
+    except Exception:  # an entry-point backend that does not load
+        return False
+    return True
+
+
+def module(backend, case_id, tmp_dir):
+    key = (backend, case_id)
+    if key not in _MODULES:
+        case = CASES[case_id]
+        program = build(parse_spec(case.text, f"{case_id}.rnn"), Sizes(case.n_in, case.n_out))
+        source = get_backend(backend).emit(program)
+        name = f"rnnc_matrix_{backend}_{next(_COUNTER)}"
+        path = Path(tmp_dir) / f"{name}.py"
+        path.write_text(source)
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        _MODULES[key] = mod
+    return _MODULES[key]
+
+
+@pytest.fixture(scope="module")
+def tmp_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("matrix_modules")
+
+
+def data(mod, case_id):
+    """Inputs, targets, lengths and resets for a case (the same for every backend)."""
+    case = CASES[case_id]
+    rng = np.random.default_rng(list(CASES).index(case_id))
+    inp, head = mod.MODEL["input"], mod.MODEL["head"]
+    if inp["kind"] == "dense":
+        xs = rng.normal(size=(B, T, inp["size"]))
+    else:
+        xs = rng.integers(0, inp["vocab"], (B, T))
+    n = head["output_size"]
+    shape = (B, T) if head["at"] == "per_step" else (B,)
+    ys = rng.integers(0, n, shape) if head["kind"] == "softmax" else rng.normal(size=shape + (n,))
+    lengths = np.array([T, 2, T - 1])[:B] if case.lengths else None
+    resets = (rng.random((B, T)) < 0.3) if case.resets else None
+    return xs, ys, lengths, resets
+
+
+def as_np(tree):
+    if isinstance(tree, dict):
+        return {k: as_np(v) for k, v in tree.items()}
+    return np.asarray(tree, dtype=np.float64)
+
+
+def close(a, b, what, rtol=RTOL):
+    a, b = as_np(a), as_np(b)
+    assert a.shape == b.shape, f"{what}: shapes {a.shape} and {b.shape}"
+    scale = max(np.abs(b).max(initial=0.0), 1e-6)
+    err = np.abs(a - b).max(initial=0.0) / scale
+    assert err <= rtol, f"{what}: relative error {err:.3g} (max |ref| {scale:.3g})"
+
+
+def close_dicts(a, b, what):
+    assert sorted(a) == sorted(b), f"{what}: keys {sorted(a)} and {sorted(b)}"
+    for k in b:
+        close(a[k], b[k], f"{what}[{k}]")
+
+
+def run_all(mod, case_id):
+    """Everything a case compares, as NumPy float64 values."""
+    case = CASES[case_id]
+    params = mod.init_params(0, "float64")
+    xs, ys, lengths, resets = data(mod, case_id)
+    out = {"params": as_np(params)}
+    if case.grads:
+        state = {k: 0.3 * v for k, v in as_np(mod.initial_state(B, "float64")).items()}
+        rng = np.random.default_rng(11)
+        state = {k: v + rng.normal(scale=0.5, size=v.shape) for k, v in state.items()}
+        y, final = mod.forward(params, xs, state, lengths, resets)
+        out["forward"] = (as_np(y), as_np(final))
+        loss, grads, final = mod.loss_and_grad(
+            params, xs, ys, state, lengths, resets, wrt_inputs=True
+        )
+        out["loss_and_grad"] = (float(loss), as_np(grads), as_np(final))
+    if case.train:
+        opt = mod.init_opt_state(params)
+        steps = []
+        for _ in range(2):
+            params, opt, final, metrics = mod.train_step(params, opt, xs, ys, None, lengths, resets)
+            steps.append((as_np(params), as_np(opt), as_np(final), as_np(metrics)))
+        out["train_step"] = steps
+    return out
+
+
+BACKENDS = backend_names()
+
+
+# -------------------------------------------------------------------- tests
+
+
+@pytest.mark.parametrize("case_id", list(CASES))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_agrees_with_numpy(backend, case_id, tmp_dir):
+    if backend == "numpy":
+        pytest.skip("numpy is the reference backend")
+    if not backend_available("numpy"):
+        pytest.skip("the NumPy backend (backends/numpy/__init__.py) is not there yet")
+    if not backend_available(backend):
+        pytest.skip(f"backend {backend} is not available")
+    case = CASES[case_id]
+    got = run_all(module(backend, case_id, tmp_dir), case_id)
+    ref = run_all(module("numpy", case_id, tmp_dir), case_id)
+    close_dicts(got["params"], ref["params"], "init_params")
+    if case.grads:
+        close(got["forward"][0], ref["forward"][0], "forward outputs")
+        close_dicts(got["forward"][1], ref["forward"][1], "forward final state")
+        close(got["loss_and_grad"][0], ref["loss_and_grad"][0], "loss")
+        close_dicts(got["loss_and_grad"][1], ref["loss_and_grad"][1], "grads")
+        close_dicts(got["loss_and_grad"][2], ref["loss_and_grad"][2], "loss_and_grad state")
+    if case.train:
+        for i, (g, r) in enumerate(zip(got["train_step"], ref["train_step"], strict=True)):
+            close_dicts(g[0], r[0], f"params after train_step {i + 1}")
+            close_dicts(g[1], r[1], f"opt_state after train_step {i + 1}")
+            close_dicts(g[2], r[2], f"final state of train_step {i + 1}")
+            close_dicts(g[3], r[3], f"metrics of train_step {i + 1}")
+
+
+FD_CASES = [c for c, case in CASES.items() if case.grads and not case.truncated]
+
+
+@pytest.mark.parametrize("case_id", FD_CASES)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradients_match_finite_differences(backend, case_id, tmp_dir):
+    if not backend_available(backend):
+        pytest.skip(f"backend {backend} is not available")
+    mod = module(backend, case_id, tmp_dir)
+    params = as_np(mod.init_params(0, "float64"))
+    xs, ys, lengths, resets = data(mod, case_id)
+    rng = np.random.default_rng(12)
+    state = {
+        k: rng.normal(scale=0.5, size=v.shape)
+        for k, v in as_np(mod.initial_state(B, "float64")).items()
+    }
+
+    def loss(params, xs, state):
+        return float(mod.loss_and_grad(params, xs, ys, state, lengths, resets, wrt_inputs=True)[0])
+
+    _, grads, _ = mod.loss_and_grad(params, xs, ys, state, lengths, resets, wrt_inputs=True)
+    grads = as_np(grads)
+    eps = 1e-5
+    # one random direction per parameter tensor, per initial-state entry, and the inputs
+    targets = [("param", k) for k in params] + [("state", k) for k in state]
+    if mod.MODEL["input"]["kind"] == "dense":
+        targets.append(("xs", "xs"))
+    for kind, k in targets:
+        base = {"param": params, "state": state, "xs": {"xs": xs}}[kind]
+        d = rng.normal(size=np.shape(base[k]))
+
+        def at(sign, kind=kind, k=k, d=d, base=base):
+            moved = dict(base)
+            moved[k] = base[k] + sign * eps * d
+            p = moved if kind == "param" else params
+            s = moved if kind == "state" else state
+            x = moved["xs"] if kind == "xs" else xs
+            return loss(p, x, s)
+
+        fd = (at(1.0) - at(-1.0)) / (2 * eps)
+        key = {"param": k, "state": "state/" + k, "xs": "xs"}[kind]
+        an = float(np.sum(grads[key] * d))
+        # central differences: truncation ~eps^2, rounding ~1e-16 / eps
+        tol = 1e-6 * max(abs(fd), abs(an)) + 1e-9
+        assert abs(fd - an) <= tol, f"{key}: finite difference {fd!r}, gradient {an!r}"
+
+
+def repo_specs():
+    root = ROOT / "specs"
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.suffix in (".rnn", ".yaml", ".yml")
+        and "lib" not in p.relative_to(root).parts
+        and "data" not in p.parts
+    )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_generated_files_are_ruff_clean(backend, tmp_path):
+    """Every case and every spec in specs/: `ruff check` and `ruff format --check` pass."""
+    import shutil
+    import subprocess
+
+    from rnnc.compiler import compile_file
+
+    if not backend_available(backend):
+        pytest.skip(f"backend {backend} is not available")
+    ruff = shutil.which("ruff")
+    if ruff is None:
+        pytest.skip("ruff is not installed")
+    for case_id, case in CASES.items():
+        program = build(parse_spec(case.text, f"{case_id}.rnn"), Sizes(case.n_in, case.n_out))
+        name = "case_" + "".join(c if c.isalnum() else "_" for c in case_id)
+        (tmp_path / f"{name}.py").write_text(get_backend(backend).emit(program))
+    for i, path in enumerate(repo_specs()):
+        source = compile_file(
+            path.relative_to(ROOT) if path.is_relative_to(ROOT) else path, backend
+        )
+        (tmp_path / f"spec_{i}_{path.stem}.py").write_text(source)
+    cfg = ["--config", str(ROOT / "pyproject.toml")]
+    for cmd in (["check", "--no-cache"], ["format", "--check", "--no-cache"]):
+        r = subprocess.run(
+            [ruff, *cmd, *cfg, str(tmp_path)], capture_output=True, text=True, cwd=ROOT
+        )
+        assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
