@@ -429,3 +429,61 @@ def test_generated_files_are_ruff_clean(backend, tmp_path):
             [ruff, *cmd, *cfg, str(tmp_path)], capture_output=True, text=True, cwd=ROOT
         )
         assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+
+
+# --------------------------------------------------- every spec in specs/
+
+
+def _load(source: str, tmp_dir: Path, stem: str):
+    name = f"rnnc_spec_{stem}_{next(_COUNTER)}"
+    path = Path(tmp_dir) / f"{name}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _spec_outputs(mod, seed: int):
+    """forward, loss_and_grad and one train_step on small random data (B=2, T=7)."""
+    rng = np.random.default_rng(seed)
+    inp, head = mod.MODEL["input"], mod.MODEL["head"]
+    b, t = 2, 7
+    if inp["kind"] == "dense":
+        xs = rng.normal(size=(b, t, inp["size"]))
+    else:
+        xs = rng.integers(0, inp["vocab"], (b, t))
+    n = head["output_size"]
+    shape = (b, t) if head["at"] == "per_step" else (b,)
+    ys = rng.integers(0, n, shape) if head["kind"] == "softmax" else rng.normal(size=shape + (n,))
+    params = mod.init_params(0, "float64")
+    y, final = mod.forward(params, xs)
+    loss, grads, gfinal = mod.loss_and_grad(params, xs, ys)
+    opt = mod.init_opt_state(params)
+    new, opt, _, metrics = mod.train_step(params, opt, xs, ys)
+    return {"forward": (as_np(y), as_np(final)), "loss": float(loss), "grads": as_np(grads),
+            "final": as_np(gfinal), "train_step": (as_np(new), as_np(opt), as_np(metrics))}
+
+
+@pytest.mark.parametrize("path", repo_specs(), ids=lambda p: str(p.relative_to(ROOT / "specs")))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_repo_spec_agrees_with_numpy(backend, path, tmp_dir):
+    """Every spec in specs/ (its own sizes, windows, updater, clipping, l1/l2): the backend's
+    forward, loss, gradients and one train_step equal the NumPy backend's in float64."""
+    if backend == "numpy":
+        pytest.skip("numpy is the reference backend")
+    if not backend_available(backend):
+        pytest.skip(f"backend {backend} is not available")
+    from rnnc.spec import load_spec
+
+    program = build(load_spec(path), base_dir=path.parent)
+    got = _spec_outputs(_load(get_backend(backend).emit(program), tmp_dir, path.stem), 1)
+    ref = _spec_outputs(_load(get_backend("numpy").emit(program), tmp_dir, path.stem), 1)
+    close(got["forward"][0], ref["forward"][0], "forward outputs")
+    close_dicts(got["forward"][1], ref["forward"][1], "forward final state")
+    close(got["loss"], ref["loss"], "loss")
+    close_dicts(got["grads"], ref["grads"], "grads")
+    close_dicts(got["final"], ref["final"], "loss_and_grad final state")
+    for a, r, what in zip(got["train_step"], ref["train_step"], ("params", "opt", "metrics"),
+                          strict=True):
+        close_dicts(a, r, f"train_step {what}")

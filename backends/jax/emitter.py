@@ -21,18 +21,15 @@ import shlex
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 
 from rnnc.errors import BackendError
-from rnnc.ir.nodes import Cell, Instr, Layer, Model, Param, Program, TrainPlan
+from rnnc.ir.nodes import Cell, Instr, Layer, Model, Param, Program
 from rnnc.ir.ops import ACT_FORWARD, RUNTIME_HELPERS, render
 
-from .pyfmt import WIDTH, Seq, assign, call, clean, comment, doc_text, literal, pystr
+from ..common import ModuleEmitterBase, plain
+from ..pyfmt import WIDTH, Seq, call, clean, comment, doc_text, literal, py_str
 
-
-RUNTIME_MARKER = "# --- rnnc runtime begins ---"
-SECTION = re.compile(r"^# --- section: (\w+) ---$", re.M)
 
 # Activations with a better JAX primitive than the shared formula (same values; relu's
 # gradient at 0 is 0 like the NumPy backend's, where jnp.maximum would give 0.5).
@@ -72,26 +69,6 @@ def _version() -> str:
 
 def _ident(s: str) -> str:
     return re.sub(r"\W", "_", s)
-
-
-# ------------------------------------------------------------------ the template
-
-
-def template_sections() -> dict[str, str]:
-    """The sections of ``template.py`` by name (code only, without the marker lines)."""
-    text = resources.files(__package__).joinpath("template.py").read_text(encoding="utf-8")
-    parts = SECTION.split(text)
-    out = {}
-    for name, body in zip(parts[1::2], parts[2::2], strict=True):
-        out[name] = body.strip("\n") + "\n"
-    return out
-
-
-def runtime_optim_source() -> str:
-    """The update runtime, from its marker line on, verbatim."""
-    text = resources.files(__package__).joinpath("runtime_optim.py").read_text(encoding="utf-8")
-    at = text.index(RUNTIME_MARKER)
-    return text[at:].strip("\n") + "\n"
 
 
 # ------------------------------------------------------------------------- cells
@@ -167,12 +144,12 @@ class _CellEmitter:
     # -- names as seen from inside each function
     def ref(self, name: str, where: str) -> str:
         if name in self.params:
-            return f"p[{pystr(name)}]"
+            return f"p[{py_str(name)}]"
         sec = self.section.get(name)
         if sec == "invariant" and where != "invariant":
-            return f"inv[{pystr(name)}]"
+            return f"inv[{py_str(name)}]"
         if sec == "hoisted" and where == "body":
-            return f"hx[{pystr(name)}]"
+            return f"hx[{py_str(name)}]"
         return self.local[name]
 
     def _instr_lines(self, ins: Instr, where: str) -> list[str]:
@@ -184,13 +161,13 @@ class _CellEmitter:
         if ins.op in ("concat", "pconcat"):
             axis = "-1" if ins.op == "concat" else "0"
             args = [Seq([names(a) for a in ins.args]), f"axis={axis}"]
-            code = call(4, f"{target} = jnp.concatenate", args)
+            code = "\n".join(call(f"{target} = jnp.concatenate", args, "    "))
         else:
             code = f"    {target} = {render(ins, 'jnp', names, OVERRIDES)}"
         if "\n" not in code and len(code) > WIDTH:
             raise BackendError(f"line too long in the JAX module for %{ins.name}", ins.span)
         if "\n" not in code:
-            note = comment(ins.comment, WIDTH - len(code) - 2)
+            note = comment(ins.comment, width=WIDTH - len(code) - 2)
             shown = clean(ins.comment).strip()
             if note and shown not in (ins.name, code.split(" = ", 1)[1]):
                 code += "  " + note
@@ -236,7 +213,7 @@ class _CellEmitter:
             for ins in inv_live:
                 lines += self._instr_lines(ins, "invariant")
             needed = self._used_by(hx_live + body_live, inv_names, ends)
-            lines.append(self._dict_return([f"{pystr(n)}: {self.local[n]}" for n in needed]))
+            lines.append(self._dict_return([f"{py_str(n)}: {self.local[n]}" for n in needed]))
             code.functions.append("\n".join(lines))
             code.entry["invariant"] = f"{self.fname}_invariant"
         else:
@@ -251,7 +228,7 @@ class _CellEmitter:
             for ins in hx_live:
                 lines += self._instr_lines(ins, "hoisted")
             needed = self._used_by(body_live, hx_names, ends)
-            lines.append(self._dict_return([f"{pystr(n)}: {self.local[n]}" for n in needed]))
+            lines.append(self._dict_return([f"{py_str(n)}: {self.local[n]}" for n in needed]))
             code.functions.append("\n".join(lines))
             code.entry["hoisted"] = f"{self.fname}_hoisted"
         else:
@@ -275,8 +252,7 @@ class _CellEmitter:
         new_t = "(" + ", ".join(new) + ("," if len(new) == 1 else "") + ")"
         ret = f"    return {self.ref(cell.output, 'body')}, {new_t}"
         if len(ret) > WIDTH:
-            ret = call(4, "return ", [self.ref(cell.output, "body"), Seq(new)])
-            ret = ret.replace("return (", "return (", 1)
+            ret = "\n".join(call("return ", [self.ref(cell.output, "body"), Seq(new)], "    "))
         lines.append(ret)
         code.functions.append("\n".join(lines))
         code.entry["step"] = f"{self.fname}_step"
@@ -289,89 +265,6 @@ class _CellEmitter:
 
 
 # ----------------------------------------------------------------------- module
-
-
-def _param_fans(p: Param) -> tuple[int, int]:
-    if p.fan is not None:
-        return p.fan
-    if len(p.shape) >= 2:
-        return p.shape[1], p.shape[0]
-    n = p.shape[0] if p.shape else 1
-    return n, n
-
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, tuple):
-        return [_plain(x) for x in v]
-    if isinstance(v, dict):
-        return {k: _plain(x) for k, x in v.items()}
-    return v
-
-
-def model_summary(model: Model) -> dict[str, Any]:
-    enc = model.input
-    return {
-        "name": model.name,
-        "input": {
-            "kind": enc.kind,
-            "vocab": enc.vocab,
-            "size": enc.size,
-            "normalize": enc.normalize,
-        },
-        "layers": [
-            {
-                "name": layer.name,
-                "cell": layer.cell.name,
-                "input_size": layer.input_size,
-                "hidden": layer.cell.output_size,
-                "output_size": layer.output_size,
-                "states": {s.name: s.size for s in layer.cell.states},
-                "directions": list(layer.directions),
-                "merge": layer.merge,
-                "residual": layer.residual,
-                "dropout": layer.dropout,
-            }
-            for layer in model.layers
-        ],
-        "head": {
-            "kind": model.head.kind,
-            "at": model.head.at,
-            "input_size": model.head.input_size,
-            "output_size": model.head.output_size,
-        },
-        "stack": model.stack,
-        "dropout": {"input": model.input_dropout, "output": model.output_dropout},
-        "param_count": model.param_count,
-    }
-
-
-def train_summary(plan: TrainPlan | None) -> dict[str, Any] | None:
-    if plan is None:
-        return None
-    name, opts = plan.data
-    up, up_opts = plan.updater
-    return {
-        "data": {"name": name, **{k: _plain(v) for k, v in opts}},
-        "bptt": None if plan.k1 is None else {"k1": plan.k1, "k2": plan.k2},
-        "updater": {"name": up, **dict(up_opts)},
-        "schedule": None
-        if plan.schedule is None
-        else {"name": plan.schedule[0], **dict(plan.schedule[1])},
-        "clip": {"norm": plan.clip_norm, "value": plan.clip_value},
-        "l1": plan.l1,
-        "l2": plan.l2,
-        "epochs": plan.epochs,
-        "batch": plan.batch,
-        "early_stop": None
-        if plan.early_stop is None
-        else {"metric": plan.early_stop[0], "patience": plan.early_stop[1]},
-        "seed": plan.seed,
-        "reset": plan.reset,
-        "dtype": plan.dtype,
-        "sample_every": plan.sample_every,
-        "sample_length": plan.sample_length,
-        "checkpoint_every": plan.checkpoint_every,
-    }
 
 
 def _describe(model: Model) -> str:
@@ -391,15 +284,18 @@ def _describe(model: Model) -> str:
     return " -> ".join(parts)
 
 
-class ModuleEmitter:
+class ModuleEmitter(ModuleEmitterBase):
     """Writes the module for one program; `unroll` is lax.scan's unroll factor."""
 
+    package = __package__
+    summary_details = True
+    clip_only_set = True
+
     def __init__(self, program: Program, unroll: int | None = None):
-        self.program = program
+        super().__init__(program)
         self.unroll = dict(UNROLL) if unroll is None else {k: int(unroll) for k in UNROLL}
-        self.model = program.model
         self.plan = program.train
-        self.sections = template_sections()
+        self.sections = self.template_sections()
         model = self.model
         # a layer that runs backward in time needs the whole sequence: no step()
         self.backward = any("bwd" in layer.directions for layer in model.layers)
@@ -414,6 +310,23 @@ class ModuleEmitter:
                 "remove `bptt` from the train block, or make the layers forward",
             )
         self.windows = self.k1 is not None
+
+    # -- the constants' data where it differs from the NumPy module's
+    def spec_data(self) -> Any:
+        return None if self.program.spec_data is None else plain(self.program.spec_data)
+
+    def param_fans(self, p: Param) -> tuple[int, int]:
+        """The spec's fans, else (in, out) of a matrix, else the size for both."""
+        if p.fan is not None:
+            return p.fan
+        if len(p.shape) >= 2:
+            return p.shape[1], p.shape[0]
+        n = p.shape[0] if p.shape else 1
+        return n, n
+
+    def data_summary(self) -> dict[str, Any]:
+        name, opts = self.plan.data
+        return {"name": name, **{k: plain(v) for k, v in opts}}
 
     # -- pieces
     def header(self) -> str:
@@ -457,25 +370,19 @@ class ModuleEmitter:
         return "\n".join(lines)
 
     def constants(self) -> str:
-        model, plan = self.model, self.plan
-        params = model.params
-        shapes = {p.name: tuple(p.shape) for p in params}
-        inits = {
-            p.name: (p.init[0], tuple(float(a) for a in p.init[1])) + _param_fans(p) for p in params
-        }
-        states = {v.name: (v.size,) for v in model.state_vars}
+        model = self.model
         out = [
             "# The normalised spec, as plain data.",
-            assign("SPEC", _plain(self.program.spec_data)),
-            f"SPEC_SHA256 = {pystr(self.program.spec_hash)}",
+            assign("SPEC", self.spec_data()),
+            f"SPEC_SHA256 = {py_str(self.program.spec_hash)}",
             "# Parameter shapes, in the order init_params draws them.",
-            assign("PARAM_SHAPES", shapes),
+            assign("PARAM_SHAPES", self.param_shapes()),
             "# name: (initialiser, arguments, fan_in, fan_out)",
-            assign("PARAM_INITS", inits),
+            assign("PARAM_INITS", self.param_inits()),
             "# State sizes (without the batch axis).",
-            assign("STATE_SHAPES", states),
-            assign("MODEL", model_summary(model)),
-            assign("TRAIN", train_summary(plan)),
+            assign("STATE_SHAPES", self.state_shapes()),
+            assign("MODEL", self.model_summary()),
+            assign("TRAIN", self.train_summary()),
         ]
         drop: dict[str, tuple[float, int]] = {}
         if model.input_dropout > 0:
@@ -485,25 +392,6 @@ class ModuleEmitter:
                 drop[layer.name] = (layer.dropout, layer.output_size)
         if model.output_dropout > 0:
             drop["output"] = (model.output_dropout, model.layers[-1].output_size)
-        if plan is None:
-            updater: dict[str, Any] = {"name": "adam"}
-            schedule = None
-            clip = None
-            l1 = l2 = 0.0
-        else:
-            updater = {"name": plan.updater[0], **dict(plan.updater[1])}
-            schedule = (
-                None
-                if plan.schedule is None
-                else {"name": plan.schedule[0], **dict(plan.schedule[1])}
-            )
-            clip = {}
-            if plan.clip_value is not None:
-                clip["value"] = plan.clip_value
-            if plan.clip_norm is not None:
-                clip["norm"] = plan.clip_norm
-            clip = clip or None
-            l1, l2 = plan.l1, plan.l2
         out += [
             "",
             "# Width of the encoded input vectors.",
@@ -521,11 +409,11 @@ class ModuleEmitter:
             ]
         out += [
             "# The updater, learning-rate schedule, clipping and L1/L2 of train_step.",
-            assign("UPDATER", updater),
-            assign("SCHEDULE", schedule),
-            assign("CLIP", clip),
-            f"L1 = {l1!r}",
-            f"L2 = {l2!r}",
+            assign("UPDATER", self.updater()),
+            assign("SCHEDULE", self.schedule()),
+            assign("CLIP", self.clip()),
+            f"L1 = {self.l1_l2()[0]!r}",
+            f"L2 = {self.l1_l2()[1]!r}",
         ]
         return "\n".join(out)
 
@@ -547,15 +435,11 @@ class ModuleEmitter:
         ]
         for layer in self.model.layers:
             e = entries[layer.name]
-            table.append(f"    {pystr(layer.name)}: {{")
-            table.append(
-                "        " + literal_line("params", tuple(p.name for p in layer.cell.params), 8)
-            )
-            table.append(
-                "        " + literal_line("states", tuple(s.name for s in layer.cell.states), 8)
-            )
+            table.append(f"    {py_str(layer.name)}: {{")
+            for key, names in (("params", layer.cell.params), ("states", layer.cell.states)):
+                table += literal(tuple(v.name for v in names), f"{py_str(key)}: ", ",", " " * 8)
             for key in ("invariant", "hoisted", "step", "reads_x"):
-                table.append(f"        {pystr(key)}: {e[key]},")
+                table.append(f"        {py_str(key)}: {e[key]},")
             table.append("    },")
         table.append("}")
         return functions, "\n".join(table)
@@ -601,12 +485,12 @@ class ModuleEmitter:
             '    x = _dropout(x, drop, "input")',
         ]
         for layer in self.model.layers:
-            name = pystr(layer.name)
-            lines.append("    " + comment(self._layer_note(layer), WIDTH - 4))
+            name = py_str(layer.name)
+            lines.append(comment(self._layer_note(layer), "    "))
             if layer.bidirectional:
-                lines.append(call(4, "y_fwd = run", [name, pystr(layer.prefix("fwd")), "x"]))
+                lines.append(_call("y_fwd = run", [name, py_str(layer.prefix("fwd")), "x"]))
                 lines.append(
-                    call(4, "y_bwd = run", [name, pystr(layer.prefix("bwd")), "x", "reverse=True"])
+                    _call("y_bwd = run", [name, py_str(layer.prefix("bwd")), "x", "reverse=True"])
                 )
                 if layer.merge == "concat":
                     lines.append("    y = jnp.concatenate([y_fwd, y_bwd], axis=-1)")
@@ -615,10 +499,9 @@ class ModuleEmitter:
             else:
                 reverse = ["reverse=True"] if layer.directions == ("bwd",) else []
                 lines.append(
-                    call(
-                        4,
+                    _call(
                         "y = run",
-                        [name, pystr(layer.prefix(layer.directions[0])), "x"] + reverse,
+                        [name, py_str(layer.prefix(layer.directions[0])), "x"] + reverse,
                     )
                 )
             if layer.residual:
@@ -647,15 +530,14 @@ class ModuleEmitter:
             "    new = {}",
         ]
         for layer in self.model.layers:
-            lines.append("    " + comment(self._layer_note(layer), WIDTH - 4))
+            lines.append(comment(self._layer_note(layer), "    "))
             lines.append(
-                call(
-                    4,
+                _call(
                     "y, s = _step_direction",
                     [
-                        f"CELLS[{pystr(layer.name)}]",
+                        f"CELLS[{py_str(layer.name)}]",
                         "params",
-                        pystr(layer.prefix(layer.directions[0])),
+                        py_str(layer.prefix(layer.directions[0])),
                         "x",
                         "state",
                     ],
@@ -750,7 +632,7 @@ class ModuleEmitter:
             "from jax.sharding import Mesh, NamedSharding, PartitionSpec\n\n"
         )
         blocks.append(self.constants())
-        blocks.append(runtime_optim_source() + "\n\n_runtime_init_opt_state = init_opt_state")
+        blocks.append(self.runtime_source() + "\n\n\n_runtime_init_opt_state = init_opt_state")
         blocks.append("# " + "-" * 30 + " model " + "-" * 30)
         functions, table = self.cells()
         blocks.extend(functions)
@@ -780,9 +662,14 @@ class ModuleEmitter:
         return "\n\n\n".join(b.strip("\n") for b in blocks) + "\n"
 
 
-def literal_line(key: str, value: Any, indent: int) -> str:
-    k = f"{pystr(key)}: "
-    return k + literal(value, indent, len(k), 1) + ","
+def assign(name: str, v: Any) -> str:
+    """`name = <literal>` (one statement, possibly several lines)."""
+    return "\n".join(literal(v, f"{name} = "))
+
+
+def _call(head: str, args: Sequence[Any]) -> str:
+    """`head(args)` at indent 4, split the way ruff splits a long call."""
+    return "\n".join(call(head, args, "    "))
 
 
 def emit(program: Program, unroll: int | None = None) -> str:

@@ -32,7 +32,7 @@ from rnnc.ir.nodes import Cell, Instr
 from rnnc.ir.ops import ACT_FORWARD, ACT_GRAD, ACT_MATH, fmt_float, render
 from rnnc.ir.passes.autodiff import CellGrad, IRMath, autodiff, verify_grad
 
-from .pyfmt import INDENT, WIDTH, Namer, call, docstring, with_comment
+from ..pyfmt import INDENT, WIDTH, Namer, call, docstring, with_comment
 
 
 I1, I2, I3 = INDENT, INDENT * 2, INDENT * 3
@@ -71,7 +71,7 @@ STACK_OPS = dict(
 
 LOCALS = {
     "k", "t", "tape", "s", "e", "acc", "need_dx", "p", "xs", "T", "B", "ys", "state",
-    "keep", "valid", "reverse", "dys", "dtype", "dx", "np", "math",
+    "keep", "valid", "reverse", "dys", "dtype", "dx", "np", "math", "grads",
 }
 
 

@@ -21,44 +21,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from importlib import resources
-from typing import Any
 
 import rnnc
-from rnnc.errors import BackendError
 from rnnc.ir.nodes import Cell, Layer, Program
 from rnnc.ir.passes.autodiff import autodiff, verify_grad
 
+from ..common import ModuleEmitterBase
+from ..pyfmt import WIDTH, call, comment, docstring, literal, py_str, wrap
 from .cellgen import I1, I2, I3, CellCode
-from .pyfmt import WIDTH, call, comment, docstring, literal, py_str, wrap
-
-
-MARKER = "# --- rnnc runtime begins ---"
-SECTION = re.compile(r"^# --- section: (\w+) ---$", re.M)
-
-
-def _package_text(name: str) -> str:
-    return resources.files("rnnc.backends.numpy").joinpath(name).read_text(encoding="utf-8")
-
-
-def template_sections() -> dict[str, str]:
-    """The ``# --- section: NAME ---`` parts of template.py, by name."""
-    text = _package_text("template.py")
-    marks = list(SECTION.finditer(text))
-    out = {}
-    for m, nxt in zip(marks, marks[1:] + [None], strict=False):
-        body = text[m.end(): nxt.start() if nxt else len(text)]
-        out[m.group(1)] = body.strip("\n")
-    return out
-
-
-def runtime_source() -> str:
-    """The training-update runtime: runtime_optim.py after its marker line, verbatim."""
-    text = _package_text("runtime_optim.py")
-    at = text.find(MARKER)
-    if at < 0:
-        raise BackendError("backends/numpy/runtime_optim.py has no runtime marker", None)
-    return text[at:].strip("\n")
 
 
 @dataclass
@@ -109,13 +79,12 @@ def ruff_format(text: str) -> str:
     return done.stdout if done.returncode == 0 and done.stdout else text
 
 
-class NumpyEmitter:
+class NumpyEmitter(ModuleEmitterBase):
+    package = __package__
     format_long = True  # wrap over-long lines with ruff (see ruff_format)
 
     def __init__(self, program: Program):
-        self.program = program
-        self.model = program.model
-        self.train = program.train
+        super().__init__(program)
         self.cells: list[tuple[Cell, CellCode]] = []
         taken = {"forward", "step", "loss_and_grad", "train_step", "init_params",
                  "initial_state", "init_opt_state", "learning_rate", "clip_gradients",
@@ -151,7 +120,7 @@ class NumpyEmitter:
             ["import math", "", "import numpy as np"],
             self.constants(),
         ]
-        sections = template_sections()
+        sections = self.template_sections()
         parts.append(sections["init"].split("\n"))
         parts.append(sections["helpers"].split("\n"))
         for _, code in self.cells:
@@ -164,7 +133,7 @@ class NumpyEmitter:
         parts.append(self.forward_fn())
         parts.append(self.step_fn())
         parts.append(self.loss_and_grad_fn())
-        parts.append(runtime_source().split("\n"))
+        parts.append(self.runtime_source().split("\n"))
         parts.append(self.train_fns())
         out: list[str] = []
         for i, p in enumerate(parts):
@@ -244,10 +213,10 @@ class NumpyEmitter:
 
     # ------------------------------------------------------------- constants
     def constants(self) -> list[str]:
-        m, t = self.model, self.train
+        t = self.train
         out: list[str] = []
-        spec = self.program.spec_data if self.program.spec_data is not None else {}
-        out += literal(_plain(spec), "SPEC = ")
+        spec = self.spec_data()
+        out += literal(spec, "SPEC = ")
         out.append(f"SPEC_SHA256 = {py_str(self.program.spec_hash)}")
         dtype = "float32"
         if isinstance(spec, dict) and isinstance(spec.get("model"), dict):
@@ -255,72 +224,20 @@ class NumpyEmitter:
         if t is not None:
             dtype = t.dtype
         out.append(f"DTYPE = {py_str(dtype)}")
-        shapes = {p.name: tuple(p.shape) for p in m.params}
-        out += literal(shapes, "PARAM_SHAPES = ")
-        inits = {}
-        for p in m.params:
-            fan_in, fan_out = p.fan if p.fan is not None else (None, None)
-            inits[p.name] = (p.init[0], tuple(float(a) for a in p.init[1]), fan_in, fan_out)
-        out += literal(inits, "PARAM_INITS = ")
-        out += literal({v.name: (v.size,) for v in m.state_vars}, "STATE_SHAPES = ")
-        out += literal(self.model_data(), "MODEL = ")
-        out += literal(self.train_data(), "TRAIN = ")
+        out += literal(self.param_shapes(), "PARAM_SHAPES = ")
+        out += literal(self.param_inits(), "PARAM_INITS = ")
+        out += literal(self.state_shapes(), "STATE_SHAPES = ")
+        out += literal(self.model_summary(), "MODEL = ")
+        out += literal(self.train_summary(), "TRAIN = ")
         k1 = t.k1 if t is not None else None
         k2 = t.k2 if t is not None else None
         out.append(f"K1, K2 = {k1!r}, {k2!r}  # truncated BPTT (None: full BPTT)")
-        if t is not None:
-            updater = {"name": t.updater[0], **dict(t.updater[1])}
-            schedule = None if t.schedule is None else {"name": t.schedule[0],
-                                                       **dict(t.schedule[1])}
-            clip = {"value": t.clip_value, "norm": t.clip_norm}
-            l1, l2 = t.l1, t.l2
-        else:
-            updater, schedule, clip, l1, l2 = {"name": "adam"}, None, None, 0.0, 0.0
-        out += literal(updater, "UPDATER = ")
-        out += literal(schedule, "SCHEDULE = ")
-        out += literal(clip, "CLIP = ")
+        out += literal(self.updater(), "UPDATER = ")
+        out += literal(self.schedule(), "SCHEDULE = ")
+        out += literal(self.clip(), "CLIP = ")
+        l1, l2 = self.l1_l2()
         out.append(f"L1, L2 = {float(l1)!r}, {float(l2)!r}")
         return out
-
-    def model_data(self) -> dict:
-        m = self.model
-        layers = []
-        for la in m.layers:
-            layers.append({
-                "name": la.name, "cell": la.cell.name, "input_size": la.input_size,
-                "output_size": la.output_size,
-                "states": {v.name: v.size for v in la.cell.states},
-                "directions": list(la.directions), "merge": la.merge, "residual": la.residual,
-                "dropout": la.dropout,
-            })
-        return {
-            "name": m.name,
-            "input": {"kind": m.input.kind, "vocab": m.input.vocab, "size": m.input.size},
-            "layers": layers,
-            "head": {"kind": m.head.kind, "at": m.head.at, "input_size": m.head.input_size,
-                     "output_size": m.head.output_size},
-            "stack": m.stack,
-            "dropout": {"input": m.input_dropout, "output": m.output_dropout},
-        }
-
-    def train_data(self) -> dict | None:
-        t = self.train
-        if t is None:
-            return None
-        return {
-            "data": {"name": t.data[0], "options": _plain(dict(t.data[1]))},
-            "bptt": None if t.k1 is None else {"k1": t.k1, "k2": t.k2},
-            "updater": {"name": t.updater[0], **dict(t.updater[1])},
-            "schedule": None if t.schedule is None else {"name": t.schedule[0],
-                                                         **dict(t.schedule[1])},
-            "clip": {"norm": t.clip_norm, "value": t.clip_value},
-            "l1": t.l1, "l2": t.l2, "epochs": t.epochs, "batch": t.batch,
-            "early_stop": None if t.early_stop is None else {"metric": t.early_stop[0],
-                                                             "patience": t.early_stop[1]},
-            "seed": t.seed, "reset": t.reset, "dtype": t.dtype,
-            "sample_every": t.sample_every, "sample_length": t.sample_length,
-            "checkpoint_every": t.checkpoint_every,
-        }
 
     # ---------------------------------------------------------------- wiring
     def encode(self) -> list[str]:
@@ -607,17 +524,6 @@ class NumpyEmitter:
         out.append(f'{I1}metrics = {{"loss": loss, "grad_norm": grad_norm, "lr": lr}}')
         out.append(f"{I1}return params, opt_state, final, metrics")
         return out
-
-
-def _plain(obj: Any) -> Any:
-    """Spec data as plain literals: tuples become lists, dict keys strings."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_plain(v) for v in obj]
-    if obj is None or isinstance(obj, bool | int | float | str):
-        return obj
-    return str(obj)
 
 
 def emit(program: Program) -> str:

@@ -1,10 +1,22 @@
-"""Small helpers that print Python source the way ``ruff format`` would.
+"""Python source text that ``ruff format`` leaves as it is (line length 100), for every backend.
 
-Generated modules must be ``ruff format``-stable without running ruff at emit
-time, so everything that can be long (data literals, calls) goes through the
-black-style splitting below: one line when it fits in :data:`WIDTH` columns,
-otherwise the outermost bracket is opened and each item gets its own line with
-a trailing comma.
+Generated modules must be ``ruff format``-stable without running ruff at emit time,
+so the emitters build them from these helpers instead of running a formatter:
+
+- :func:`literal` writes plain data (dicts, lists, tuples, strings, numbers) on one
+  line when it fits in :data:`WIDTH` columns, else opens the outermost bracket and
+  gives each item its own line with a trailing comma (which ruff keeps exploded);
+  a long string becomes implicitly concatenated pieces in parentheses;
+- :func:`call` writes ``head(args)tail`` the way ruff splits a call that is too long
+  (:class:`Seq` arguments explode once more when their own line is too long);
+- :func:`with_comment` puts a trailing comment on a statement, trimmed or moved above;
+- :func:`clean`, :func:`one_line`, :func:`comment`, :func:`doc_text` and
+  :func:`docstring` make spec text safe inside comments and docstrings (no line
+  breaks or control characters, no closing quotes);
+- :class:`Namer` maps IR names to unique Python names.
+
+Every function returns source lines (``list[str]``); join them with ``"\\n"`` where
+one string is wanted.
 """
 
 from __future__ import annotations
@@ -12,12 +24,16 @@ from __future__ import annotations
 import builtins
 import keyword
 import math
+import unicodedata
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 
 WIDTH = 100
 INDENT = "    "
+
+
+# ------------------------------------------------------------------ literals
 
 
 def py_str(s: str) -> str:
@@ -29,10 +45,11 @@ def py_str(s: str) -> str:
 
 
 def py_float(v: float) -> str:
-    if math.isinf(v):
-        return "float('inf')" if v > 0 else "-float('inf')"
+    """A float literal; infinities and NaN as ``float("inf")`` / ``float("nan")``."""
     if math.isnan(v):
-        return "float('nan')"
+        return 'float("nan")'
+    if math.isinf(v):
+        return 'float("inf")' if v > 0 else '-float("inf")'
     return repr(float(v))
 
 
@@ -54,7 +71,21 @@ def inline(obj: Any) -> str:
         if len(obj) == 1:
             return f"({inline(obj[0])},)"
         return "(" + ", ".join(inline(v) for v in obj) + ")"
-    raise TypeError(f"cannot print {type(obj).__name__} as a literal")
+    raise TypeError(f"cannot print {type(obj).__name__} {obj!r} as a literal")
+
+
+def split_string(s: str, width: int) -> list[str]:
+    """Literals of consecutive pieces of ``s``, each at most ``width`` wide, broken after spaces."""
+    pieces: list[str] = []
+    rest = s
+    while rest:
+        cut = len(rest)
+        while len(py_str(rest[:cut])) > width and cut > 1:
+            space = rest.rfind(" ", 0, cut - 1)
+            cut = space + 1 if space > 0 else cut - 1
+        pieces.append(rest[:cut])
+        rest = rest[cut:]
+    return [py_str(p) for p in pieces]
 
 
 def literal(obj: Any, prefix: str = "", suffix: str = "", indent: str = "") -> list[str]:
@@ -62,41 +93,69 @@ def literal(obj: Any, prefix: str = "", suffix: str = "", indent: str = "") -> l
     one = indent + prefix + inline(obj) + suffix
     if len(one) <= WIDTH:
         return [one]
+    inner = indent + INDENT
+    if isinstance(obj, str):
+        pieces = split_string(obj, WIDTH - len(inner))
+        if len(pieces) == 1:
+            return [one]
+        return [indent + prefix + "("] + [inner + p for p in pieces] + [indent + ")" + suffix]
     if isinstance(obj, dict) and obj:
         items = [(inline(k) + ": ", v) for k, v in obj.items()]
         opener, closer = "{", "}"
     elif isinstance(obj, list | tuple) and obj:
         items = [("", v) for v in obj]
         opener, closer = ("[", "]") if isinstance(obj, list) else ("(", ")")
-    elif isinstance(obj, str) and len(obj) > 40:
-        # a long string: implicit concatenation of short pieces, in parentheses
-        pieces = [obj[i:i + 60] for i in range(0, len(obj), 60)]
-        return ([indent + prefix + "("] + [indent + INDENT + py_str(p) for p in pieces]
-                + [indent + ")" + suffix])
     else:
         return [one]
     lines = [indent + prefix + opener]
     for key, v in items:
-        lines += literal(v, key, ",", indent + INDENT)
+        lines += literal(v, key, ",", inner)
     lines.append(indent + closer + suffix)
     return lines
 
 
-def call(head: str, args: Sequence[str], indent: str = "", tail: str = "") -> list[str]:
-    """``<indent><head>(<args>)<tail>`` split black-style when it does not fit.
+# --------------------------------------------------------------------- calls
 
-    Leading spaces of ``head`` count as the indent.
+
+class Seq:
+    """A list display ``[a, b, ...]`` as a :func:`call` argument (explodes when too long)."""
+
+    def __init__(self, items: Sequence[str]):
+        self.items = list(items)
+
+    def __str__(self) -> str:
+        return "[" + ", ".join(self.items) + "]"
+
+
+def _arg_lines(arg: Any, indent: str) -> list[str]:
+    """One call argument on its own line(s) at ``indent``, ending in a comma."""
+    flat = f"{indent}{arg},"
+    if len(flat) <= WIDTH or not isinstance(arg, Seq):
+        return [flat]
+    return [f"{indent}["] + [f"{indent}{INDENT}{item}," for item in arg.items] + [f"{indent}],"]
+
+
+def call(head: str, args: Sequence[Any], indent: str = "", tail: str = "") -> list[str]:
+    """``<indent><head>(<args>)<tail>`` split the way ruff splits a call that does not fit.
+
+    ``head`` is everything up to the parenthesis (``"y = np.concatenate"``), ``tail``
+    what follows the closing one (``":"``, ``".T"``). Without ``indent``, leading
+    spaces of ``head`` are the indent.
     """
     if not indent:
         indent = head[: len(head) - len(head.lstrip(" "))]
         head = head.lstrip(" ")
-    one = f"{indent}{head}({', '.join(args)}){tail}"
+    joined = ", ".join(str(a) for a in args)
+    one = f"{indent}{head}({joined}){tail}"
     if len(one) <= WIDTH:
         return [one]
-    joined = indent + INDENT + ", ".join(args)
-    if len(joined) <= WIDTH:
-        return [f"{indent}{head}(", joined, f"{indent}){tail}"]
-    return [f"{indent}{head}("] + [f"{indent}{INDENT}{a}," for a in args] + [f"{indent}){tail}"]
+    middle = indent + INDENT + joined
+    if len(middle) <= WIDTH:
+        return [f"{indent}{head}(", middle, f"{indent}){tail}"]
+    lines = [f"{indent}{head}("]
+    for a in args:
+        lines += _arg_lines(a, indent + INDENT)
+    return lines + [f"{indent}){tail}"]
 
 
 def with_comment(code: str, comment: str, indent: str = "") -> list[str]:
@@ -104,16 +163,11 @@ def with_comment(code: str, comment: str, indent: str = "") -> list[str]:
     line = indent + code
     if not comment:
         return [line] if len(line) <= WIDTH else _split_assign(code, indent)
-    comment = " ".join(comment.split())
+    comment = one_line(comment)
     room = WIDTH - len(line) - 4
     if room >= 12:
-        if len(comment) > room:
-            comment = comment[: room - 3].rstrip() + "..."
-        return [f"{line}  # {comment}"]
-    room = WIDTH - len(indent) - 2
-    if len(comment) > room:
-        comment = comment[: room - 3].rstrip() + "..."
-    head = [f"{indent}# {comment}"]
+        return [f"{line}  # {shorten(comment, room)}"]
+    head = [f"{indent}# {shorten(comment, WIDTH - len(indent) - 2)}"]
     return head + ([line] if len(line) <= WIDTH else _split_assign(code, indent))
 
 
@@ -155,8 +209,48 @@ def _split_args(s: str) -> list[str]:
     return [a for a in out if a]
 
 
+# ------------------------------------------------- comments and docstrings
+
+
+def clean(text: Any) -> str:
+    """One line of printable text: line breaks and other control characters become spaces."""
+    out = []
+    for ch in str(text):
+        cat = unicodedata.category(ch)
+        out.append(" " if cat.startswith("C") or cat in ("Zl", "Zp") else ch)
+    return "".join(out)
+
+
+def one_line(text: Any) -> str:
+    """:func:`clean` text with each run of white space made one space, stripped."""
+    return " ".join(clean(text).split())
+
+
+def shorten(text: str, room: int) -> str:
+    """``text`` cut to ``room`` characters, ending in ``...`` when cut."""
+    return text if len(text) <= room else text[: room - 3].rstrip() + "..."
+
+
+def comment(text: Any, indent: str = "", width: int = WIDTH) -> str:
+    """``<indent># text`` on one line of at most ``width`` columns.
+
+    Empty when the text is empty or fewer than 8 columns are left after ``indent``.
+    """
+    text = one_line(text)
+    if width - len(indent) < 8 or not text:
+        return ""
+    return f"{indent}# {shorten(text, width - len(indent) - 2)}"
+
+
+def doc_text(text: Any) -> str:
+    """Spec text made safe on one line of a triple-quoted docstring."""
+    text = clean(text).replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
+    return text + " " if text.endswith('"') else text
+
+
 def docstring(text: str, indent: str = "") -> list[str]:
     """A triple-quoted docstring; lines are escaped and wrapped to fit the width."""
+    text = "\n".join(clean(line) for line in text.split("\n"))
     text = text.replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
     raw: list[str] = []
     for i, line in enumerate(text.strip("\n").split("\n")):
@@ -165,7 +259,7 @@ def docstring(text: str, indent: str = "") -> list[str]:
             raw.append(line)
             continue
         lead = line[: len(line) - len(line.lstrip(" "))]
-        raw += wrap(line, room, lead, lead + ("    " if lead else ""))
+        raw += wrap(line, room, lead, lead + (INDENT if lead else ""))
     if len(raw) == 1 and len(indent) + len(raw[0]) + 6 <= WIDTH and not raw[0].endswith('"'):
         return [f'{indent}"""{raw[0]}"""']
     lines = [f'{indent}"""{raw[0]}'] + [(indent + r).rstrip() if r else "" for r in raw[1:]]
@@ -173,21 +267,11 @@ def docstring(text: str, indent: str = "") -> list[str]:
     return lines
 
 
-def comment(text: str, indent: str = "") -> str:
-    """``# text`` on its own line, trimmed to the width."""
-    room = WIDTH - len(indent) - 2
-    text = " ".join(text.split())
-    if len(text) > room:
-        text = text[: room - 3].rstrip() + "..."
-    return f"{indent}# {text}"
-
-
 def wrap(text: str, width: int, first: str = "", rest: str = "") -> list[str]:
     """Greedy word wrap (words longer than the width stay whole)."""
-    words = text.split()
     lines: list[str] = []
     cur = first
-    for w in words:
+    for w in text.split():
         if cur.strip() and len(cur) + 1 + len(w) > width:
             lines.append(cur.rstrip())
             cur = rest + w
@@ -198,13 +282,14 @@ def wrap(text: str, width: int, first: str = "", rest: str = "") -> list[str]:
     return lines
 
 
-RESERVED = frozenset(dir(builtins)) | frozenset(keyword.kwlist) | {
-    "np", "math", "k", "t", "s", "e", "tape", "grads", "need_dx", "p", "xs", "acc",
-}
+# --------------------------------------------------------------------- names
+
+
+RESERVED = frozenset(dir(builtins)) | frozenset(keyword.kwlist)
 
 
 class Namer:
-    """Python names for IR names: unique, never a builtin, keyword or a reserved local."""
+    """Python names for IR names: unique, never a builtin, a keyword or a reserved local."""
 
     def __init__(self, reserved: Iterable[str] = ()):
         self.reserved = set(RESERVED) | set(reserved)

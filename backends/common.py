@@ -1,0 +1,173 @@
+"""What every backend's emitter shares: the pasted sources and the module's constants.
+
+:class:`ModuleEmitterBase` is the base of the built-in emitters. It reads the
+backend package's ``template.py`` (by ``# --- section: NAME ---``) and
+``runtime_optim.py`` (after its marker line, verbatim), and computes the plain data
+of the generated module's constants (``SPEC``, ``PARAM_SHAPES``, ``PARAM_INITS``,
+``STATE_SHAPES``, ``MODEL``, ``TRAIN``, ``UPDATER``, ``SCHEDULE``, ``CLIP``) that
+``docs/generated-module.md`` specifies. A backend sets ``package`` and overrides
+the capability flags and hooks below where its module differs; how the constants
+are printed (and everything else) is the backend's own.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from typing import Any
+
+from rnnc.errors import BackendError
+from rnnc.ir.nodes import Param, Program
+
+
+RUNTIME_MARKER = "# --- rnnc runtime begins ---"
+SECTION = re.compile(r"^# --- section: (\w+) ---$", re.M)
+
+
+def package_text(package: str, name: str) -> str:
+    return resources.files(package).joinpath(name).read_text(encoding="utf-8")
+
+
+def template_sections(package: str) -> dict[str, str]:
+    """The ``# --- section: NAME ---`` parts of ``package``'s template.py, by name."""
+    parts = SECTION.split(package_text(package, "template.py"))
+    return {name: body.strip("\n") for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+def runtime_source(package: str) -> str:
+    """The training-update runtime: ``package``'s runtime_optim.py after its marker, verbatim."""
+    text = package_text(package, "runtime_optim.py")
+    at = text.find(RUNTIME_MARKER)
+    if at < 0:
+        raise BackendError(f"{package}/runtime_optim.py has no runtime marker", None)
+    return text[at:].strip("\n")
+
+
+def plain(obj: Any) -> Any:
+    """Spec data as plain literals: tuples become lists, dict keys and other objects strings."""
+    if isinstance(obj, dict):
+        return {str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [plain(v) for v in obj]
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    return str(obj)
+
+
+class ModuleEmitterBase:
+    """The program, the pasted sources and the constants' data of one generated module."""
+
+    package: str = ""  # the backend package holding template.py and runtime_optim.py
+    # MODEL also lists input.normalize, each layer's hidden size and the parameter count
+    summary_details = False
+    # CLIP lists only the limits that are set (None when neither is)
+    clip_only_set = False
+
+    def __init__(self, program: Program):
+        self.program = program
+        self.model = program.model
+        self.train = program.train
+
+    # -- pasted sources
+    def template_sections(self) -> dict[str, str]:
+        return template_sections(self.package)
+
+    def runtime_source(self) -> str:
+        return runtime_source(self.package)
+
+    # -- constants
+    def spec_data(self) -> Any:
+        return plain(self.program.spec_data if self.program.spec_data is not None else {})
+
+    def param_fans(self, p: Param) -> tuple[Any, Any]:
+        """``(fan_in, fan_out)`` of PARAM_INITS (the spec's, else None)."""
+        return p.fan if p.fan is not None else (None, None)
+
+    def param_shapes(self) -> dict[str, tuple]:
+        return {p.name: tuple(p.shape) for p in self.model.params}
+
+    def param_inits(self) -> dict[str, tuple]:
+        """``{name: (initialiser, arguments, fan_in, fan_out)}``."""
+        return {p.name: (p.init[0], tuple(float(a) for a in p.init[1]), *self.param_fans(p))
+                for p in self.model.params}
+
+    def state_shapes(self) -> dict[str, tuple]:
+        return {v.name: (v.size,) for v in self.model.state_vars}
+
+    def model_summary(self) -> dict[str, Any]:
+        m, details = self.model, self.summary_details
+        enc = {"kind": m.input.kind, "vocab": m.input.vocab, "size": m.input.size}
+        if details:
+            enc["normalize"] = m.input.normalize
+        layers = []
+        for la in m.layers:
+            entry: dict[str, Any] = {"name": la.name, "cell": la.cell.name,
+                                     "input_size": la.input_size}
+            if details:
+                entry["hidden"] = la.cell.output_size
+            entry.update({
+                "output_size": la.output_size,
+                "states": {v.name: v.size for v in la.cell.states},
+                "directions": list(la.directions), "merge": la.merge, "residual": la.residual,
+                "dropout": la.dropout,
+            })
+            layers.append(entry)
+        out = {
+            "name": m.name,
+            "input": enc,
+            "layers": layers,
+            "head": {"kind": m.head.kind, "at": m.head.at, "input_size": m.head.input_size,
+                     "output_size": m.head.output_size},
+            "stack": m.stack,
+            "dropout": {"input": m.input_dropout, "output": m.output_dropout},
+        }
+        if details:
+            out["param_count"] = m.param_count
+        return out
+
+    def data_summary(self) -> dict[str, Any]:
+        """TRAIN's ``data`` entry."""
+        name, opts = self.train.data
+        return {"name": name, "options": plain(dict(opts))}
+
+    def train_summary(self) -> dict[str, Any] | None:
+        t = self.train
+        if t is None:
+            return None
+        return {
+            "data": self.data_summary(),
+            "bptt": None if t.k1 is None else {"k1": t.k1, "k2": t.k2},
+            "updater": self.updater(),
+            "schedule": self.schedule(),
+            "clip": {"norm": t.clip_norm, "value": t.clip_value},
+            "l1": t.l1, "l2": t.l2, "epochs": t.epochs, "batch": t.batch,
+            "early_stop": None if t.early_stop is None else {"metric": t.early_stop[0],
+                                                             "patience": t.early_stop[1]},
+            "seed": t.seed, "reset": t.reset, "dtype": t.dtype,
+            "sample_every": t.sample_every, "sample_length": t.sample_length,
+            "checkpoint_every": t.checkpoint_every,
+        }
+
+    def updater(self) -> dict[str, Any]:
+        """UPDATER: ``{"name": ..., **options}`` (adam without a train block)."""
+        t = self.train
+        return {"name": "adam"} if t is None else {"name": t.updater[0], **dict(t.updater[1])}
+
+    def schedule(self) -> dict[str, Any] | None:
+        t = self.train
+        if t is None or t.schedule is None:
+            return None
+        return {"name": t.schedule[0], **dict(t.schedule[1])}
+
+    def clip(self) -> dict[str, Any] | None:
+        t = self.train
+        if t is None:
+            return None
+        clip = {"value": t.clip_value, "norm": t.clip_norm}
+        if self.clip_only_set:
+            return {k: v for k, v in clip.items() if v is not None} or None
+        return clip
+
+    def l1_l2(self) -> tuple[float, float]:
+        t = self.train
+        return (0.0, 0.0) if t is None else (t.l1, t.l2)
