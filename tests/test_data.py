@@ -662,3 +662,22 @@ def test_evaluate_outputs_accuracy_on_copy():
     onehot = np.eye(ds.n_out)[ds.val.y]
     result = evaluate_outputs("accuracy", onehot, ds.val)
     assert result["accuracy"] == 1.0 and result["cross_entropy"] < 1e-6
+
+
+def test_zscore_inputs_uses_train_statistics_and_keeps_padding():
+    from rnnc.data.core import zscore_inputs
+
+    ds = build_dataset("adding", {"n": 200, "length": 12}, seed=3)
+    ds.train.lengths[:5] = 6  # some padded rows
+    ds.train.x[:5, 6:] = 0.0
+    z = zscore_inputs(ds)
+    x, lengths = z.train.x, z.train.lengths
+    valid = np.arange(x.shape[1])[None, :] < lengths[:, None]
+    np.testing.assert_allclose(x[valid].mean(axis=0), 0.0, atol=1e-12)
+    np.testing.assert_allclose(x[valid].std(axis=0), 1.0, atol=1e-12)
+    assert np.all(x[:5, 6:] == 0.0)
+    stats = z.info["input_normalization"]
+    mean, std = np.array(stats["mean"]), np.array(stats["std"])
+    np.testing.assert_allclose(z.test.x[:, 0], (ds.test.x[:, 0] - mean) / std)
+    tokens = build_dataset("reber", {"n": 20}, seed=0)
+    assert zscore_inputs(tokens) is tokens

@@ -541,3 +541,21 @@ def test_data_parallel_over_two_host_devices(tmp_path):
     assert len(runs["1"]) == 2 * 13 and len(runs["2"]) == 2 * 12  # the 8-row batch is dropped
     for a, b in zip(runs["1"][:12], runs["2"][:12], strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+
+
+def test_dense_zscore_input_is_applied_by_the_driver(tmp_path):
+    from rnnc.ir.lower import validate
+    from rnnc.spec import parse_spec
+    from rnnc.train.driver import build_data
+
+    text = ("model m {\n  input dense(features: auto, normalize: zscore)\n"
+            "  layer elman(hidden: 4)\n  head linear per_step\n}\n"
+            "train {\n  data sine(n: 60, length: 10)\n  epochs 1\n}\n")
+    spec = parse_spec(text, "z.rnn")
+    ds = build_data(spec, validate(spec)[1], tmp_path)
+    assert ds.info["input_normalization"]["method"] == "zscore"
+    assert abs(float(ds.train.x.mean())) < 1e-9
+    plain = build_data(parse_spec(text.replace(", normalize: zscore", ""), "p.rnn"),
+                       validate(spec)[1], tmp_path)
+    assert "input_normalization" not in plain.info
+    assert abs(float(plain.train.x.mean())) > 1e-6 or abs(float(plain.train.x.std()) - 1) > 1e-3

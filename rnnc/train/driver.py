@@ -39,6 +39,7 @@ import numpy as np
 from rnnc import __version__
 from rnnc.data import Batch, Dataset, build_dataset, evaluate_outputs, iterate_batches
 from rnnc.data import stream_windows as _stream_windows
+from rnnc.data.core import zscore_inputs
 from rnnc.errors import BackendError, RnncError, TrainError, did_you_mean
 from rnnc.ir.lower import Sizes, spec_hash, validate
 from rnnc.ir.nodes import Program
@@ -117,9 +118,14 @@ class Compiled:
 def build_data(spec: A.Spec, train_cfg: dict[str, Any], base_dir: Path) -> Dataset:
     name, opts = train_cfg["data"]
     try:
-        return build_dataset(name, opts, train_cfg["seed"], base_dir=base_dir)
+        dataset = build_dataset(name, opts, train_cfg["seed"], base_dir=base_dir)
     except RnncError as err:
         raise err.with_span(spec.train.key_span("data")) from None
+    model_cfg, _ = validate(spec)
+    kind, enc = model_cfg["input"]
+    if kind == "dense" and enc.get("normalize") == "zscore":
+        dataset = zscore_inputs(dataset)  # statistics from the train split only
+    return dataset
 
 
 def compile_for_training(spec: A.Spec, base_dir: Path, backend: str,
