@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rnnc.errors import BackendError
-from rnnc.ir.nodes import Cell, Instr, Layer, Model, Param, Program
+from rnnc.ir.nodes import Cell, Instr, Layer, Model, Param, Program, value_shape
 from rnnc.ir.ops import ACT_FORWARD, RUNTIME_HELPERS, render
 
 from ..common import ModuleEmitterBase, plain
@@ -152,8 +152,53 @@ class _CellEmitter:
             return f"hx[{py_str(name)}]"
         return self.local[name]
 
+    def _splits(self) -> dict[str, tuple[str, list[Instr]]]:
+        """Slices that tile a value exactly, keyed by the first of them: one jnp.split.
+
+        Gate fusion leaves ``h_proj[..., 0:H]``, ``h_proj[..., H:2H]``, ...; as one
+        ``jnp.split`` their gradient is one concatenation, where separate slices
+        transpose to a padded array each and their sum (measured 13% of an LSTM
+        training step on CPU).
+        """
+        by_operand: dict[str, list[Instr]] = {}
+        section_of: dict[str, str] = {}
+        for sec, instrs in (("invariant", self.invariant), ("hoisted", self.hoisted),
+                            ("body", self.body)):
+            for ins in instrs:
+                section_of[ins.name] = sec
+                if ins.op == "slice":
+                    by_operand.setdefault(ins.args[0], []).append(ins)
+        out: dict[str, tuple[str, list[Instr]]] = {}
+        for operand, slices in by_operand.items():
+            tiles = sorted(slices, key=lambda i: i.attr("lo"))
+            size = value_shape(self.cell, operand)[-1]
+            bounds = [(i.attr("lo"), i.attr("hi")) for i in tiles]
+            contiguous = all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))
+            if (len(tiles) < 2 or bounds[0][0] != 0 or bounds[-1][1] != size or not contiguous
+                    or len({section_of[i.name] for i in tiles}) != 1
+                    or not all(i.name in self.live for i in tiles)):
+                continue
+            first = min(tiles, key=lambda i: list(section_of).index(i.name))
+            out[first.name] = (operand, tiles)
+        return out
+
+    def _split_lines(self, ins: Instr, where: str) -> list[str] | None:
+        if ins.name in self.split_first:
+            operand, tiles = self.split_first[ins.name]
+            targets = ", ".join(self.local[i.name] for i in tiles)
+            cuts = ", ".join(str(i.attr("hi")) for i in tiles[:-1])
+            line = (f"    {targets} = jnp.split({self.ref(operand, where)}, [{cuts}], "
+                    "axis=-1)")
+            return [line] if len(line) <= WIDTH else None
+        if ins.name in self.split_rest:
+            return []
+        return None
+
     def _instr_lines(self, ins: Instr, where: str) -> list[str]:
         target = self.local[ins.name]
+        split = self._split_lines(ins, where)
+        if split is not None:
+            return split
 
         def names(a: str) -> str:
             return self.ref(a, where)
@@ -200,6 +245,17 @@ class _CellEmitter:
         inv_names = {i.name for i in self.invariant}
         hx_names = {i.name for i in self.hoisted}
         title = f"{layer.name} ({cell.name})"
+        self.split_first = self._splits()
+        self.split_rest = set()
+        where = {i.name: sec for sec, instrs in (("invariant", self.invariant),
+                                                 ("hoisted", self.hoisted), ("body", self.body))
+                 for i in instrs}
+        by_name = {i.name: i for i in self.invariant + self.hoisted + self.body}
+        for name, (_operand, tiles) in list(self.split_first.items()):
+            if self._split_lines(by_name[name], where[name]) is None:
+                del self.split_first[name]  # the line would be too long: keep the slices
+            else:
+                self.split_rest.update(i.name for i in tiles if i.name != name)
 
         inv_live = [i for i in self.invariant if i.name in self.live]
         hx_live = [i for i in self.hoisted if i.name in self.live]
