@@ -73,14 +73,12 @@ def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def write_atomic(path: Path, text: str | bytes) -> None:
     """Write a file via a temporary file and a rename: never a half-written file."""
-    from rnnc.errors import RnncError as _E
-
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as err:
-        raise _E(f"cannot write '{path}': {err.strerror}", None,
+        raise RnncError(f"cannot write '{path}': {err.strerror}", None,
                  "check that the folder exists and is writable") from None
     try:
         with os.fdopen(fd, "wb") as f:
