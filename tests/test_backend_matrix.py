@@ -231,15 +231,19 @@ def module(backend, case_id, tmp_dir):
     if key not in _MODULES:
         case = CASES[case_id]
         program = build(parse_spec(case.text, f"{case_id}.rnn"), Sizes(case.n_in, case.n_out))
-        source = get_backend(backend).emit(program)
-        name = f"rnnc_matrix_{backend}_{next(_COUNTER)}"
-        path = Path(tmp_dir) / f"{name}.py"
-        path.write_text(source)
-        spec = importlib.util.spec_from_file_location(name, path)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        _MODULES[key] = mod
+        _MODULES[key] = _load(get_backend(backend).emit(program), tmp_dir, backend)
     return _MODULES[key]
+
+
+def _load(source: str, tmp_dir: Path, stem: str):
+    """Write a generated module to tmp_dir and import it under a fresh name."""
+    name = f"rnnc_matrix_{stem}_{next(_COUNTER)}"
+    path = Path(tmp_dir) / f"{name}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 @pytest.fixture(scope="module")
@@ -247,18 +251,24 @@ def tmp_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("matrix_modules")
 
 
+def inputs_and_targets(mod, rng, b, t):
+    """Random inputs and targets of the shapes the module's input and head take."""
+    inp, head = mod.MODEL["input"], mod.MODEL["head"]
+    if inp["kind"] == "dense":
+        xs = rng.normal(size=(b, t, inp["size"]))
+    else:
+        xs = rng.integers(0, inp["vocab"], (b, t))
+    n = head["output_size"]
+    shape = (b, t) if head["at"] == "per_step" else (b,)
+    ys = rng.integers(0, n, shape) if head["kind"] == "softmax" else rng.normal(size=shape + (n,))
+    return xs, ys
+
+
 def data(mod, case_id):
     """Inputs, targets, lengths and resets for a case (the same for every backend)."""
     case = CASES[case_id]
     rng = np.random.default_rng(list(CASES).index(case_id))
-    inp, head = mod.MODEL["input"], mod.MODEL["head"]
-    if inp["kind"] == "dense":
-        xs = rng.normal(size=(B, T, inp["size"]))
-    else:
-        xs = rng.integers(0, inp["vocab"], (B, T))
-    n = head["output_size"]
-    shape = (B, T) if head["at"] == "per_step" else (B,)
-    ys = rng.integers(0, n, shape) if head["kind"] == "softmax" else rng.normal(size=shape + (n,))
+    xs, ys = inputs_and_targets(mod, rng, B, T)
     lengths = np.array([T, 2, T - 1])[:B] if case.lengths else None
     resets = (rng.random((B, T)) < 0.3) if case.resets else None
     return xs, ys, lengths, resets
@@ -433,28 +443,9 @@ def test_generated_files_are_ruff_clean(backend, tmp_path):
 # --------------------------------------------------- every spec in specs/
 
 
-def _load(source: str, tmp_dir: Path, stem: str):
-    name = f"rnnc_spec_{stem}_{next(_COUNTER)}"
-    path = Path(tmp_dir) / f"{name}.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def _spec_outputs(mod, seed: int):
     """forward, loss_and_grad and one train_step on small random data (B=2, T=7)."""
-    rng = np.random.default_rng(seed)
-    inp, head = mod.MODEL["input"], mod.MODEL["head"]
-    b, t = 2, 7
-    if inp["kind"] == "dense":
-        xs = rng.normal(size=(b, t, inp["size"]))
-    else:
-        xs = rng.integers(0, inp["vocab"], (b, t))
-    n = head["output_size"]
-    shape = (b, t) if head["at"] == "per_step" else (b,)
-    ys = rng.integers(0, n, shape) if head["kind"] == "softmax" else rng.normal(size=shape + (n,))
+    xs, ys = inputs_and_targets(mod, np.random.default_rng(seed), 2, 7)
     params = mod.init_params(0, "float64")
     y, final = mod.forward(params, xs)
     loss, grads, gfinal = mod.loss_and_grad(params, xs, ys)

@@ -283,12 +283,12 @@ class _CellLowerer:
 
     _pending_dims: list[tuple[str, int]]
 
-    def materialize(self, v: _Val, like: _Val, span: Span | None) -> str:
+    def materialize(self, v: _Val, span: Span | None) -> str:
         """A named value for a scalar constant (only needed where an op has no other name)."""
         if v.name is not None:
             return v.name
-        out = _Val(dims=like.dims, batched=False, text=repr(v.const))
-        return self.emit("const", (), replace(out, dims=()), span, value=float(v.const)).name
+        out = _Val(batched=False, text=repr(v.const))
+        return self.emit("const", (), out, span, value=float(v.const)).name
 
     # -- parameters
     def param(self, name: str, span: Span | None) -> _Val:
@@ -456,7 +456,7 @@ class _CellLowerer:
         vec = a if a.const is None else b
         batched = (a.const is None and a.batched) or (b.const is None and b.batched)
         out = _Val(dims=vec.dims, batched=batched, text=text)
-        names = (self.materialize(a, vec, e.span), self.materialize(b, vec, e.span))
+        names = (self.materialize(a, e.span), self.materialize(b, e.span))
         op = {"+": "add", "-": "sub", "*": "mul", "/": "div"}[e.op]
         return self.emit(op, names, out, e.span)
 
@@ -618,10 +618,9 @@ class _CellLowerer:
         for i in instrs:
             if any(s is None for s in i.shape):
                 raise ShapeError(f"cannot infer the size of '{i.comment}'", i.span)
-        used_inputs = [v for v in self.inputs]
         return Cell(
             name=self.cdef.name,
-            inputs=tuple(used_inputs),
+            inputs=tuple(self.inputs),
             states=tuple(self.states),
             params=tuple(params),
             invariant=(), hoisted=(), body=tuple(instrs),

@@ -46,53 +46,37 @@ def reassociate(cell: Cell) -> Cell:
     uses.update(v for _, v in cell.next_state)
     uses[cell.output] += 1
     defs = {ins.name: ins for ins in cell.instrs}
+    position = {name: k for k, name in enumerate(defs)}
 
-    def leaves(name: str, root: bool) -> list[str]:
+    def chain(name: str, root: bool, inner: list[str]) -> list[str]:
+        """The terms of the sum rooted at `name`; the single-use sums inside go to `inner`."""
         ins = defs.get(name)
         if ins is None or ins.op != "add" or (not root and uses[name] != 1) or not ins.batched:
             return [name]
-        return leaves(ins.args[0], False) + leaves(ins.args[1], False)
+        if not root:
+            inner.append(name)
+        return chain(ins.args[0], False, inner) + chain(ins.args[1], False, inner)
 
     def rebuild(section: tuple[Instr, ...]) -> list[Instr]:
         out: list[Instr] = []
-        absorbed: set[str] = set()
         for ins in section:
-            if ins.op != "add" or ins.name in absorbed:
+            if ins.op != "add":
                 out.append(ins)
                 continue
-            terms = leaves(ins.name, True)
+            inner: list[str] = []
+            terms = chain(ins.name, True, inner)
             order = sorted(range(len(terms)), key=lambda i: (level[terms[i]] == 2, i))
             if order == list(range(len(terms))) or len(terms) < 3:
                 out.append(ins)
                 continue
-            inner = _inner_sums(ins.name, defs, uses)
-            absorbed.update(inner)
+            # the inner sums were emitted before the root: drop them, rebuild the chain here
             out = [i for i in out if i.name not in inner]
-            names = [n for n in inner] + [ins.name]
+            names = sorted(inner, key=position.__getitem__) + [ins.name]
             acc = terms[order[0]]
-            for k, i in enumerate(order[1:]):
-                name = names[k]
+            for name, i in zip(names, order[1:], strict=True):
                 out.append(Instr(name, "add", (acc, terms[i]), ins.shape, True, (),
                                  ins.span, ins.comment))
                 acc = name
         return out
 
     return cell.with_sections(cell.invariant, rebuild(cell.hoisted), rebuild(cell.body))
-
-
-def _inner_sums(root: str, defs: dict[str, Instr], uses: Counter) -> list[str]:
-    """The single-use ``add`` instructions folded into ``root``'s chain, in definition order."""
-    found: list[str] = []
-
-    def walk(name: str, is_root: bool) -> None:
-        ins = defs.get(name)
-        if ins is None or ins.op != "add" or (not is_root and uses[name] != 1) or not ins.batched:
-            return
-        if not is_root:
-            found.append(name)
-        walk(ins.args[0], False)
-        walk(ins.args[1], False)
-
-    walk(root, True)
-    order = list(defs)
-    return sorted(found, key=order.index)
