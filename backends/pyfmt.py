@@ -178,9 +178,16 @@ def _split_assign(code: str, indent: str) -> list[str]:
     lhs = code[: eq + 3] if eq >= 0 else ""
     open_at = rhs.find("(")
     if open_at > 0 and rhs.endswith(")") and _matching(rhs, open_at) == len(rhs) - 1:
-        args = _split_args(rhs[open_at + 1: -1])
+        args = [_as_seq(a) for a in _split_args(rhs[open_at + 1: -1])]
         return call(lhs + rhs[:open_at], args, indent)
     return [indent + lhs + "(", indent + INDENT + rhs, indent + ")"]
+
+
+def _as_seq(arg: str) -> str | Seq:
+    """A list display argument as a :class:`Seq` (so that it explodes when too long)."""
+    if arg.startswith("[") and arg.endswith("]") and _matching(arg, 0) == len(arg) - 1:
+        return Seq(_split_args(arg[1:-1]))
+    return arg
 
 
 def _matching(s: str, at: int) -> int:

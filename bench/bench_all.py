@@ -13,7 +13,9 @@ softmax head on every step, full BPTT, Adam (lr 2e-3). Models:
 ``mgu512``         the minimal gated unit written as equations in the spec (a custom cell)
 =================  ==========================================================================
 
-Frameworks: ``rnnc-jax`` (generated JAX module, jitted ``train_step`` / ``forward``),
+Frameworks: ``rnnc-jax`` (generated JAX module, jitted ``train_step`` / ``forward``;
+each layer differentiated by its whole-sequence custom VJP), ``rnnc-jax-scan`` (the same
+module differentiated by JAX's autodiff through ``lax.scan``: what the VJP buys),
 ``rnnc-numpy`` (generated NumPy module), ``torch`` (``nn.LSTM``/``nn.GRU``, oneDNN on,
 ``torch.set_num_threads(cores)``), ``torch_loop`` (hand-written cell, Python loop), ``flax``
 (``nn.RNN`` over ``OptimizedLSTMCell``/``GRUCell``/custom cells). The builders and the
@@ -101,7 +103,7 @@ RNNC_MODELS: dict[str, tuple[ModelSpec, str, str]] = {
     "mgu512": (MODELS["mgu512"], MGU_CELL, "mgu_eq(hidden: 512)"),
 }
 
-ALL_FRAMEWORKS = ("rnnc-jax", "rnnc-numpy", "torch", "torch_loop", "flax")
+ALL_FRAMEWORKS = ("rnnc-jax", "rnnc-jax-scan", "rnnc-numpy", "torch", "torch_loop", "flax")
 
 
 def spec_text(name: str) -> str:
@@ -116,13 +118,18 @@ def spec_text(name: str) -> str:
 
 
 def emit(name: str, backend: str) -> str:
-    """Generated module source for a benchmark model with rnnc's backend."""
+    """Generated module source for a benchmark model with rnnc's backend ("jax-scan": the
+    JAX backend differentiating through lax.scan instead of its whole-sequence VJP)."""
     from rnnc.backends import get_backend
     from rnnc.compiler import build
     from rnnc.ir.lower import Sizes
     from rnnc.spec import parse_spec
 
     program = build(parse_spec(spec_text(name), f"bench_{name}.rnn"), Sizes(V, V))
+    if backend == "jax-scan":
+        from rnnc.backends.jax.emitter import emit as emit_jax
+
+        return emit_jax(program, vjp=False)
     return get_backend(backend).emit(program)
 
 
@@ -233,6 +240,10 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ratio(
         "rnnc-numpy / nn.LSTM train, lstm512", ("rnnc-numpy", "lstm512"), ("torch", "lstm512"), 0.6
     )
+    for m in RNNC_MODELS:  # not a target of the issue: what the custom VJP buys
+        ratio(
+            f"rnnc-jax VJP / autodiff through scan, {m}", ("rnnc-jax", m), ("rnnc-jax-scan", m), 1.0
+        )
     return out
 
 
@@ -322,12 +333,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         for fw in (["torch-ref"] if "torch" not in frameworks or ref != spec else []) + frameworks:
             t0 = time.perf_counter()
             try:
-                if fw in ("rnnc-jax", "rnnc-numpy"):
-                    backend = fw.split("-")[1]
-                    path = moddir / f"{name}_{backend}.py"
+                if fw in ("rnnc-jax", "rnnc-jax-scan", "rnnc-numpy"):
+                    backend = fw.split("-", 1)[1]
+                    path = moddir / f"{name}_{backend.replace('-', '_')}.py"
                     path.write_text(emit(name, backend))
-                    mod = load(path, f"bench_{name}_{backend}")
-                    if backend == "jax":
+                    mod = load(path, f"bench_{name}_{backend.replace('-', '_')}")
+                    if backend.startswith("jax"):
                         from bench_jax import make_rnnc_jax
 
                         steps = make_rnnc_jax(mod)

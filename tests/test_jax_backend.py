@@ -42,11 +42,11 @@ _COUNTER = itertools.count()
 _MODULES: dict[str, object] = {}
 
 
-def emit(text, n_in, n_out, name="case.rnn", disable=()):
-    from rnnc.backends.jax import JaxBackend
+def emit(text, n_in, n_out, name="case.rnn", disable=(), vjp=True):
+    from rnnc.backends.jax.emitter import emit as emit_jax
 
     program = build(parse_spec(text, name), Sizes(n_in, n_out), disable)
-    return JaxBackend().emit(program)
+    return emit_jax(program, vjp=vjp)
 
 
 def load(source, tmp_dir):
@@ -432,6 +432,59 @@ def test_sections_give_the_same_numbers(tmp_dir):
     close(a[0], b[0], what="loss")
     for k in params:
         close(a[1][k], b[1][k], what=k)
+
+
+VJP_CASES = {
+    # lengths and resets, two layers (the reset and padding rules of the backward scan)
+    "lstm_gru_lengths_resets": (tbptt_spec(3, 3).split("train")[0], True),
+    # both directions: the backward direction's VJP scans forward in time
+    "bidirectional_peephole": (
+        "model b {\n  input dense(features: 4)\n"
+        "  layer lstm(hidden: 3, peepholes: true, direction: bidirectional, merge: concat)\n"
+        "  head linear(at: last, size: 2)\n}\n",
+        False,
+    ),
+    # truncated BPTT: no adjoint crosses a window's start
+    "tbptt": (tbptt_spec(2, 2), False),
+    # a custom cell written as equations (MGU: the U_h matmul reads f * h)
+    "mgu": (
+        "model m {\n  input onehot(vocab: 4)\n  layer mgu(hidden: 3)\n"
+        "  head softmax(at: per_step, classes: 4)\n}\n",
+        False,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(VJP_CASES))
+def test_custom_vjp_matches_autodiff_through_scan(case, tmp_dir):
+    """The whole-sequence VJP (default) and JAX's autodiff through lax.scan agree on the
+    loss, the final state and every gradient (parameters, inputs, initial state)."""
+    text, masks = VJP_CASES[case]
+    onehot = "onehot" in text
+    n_out = 2 if "linear" in text else 4
+    vjp = load(emit(text, 4, n_out), tmp_dir)
+    scan = load(emit(text, 4, n_out, vjp=False), tmp_dir)
+    assert '"vjp": {' in vjp.__loader__.get_source(vjp.__name__)
+    assert '"vjp": {' not in scan.__loader__.get_source(scan.__name__)
+    rng = np.random.default_rng(8)
+    params = vjp.init_params(3, "float64")
+    B, T = 3, 7
+    xs = rng.integers(0, 4, (B, T)) if onehot else rng.normal(size=(B, T, 4))
+    ys = rng.integers(0, 4, (B, T)) if onehot else rng.normal(size=(B, 2))
+    state = {k: jnp.asarray(rng.normal(size=(B,) + v)) for k, v in vjp.STATE_SHAPES.items()}
+    kw = {}
+    if masks:
+        kw = dict(lengths=np.array([7, 3, 5]), resets=rng.random((B, T)) < 0.2)
+    a = vjp.loss_and_grad(params, xs, ys, state, wrt_inputs=True, **kw)
+    b = scan.loss_and_grad(params, xs, ys, state, wrt_inputs=True, **kw)
+    close(a[0], b[0], what="loss")
+    assert set(a[1]) == set(b[1])
+    for k in b[1]:
+        close(a[1][k], b[1][k], what=f"d/d {k}")
+    for k in b[2]:
+        close(a[2][k], b[2][k], what=f"final {k}")
+    assert len(vjp._VJP_SEQUENCES) == sum(len(c["vjp"]) > 0 for c in vjp.CELLS.values())
+    assert not scan._VJP_SEQUENCES
 
 
 def test_step_matches_forward(tmp_dir):

@@ -29,6 +29,8 @@ from rnnc.ir.ops import ACT_FORWARD, RUNTIME_HELPERS, render
 
 from ..common import ModuleEmitterBase, plain
 from ..pyfmt import WIDTH, Seq, call, clean, comment, doc_text, literal, py_str
+from .vjpgen import HELPERS as VJP_HELPERS
+from .vjpgen import VjpCellCode
 
 
 # Activations with a better JAX primitive than the shared formula (same values; relu's
@@ -341,14 +343,17 @@ def _describe(model: Model) -> str:
 
 
 class ModuleEmitter(ModuleEmitterBase):
-    """Writes the module for one program; `unroll` is lax.scan's unroll factor."""
+    """Writes the module for one program; `unroll` is lax.scan's unroll factor; with `vjp`
+    (the default) each layer is differentiated by its whole-sequence custom VJP
+    (:mod:`.vjpgen`), without it by JAX's autodiff through lax.scan."""
 
     package = __package__
     summary_details = True
     clip_only_set = True
 
-    def __init__(self, program: Program, unroll: int | None = None):
+    def __init__(self, program: Program, unroll: int | None = None, vjp: bool = True):
         super().__init__(program)
+        self.vjp = vjp
         self.unroll = dict(UNROLL) if unroll is None else {k: int(unroll) for k in UNROLL}
         self.plan = program.train
         self.sections = self.template_sections()
@@ -476,6 +481,7 @@ class ModuleEmitter(ModuleEmitterBase):
     def cells(self) -> tuple[list[str], str]:
         functions: list[str] = []
         entries: dict[str, dict[str, str]] = {}
+        vjps: dict[str, dict[str, Any]] = {}
         used: set[str] = set()
         for layer in self.model.layers:
             fname = _ident(f"{layer.name}_{layer.cell.name}")
@@ -485,6 +491,10 @@ class ModuleEmitter(ModuleEmitterBase):
             code = _CellEmitter(layer, fname).emit()
             functions.extend(code.functions)
             entries[layer.name] = code.entry
+            if self.vjp:
+                vjp = VjpCellCode(layer.cell, f"{fname}_vjp")
+                functions.extend("\n".join(vjp.source()).strip("\n").split("\n\n\n"))
+                vjps[layer.name] = vjp.entry()
         table = [
             "# Each layer's cell: its parameter and state names and its functions.",
             "CELLS = {",
@@ -496,6 +506,8 @@ class ModuleEmitter(ModuleEmitterBase):
                 table += literal(tuple(v.name for v in names), f"{py_str(key)}: ", ",", " " * 8)
             for key in ("invariant", "hoisted", "step", "reads_x"):
                 table.append(f"        {py_str(key)}: {e[key]},")
+            if layer.name in vjps:
+                table += _vjp_table(vjps[layer.name])
             table.append("    },")
         table.append("}")
         return functions, "\n".join(table)
@@ -698,8 +710,10 @@ class ModuleEmitter(ModuleEmitterBase):
         if not self.backward:
             blocks.append(self.layers_step())
         blocks.append(self.head())
-        if self.uses_backward_helpers():
+        if self.uses_backward_helpers() or self.vjp:
             blocks.append(RUNTIME_HELPERS.format(xp="jnp").strip("\n"))
+        if self.vjp:
+            blocks.append(VJP_HELPERS.strip("\n"))
         blocks.append("# " + "-" * 28 + " run and train " + "-" * 28)
         blocks.append(s["init"])
         blocks.append(s["run"])
@@ -728,6 +742,17 @@ def _call(head: str, args: Sequence[Any]) -> str:
     return "\n".join(call(head, args, "    "))
 
 
-def emit(program: Program, unroll: int | None = None) -> str:
-    """The generated module's source text for `program`."""
-    return ModuleEmitter(program, unroll).emit()
+def _vjp_table(entry: dict[str, Any]) -> list[str]:
+    """The "vjp" item of a CELLS entry: function names unquoted, the rest as literals."""
+    lines = ['        "vjp": {']
+    for key, v in entry.items():
+        if isinstance(v, str):
+            lines.append(f"            {py_str(key)}: {v},")
+        else:
+            lines += literal(v, f"{py_str(key)}: ", ",", " " * 12)
+    return lines + ["        },"]
+
+
+def emit(program: Program, unroll: int | None = None, vjp: bool = True) -> str:
+    """The generated module's source text for `program` (see :class:`ModuleEmitter`)."""
+    return ModuleEmitter(program, unroll, vjp).emit()

@@ -178,12 +178,28 @@ def _run_direction(
     with valid[t] false keep their state. A reverse direction runs t = T-1 ... 0 and
     stores each output at its own t. Returns (outputs (T, B, m), final state and, with
     `collect`, the state after every step (T, B, size)), states keyed "<prefix><name>".
+    Cells with a "vjp" entry are differentiated by their whole-sequence custom VJP.
     """
     p = {name: params[prefix + name] for name in cell["params"]}
+    carry0 = tuple(state[prefix + name] for name in cell["states"])
+    names = [prefix + name for name in cell["states"]]
+    if cell.get("vjp") is not None and not collect:
+        seq = _vjp_sequence(cell)
+        ys, final = seq(p, xs, carry0, valid, resets, reverse, detach_every)
+        return ys, dict(zip(names, final, strict=True)), {}
+    out, final = _scan_direction(cell, p, xs, carry0, valid, resets, reverse, detach_every, collect)
+    final = dict(zip(names, final, strict=True))
+    if not collect:
+        return out, final, {}
+    ys, seq = out
+    return ys, final, dict(zip(names, seq, strict=True))
+
+
+def _scan_direction(cell, p, xs, carry0, valid, resets, reverse, detach_every, collect):
+    """_run_direction's lax.scan over the cell's step: (outputs, final state tuple)."""
     inv = cell["invariant"](p) if cell["invariant"] is not None else {}
     hx = cell["hoisted"](p, inv, xs) if cell["hoisted"] is not None else {}
     x_seq = xs if cell["reads_x"] else None
-    carry0 = tuple(state[prefix + name] for name in cell["states"])
 
     def body(carry, inputs):
         t, x_t, hx_t, valid_t, reset_t = inputs
@@ -205,12 +221,96 @@ def _run_direction(
         reverse=reverse,
         unroll=UNROLL.get(jax.default_backend(), 1),
     )
-    names = [prefix + name for name in cell["states"]]
-    final = dict(zip(names, final, strict=True))
-    if not collect:
-        return out, final, {}
-    ys, seq = out
-    return ys, final, dict(zip(names, seq, strict=True))
+    return out, final
+
+
+_VJP_SEQUENCES = {}
+
+
+def _vjp_sequence(cell):
+    """The cell's run over a whole sequence as a jax.custom_vjp (built once per cell).
+
+    seq(p, xs, carry0, valid, resets, reverse, detach_every) -> (outputs, final state).
+    Its forward pass saves only what the cell's backward step reads; its backward pass
+    is the generated BPTT (vjp["backward_step"] in a reverse lax.scan), with each weight
+    gradient one matmul over all the steps after the loop (vjp["backward_hoisted"]).
+    """
+    v = cell["vjp"]
+    if v["step"] in _VJP_SEQUENCES:
+        return _VJP_SEQUENCES[v["step"]]
+    unroll = UNROLL.get(jax.default_backend(), 1)
+
+    def run(p, xs, carry0, valid, resets, reverse):
+        k = v["prepare"](p, xs)
+
+        def body(carry, inputs):
+            kt, valid_t, reset_t = inputs
+            if reset_t is not None:
+                carry = tuple(jnp.where(reset_t[:, None], jnp.zeros_like(c), c) for c in carry)
+            new, y, saved = v["step"](k, kt, *carry)
+            if valid_t is not None:
+                new = [jnp.where(valid_t[:, None], n, c) for n, c in zip(new, carry, strict=True)]
+            return tuple(new), (y, tuple(saved))
+
+        kts = {name: k[name] for name in v["time"]}
+        final, (ys, saved) = jax.lax.scan(
+            body, carry0, (kts, valid, resets), reverse=reverse, unroll=unroll
+        )
+        return ys, final, k, saved
+
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+    def seq(p, xs, carry0, valid, resets, reverse, detach_every):
+        out, final = _scan_direction(cell, p, xs, carry0, valid, resets, reverse, None, False)
+        return out, final
+
+    def seq_fwd(p, xs, carry0, valid, resets, reverse, detach_every):
+        ys, final, k, saved = run(p, xs, carry0, valid, resets, reverse)
+        return (ys, final), (k, saved, valid, resets)
+
+    def seq_bwd(reverse, detach_every, residuals, cotangents):
+        k, saved, valid, resets = residuals
+        dys, dfinal = cotangents
+
+        def body(ds, inputs):
+            t, dy, kt, sv, valid_t, reset_t = inputs
+            if valid_t is not None:  # a padded step passed the state through
+                skip = [jnp.where(valid_t[:, None], jnp.zeros_like(d), d) for d in ds]
+                ds = [jnp.where(valid_t[:, None], d, jnp.zeros_like(d)) for d in ds]
+            ds, exports = v["backward_step"](k, kt, sv, *ds, dy)
+            if valid_t is not None:
+                ds = [d + s for d, s in zip(ds, skip, strict=True)]
+            if detach_every is not None:  # truncated BPTT: no adjoint crosses the cut
+                cut = (t % detach_every == 0) & (t > 0)
+                ds = [jnp.where(cut, jnp.zeros_like(d), d) for d in ds]
+            if reset_t is not None:  # a reset cut the state off from earlier steps
+                ds = [jnp.where(reset_t[:, None], jnp.zeros_like(d), d) for d in ds]
+            return tuple(ds), tuple(exports)
+
+        steps = jnp.arange(dys.shape[0])
+        kts = {name: k[name] for name in v["time"]}
+        d0, exports = jax.lax.scan(
+            body,
+            tuple(dfinal),
+            (steps, dys, kts, saved, valid, resets),
+            reverse=not reverse,
+            unroll=unroll,
+        )
+        tape = dict(zip(v["saved"], saved, strict=True))
+        tape.update(zip(v["exports"], exports, strict=True))
+        for name, (whole, lo, hi) in v["views"].items():
+            tape[name] = tape[whole][..., lo:hi]
+        acc = {}
+        dxs = v["backward_hoisted"](k, tape, 0, dys.shape[0], acc)
+        grads = v["backward_invariant"](k, acc)
+        dp = {
+            name: grads[name] if name in grads else jnp.zeros_like(k[name])
+            for name in cell["params"]
+        }
+        return dp, dxs, d0, None, None
+
+    seq.defvjp(seq_fwd, seq_bwd)
+    _VJP_SEQUENCES[v["step"]] = seq
+    return seq
 
 
 def _step_direction(cell, params, prefix, x, state):

@@ -76,7 +76,16 @@ LOCALS = {
 
 
 class CellCode:
-    """Generated functions of one cell (see the module docstring)."""
+    """Generated functions of one cell (see the module docstring).
+
+    Subclasses for another array namespace set ``XP``, ``STEP_OPS``, ``STACK_OPS`` and
+    ``LOCALS`` (the JAX backend's whole-sequence custom VJP does).
+    """
+
+    XP = "np"
+    STEP_OPS = STEP_OPS
+    STACK_OPS = STACK_OPS
+    LOCALS = LOCALS
 
     def __init__(self, cell: Cell, prefix: str, grad: CellGrad | None = None):
         self.cell = cell
@@ -85,7 +94,7 @@ class CellCode:
         self.fns = {f: f"{prefix}_{f}" for f in (
             "prepare", "step", "backward_step", "backward_hoisted", "backward_invariant",
             "forward", "backward")}
-        self.names = Namer(LOCALS | set(self.fns.values()))
+        self.names = Namer(self.LOCALS | set(self.fns.values()))
         self.defs: dict[str, Instr] = {i.name: i for i in cell.instrs}
         self.consts = {i.name: fmt_float(i.attr("value")) for i in cell.instrs if i.op == "const"}
         self.params = {p.name for p in cell.params}
@@ -138,7 +147,7 @@ class CellCode:
 
     # -- emission helpers
     def line(self, ins: Instr, ops: dict, comment: str, indent: str = I1) -> list[str]:
-        code = f"{self.nm(ins.name)} = {render(ins, 'np', self.nm, ops)}"
+        code = f"{self.nm(ins.name)} = {render(ins, self.XP, self.nm, ops)}"
         return with_comment(code, comment, indent)
 
     def load(self, out: list[str], name: str, src: str, indent: str = I1) -> None:
@@ -163,11 +172,11 @@ class CellCode:
         if self.unbatched:
             out.append(f"{I1}# loop invariants: parameters only, once per call")
             for ins in self.unbatched:
-                out += self.line(ins, STEP_OPS, self.comment(ins))
+                out += self.line(ins, self.STEP_OPS, self.comment(ins))
         if self.hoisted:
             out.append(f"{I1}# hoisted: inputs and parameters only, every step at once")
             for ins in self.hoisted:
-                out += self.line(ins, STACK_OPS, self.comment(ins))
+                out += self.line(ins, self.STACK_OPS, self.comment(ins))
         out.append(f"{I1}k = dict(p)")
         out.append(f'{I1}k["{x}"] = xs')
         for ins in self.unbatched + self.hoisted:
@@ -191,7 +200,7 @@ class CellCode:
             elif a in self.k_names:
                 self.load(out, a, f'k["{a}"]')
         for ins in self.body:
-            out += self.line(ins, STEP_OPS, self.comment(ins))
+            out += self.line(ins, self.STEP_OPS, self.comment(ins))
         if self.saved:
             out.append(f"{I1}if tape is not None:  # what the backward step reads")
             for a in self.saved:
@@ -222,7 +231,7 @@ class CellCode:
             elif a in self.k_names:
                 self.load(out, a, f'k["{a}"]')
         for ins in g.body:
-            out += self.line(ins, STEP_OPS, self.grad_comment(ins))
+            out += self.line(ins, self.STEP_OPS, self.grad_comment(ins))
         for e in self.exports:
             if e not in self.view_of:
                 out.append(f'{I1}tape["{e}"][t] = {self.nm(e)}')
@@ -267,14 +276,14 @@ class CellCode:
         done: set[str] = set()
         out += loads(first, [d for _, d in g.partials], I1, done)
         for ins in first:
-            out += self.line(ins, STACK_OPS, ins.comment)
+            out += self.line(ins, self.STACK_OPS, ins.comment)
         for v, d in g.partials:
             out.append(f'{I1}_accumulate(acc, "{v}", {self.nm(d)})')
         out.append(f"{I1}if not need_dx:")
         out.append(f"{I2}return None")
         out += loads(second, [d for _, d in g.input_grads], I1, done)
         for ins in second:
-            out += self.line(ins, STACK_OPS, ins.comment)
+            out += self.line(ins, self.STACK_OPS, ins.comment)
         (_, dx), = g.input_grads
         out.append(f"{I1}return {self.nm(dx)}")
         return out
@@ -294,7 +303,7 @@ class CellCode:
             elif a in self.k_names and a not in defined:
                 self.load(out, a, f'k["{a}"]')
         for ins in g.invariant:
-            out += self.line(ins, STEP_OPS, ins.comment)
+            out += self.line(ins, self.STEP_OPS, ins.comment)
         items = [f'"{p}": {self.nm(d)}' for p, d in g.param_grads]
         out += _dict_return(items)
         return out

@@ -190,7 +190,7 @@ def _outer(g, v):
 
 def _bsum(g, ndim):
     """Sum g over its leading axes down to a parameter of `ndim` dimensions."""
-    return g.reshape((-1,) + g.shape[g.ndim - ndim:]).sum(axis=0)
+    return g.reshape((-1,) + g.shape[g.ndim - ndim :]).sum(axis=0)
 
 
 def _pad(g, before, after):

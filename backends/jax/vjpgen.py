@@ -1,0 +1,166 @@
+"""A cell's whole-sequence custom VJP for the JAX backend: the NumPy backend's BPTT in jnp.
+
+Autodiff through ``lax.scan`` saves every intermediate of every step (a dozen
+``(T, B, H)`` stacks for an LSTM, each zero-filled on every call), and
+accumulates each recurrent weight gradient inside the backward loop: one small
+``(H, B) @ (B, 4H)`` product and one read-modify-write of the whole ``(H, 4H)``
+gradient per step. The generated code here runs the backward pass that
+:mod:`rnnc.ir.passes.autodiff` derives instead, the one the NumPy backend runs:
+the forward step saves only what the backward step reads, the backward step
+exports the adjoints of the hoisted values, and after the loop every weight
+gradient is one ``(H, T*B) @ (T*B, 4H)`` product (hoisted weight gradients).
+``template.py``'s ``_vjp_sequence`` wraps these functions in a
+``jax.custom_vjp`` over the whole sequence. ``bench/bench_jax.py --vjp both``
+measures it against autodiff through ``scan``.
+
+For a cell with function prefix ``P`` (``<layer>_<cell>_vjp``):
+
+``P_prepare(p, xs)``
+    invariants and hoisted values in a dict ``k`` (the NumPy backend's prepare);
+``P_step(k, kt, *state)``
+    one step forward: ``(next state), output, {saved values}``; ``kt`` holds the
+    time-indexed values of ``k`` at this step;
+``P_backward_step(k, kt, sv, *seeds)``
+    one step back: ``(adjoints of the state entering the step), {exports}``;
+    ``sv`` holds the values the forward step saved;
+``P_backward_hoisted`` / ``P_backward_invariant``
+    after the loop: the input adjoints and the parameter gradients (NumPy's).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rnnc.ir.nodes import Instr
+from rnnc.ir.ops import ACT_FORWARD, ACT_GRAD
+
+from ..numpy.cellgen import (
+    I1,
+    LOCALS,
+    STACK_OPS,
+    CellCode,
+    _ordered,
+    _slice,
+)
+from ..pyfmt import WIDTH, Seq, call, docstring
+
+
+JAX_ACT_FORWARD = dict(ACT_FORWARD, sigmoid="jax.nn.sigmoid({a})", relu="jax.nn.relu({a})")
+
+
+def _act(xp: str, a: Sequence[str], ins: Instr) -> str:
+    return JAX_ACT_FORWARD[ins.attr("fn")].format(xp=xp, a=a[0])
+
+
+def _act_grad(xp: str, a: Sequence[str], ins: Instr) -> str:
+    return ACT_GRAD[ins.attr("fn")].format(xp=xp, y=a[0], g=a[1])
+
+
+JAX_STEP_OPS = {"act": _act, "act_grad": _act_grad, "slice": _slice}
+JAX_STACK_OPS = dict(STACK_OPS, **JAX_STEP_OPS)
+
+# Helpers the generated functions call (pasted once into a module that uses them).
+HELPERS = '''
+def _matmul(a, b):
+    """a @ b for a 2-D b; a stacked (T, B, n) a is multiplied as one (T * B, n) matrix."""
+    if a.ndim <= 2:
+        return a @ b
+    return (a.reshape(-1, a.shape[-1]) @ b).reshape(a.shape[:-1] + (b.shape[-1],))
+
+
+def _accumulate(acc, name, value):
+    """acc[name] += value, where the first value is stored as it is."""
+    acc[name] = value if name not in acc else acc[name] + value
+'''
+
+
+class VjpCellCode(CellCode):
+    """The functions of one cell's whole-sequence VJP (see the module docstring)."""
+
+    XP = "jnp"
+    STEP_OPS = JAX_STEP_OPS
+    STACK_OPS = JAX_STACK_OPS
+    LOCALS = LOCALS | {"kt", "sv", "jnp", "jax", "functools"}
+
+    def step(self) -> list[str]:
+        c = self.cell
+        st = [self.nm(s) for s in self.states]
+        out = call(f"def {self.fns['step']}", ["k", "kt", *st], tail=":")
+        doc = (
+            f"{c.name}, one step forward: (next state), output, and the values that\n"
+            f"{self.fns['backward_step']} reads."
+        )
+        out += docstring(doc, I1)
+        for a in _ordered(a for i in self.body for a in i.args):
+            if a in self.time_names:
+                self.load(out, a, f'kt["{a}"]')
+            elif a in self.k_names:
+                self.load(out, a, f'k["{a}"]')
+        for ins in self.body:
+            out += self.line(ins, self.STEP_OPS, self.comment(ins))
+        nxt = dict(c.next_state)
+        new = Seq([self.nm(nxt[s]) for s in self.states])
+        return out + _return([new, self.nm(c.output), Seq([self.nm(a) for a in self.saved])])
+
+    def backward_step(self) -> list[str]:
+        c, g = self.cell, self.grad
+        seeds = [self.nm(d) for _, d in g.state_seeds] + [self.nm(g.output_seed)]
+        out = call(f"def {self.fns['backward_step']}", ["k", "kt", "sv", *seeds], tail=":")
+        doc = (
+            f"{c.name}, one step back in time: {self.fns['step']} reversed, line by line.\n\n"
+            "Returns the adjoints of the state entering the step and the adjoints that\n"
+            f"{self.fns['backward_hoisted']} reads."
+        )
+        out += docstring(doc, I1)
+        for a in _ordered(a for i in g.body for a in i.args):
+            if a in self.saved:
+                self.load(out, a, f"sv[{self.saved.index(a)}]")
+            elif a in self.time_names:
+                self.load(out, a, f'kt["{a}"]')
+            elif a in self.k_names:
+                self.load(out, a, f'k["{a}"]')
+        for ins in g.body:
+            out += self.line(ins, self.STEP_OPS, self.grad_comment(ins))
+        grads = Seq([self.nm(d) for _, d in g.state_grads])
+        return out + _return([grads, Seq([self.nm(e) for e in self.stacked_exports])])
+
+    @property
+    def stacked_exports(self) -> list[str]:
+        """The backward step's exports that are stacked over time (not views of another)."""
+        return [e for e in self.exports if e not in self.view_of]
+
+    def entry(self) -> dict[str, object]:
+        """The CELLS["vjp"] table: the functions, the time-indexed names and the views."""
+        return {
+            "prepare": self.fns["prepare"],
+            "step": self.fns["step"],
+            "backward_step": self.fns["backward_step"],
+            "backward_hoisted": self.fns["backward_hoisted"],
+            "backward_invariant": self.fns["backward_invariant"],
+            "time": tuple(
+                _ordered(
+                    a for i in [*self.body, *self.grad.body] for a in i.args if a in self.time_names
+                )
+            ),
+            "saved": tuple(self.saved),
+            "exports": tuple(self.stacked_exports),
+            "views": dict(self.view_of),
+        }
+
+    def source(self) -> list[str]:
+        out: list[str] = []
+        for f in (
+            self.prepare,
+            self.step,
+            self.backward_step,
+            self.backward_hoisted,
+            self.backward_invariant,
+        ):
+            out += ["", ""] + f()
+        return out
+
+
+def _return(items: Sequence[object]) -> list[str]:
+    """``return a, b, c`` on one line, or split the way ruff splits it."""
+    one = f"{I1}return " + ", ".join(str(i) for i in items)
+    return [one] if len(one) <= WIDTH else call("return ", items, I1)
