@@ -30,6 +30,8 @@ Usage::
     python bench/bench_all.py --models lstm512 --frameworks rnnc-jax,torch
     python bench/bench_all.py --hugetlb --repeat 3   # all frameworks under
                                                      # GLIBC_TUNABLES=glibc.malloc.hugetlb=1
+    python bench/bench_all.py --malloc-keep          # all frameworks with freed memory
+                                                     # kept by glibc (as `rnnc train`)
 
 Not a test: run it by hand. The machine is shared and noisy: compare ratios within one run.
 """
@@ -275,9 +277,20 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         help="re-run this script with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 "
         "(applies to every framework of the run)",
     )
+    ap.add_argument(
+        "--malloc-keep",
+        action="store_true",
+        help="raise glibc's mmap/trim thresholds first, as `rnnc train` does "
+        "(rnnc/train/hostmem.py; applies to every framework of the run)",
+    )
     ap.add_argument("--keep-modules", metavar="DIR", help="write the generated modules here")
     ap.add_argument("--json", metavar="PATH")
     args = ap.parse_args(argv)
+    if args.malloc_keep:
+        from rnnc.train.hostmem import keep_freed_memory
+
+        if not keep_freed_memory():
+            raise SystemExit("--malloc-keep: glibc's mallopt is not available here")
 
     if args.hugetlb and "glibc.malloc.hugetlb" not in os.environ.get("GLIBC_TUNABLES", ""):
         env = dict(os.environ)
@@ -306,7 +319,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     peak_torch = torch_gemm_peak_gflops() if framework_available("torch") else None
     peak = peak_start = max(p for p in (peak_np, peak_torch) if p)
     print("# " + ", ".join(f"{k}={v}" for k, v in info.items()))
-    print(f"# GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r} torch threads={args.threads}")
+    print(
+        f"# GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r} "
+        f"malloc-keep={args.malloc_keep} torch threads={args.threads}"
+    )
     print(
         f"# V={V} T={T} B={B} tokens/step={B * T} float32 Adam(lr={LR}) full BPTT;"
         f" repeat={args.repeat} warmup={args.warmup} stat={args.stat}"

@@ -25,6 +25,7 @@ from typing import Any
 from rnnc.errors import RnncError, TrainError
 from rnnc.ir.lower import Sizes
 from rnnc.spec import ast as A
+from rnnc.train.hostmem import keep_freed_memory
 
 
 RUN_RECORD = "run.json"
@@ -55,6 +56,7 @@ def import_module_file(path: Path) -> ModuleType:
     if spec is None or spec.loader is None:
         raise TrainError(f"cannot import the generated module '{path}'")
     module = importlib.util.module_from_spec(spec)
+    keep_freed_memory()  # before the module allocates (see rnnc/train/hostmem.py)
     if _is_jax_module(path):
         from rnnc.backends.jax.cache import enable_compilation_cache
 
