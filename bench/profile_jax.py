@@ -1,0 +1,105 @@
+"""Where a generated JAX module's training step spends its time, per XLA operation.
+
+Runs ``loss_and_grad`` (or ``train_step``) of the char-LM benchmark model under
+``jax.profiler.trace`` and sums the trace's events by name: on CPU every XLA thunk
+(one fusion, one dot, one while loop) is an event, so the table shows which
+operations of the compiled program take the time, and how many times each ran per
+call (a count of T = 100 means it runs inside the time loop).
+
+Usage::
+
+    python bench/profile_jax.py                      # lstm512, the custom-VJP module
+    python bench/profile_jax.py --model lstm128 --scan   # autodiff through lax.scan
+    python bench/profile_jax.py --module path/to/module.py --what train_step
+
+Not a test; the operation names are XLA's (``--hlo FILE`` writes the compiled HLO
+text, where each name is defined).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import gzip
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_all import V, emit, load  # noqa: E402
+from common import random_batch  # noqa: E402
+
+
+def profile(fn, calls: int) -> list[tuple[str, float, int]]:
+    """(event name, ms per call, count per call) of `calls` runs of fn, largest first."""
+    import jax
+
+    fn()
+    fn()
+    with tempfile.TemporaryDirectory(prefix="rnnc-profile-") as tmp:
+        with jax.profiler.trace(tmp, create_perfetto_trace=True):
+            for _ in range(calls):
+                fn()
+        (trace,) = Path(tmp).rglob("*.trace.json.gz")
+        events = json.load(gzip.open(trace))["traceEvents"]
+    total: collections.Counter = collections.Counter()
+    count: collections.Counter = collections.Counter()
+    for e in events:
+        if e.get("ph") == "X" and not e["name"].startswith("$"):  # "$": Python frames
+            total[e["name"]] += e["dur"]
+            count[e["name"]] += 1
+    return [(n, total[n] / calls / 1e3, count[n] // calls) for n, _ in total.most_common()]
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="lstm512", help="a bench_all model (default lstm512)")
+    ap.add_argument("--module", help="a generated JAX module instead of --model")
+    ap.add_argument("--scan", action="store_true", help="emit without the custom VJP")
+    ap.add_argument("--what", choices=("loss_and_grad", "train_step"), default="loss_and_grad")
+    ap.add_argument("--calls", type=int, default=3)
+    ap.add_argument("--top", type=int, default=30)
+    ap.add_argument("--hlo", metavar="FILE", help="write the compiled HLO text here")
+    args = ap.parse_args(argv)
+
+    import jax
+    import jax.numpy as jnp
+
+    if args.module:
+        path = Path(args.module)
+    else:
+        path = Path(tempfile.mkdtemp(prefix="rnnc-profile-")) / f"{args.model}.py"
+        path.write_text(emit(args.model, "jax-scan" if args.scan else "jax"))
+    mod = load(path, "profiled_module")
+    xs_np, ys_np = random_batch(V, 100, 32, 0)
+    xs, ys = jnp.asarray(xs_np, jnp.int32), jnp.asarray(ys_np, jnp.int32)
+    params = mod.init_params(0)
+    if args.what == "loss_and_grad":
+
+        def fn():
+            jax.block_until_ready(mod.loss_and_grad(params, xs, ys))
+
+        jitted, call_args = mod.loss_and_grad, (params, xs, ys)
+    else:
+        opt = mod.init_opt_state(params)
+
+        def fn():
+            jax.block_until_ready(mod.train_step(params, opt, xs, ys))
+
+        jitted = mod._train_step
+        call_args = (params, opt, xs, ys, None, None, None, None, None)
+    if args.hlo:
+        Path(args.hlo).write_text(jitted.lower(*call_args).compile().as_text())
+    rows = profile(fn, args.calls)
+    print(f"# {path.name}: {args.what}, {args.calls} profiled calls; ms and count per call")
+    print(f"{'ms':>9}  {'count':>5}  event")
+    for name, ms, n in rows[: args.top]:
+        print(f"{ms:9.2f}  {n:5d}  {name[:90]}")
+
+
+if __name__ == "__main__":
+    main()
