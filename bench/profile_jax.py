@@ -11,6 +11,7 @@ Usage::
     python bench/profile_jax.py                      # lstm512, the custom-VJP module
     python bench/profile_jax.py --model lstm128 --scan   # autodiff through lax.scan
     python bench/profile_jax.py --module path/to/module.py --what train_step
+    python bench/profile_jax.py --floor              # XLA's GEMM rates that bound an LSTM step
 
 Not a test; the operation names are XLA's (``--hlo FILE`` writes the compiled HLO
 text, where each name is defined).
@@ -55,6 +56,55 @@ def profile(fn, calls: int) -> list[tuple[str, float, int]]:
     return [(n, total[n] / calls / 1e3, count[n] // calls) for n, _ in total.most_common()]
 
 
+def gemm_floor(H: int = 512, T: int = 100, B: int = 32, repeat: int = 9) -> None:
+    """The GEMMs any XLA-scan LSTM training step needs, timed alone (min of `repeat`).
+
+    Forward and backward each run T products (B, H) x (H, 4H) in a lax.scan; the weight
+    gradient is one (T*B, H)^T x (T*B, 4H) product; the elementwise work of a step is
+    timed as the same scan with the matmul replaced by a tile of h.
+    """
+    import time
+
+    import jax
+    import jax.numpy as jnp
+
+    key = jax.random.PRNGKey(0)
+    U = jax.random.normal(key, (H, 4 * H)) * 0.03
+    xp = jax.random.normal(key, (T, B, 4 * H))
+    h0 = jnp.zeros((B, H))
+    hs = jax.random.normal(key, (T * B, H))
+
+    def lstm_scan(matmul):
+        def body(carry, x):
+            h, c = carry
+            f, i, g, o = jnp.split(x + matmul(h), 4, -1)
+            c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+            h = jax.nn.sigmoid(o) * jnp.tanh(c)
+            return (h, c), h
+
+        return jax.jit(lambda xp, h0: jax.lax.scan(body, (h0, h0), xp)[1])
+
+    def gemm_only(xp, h0):
+        return jax.lax.scan(lambda h, x: (jnp.tanh((x + h @ U)[:, :H]), None), h0, xp)[0]
+
+    cases = [
+        ("scan of T small GEMMs (+ tanh)", jax.jit(gemm_only), (xp, h0), 2 * T * B * H * 4 * H),
+        ("one big GEMM (T*B rows)", jax.jit(lambda a: a @ U), (hs,), 2 * T * B * H * 4 * H),
+        ("LSTM forward scan", lstm_scan(lambda h: h @ U), (xp, h0), 2 * T * B * H * 4 * H),
+        ("LSTM elementwise only", lstm_scan(lambda h: jnp.tile(h, (1, 4))), (xp, h0), 0),
+    ]
+    print(f"# H={H} T={T} B={B}: XLA CPU, min of {repeat}")
+    for name, fn, a, flops in cases:
+        jax.block_until_ready(fn(*a))
+        best = float("inf")
+        for _ in range(repeat):
+            t = time.perf_counter()
+            jax.block_until_ready(fn(*a))
+            best = min(best, time.perf_counter() - t)
+        rate = f"{flops / best / 1e9:6.1f} GFLOP/s" if flops else ""
+        print(f"{best * 1e3:8.1f} ms  {rate:>14}  {name}")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="lstm512", help="a bench_all model (default lstm512)")
@@ -64,7 +114,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--calls", type=int, default=3)
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--hlo", metavar="FILE", help="write the compiled HLO text here")
+    ap.add_argument("--floor", action="store_true", help="time the GEMMs alone, then stop")
     args = ap.parse_args(argv)
+    if args.floor:
+        gemm_floor()
+        return
 
     import jax
     import jax.numpy as jnp
