@@ -487,6 +487,27 @@ def test_custom_vjp_matches_autodiff_through_scan(case, tmp_dir):
     assert not scan._VJP_SEQUENCES
 
 
+def test_vjp_cells_compute_cheap_hoisted_values_in_the_step():
+    """The VJP's step slices x_proj and adds the biases itself (sink_cheap_hoisted);
+    the matmul over every step stays hoisted, and nothing a hoisted matmul reads moves."""
+    from rnnc.backends.jax.vjpgen import sink_cheap_hoisted
+
+    text = tbptt_spec(3, 3, layers=1).split("train")[0]
+    program = build(parse_spec(text, "case.rnn"), Sizes(4, 4))
+    cell = program.model.layers[0].cell
+    assert {i.op for i in cell.hoisted} == {"matmul", "slice", "add"}
+    sunk = sink_cheap_hoisted(cell)
+    assert [i.op for i in sunk.hoisted] == ["matmul"]
+    assert [i.op for i in sunk.body[:8]] == ["slice", "add"] * 4
+    assert {i.name for i in sunk.instrs} == {i.name for i in cell.instrs}
+    # a hoisted value read by a hoisted matmul stays hoisted
+    mat = next(i for i in cell.hoisted if i.op == "matmul")
+    scaled = type(mat)("xs2", "mul", (mat.args[1], mat.args[1]), (4,), True)
+    proj = type(mat)("p2", "matmul", (mat.args[0], "xs2"), mat.shape, True)
+    odd = cell.with_sections(hoisted=(scaled, proj, *cell.hoisted))
+    assert [i.name for i in sink_cheap_hoisted(odd).hoisted][:2] == ["xs2", "p2"]
+
+
 def test_step_matches_forward(tmp_dir):
     mod = load(emit(tbptt_spec(3, 3).split("train")[0], 4, 4), tmp_dir)
     params = mod.init_params(0, "float64")

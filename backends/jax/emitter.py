@@ -30,7 +30,7 @@ from rnnc.ir.ops import ACT_FORWARD, RUNTIME_HELPERS, render
 from ..common import ModuleEmitterBase, plain
 from ..pyfmt import WIDTH, Seq, call, clean, comment, doc_text, literal, py_str
 from .vjpgen import HELPERS as VJP_HELPERS
-from .vjpgen import VjpCellCode
+from .vjpgen import VjpCellCode, sink_cheap_hoisted
 
 
 # Activations with a better JAX primitive than the shared formula (same values; relu's
@@ -492,7 +492,7 @@ class ModuleEmitter(ModuleEmitterBase):
             functions.extend(code.functions)
             entries[layer.name] = code.entry
             if self.vjp:
-                vjp = VjpCellCode(layer.cell, f"{fname}_vjp")
+                vjp = VjpCellCode(sink_cheap_hoisted(layer.cell), f"{fname}_vjp")
                 functions.extend("\n".join(vjp.source()).strip("\n").split("\n\n\n"))
                 vjps[layer.name] = vjp.entry()
         table = [

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from rnnc.ir.nodes import Instr
+from rnnc.ir.nodes import Cell, Instr
 from rnnc.ir.ops import ACT_FORWARD, ACT_GRAD
 
 from ..numpy.cellgen import (
@@ -72,6 +72,46 @@ def _accumulate(acc, name, value):
     """acc[name] += value, where the first value is stored as it is."""
     acc[name] = value if name not in acc else acc[name] + value
 '''
+
+
+# Hoisted instructions cheap enough to recompute inside the loop (see sink_cheap_hoisted).
+SINKABLE = frozenset({"slice", "add", "sub", "mul", "neg"})
+
+
+def sink_cheap_hoisted(cell: Cell) -> Cell:
+    """Move slices and element-wise ops of the hoisted section into the step.
+
+    ``fuse_gates`` and ``reassociate`` leave ``x_proj = Wcat_x x`` for every step and,
+    after it, one slice and one bias add per gate: each a fresh (T, B, H) array written
+    once and read once. Computed in the step instead, they fuse with the step's other
+    element-wise work and the loop reads one (B, 4H) row of ``x_proj`` per step. Only
+    instructions whose every use is in the step (or is itself moved) move; the
+    backward pass follows, since autodiff runs on the moved cell.
+    """
+    body_uses = {a for i in cell.body for a in i.args}
+    ends = {cell.output} | {v for _, v in cell.next_state}
+    moved: list[Instr] = []
+    kept: list[Instr] = []
+    users: dict[str, set[str]] = {}
+    for i in cell.hoisted:
+        for a in i.args:
+            users.setdefault(a, set()).add(i.name)
+    moved_names: set[str] = set()
+    for i in reversed(cell.hoisted):
+        own_users = users.get(i.name, set())
+        if (
+            i.op in SINKABLE
+            and i.name not in ends
+            and own_users <= moved_names
+            and (i.name in body_uses or own_users)
+        ):
+            moved.append(i)
+            moved_names.add(i.name)
+        else:
+            kept.append(i)
+    if not moved:
+        return cell
+    return cell.with_sections(hoisted=kept[::-1], body=moved[::-1] + list(cell.body))
 
 
 class VjpCellCode(CellCode):
