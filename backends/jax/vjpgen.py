@@ -131,11 +131,7 @@ class VjpCellCode(CellCode):
             f"{self.fns['backward_step']} reads."
         )
         out += docstring(doc, I1)
-        for a in _ordered(a for i in self.body for a in i.args):
-            if a in self.time_names:
-                self.load(out, a, f'kt["{a}"]')
-            elif a in self.k_names:
-                self.load(out, a, f'k["{a}"]')
+        self.load_reads(out, self.body, 'kt["{a}"]')
         for ins in self.body:
             out += self.line(ins, self.STEP_OPS, self.comment(ins))
         nxt = dict(c.next_state)
@@ -152,13 +148,7 @@ class VjpCellCode(CellCode):
             f"{self.fns['backward_hoisted']} reads."
         )
         out += docstring(doc, I1)
-        for a in _ordered(a for i in g.body for a in i.args):
-            if a in self.saved:
-                self.load(out, a, f"sv[{self.saved.index(a)}]")
-            elif a in self.time_names:
-                self.load(out, a, f'kt["{a}"]')
-            elif a in self.k_names:
-                self.load(out, a, f'k["{a}"]')
+        self.load_reads(out, g.body, 'kt["{a}"]', "sv[{i}]")
         for ins in g.body:
             out += self.line(ins, self.STEP_OPS, self.grad_comment(ins))
         grads = Seq([self.nm(d) for _, d in g.state_grads])

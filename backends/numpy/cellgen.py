@@ -153,6 +153,19 @@ class CellCode:
     def load(self, out: list[str], name: str, src: str, indent: str = I1) -> None:
         out.append(f"{indent}{self.nm(name)} = {src}")
 
+    def load_reads(self, out: list[str], instrs: Sequence[Instr], time_src: str,
+                   saved_src: str | None = None) -> None:
+        """Load every name ``instrs`` read, in order of first use: saved values from
+        ``saved_src``, time-indexed ones from ``time_src`` (format strings of ``{a}``, the
+        name, and ``{i}``, its index among the saved), the rest from ``k``."""
+        for a in _ordered(a for i in instrs for a in i.args):
+            if saved_src is not None and a in self.saved:
+                self.load(out, a, saved_src.format(a=a, i=self.saved.index(a)))
+            elif a in self.time_names:
+                self.load(out, a, time_src.format(a=a))
+            elif a in self.k_names:
+                self.load(out, a, f'k["{a}"]')
+
     # -- functions
     def prepare(self) -> list[str]:
         c = self.cell
@@ -193,12 +206,7 @@ class CellCode:
                "Returns the next state and the output. A dict `tape` receives what "
                f"{self.fns['backward_step']}\nreads.")
         out += docstring(doc, I1)
-        reads = _ordered(a for i in self.body for a in i.args)
-        for a in reads:
-            if a in self.time_names:
-                self.load(out, a, f'k["{a}"][t]')
-            elif a in self.k_names:
-                self.load(out, a, f'k["{a}"]')
+        self.load_reads(out, self.body, 'k["{a}"][t]')
         for ins in self.body:
             out += self.line(ins, self.STEP_OPS, self.comment(ins))
         if self.saved:
@@ -222,14 +230,7 @@ class CellCode:
                f"state\nentering step t. Stores what {self.fns['backward_hoisted']} reads "
                "in the tape.")
         out += docstring(doc, I1)
-        reads = _ordered(a for i in g.body for a in i.args)
-        for a in reads:
-            if a in self.saved:
-                self.load(out, a, f'tape["{a}"][t]')
-            elif a in self.time_names:
-                self.load(out, a, f'k["{a}"][t]')
-            elif a in self.k_names:
-                self.load(out, a, f'k["{a}"]')
+        self.load_reads(out, g.body, 'k["{a}"][t]', 'tape["{a}"][t]')
         for ins in g.body:
             out += self.line(ins, self.STEP_OPS, self.grad_comment(ins))
         for e in self.exports:
