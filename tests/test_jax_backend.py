@@ -487,6 +487,26 @@ def test_custom_vjp_matches_autodiff_through_scan(case, tmp_dir):
     assert not scan._VJP_SEQUENCES
 
 
+def test_forward_stays_differentiable_in_every_mode(tmp_dir):
+    """forward runs the plain scan (jax.jvp and jax.hessian work through it); only the
+    training objective takes the custom VJP, which supports reverse mode alone."""
+    text = VJP_CASES["bidirectional_peephole"][0].replace("hidden: 3", "hidden: 2")
+    mod = load(emit(text, 4, 2), tmp_dir)
+    params = mod.init_params(4, "float64")
+    xs = jnp.asarray(np.random.default_rng(9).normal(size=(2, 5, 4)))
+
+    def out(xs):
+        return jnp.sum(mod.forward(params, xs)[0] ** 2)
+
+    tangent = jnp.ones_like(xs)
+    _, jvp = jax.jvp(out, (xs,), (tangent,))
+    close(jvp, jnp.sum(jax.grad(out)(xs) * tangent), what="jvp vs grad")
+    assert jax.hessian(out)(xs).shape == xs.shape * 2
+    assert not mod._VJP_SEQUENCES
+    mod.loss_and_grad(params, xs, np.zeros((2, 2)))
+    assert mod._VJP_SEQUENCES
+
+
 def test_vjp_cells_compute_cheap_hoisted_values_in_the_step():
     """The VJP's step slices x_proj and adds the biases itself (sink_cheap_hoisted);
     the matmul over every step stays hoisted, and nothing a hoisted matmul reads moves."""

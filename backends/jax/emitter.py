@@ -532,11 +532,13 @@ class ModuleEmitter(ModuleEmitterBase):
 
     def layers(self) -> str:
         lines = [
-            "def _layers(params, x, state, valid, resets, drop, detach_every=None, collect=False):",
+            "def _layers(params, x, state, valid, resets, drop, detach_every=None, collect=False, "
+            "vjp=False):",
             '    """All layers over time-major inputs x (T, B, F).',
             "",
             "    Returns (top-layer outputs (T, B, n), final state, and with `collect` the state",
             "    after every step). `drop` holds the dropout multipliers (None: no dropout).",
+            "    With `vjp` each layer is differentiated by its whole-sequence custom VJP.",
             '    """',
             "    final, seq = {}, {}",
             "",
@@ -544,7 +546,7 @@ class ModuleEmitter(ModuleEmitterBase):
             "        cell = CELLS[layer]",
             "        y, s, s_seq = _run_direction(",
             "            cell, params, prefix, x, state, valid, resets, reverse, detach_every, "
-            "collect",
+            "collect, vjp",
             "        )",
             "        final.update(s)",
             "        seq.update(s_seq)",

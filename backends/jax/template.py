@@ -42,7 +42,7 @@ def _encode(params, xs, dtype):
     raise NotImplementedError
 
 
-def _layers(params, x, state, valid, resets, drop, detach_every=None, collect=False):
+def _layers(params, x, state, valid, resets, drop, detach_every=None, collect=False, vjp=False):
     raise NotImplementedError
 
 
@@ -169,7 +169,7 @@ def _valid(lengths, T):
 
 
 def _run_direction(
-    cell, params, prefix, xs, state, valid, resets, reverse, detach_every, collect=False
+    cell, params, prefix, xs, state, valid, resets, reverse, detach_every, collect=False, vjp=False
 ):
     """Run one direction of a layer over time-major inputs xs (T, B, n) with lax.scan.
 
@@ -178,12 +178,14 @@ def _run_direction(
     with valid[t] false keep their state. A reverse direction runs t = T-1 ... 0 and
     stores each output at its own t. Returns (outputs (T, B, m), final state and, with
     `collect`, the state after every step (T, B, size)), states keyed "<prefix><name>".
-    Cells with a "vjp" entry are differentiated by their whole-sequence custom VJP.
+    With `vjp`, cells with a "vjp" entry are differentiated by their whole-sequence
+    custom VJP (the training objectives); without it (forward, gate plots) the plain scan
+    runs, which every JAX transformation (jax.jvp, jax.hessian) can differentiate.
     """
     p = {name: params[prefix + name] for name in cell["params"]}
     carry0 = tuple(state[prefix + name] for name in cell["states"])
     names = [prefix + name for name in cell["states"]]
-    if cell.get("vjp") is not None and not collect:
+    if vjp and cell.get("vjp") is not None and not collect:
         seq = _vjp_sequence(cell)
         ys, final = seq(p, xs, carry0, valid, resets, reverse, detach_every)
         return ys, dict(zip(names, final, strict=True)), {}
@@ -339,7 +341,7 @@ def _prepare(params, xs, state, lengths, resets, rng):
 def _scan_objective(params, enc, ys, state, valid, resets, drop, lengths, detach_every=None):
     """Mean loss over the valid steps of every row, and the final state."""
     T = enc.shape[0]
-    top, final, _ = _layers(params, enc, state, valid, resets, drop, detach_every)
+    top, final, _ = _layers(params, enc, state, valid, resets, drop, detach_every, vjp=True)
     losses = _losses(params, _dropout(top, drop, "output"), _targets(ys, T))  # (T, B)
     if valid is None:
         return jnp.mean(losses), final
@@ -358,7 +360,7 @@ def _last(top, lengths):
 # --- section: objective_last ---
 def _scan_objective(params, enc, ys, state, valid, resets, drop, lengths, detach_every=None):
     """Mean loss over the rows (each scored at its last valid step), and the final state."""
-    top, final, _ = _layers(params, enc, state, valid, resets, drop, detach_every)
+    top, final, _ = _layers(params, enc, state, valid, resets, drop, detach_every, vjp=True)
     h = _last(_dropout(top, drop, "output"), lengths)
     return jnp.mean(_losses(params, h, ys)), final
 
@@ -439,7 +441,7 @@ def _window_objective(params, enc, ys, state, valid, resets, drop, lengths):
     w_valid = spread(real) if valid is None else spread(real) & fold(valid)
     w_resets = None if resets is None else spread(real) & fold(resets)
     w_drop = None if drop is None else {k: fold(v) for k, v in drop.items()}
-    top, _, _ = _layers(params, fold(enc), start, w_valid, w_resets, w_drop)
+    top, _, _ = _layers(params, fold(enc), start, w_valid, w_resets, w_drop, vjp=True)
     top = _dropout(top, w_drop, "output")
     losses = _losses(params, top, fold(_targets(ys, T)))
     weights = _loss_weights(lengths, T, B)  # (T, B): which steps count for the loss
