@@ -4,10 +4,14 @@ A small interpreter runs a cell's forward IR over T steps and its backward IR
 (:class:`CellGrad`: body per step in reverse, hoisted over the stacks, invariant
 once) for the objective L = sum_t <w_t, y_t> + sum_s <v_s, final s>. Every
 gradient -- parameters, inputs at every step, the initial state -- must equal
-central differences of L. No emitter is involved.
+central differences of L. No emitter is involved. ``tests/fixtures/autodiff.txt``
+holds cell IR -> backward IR pairs (the hoisted weight gradients among them), in the
+format of the pass fixtures.
 """
 
 import doctest
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +19,7 @@ import pytest
 from rnnc.ir.lower import library, lower_cell
 from rnnc.ir.nodes import Cell
 from rnnc.ir.ops import RUNTIME_HELPERS, render
+from rnnc.ir.parse import parse_cell
 from rnnc.ir.passes import PIPELINE, get_pass
 from rnnc.ir.passes import autodiff as autodiff_module
 from rnnc.ir.passes.autodiff import GRAD_RULES, CellGrad, autodiff, grad_str, verify_grad
@@ -305,3 +310,31 @@ def test_verify_grad_catches_a_bad_shape():
     bad = replace(grad, body=(replace(grad.body[0], shape=(7,)),) + grad.body[1:])
     with pytest.raises(AssertionError):
         verify_grad(bad)
+
+
+# ----------------------------------------------- fixtures: cell IR -> backward IR
+
+AD_FIXTURES = Path(__file__).parent / "fixtures" / "autodiff.txt"
+
+
+def _ad_blocks():
+    out = []
+    for chunk in AD_FIXTURES.read_text().split("# title: ")[1:]:
+        title, _, rest = chunk.partition("\n")
+        given_ir, _, expected = rest.partition("# expect:\n")
+        out.append((title.strip(), given_ir.strip(), expected.strip()))
+    return out
+
+
+@pytest.mark.parametrize("title,given_ir,expected", _ad_blocks(), ids=lambda v: v[:40])
+def test_autodiff_fixture(title, given_ir, expected):
+    """The backward IR of fixture cells, as `grad_str` prints it: per-step body, what is
+    saved and exported, and the weight gradients hoisted after the loop. The numbers are
+    checked against finite differences. RNNC_UPDATE_FIXTURES=1 rewrites the expectations."""
+    cell = verify_cell(parse_cell(given_ir))
+    got = grad_str(verify_grad(autodiff(cell)))
+    if os.environ.get("RNNC_UPDATE_FIXTURES"):
+        AD_FIXTURES.write_text(AD_FIXTURES.read_text().replace(expected, got))
+        return
+    assert got == expected
+    assert max(check_cell(cell).values()) < 1e-6
