@@ -240,7 +240,6 @@ def _vjp_sequence(cell):
     v = cell["vjp"]
     if v["step"] in _VJP_SEQUENCES:
         return _VJP_SEQUENCES[v["step"]]
-    unroll = UNROLL.get(jax.default_backend(), 1)
 
     def run(p, xs, carry0, valid, resets, reverse):
         k = v["prepare"](p, xs)
@@ -255,6 +254,7 @@ def _vjp_sequence(cell):
             return tuple(new), (y, tuple(saved))
 
         kts = {name: k[name] for name in v["time"]}
+        unroll = UNROLL.get(jax.default_backend(), 1)
         final, (ys, saved) = jax.lax.scan(
             body, carry0, (kts, valid, resets), reverse=reverse, unroll=unroll
         )
@@ -295,7 +295,7 @@ def _vjp_sequence(cell):
             tuple(dfinal),
             (steps, dys, kts, saved, valid, resets),
             reverse=not reverse,
-            unroll=unroll,
+            unroll=UNROLL.get(jax.default_backend(), 1),
         )
         tape = dict(zip(v["saved"], saved, strict=True))
         tape.update(zip(v["exports"], exports, strict=True))
