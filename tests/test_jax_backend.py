@@ -528,6 +528,28 @@ def test_vjp_cells_compute_cheap_hoisted_values_in_the_step():
     assert [i.name for i in sink_cheap_hoisted(odd).hoisted][:2] == ["xs2", "p2"]
 
 
+def test_vjp_recomputes_cheap_saved_values():
+    """remat_cheap_saved: MGU's 1 - f and f * h are recomputed, not saved (f * h also over
+    the stacks, for U_h's gradient); an LSTM's saved values are all activations: kept."""
+    from rnnc.backends.jax.vjpgen import remat_cheap_saved
+    from rnnc.ir.passes.autodiff import autodiff, verify_grad
+
+    def grad_of(layer):
+        text = f"model m {{\n  input onehot(vocab: 4)\n  layer {layer}\n  head softmax\n}}\n"
+        cell = build(parse_spec(text, "case.rnn"), Sizes(4, 4)).model.layers[0].cell
+        return verify_grad(autodiff(cell))
+
+    mgu = grad_of("mgu(hidden: 3)")
+    after = remat_cheap_saved(mgu)
+    gone = set(mgu.saved + mgu.stacked) - set(after.saved + after.stacked)
+    ops = {i.name: i.op for i in mgu.cell.body}
+    assert gone and {ops[g] for g in gone} <= {"sub", "mul"}
+    assert after.body[0].name in gone  # 1 - f, for the backward step
+    assert any(i.name in gone for i in after.hoisted)  # f * h, for dU_h over the stacks
+    lstm = grad_of("lstm(hidden: 3)")
+    assert remat_cheap_saved(lstm) is lstm
+
+
 def test_step_matches_forward(tmp_dir):
     mod = load(emit(tbptt_spec(3, 3).split("train")[0], 4, 4), tmp_dir)
     params = mod.init_params(0, "float64")

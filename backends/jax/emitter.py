@@ -26,11 +26,12 @@ from typing import Any
 from rnnc.errors import BackendError
 from rnnc.ir.nodes import Cell, Instr, Layer, Model, Param, Program, value_shape
 from rnnc.ir.ops import ACT_FORWARD, RUNTIME_HELPERS, render
+from rnnc.ir.passes.autodiff import autodiff, verify_grad
 
 from ..common import ModuleEmitterBase, plain
 from ..pyfmt import WIDTH, Seq, call, clean, comment, doc_text, literal, py_str
 from .vjpgen import HELPERS as VJP_HELPERS
-from .vjpgen import VjpCellCode, sink_cheap_hoisted
+from .vjpgen import VjpCellCode, remat_cheap_saved, sink_cheap_hoisted
 
 
 # Activations with a better JAX primitive than the shared formula (same values; relu's
@@ -492,7 +493,9 @@ class ModuleEmitter(ModuleEmitterBase):
             functions.extend(code.functions)
             entries[layer.name] = code.entry
             if self.vjp:
-                vjp = VjpCellCode(sink_cheap_hoisted(layer.cell), f"{fname}_vjp")
+                cell = sink_cheap_hoisted(layer.cell)
+                grad = remat_cheap_saved(verify_grad(autodiff(cell)))
+                vjp = VjpCellCode(cell, f"{fname}_vjp", grad)
                 functions.extend("\n".join(vjp.source()).strip("\n").split("\n\n\n"))
                 vjps[layer.name] = vjp.entry()
         table = [
