@@ -10,19 +10,20 @@ the forward step saves only what the backward step reads, the backward step
 exports the adjoints of the hoisted values, and after the loop every weight
 gradient is one ``(H, T*B) @ (T*B, 4H)`` product (hoisted weight gradients).
 ``template.py``'s ``_vjp_sequence`` wraps these functions in a
-``jax.custom_vjp`` over the whole sequence. ``bench/bench_jax.py --vjp both``
-measures it against autodiff through ``scan``.
+``jax.custom_vjp`` over the whole sequence. ``bench/bench_all.py`` measures it
+against autodiff through ``scan`` (its ``rnnc-jax-scan`` rows).
 
 For a cell with function prefix ``P`` (``<layer>_<cell>_vjp``):
 
 ``P_prepare(p, xs)``
     invariants and hoisted values in a dict ``k`` (the NumPy backend's prepare);
 ``P_step(k, kt, *state)``
-    one step forward: ``(next state), output, {saved values}``; ``kt`` holds the
+    one step forward: ``[next state], output, [saved values]``; ``kt`` holds the
     time-indexed values of ``k`` at this step;
 ``P_backward_step(k, kt, sv, *seeds)``
-    one step back: ``(adjoints of the state entering the step), {exports}``;
-    ``sv`` holds the values the forward step saved;
+    one step back: ``[adjoints of the state entering the step], [exports]``;
+    ``sv`` holds the values the forward step saved (in ``CELLS[...]["vjp"]["saved"]``
+    order, the exports in ``["exports"]`` order);
 ``P_backward_hoisted`` / ``P_backward_invariant``
     after the loop: the input adjoints and the parameter gradients (NumPy's).
 """
@@ -133,8 +134,11 @@ def remat_cheap_saved(grad: CellGrad) -> CellGrad:
     remat: dict[str, Instr] = {}
     for name in saved:
         ins = defs.get(name)
-        if ins is not None and ins.op in REMAT and all(
-            a in fixed or (a in saved and a not in remat) for a in ins.args
+        if (
+            ins is not None
+            and ins.op in REMAT
+            and all(a in fixed or (a in saved and a not in remat) for a in ins.args)
+            and not any(name in r.args for r in remat.values())  # inputs stay saved
         ):
             remat[name] = ins
     if not remat:
