@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixture_blocks import blocks
 
 from rnnc.ir.lower import library, lower_cell
 from rnnc.ir.nodes import Cell
@@ -317,16 +318,7 @@ def test_verify_grad_catches_a_bad_shape():
 AD_FIXTURES = Path(__file__).parent / "fixtures" / "autodiff.txt"
 
 
-def _ad_blocks():
-    out = []
-    for chunk in AD_FIXTURES.read_text().split("# title: ")[1:]:
-        title, _, rest = chunk.partition("\n")
-        given_ir, _, expected = rest.partition("# expect:\n")
-        out.append((title.strip(), given_ir.strip(), expected.strip()))
-    return out
-
-
-@pytest.mark.parametrize("title,given_ir,expected", _ad_blocks(), ids=lambda v: v[:40])
+@pytest.mark.parametrize("title,given_ir,expected", blocks(AD_FIXTURES), ids=lambda v: v[:40])
 def test_autodiff_fixture(title, given_ir, expected):
     """The backward IR of fixture cells, as `grad_str` prints it: per-step body, what is
     saved and exported, and the weight gradients hoisted after the loop. The numbers are

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixture_blocks import blocks
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -33,16 +34,7 @@ from rnnc.ir.verify import verify_cell
 FIXTURES = Path(__file__).parent / "fixtures" / "passes"
 
 
-def _blocks(path: Path) -> list[tuple[str, str, str]]:
-    out = []
-    for chunk in path.read_text().split("# title: ")[1:]:
-        title, _, rest = chunk.partition("\n")
-        given_ir, _, expected = rest.partition("# expect:\n")
-        out.append((title.strip(), given_ir.strip(), expected.strip()))
-    return out
-
-
-CASES = [(p.stem, *b) for p in sorted(FIXTURES.glob("*.txt")) for b in _blocks(p)]
+CASES = [(p.stem, *b) for p in sorted(FIXTURES.glob("*.txt")) for b in blocks(p)]
 
 
 def test_every_pass_has_fixtures():

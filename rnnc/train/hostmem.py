@@ -11,9 +11,8 @@ thresholds makes glibc keep that memory on its heap and hand it out again.
 The setting is process-wide, so only rnnc's own commands make it, when they
 import a generated module (``rnnc train``, ``eval``, ``sample``); a generated
 module never does. ``bench/bench_all.py --malloc-keep`` measures every framework
-with it.
-``RNNC_MALLOC=default`` leaves the allocator alone. Elsewhere than glibc it is a
-no-op.
+with it. ``RNNC_MALLOC=default`` leaves the allocator alone. Elsewhere than glibc it
+is a no-op.
 """
 
 from __future__ import annotations
