@@ -117,6 +117,17 @@ LATENCY_SCRIPT = textwrap.dedent("""
     import numpy as np
     import charlm_jax as m
     out = {"import_s": time.perf_counter() - t0}
+    # JAX's own timings of each phase of building the executables (summed over entry points)
+    EVENTS = {
+        "/jax/core/compile/jaxpr_trace_duration": "trace_s",
+        "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower_s",
+        "/jax/core/compile/backend_compile_duration": "xla_s",
+    }
+    phases = dict.fromkeys(EVENTS.values(), 0.0)
+    def on_event(event, seconds, **kwargs):
+        if event in EVENTS:
+            phases[EVENTS[event]] += seconds
+    jax.monitoring.register_event_duration_secs_listener(on_event)
     rng = np.random.default_rng(0)
     xs = rng.integers(0, 65, (32, 100))
     t = time.perf_counter()
@@ -124,10 +135,13 @@ LATENCY_SCRIPT = textwrap.dedent("""
     o = m.init_opt_state(p)
     jax.block_until_ready((p, o))
     out["init_s"] = time.perf_counter() - t
+    phases.update(dict.fromkeys(phases, 0.0))
     t = time.perf_counter()
     r = m.train_step(p, o, xs, xs)
     jax.block_until_ready(r)
     out["train_first_s"] = time.perf_counter() - t
+    out.update(phases)  # the first train_step call's trace, lowering and XLA compile (or load)
+    out["compile_s"] = sum(phases.values())
     t = time.perf_counter()
     jax.block_until_ready(m.train_step(p, o, xs, xs))
     out["train_next_s"] = time.perf_counter() - t
@@ -176,6 +190,10 @@ def print_latency(rows: list[dict[str, Any]]) -> None:
             "run",
             "import_s",
             "init_s",
+            "trace_s",
+            "lower_s",
+            "xla_s",
+            "compile_s",
             "train_first_s",
             "train_next_s",
             "forward_first_s",
@@ -184,6 +202,10 @@ def print_latency(rows: list[dict[str, Any]]) -> None:
         headers={
             "import_s": "import s",
             "init_s": "init s",
+            "trace_s": "trace s",
+            "lower_s": "lower s",
+            "xla_s": "XLA s",
+            "compile_s": "compile s",
             "train_first_s": "train 1st s",
             "train_next_s": "train 2nd s",
             "forward_first_s": "forward 1st s",

@@ -14,7 +14,7 @@ from rnnc.ir.nodes import Cell
 
 
 PIPELINE: tuple[str, ...] = (
-    "fold_constants", "cse", "fuse_gates", "reassociate", "hoist_inputs", "dce",
+    "fold_constants", "cse", "fuse_gates", "reassociate", "fuse_biases", "hoist_inputs", "dce",
 )
 """Pass names in the order they run (each lives in ``rnnc/ir/passes/<name>.py``)."""
 

@@ -448,9 +448,22 @@ def autodiff(cell: Cell) -> CellGrad:
                    for p in cell.params]
 
     body, hoisted, invariant = b.sections[BODY], b.sections[POST], b.sections[INV]
-    # a hoisted concat of the same adjoints as a body concat is that concat's stack
-    body_concats = {i.args: i.name for i in body if i.op == "concat"}
+    # the same concat of the same adjoints twice in the body (the state's and the input's
+    # projections, or a projection and its fused bias, cut into the same gates): one
+    body_concats: dict[tuple[str, ...], str] = {}
     rename: dict[str, str] = {}
+    kept = []
+    for ins in body:
+        ins = replace(ins, args=tuple(rename.get(a, a) for a in ins.args))
+        if ins.op == "concat" and ins.args in body_concats:
+            rename[ins.name] = body_concats[ins.args]
+            continue
+        if ins.op == "concat":
+            body_concats[ins.args] = ins.name
+        kept.append(ins)
+    body = kept
+    state_grads = [(k, rename.get(a, a)) for k, a in state_grads]
+    # a hoisted concat of the same adjoints as a body concat is that concat's stack
     kept = []
     for ins in hoisted:
         ins = replace(ins, args=tuple(rename.get(a, a) for a in ins.args))
@@ -564,20 +577,41 @@ class IRMath:
         return f"{self.name(name)} = {self.expr(name)}"
 
     def fused_part(self, ins: Instr) -> str | None:
-        """``W_i @ x`` for a slice of ``[W_f; W_i] @ x`` that is exactly W_i's rows."""
+        """``W_i @ x`` for a slice of ``[W_f; W_i] @ x`` that is exactly W_i's rows, and
+        ``W_i @ x + b_i`` for that slice of ``[W_f; W_i] @ x + [b_f; b_i]``."""
         src = self.defs.get(ins.args[0])
-        if ins.op != "slice" or src is None or src.op != "matmul":
+        if ins.op != "slice" or src is None:
             return None
-        w = self.defs.get(src.args[0])
+        lo, hi = ins.attr("lo"), ins.attr("hi")
+        if self._fused_bias_add(src):
+            bias = self._rows(src.args[1], lo, hi)
+            inner = self.defs.get(src.args[0])
+            is_mm = inner is not None and inner.op == "matmul"
+            w = self._rows(inner.args[0], lo, hi) if is_mm else None
+            term = f"{w} @ {display(inner.args[1])}" if w else f"{display(src.args[0])}[{lo}:{hi}]"
+            return f"{term} + {bias}" if bias else None
+        if src.op != "matmul":
+            return None
+        w = self._rows(src.args[0], lo, hi)
+        return f"{w} @ {display(src.args[1])}" if w else None
+
+    def _rows(self, fused: str, lo: int, hi: int) -> str | None:
+        """The part of the ``pconcat`` ``fused`` that is exactly its rows lo:hi, displayed."""
+        w = self.defs.get(fused)
         if w is None or w.op != "pconcat":
             return None
         at = 0
         for p in w.args:
             n = self.shapes[p][0]
-            if (at, at + n) == (ins.attr("lo"), ins.attr("hi")):
-                return f"{display(p)} @ {display(src.args[1])}"
+            if (at, at + n) == (lo, hi):
+                return display(p)
             at += n
         return None
+
+    def _fused_bias_add(self, ins: Instr) -> bool:
+        """``P + [b_1; b_2; ...]``, made by bias fusion (read through its slices)."""
+        b = self.defs.get(ins.args[1]) if ins.op == "add" else None
+        return b is not None and b.op == "pconcat" and len(self.shapes[b.name]) == 1
 
     def _fused_matmul(self, ins: Instr) -> bool:
         """A product with a fused weight (made by gate fusion, read through its slices)."""
@@ -591,7 +625,7 @@ class IRMath:
         for ins in self.cell.instrs:
             if ins.op in ("const", "pconcat") or _TEMP.match(ins.name) or ins.name in nexts:
                 continue
-            if self.fused_part(ins) or self._fused_matmul(ins):
+            if self.fused_part(ins) or self._fused_matmul(ins) or self._fused_bias_add(ins):
                 continue
             out.append(f"{display(ins.name)} = {self.expr(ins.name)}")
         for s, v in self.cell.next_state:

@@ -292,28 +292,24 @@ def lstm_prepare(p, xs):
     # loop invariants: parameters only, once per call
     Wcat_x = np.concatenate([W_f, W_i, W_g, W_o], axis=0)  # Wcat_x = [W_f; W_i; W_g; W_o]
     Wcat_h = np.concatenate([U_f, U_i, U_g, U_o], axis=0)  # Wcat_h = [U_f; U_i; U_g; U_o]
+    bcat_x_proj = np.concatenate([b_f, b_i, b_g, b_o], axis=0)  # bcat_x_proj = [b_f; b_i; b_g; b_o]
     # hoisted: inputs and parameters only, every step at once
     x_proj = _matmul(x, Wcat_x.T)  # x_proj = Wcat_x @ x
-    t1 = x_proj[..., 0:128]  # W_f @ x
-    t3 = t1 + b_f  # W_f @ x + b_f
-    t6 = x_proj[..., 128:256]  # W_i @ x
-    t8 = t6 + b_i  # W_i @ x + b_i
-    t11 = x_proj[..., 256:384]  # W_g @ x
-    t13 = t11 + b_g  # W_g @ x + b_g
-    t19 = x_proj[..., 384:512]  # W_o @ x
-    t21 = t19 + b_o  # W_o @ x + b_o
+    x_proj_b = x_proj + bcat_x_proj  # x_proj_b = x_proj + bcat_x_proj
+    t3 = x_proj_b[..., 0:128]  # W_f @ x + b_f
+    t8 = x_proj_b[..., 128:256]  # W_i @ x + b_i
+    t13 = x_proj_b[..., 256:384]  # W_g @ x + b_g
+    t21 = x_proj_b[..., 384:512]  # W_o @ x + b_o
     k = dict(p)
     k["x"] = xs
     k["Wcat_x"] = Wcat_x
     k["Wcat_h"] = Wcat_h
+    k["bcat_x_proj"] = bcat_x_proj
     k["x_proj"] = x_proj
-    k["t1"] = t1
+    k["x_proj_b"] = x_proj_b
     k["t3"] = t3
-    k["t6"] = t6
     k["t8"] = t8
-    k["t11"] = t11
     k["t13"] = t13
-    k["t19"] = t19
     k["t21"] = t21
     return k
 
@@ -386,10 +382,6 @@ def lstm_forward(p, xs, state, keep=None, valid=None, reverse=False, tape=None):
         tape["f"] = [None] * T
         tape["h"] = np.empty((T, B, 128), dtype=xs.dtype)
         tape["d_h_proj"] = np.empty((T, B, 512), dtype=xs.dtype)
-        tape["d_t22"] = tape["d_h_proj"][..., 384:512]
-        tape["d_t14"] = tape["d_h_proj"][..., 256:384]
-        tape["d_t9"] = tape["d_h_proj"][..., 128:256]
-        tape["d_t4"] = tape["d_h_proj"][..., 0:128]
     h, c = state
     for t in reversed(range(T)) if reverse else range(T):
         if keep is not None:  # a reset: this row starts again from zero
@@ -444,23 +436,13 @@ def lstm_backward_hoisted(k, tape, s, e, acc, need_dx=True):
     """
     d_h_proj = tape["d_h_proj"][s:e]
     h = tape["h"][s:e]
-    d_t22 = tape["d_t22"][s:e]
-    d_t14 = tape["d_t14"][s:e]
-    d_t9 = tape["d_t9"][s:e]
-    d_t4 = tape["d_t4"][s:e]
     x = k["x"][s:e]
     d_Wcat_h = _outer(d_h_proj, h)  # dWcat_h = sum over steps and rows of d(h_proj) h^T
-    d_b_o = d_t22.sum(axis=(0, 1))  # db_o: the sum over steps and rows
-    d_b_g = d_t14.sum(axis=(0, 1))  # db_g: the sum over steps and rows
-    d_b_i = d_t9.sum(axis=(0, 1))  # db_i: the sum over steps and rows
-    d_b_f = d_t4.sum(axis=(0, 1))  # db_f: the sum over steps and rows
+    d_bcat_x_proj = d_h_proj.sum(axis=(0, 1))  # dbcat_x_proj: the sum over steps and rows
     d_Wcat_x = _outer(d_h_proj, x)  # dWcat_x = sum over steps and rows of d(x_proj) x^T
-    _accumulate(acc, "b_f", d_b_f)
-    _accumulate(acc, "b_i", d_b_i)
-    _accumulate(acc, "b_g", d_b_g)
-    _accumulate(acc, "b_o", d_b_o)
     _accumulate(acc, "Wcat_x", d_Wcat_x)
     _accumulate(acc, "Wcat_h", d_Wcat_h)
+    _accumulate(acc, "bcat_x_proj", d_bcat_x_proj)
     if not need_dx:
         return None
     Wcat_x = k["Wcat_x"]
@@ -501,12 +483,13 @@ def lstm_backward_invariant(k, acc):
     """lstm, once: the parameter gradients from the adjoints summed in acc
     (over every step and truncated-BPTT window).
     """
+    d_bcat_x_proj = acc["bcat_x_proj"]
     d_Wcat_h = acc["Wcat_h"]
     d_Wcat_x = acc["Wcat_x"]
-    d_b_f = acc["b_f"]
-    d_b_i = acc["b_i"]
-    d_b_g = acc["b_g"]
-    d_b_o = acc["b_o"]
+    d_b_f = d_bcat_x_proj[0:128]  # rows 0:128 of the fused bcat_x_proj
+    d_b_i = d_bcat_x_proj[128:256]  # rows 128:256 of the fused bcat_x_proj
+    d_b_g = d_bcat_x_proj[256:384]  # rows 256:384 of the fused bcat_x_proj
+    d_b_o = d_bcat_x_proj[384:512]  # rows 384:512 of the fused bcat_x_proj
     d_U_f = d_Wcat_h[0:128]  # rows 0:128 of the fused Wcat_h
     d_U_i = d_Wcat_h[128:256]  # rows 128:256 of the fused Wcat_h
     d_U_g = d_Wcat_h[256:384]  # rows 256:384 of the fused Wcat_h

@@ -276,19 +276,19 @@ def minimal_prepare(p, xs):
     x = xs
     # loop invariants: parameters only, once per call
     Wcat_x = np.concatenate([W_f, W_h], axis=0)  # Wcat_x = [W_f; W_h]
+    bcat_x_proj = np.concatenate([b_f, b_h], axis=0)  # bcat_x_proj = [b_f; b_h]
     # hoisted: inputs and parameters only, every step at once
     x_proj = _matmul(x, Wcat_x.T)  # x_proj = Wcat_x @ x
-    t1 = x_proj[..., 0:16]  # W_f @ x
-    t3 = t1 + b_f  # W_f @ x + b_f
-    t6 = x_proj[..., 16:32]  # W_h @ x
-    t9 = t6 + b_h  # W_h @ x + b_h
+    x_proj_b = x_proj + bcat_x_proj  # x_proj_b = x_proj + bcat_x_proj
+    t3 = x_proj_b[..., 0:16]  # W_f @ x + b_f
+    t9 = x_proj_b[..., 16:32]  # W_h @ x + b_h
     k = dict(p)
     k["x"] = xs
     k["Wcat_x"] = Wcat_x
+    k["bcat_x_proj"] = bcat_x_proj
     k["x_proj"] = x_proj
-    k["t1"] = t1
+    k["x_proj_b"] = x_proj_b
     k["t3"] = t3
-    k["t6"] = t6
     k["t9"] = t9
     return k
 
@@ -405,19 +405,17 @@ def minimal_backward_hoisted(k, tape, s, e, acc, need_dx=True):
     x = k["x"][s:e]
     d_U_h = _outer(d_t10, t7)  # dU_h = sum over steps and rows of d(t8) t7^T
     d_U_f = _outer(d_t4, h)  # dU_f = sum over steps and rows of d(t2) h^T
-    d_b_h = d_t10.sum(axis=(0, 1))  # db_h: the sum over steps and rows
-    d_b_f = d_t4.sum(axis=(0, 1))  # db_f: the sum over steps and rows
-    d_x_proj = np.concatenate([d_t4, d_t10], axis=-1)  # the adjoints of x_proj's slices side by...
-    d_Wcat_x = _outer(d_x_proj, x)  # dWcat_x = sum over steps and rows of d(x_proj) x^T
+    d_x_proj_b = np.concatenate([d_t4, d_t10], axis=-1)  # the adjoints of x_proj_b's slices side...
+    d_bcat_x_proj = d_x_proj_b.sum(axis=(0, 1))  # dbcat_x_proj: the sum over steps and rows
+    d_Wcat_x = _outer(d_x_proj_b, x)  # dWcat_x = sum over steps and rows of d(x_proj) x^T
     _accumulate(acc, "U_f", d_U_f)
-    _accumulate(acc, "b_f", d_b_f)
     _accumulate(acc, "U_h", d_U_h)
-    _accumulate(acc, "b_h", d_b_h)
     _accumulate(acc, "Wcat_x", d_Wcat_x)
+    _accumulate(acc, "bcat_x_proj", d_bcat_x_proj)
     if not need_dx:
         return None
     Wcat_x = k["Wcat_x"]
-    d_x = _matmul(d_x_proj, Wcat_x)  # back through x_proj = Wcat_x @ x
+    d_x = _matmul(d_x_proj_b, Wcat_x)  # back through x_proj = Wcat_x @ x
     return d_x
 
 
@@ -449,11 +447,12 @@ def minimal_backward_invariant(k, acc):
     """minimal, once: the parameter gradients from the adjoints summed in acc
     (over every step and truncated-BPTT window).
     """
+    d_bcat_x_proj = acc["bcat_x_proj"]
     d_Wcat_x = acc["Wcat_x"]
     d_U_f = acc["U_f"]
-    d_b_f = acc["b_f"]
     d_U_h = acc["U_h"]
-    d_b_h = acc["b_h"]
+    d_b_f = d_bcat_x_proj[0:16]  # rows 0:16 of the fused bcat_x_proj
+    d_b_h = d_bcat_x_proj[16:32]  # rows 16:32 of the fused bcat_x_proj
     d_W_f = d_Wcat_x[0:16]  # rows 0:16 of the fused Wcat_x
     d_W_h = d_Wcat_x[16:32]  # rows 16:32 of the fused Wcat_x
     return {"W_f": d_W_f, "U_f": d_U_f, "b_f": d_b_f, "W_h": d_W_h, "U_h": d_U_h, "b_h": d_b_h}
@@ -476,19 +475,19 @@ def minimal2_prepare(p, xs):
     x = xs
     # loop invariants: parameters only, once per call
     Wcat_x = np.concatenate([W_f, W_h], axis=0)  # Wcat_x = [W_f; W_h]
+    bcat_x_proj = np.concatenate([b_f, b_h], axis=0)  # bcat_x_proj = [b_f; b_h]
     # hoisted: inputs and parameters only, every step at once
     x_proj = _matmul(x, Wcat_x.T)  # x_proj = Wcat_x @ x
-    t1 = x_proj[..., 0:16]  # W_f @ x
-    t3 = t1 + b_f  # W_f @ x + b_f
-    t6 = x_proj[..., 16:32]  # W_h @ x
-    t9 = t6 + b_h  # W_h @ x + b_h
+    x_proj_b = x_proj + bcat_x_proj  # x_proj_b = x_proj + bcat_x_proj
+    t3 = x_proj_b[..., 0:16]  # W_f @ x + b_f
+    t9 = x_proj_b[..., 16:32]  # W_h @ x + b_h
     k = dict(p)
     k["x"] = xs
     k["Wcat_x"] = Wcat_x
+    k["bcat_x_proj"] = bcat_x_proj
     k["x_proj"] = x_proj
-    k["t1"] = t1
+    k["x_proj_b"] = x_proj_b
     k["t3"] = t3
-    k["t6"] = t6
     k["t9"] = t9
     return k
 
@@ -605,19 +604,17 @@ def minimal2_backward_hoisted(k, tape, s, e, acc, need_dx=True):
     x = k["x"][s:e]
     d_U_h = _outer(d_t10, t7)  # dU_h = sum over steps and rows of d(t8) t7^T
     d_U_f = _outer(d_t4, h)  # dU_f = sum over steps and rows of d(t2) h^T
-    d_b_h = d_t10.sum(axis=(0, 1))  # db_h: the sum over steps and rows
-    d_b_f = d_t4.sum(axis=(0, 1))  # db_f: the sum over steps and rows
-    d_x_proj = np.concatenate([d_t4, d_t10], axis=-1)  # the adjoints of x_proj's slices side by...
-    d_Wcat_x = _outer(d_x_proj, x)  # dWcat_x = sum over steps and rows of d(x_proj) x^T
+    d_x_proj_b = np.concatenate([d_t4, d_t10], axis=-1)  # the adjoints of x_proj_b's slices side...
+    d_bcat_x_proj = d_x_proj_b.sum(axis=(0, 1))  # dbcat_x_proj: the sum over steps and rows
+    d_Wcat_x = _outer(d_x_proj_b, x)  # dWcat_x = sum over steps and rows of d(x_proj) x^T
     _accumulate(acc, "U_f", d_U_f)
-    _accumulate(acc, "b_f", d_b_f)
     _accumulate(acc, "U_h", d_U_h)
-    _accumulate(acc, "b_h", d_b_h)
     _accumulate(acc, "Wcat_x", d_Wcat_x)
+    _accumulate(acc, "bcat_x_proj", d_bcat_x_proj)
     if not need_dx:
         return None
     Wcat_x = k["Wcat_x"]
-    d_x = _matmul(d_x_proj, Wcat_x)  # back through x_proj = Wcat_x @ x
+    d_x = _matmul(d_x_proj_b, Wcat_x)  # back through x_proj = Wcat_x @ x
     return d_x
 
 
@@ -651,11 +648,12 @@ def minimal2_backward_invariant(k, acc):
     """minimal, once: the parameter gradients from the adjoints summed in acc
     (over every step and truncated-BPTT window).
     """
+    d_bcat_x_proj = acc["bcat_x_proj"]
     d_Wcat_x = acc["Wcat_x"]
     d_U_f = acc["U_f"]
-    d_b_f = acc["b_f"]
     d_U_h = acc["U_h"]
-    d_b_h = acc["b_h"]
+    d_b_f = d_bcat_x_proj[0:16]  # rows 0:16 of the fused bcat_x_proj
+    d_b_h = d_bcat_x_proj[16:32]  # rows 16:32 of the fused bcat_x_proj
     d_W_f = d_Wcat_x[0:16]  # rows 0:16 of the fused Wcat_x
     d_W_h = d_Wcat_x[16:32]  # rows 16:32 of the fused Wcat_x
     return {"W_f": d_W_f, "U_f": d_U_f, "b_f": d_b_f, "W_h": d_W_h, "U_h": d_U_h, "b_h": d_b_h}

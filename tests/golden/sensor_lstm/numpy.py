@@ -325,28 +325,24 @@ def lstm_prepare(p, xs):
     # loop invariants: parameters only, once per call
     Wcat_x = np.concatenate([W_f, W_i, W_g, W_o], axis=0)  # Wcat_x = [W_f; W_i; W_g; W_o]
     Wcat_h = np.concatenate([U_f, U_i, U_g, U_o], axis=0)  # Wcat_h = [U_f; U_i; U_g; U_o]
+    bcat_x_proj = np.concatenate([b_f, b_i, b_g, b_o], axis=0)  # bcat_x_proj = [b_f; b_i; b_g; b_o]
     # hoisted: inputs and parameters only, every step at once
     x_proj = _matmul(x, Wcat_x.T)  # x_proj = Wcat_x @ x
-    t1 = x_proj[..., 0:16]  # W_f @ x
-    t3 = t1 + b_f  # W_f @ x + b_f
-    t8 = x_proj[..., 16:32]  # W_i @ x
-    t10 = t8 + b_i  # W_i @ x + b_i
-    t15 = x_proj[..., 32:48]  # W_g @ x
-    t17 = t15 + b_g  # W_g @ x + b_g
-    t24 = x_proj[..., 48:64]  # W_o @ x
-    t26 = t24 + b_o  # W_o @ x + b_o
+    x_proj_b = x_proj + bcat_x_proj  # x_proj_b = x_proj + bcat_x_proj
+    t3 = x_proj_b[..., 0:16]  # W_f @ x + b_f
+    t10 = x_proj_b[..., 16:32]  # W_i @ x + b_i
+    t17 = x_proj_b[..., 32:48]  # W_g @ x + b_g
+    t26 = x_proj_b[..., 48:64]  # W_o @ x + b_o
     k = dict(p)
     k["x"] = xs
     k["Wcat_x"] = Wcat_x
     k["Wcat_h"] = Wcat_h
+    k["bcat_x_proj"] = bcat_x_proj
     k["x_proj"] = x_proj
-    k["t1"] = t1
+    k["x_proj_b"] = x_proj_b
     k["t3"] = t3
-    k["t8"] = t8
     k["t10"] = t10
-    k["t15"] = t15
     k["t17"] = t17
-    k["t24"] = t24
     k["t26"] = t26
     return k
 
@@ -441,7 +437,6 @@ def lstm_forward(p, xs, state, keep=None, valid=None, reverse=False, tape=None):
         tape["d_t29"] = tape["d_h_proj"][..., 48:64]
         tape["d_t13"] = tape["d_h_proj"][..., 16:32]
         tape["d_t6"] = tape["d_h_proj"][..., 0:16]
-        tape["d_t18"] = tape["d_h_proj"][..., 32:48]
     h, c = state
     for t in reversed(range(T)) if reverse else range(T):
         if keep is not None:  # a reset: this row starts again from zero
@@ -517,7 +512,6 @@ def lstm_backward_hoisted(k, tape, s, e, acc, need_dx=True):
     d_t6 = tape["d_t6"][s:e]
     d_h_proj = tape["d_h_proj"][s:e]
     h = tape["h"][s:e]
-    d_t18 = tape["d_t18"][s:e]
     x = k["x"][s:e]
     d_W_p = _outer(d_h_next, m)  # dW_p = sum over steps and rows of d(h') m^T
     d_p_o = d_t29 * c_next  # back through p_o * c'
@@ -527,21 +521,15 @@ def lstm_backward_hoisted(k, tape, s, e, acc, need_dx=True):
     d_p_f = d_t6 * c  # back through p_f * c
     d_p_f_2 = d_p_f.sum(axis=(0, 1))  # dp_f: the sum over steps and rows
     d_Wcat_h = _outer(d_h_proj, h)  # dWcat_h = sum over steps and rows of d(h_proj) h^T
-    d_b_o = d_t29.sum(axis=(0, 1))  # db_o: the sum over steps and rows
-    d_b_g = d_t18.sum(axis=(0, 1))  # db_g: the sum over steps and rows
-    d_b_i = d_t13.sum(axis=(0, 1))  # db_i: the sum over steps and rows
-    d_b_f = d_t6.sum(axis=(0, 1))  # db_f: the sum over steps and rows
+    d_bcat_x_proj = d_h_proj.sum(axis=(0, 1))  # dbcat_x_proj: the sum over steps and rows
     d_Wcat_x = _outer(d_h_proj, x)  # dWcat_x = sum over steps and rows of d(x_proj) x^T
     _accumulate(acc, "p_f", d_p_f_2)
-    _accumulate(acc, "b_f", d_b_f)
     _accumulate(acc, "p_i", d_p_i_2)
-    _accumulate(acc, "b_i", d_b_i)
-    _accumulate(acc, "b_g", d_b_g)
     _accumulate(acc, "p_o", d_p_o_2)
-    _accumulate(acc, "b_o", d_b_o)
     _accumulate(acc, "W_p", d_W_p)
     _accumulate(acc, "Wcat_x", d_Wcat_x)
     _accumulate(acc, "Wcat_h", d_Wcat_h)
+    _accumulate(acc, "bcat_x_proj", d_bcat_x_proj)
     if not need_dx:
         return None
     Wcat_x = k["Wcat_x"]
@@ -582,16 +570,17 @@ def lstm_backward_invariant(k, acc):
     """lstm, once: the parameter gradients from the adjoints summed in acc
     (over every step and truncated-BPTT window).
     """
+    d_bcat_x_proj = acc["bcat_x_proj"]
     d_Wcat_h = acc["Wcat_h"]
     d_Wcat_x = acc["Wcat_x"]
     d_p_f_2 = acc["p_f"]
-    d_b_f = acc["b_f"]
     d_p_i_2 = acc["p_i"]
-    d_b_i = acc["b_i"]
-    d_b_g = acc["b_g"]
     d_p_o_2 = acc["p_o"]
-    d_b_o = acc["b_o"]
     d_W_p = acc["W_p"]
+    d_b_f = d_bcat_x_proj[0:16]  # rows 0:16 of the fused bcat_x_proj
+    d_b_i = d_bcat_x_proj[16:32]  # rows 16:32 of the fused bcat_x_proj
+    d_b_g = d_bcat_x_proj[32:48]  # rows 32:48 of the fused bcat_x_proj
+    d_b_o = d_bcat_x_proj[48:64]  # rows 48:64 of the fused bcat_x_proj
     d_U_f = d_Wcat_h[0:16]  # rows 0:16 of the fused Wcat_h
     d_U_i = d_Wcat_h[16:32]  # rows 16:32 of the fused Wcat_h
     d_U_g = d_Wcat_h[32:48]  # rows 32:48 of the fused Wcat_h

@@ -308,24 +308,22 @@ def gru_prepare(p, xs):
     # loop invariants: parameters only, once per call
     Wcat_x = np.concatenate([W_z, W_r, W_n], axis=0)  # Wcat_x = [W_z; W_r; W_n]
     Wcat_h = np.concatenate([U_z, U_r], axis=0)  # Wcat_h = [U_z; U_r]
+    bcat_x_proj = np.concatenate([b_z, b_r, b_n], axis=0)  # bcat_x_proj = [b_z; b_r; b_n]
     # hoisted: inputs and parameters only, every step at once
     x_proj = _matmul(x, Wcat_x.T)  # x_proj = Wcat_x @ x
-    t1 = x_proj[..., 0:32]  # W_z @ x
-    t3 = t1 + b_z  # W_z @ x + b_z
-    t6 = x_proj[..., 32:64]  # W_r @ x
-    t8 = t6 + b_r  # W_r @ x + b_r
-    t11 = x_proj[..., 64:96]  # W_n @ x
-    t14 = t11 + b_n  # W_n @ x + b_n
+    x_proj_b = x_proj + bcat_x_proj  # x_proj_b = x_proj + bcat_x_proj
+    t3 = x_proj_b[..., 0:32]  # W_z @ x + b_z
+    t8 = x_proj_b[..., 32:64]  # W_r @ x + b_r
+    t14 = x_proj_b[..., 64:96]  # W_n @ x + b_n
     k = dict(p)
     k["x"] = xs
     k["Wcat_x"] = Wcat_x
     k["Wcat_h"] = Wcat_h
+    k["bcat_x_proj"] = bcat_x_proj
     k["x_proj"] = x_proj
-    k["t1"] = t1
+    k["x_proj_b"] = x_proj_b
     k["t3"] = t3
-    k["t6"] = t6
     k["t8"] = t8
-    k["t11"] = t11
     k["t14"] = t14
     return k
 
@@ -392,8 +390,8 @@ def gru_forward(p, xs, state, keep=None, valid=None, reverse=False, tape=None):
         tape["t12"] = np.empty((T, B, 32), dtype=xs.dtype)
         tape["d_t15"] = np.empty((T, B, 32), dtype=xs.dtype)
         tape["d_h_proj"] = np.empty((T, B, 64), dtype=xs.dtype)
-        tape["d_t9"] = tape["d_h_proj"][..., 32:64]
         tape["d_t4"] = tape["d_h_proj"][..., 0:32]
+        tape["d_t9"] = tape["d_h_proj"][..., 32:64]
     (h,) = state
     for t in reversed(range(T)) if reverse else range(T):
         if keep is not None:  # a reset: this row starts again from zero
@@ -451,26 +449,22 @@ def gru_backward_hoisted(k, tape, s, e, acc, need_dx=True):
     t12 = tape["t12"][s:e]
     d_h_proj = tape["d_h_proj"][s:e]
     h = tape["h"][s:e]
-    d_t9 = tape["d_t9"][s:e]
     d_t4 = tape["d_t4"][s:e]
+    d_t9 = tape["d_t9"][s:e]
     x = k["x"][s:e]
     d_U_n = _outer(d_t15, t12)  # dU_n = sum over steps and rows of d(t13) t12^T
     d_Wcat_h = _outer(d_h_proj, h)  # dWcat_h = sum over steps and rows of d(h_proj) h^T
-    d_b_n = d_t15.sum(axis=(0, 1))  # db_n: the sum over steps and rows
-    d_b_r = d_t9.sum(axis=(0, 1))  # db_r: the sum over steps and rows
-    d_b_z = d_t4.sum(axis=(0, 1))  # db_z: the sum over steps and rows
-    d_x_proj = np.concatenate([d_t4, d_t9, d_t15], axis=-1)  # the adjoints of x_proj's slices si...
-    d_Wcat_x = _outer(d_x_proj, x)  # dWcat_x = sum over steps and rows of d(x_proj) x^T
-    _accumulate(acc, "b_z", d_b_z)
-    _accumulate(acc, "b_r", d_b_r)
+    d_x_proj_b = np.concatenate([d_t4, d_t9, d_t15], axis=-1)  # the adjoints of x_proj_b's slice...
+    d_bcat_x_proj = d_x_proj_b.sum(axis=(0, 1))  # dbcat_x_proj: the sum over steps and rows
+    d_Wcat_x = _outer(d_x_proj_b, x)  # dWcat_x = sum over steps and rows of d(x_proj) x^T
     _accumulate(acc, "U_n", d_U_n)
-    _accumulate(acc, "b_n", d_b_n)
     _accumulate(acc, "Wcat_x", d_Wcat_x)
     _accumulate(acc, "Wcat_h", d_Wcat_h)
+    _accumulate(acc, "bcat_x_proj", d_bcat_x_proj)
     if not need_dx:
         return None
     Wcat_x = k["Wcat_x"]
-    d_x = _matmul(d_x_proj, Wcat_x)  # back through x_proj = Wcat_x @ x
+    d_x = _matmul(d_x_proj_b, Wcat_x)  # back through x_proj = Wcat_x @ x
     return d_x
 
 
@@ -502,12 +496,13 @@ def gru_backward_invariant(k, acc):
     """gru, once: the parameter gradients from the adjoints summed in acc
     (over every step and truncated-BPTT window).
     """
+    d_bcat_x_proj = acc["bcat_x_proj"]
     d_Wcat_h = acc["Wcat_h"]
     d_Wcat_x = acc["Wcat_x"]
-    d_b_z = acc["b_z"]
-    d_b_r = acc["b_r"]
     d_U_n = acc["U_n"]
-    d_b_n = acc["b_n"]
+    d_b_z = d_bcat_x_proj[0:32]  # rows 0:32 of the fused bcat_x_proj
+    d_b_r = d_bcat_x_proj[32:64]  # rows 32:64 of the fused bcat_x_proj
+    d_b_n = d_bcat_x_proj[64:96]  # rows 64:96 of the fused bcat_x_proj
     d_U_z = d_Wcat_h[0:32]  # rows 0:32 of the fused Wcat_h
     d_U_r = d_Wcat_h[32:64]  # rows 32:64 of the fused Wcat_h
     d_W_z = d_Wcat_x[0:32]  # rows 0:32 of the fused Wcat_x
