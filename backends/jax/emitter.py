@@ -704,7 +704,8 @@ class ModuleEmitter(ModuleEmitterBase):
         blocks: list[str] = []
         blocks.append(
             self.header() + "\n" + self.docstring() + "\n\n"
-            "import functools\n\n"
+            "import functools\n"
+            "import gc\n\n"
             "import jax\n"
             "import jax.numpy as jnp\n"
             "import numpy as np\n"

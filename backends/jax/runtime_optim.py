@@ -236,6 +236,17 @@ def _opt_update(name, h, lr, t, p, g, m, v):
     return p - lr * m_hat / (jnp.sqrt(v_hat) + h["eps"]), m, v
 
 
+def _opt_update_leaf(name, hyper, lr, t, p, g, m, v):
+    """_opt_update with the hyperparameters as a hashable tuple of (key, value) pairs."""
+    return _opt_update(name, dict(hyper), lr, t, p, g, m, v)
+
+
+# Jitted per parameter shape: inside a traced training step, parameters of one shape (an
+# LSTM's four W_*, four U_*, four b_*) share one traced and lowered update instead of one
+# each, which makes the first call's trace and lowering faster; XLA inlines the calls.
+_opt_update_leaf = jax.jit(_opt_update_leaf, static_argnums=(0, 1))
+
+
 def apply_updates(params, grads, opt_state, updater, schedule=None):
     """One update of every parameter; returns (new_params, new_opt_state).
 
@@ -250,7 +261,7 @@ def apply_updates(params, grads, opt_state, updater, schedule=None):
     for k, p in params.items():
         m = opt_state.get(f"m/{k}")
         v = opt_state.get(f"v/{k}")
-        p2, m2, v2 = _opt_update(name, h, lr, t, p, grads[k], m, v)
+        p2, m2, v2 = _opt_update_leaf(name, tuple(sorted(h.items())), lr, t, p, grads[k], m, v)
         # keep each array's dtype so the state has a fixed type across steps (jit, scan)
         new_params[k] = p2.astype(p.dtype)
         if m2 is not None:

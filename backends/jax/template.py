@@ -15,6 +15,7 @@ alternatives define the same function (hence F811 is off for this file).
 # ruff: noqa: F811
 
 import functools
+import gc
 
 import jax
 import jax.numpy as jnp
@@ -553,7 +554,33 @@ def train_step(
         xs, ys, lengths, resets = shard_batch(mesh, xs, ys, lengths, resets)
         if state is not None:
             state = dict(zip(state, shard_batch(mesh, *state.values()), strict=True))
-    return _train_step(params, opt_state, xs, ys, state, lengths, resets, rng, optimizer)
+    with _full_gc_deferred():
+        return _train_step(params, opt_state, xs, ys, state, lengths, resets, rng, optimizer)
+
+
+class _full_gc_deferred:
+    """Python's full (generation 2) garbage collections held off while JAX traces.
+
+    The first call for each argument shape traces and lowers the whole training step,
+    allocating hundreds of thousands of short-lived objects; each full collection that
+    triggers meanwhile walks every long-lived object of the process (JAX, NumPy, the
+    user's), about 0.1 s each time on CPU. Young collections still run, and the deferred
+    full ones resume when the call returns, so nothing is kept. Once compiled, a call
+    allocates little, and this costs two calls to gc.set_threshold.
+    """
+
+    HELD = 1 << 30  # a generation-2 threshold never reached
+
+    def __enter__(self):
+        self.saved = gc.get_threshold()
+        if self.saved[2] == self.HELD:  # already held (a nested or concurrent call)
+            self.saved = None
+        else:
+            gc.set_threshold(self.saved[0], self.saved[1], self.HELD)
+
+    def __exit__(self, *exc):
+        if self.saved is not None:
+            gc.set_threshold(*self.saved)
 
 
 # --- section: step ---
