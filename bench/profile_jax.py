@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
         def fn():
             jax.block_until_ready(mod.train_step(params, opt, xs, ys))
 
-        jitted = mod._train_step
+        jitted = mod._jitted_train_step(params, None)
         call_args = (params, opt, xs, ys, None, None, None, None, None)
     if args.hlo:
         Path(args.hlo).write_text(jitted.lower(*call_args).compile().as_text())
