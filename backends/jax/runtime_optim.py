@@ -149,12 +149,19 @@ def learning_rate(step, updater, schedule=None):
 def _opt_global_norm(grads):
     """sqrt of the sum of squares of every element of every gradient.
 
-    One reduction over all the gradients laid end to end: XLA compiles one kernel for
-    it, not one (plus a copy for each slice of a fused gradient) per parameter.
+    Gradients of one trailing shape and dtype are stacked along their first axis and
+    reduced together: XLA compiles one copy and one reduction per group instead of one
+    reduction, and a copy of each block of a fused gradient (an LSTM's four U_* are row
+    blocks of one array), per parameter (lstm512's training step: 116 -> 110 kernels).
     """
-    leaves = [jnp.ravel(g) for g in jax.tree.leaves(grads)]
-    flat = jnp.concatenate(leaves) if len(leaves) > 1 else leaves[0]
-    return jnp.sqrt(jnp.sum(jnp.square(flat)))
+    groups = {}
+    for g in jax.tree.leaves(grads):
+        groups.setdefault((g.shape[1:], g.dtype), []).append(g if g.ndim else g[None])
+    total = 0.0
+    for same in groups.values():
+        whole = jnp.concatenate(same, axis=0) if len(same) > 1 else same[0]
+        total = total + jnp.sum(jnp.square(whole))
+    return jnp.sqrt(total)
 
 
 def clip_gradients(grads, clip):
