@@ -521,6 +521,13 @@ def test_vjp_cells_compute_cheap_hoisted_values_in_the_step():
     assert [i.op for i in sunk.hoisted] == ["matmul"]
     assert [i.op for i in sunk.body[:5]] == ["add"] + ["slice"] * 4
     assert {i.name for i in sunk.instrs} == {i.name for i in cell.instrs}
+    # the gate adjoints are concatenated once per step and exported once: the input
+    # projection (now in the step) and the state projection share d_h_proj
+    from rnnc.ir.passes.autodiff import autodiff, verify_grad
+
+    grad = verify_grad(autodiff(sunk))
+    assert grad.exports == ("d_h_proj",)
+    assert [i.op for i in grad.body].count("concat") == 1
     # a hoisted value read by a hoisted matmul stays hoisted
     mat = next(i for i in cell.hoisted if i.op == "matmul")
     scaled = type(mat)("xs2", "mul", (mat.args[1], mat.args[1]), (4,), True)
@@ -580,6 +587,56 @@ def test_train_step_with_optax(tmp_dir):
     # without a train block the spec's updater is adam with its defaults
     assert mod.UPDATER == {"name": "adam"} and mod.TRAIN is None
     assert set(mod.init_opt_state(params)) == {"step"} | {f"{s}/{k}" for s in "mv" for k in params}
+
+
+def test_train_step_defers_full_collections_and_picks_the_platform_step(tmp_dir, monkeypatch):
+    """train_step holds generation-2 collections off while it traces (and restores the
+    thresholds, also on an error or when already held), and runs the CPU-compiled step
+    (XLA's LLVM backend at -O1) for parameters on the CPU."""
+    import gc
+
+    import jax
+
+    mod = load(emit(tbptt_spec(3, 3, layers=1).split("train")[0], 4, 4), tmp_dir)
+    params = mod.init_params(0)
+    xs = np.random.default_rng(3).integers(0, 4, (2, 5))
+    assert jax.default_backend() == "cpu"
+    assert mod._jitted_train_step(params, None) is mod._TRAIN_STEPS["cpu"]
+    assert mod._jitted_train_step({k: np.asarray(v) for k, v in params.items()}, None) is (
+        mod._TRAIN_STEPS["cpu"]
+    )
+    assert mod.CPU_COMPILER_OPTIONS == {"xla_backend_optimization_level": 1}
+    # the -O1 step computes what the default-options step computes
+    opt = mod.init_opt_state(params)
+    a = mod.train_step(params, opt, xs, xs)
+    b = mod._TRAIN_STEPS["other"](params, opt, xs, xs, None, None, None, None, None)
+    for k in params:
+        np.testing.assert_allclose(a[0][k], b[0][k], rtol=1e-6, atol=1e-7)
+
+    before = gc.get_threshold()
+    seen = []
+
+    def fake(*args):
+        seen.append(gc.get_threshold())
+        if len(seen) == 2:
+            raise RuntimeError("boom")
+        return "done"
+
+    monkeypatch.setitem(mod._TRAIN_STEPS, "cpu", fake)
+    assert mod.train_step(params, opt, xs, xs) == "done"
+    assert seen[0][:2] == before[:2] and seen[0][2] == mod._full_gc_deferred.HELD
+    assert gc.get_threshold() == before
+    with pytest.raises(RuntimeError, match="boom"):
+        mod.train_step(params, opt, xs, xs)
+    assert gc.get_threshold() == before
+    # already held (a nested or concurrent call): left as it is, not restored early
+    gc.set_threshold(before[0], before[1], mod._full_gc_deferred.HELD)
+    try:
+        seen.clear()
+        mod.train_step(params, opt, xs, xs)
+        assert gc.get_threshold()[2] == mod._full_gc_deferred.HELD
+    finally:
+        gc.set_threshold(*before)
 
 
 # -------------------------------------------------------------------- the file
