@@ -544,7 +544,7 @@ def _jitted_train_step(params, mesh):
     if mesh is not None:
         platform = mesh.devices.flat[0].platform
     else:
-        first = next(iter(params.values()))
+        first = next(iter(params.values()), None)
         on = first.devices() if isinstance(first, jax.Array) else None
         platform = next(iter(on)).platform if on else jax.default_backend()
     return _TRAIN_STEPS["cpu" if platform == "cpu" else "other"]

@@ -29,6 +29,7 @@ from the dataset); batch ``B`` and time ``T`` stay symbolic.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -125,6 +126,24 @@ class Cell:
             if p.name == name:
                 return p
         raise KeyError(name)
+
+
+def name_maker(cell: Cell) -> Callable[[str], str]:
+    """A function giving names no value of ``cell`` has yet: ``base``, else ``base_``, ...
+
+    Each name it gives is taken from then on (passes that add instructions use one).
+    """
+    taken = {i.name for i in cell.instrs} | {p.name for p in cell.params} | {
+        v.name for v in cell.inputs + cell.states}
+
+    def fresh(base: str) -> str:
+        name = base
+        while name in taken:
+            name += "_"
+        taken.add(name)
+        return name
+
+    return fresh
 
 
 def value_shape(cell: Cell, name: str) -> Shape:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 
-from rnnc.ir.nodes import Cell, Instr
+from rnnc.ir.nodes import Cell, Instr, name_maker
 
 
 def fuse_biases(cell: Cell) -> Cell:
@@ -48,15 +48,7 @@ def fuse_biases(cell: Cell) -> Cell:
     for ins in cell.instrs:
         for a in set(ins.args):
             users[a].append(ins)
-    taken = {i.name for i in cell.instrs} | set(unbatched) | {
-        v.name for v in cell.inputs + cell.states}
-
-    def fresh(base: str) -> str:
-        name = base
-        while name in taken:
-            name += "_"
-        taken.add(name)
-        return name
+    fresh = name_maker(cell)
 
     def bias_of(add: Instr, part: str) -> str | None:
         """The unbatched operand of ``add`` (which reads ``part``) if it is a bias for it."""

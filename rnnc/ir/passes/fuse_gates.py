@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from rnnc.ir.nodes import Cell, Instr
+from rnnc.ir.nodes import Cell, Instr, name_maker
 
 
 def fuse_gates(cell: Cell) -> Cell:
@@ -29,16 +29,8 @@ def fuse_gates(cell: Cell) -> Cell:
     ["h_proj=matmul('Wcat_h', 'h')", "a=slice('h_proj',)", "b=slice('h_proj',)", "s=add('a', 'b')"]
     """
     params = {p.name: p for p in cell.params}
-    taken = {i.name for i in cell.instrs} | set(params) | {
-        v.name for v in cell.inputs + cell.states}
     new_invariant = list(cell.invariant)
-
-    def fresh(base: str) -> str:
-        name = base
-        while name in taken:
-            name += "_"
-        taken.add(name)
-        return name
+    fresh = name_maker(cell)
 
     def run(section: tuple[Instr, ...]) -> list[Instr]:
         groups: dict[str, list[Instr]] = defaultdict(list)
