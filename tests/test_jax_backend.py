@@ -613,6 +613,21 @@ def test_train_step_defers_full_collections_and_picks_the_platform_step(tmp_dir,
     for k in params:
         np.testing.assert_allclose(a[0][k], b[0][k], rtol=1e-6, atol=1e-7)
 
+    # inside the caller's own jit (and scan over steps) train_step traces like any function
+    @jax.jit
+    def two_steps(params, opt):
+        def one(carry, _):
+            p, o = carry
+            p, o, _, metrics = mod.train_step(p, o, xs, xs)
+            return (p, o), metrics["loss"]
+
+        return jax.lax.scan(one, (params, opt), None, length=2)
+
+    (p2, _), losses = two_steps(params, opt)
+    np.testing.assert_allclose(losses[0], a[3]["loss"], rtol=1e-6)
+    ref = mod.train_step(a[0], a[1], xs, xs)
+    np.testing.assert_allclose(losses[1], ref[3]["loss"], rtol=1e-5)
+
     before = gc.get_threshold()
     seen = []
 

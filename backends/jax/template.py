@@ -540,11 +540,14 @@ _TRAIN_STEPS = {
 
 def _jitted_train_step(params, mesh):
     """The jitted _train_step for the platform the call runs on: the mesh's, else that of
-    the parameters (the default device for NumPy arrays)."""
+    the parameters (the default device for NumPy arrays). Called while the caller traces
+    (train_step inside their jit or scan), the plain one: their compile covers it."""
+    first = next(iter(params.values()), None)
+    if isinstance(first, jax.core.Tracer):
+        return _TRAIN_STEPS["other"]
     if mesh is not None:
         platform = mesh.devices.flat[0].platform
     else:
-        first = next(iter(params.values()), None)
         on = first.devices() if isinstance(first, jax.Array) else None
         platform = next(iter(on)).platform if on else jax.default_backend()
     return _TRAIN_STEPS["cpu" if platform == "cpu" else "other"]
