@@ -251,6 +251,26 @@ def test_jax_matches_numpy(jrt, name, schedule):
     assert int(state["step"]) == int(np_state["step"]) == N_STEPS
 
 
+def test_jax_hyperparameters_may_be_arrays(jrt):
+    """The per-parameter update is jitted with the hyperparameters as a static key; one
+    given as an array (not hashable, maybe traced) takes the plain path, same numbers."""
+    import jax.numpy as jnp
+
+    upd = UPDATERS["adam"]
+    as_array = {k: (jnp.asarray(v) if k == "b1" else v) for k, v in upd.items()}
+    params = {k: jnp.asarray(v) for k, v in _params().items()}
+    grads = {k: jnp.asarray(v) for k, v in _grads(0).items()}
+    state = jrt.init_opt_state(params, upd)
+    plain = jrt.apply_updates(params, grads, state, upd)
+    traced = jax.jit(lambda b1: jrt.apply_updates(params, grads, state, {**upd, "b1": b1}))
+    for got in (jrt.apply_updates(params, grads, state, as_array), traced(upd["b1"])):
+        _assert_close(plain[0], got[0])
+        _assert_close(
+            {k: v for k, v in plain[1].items() if k != "step"},
+            {k: v for k, v in got[1].items() if k != "step"},
+        )
+
+
 def test_jax_keeps_float32_state_dtypes(jrt):
     import jax.numpy as jnp
 

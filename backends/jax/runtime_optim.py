@@ -265,10 +265,17 @@ def apply_updates(params, grads, opt_state, updater, schedule=None):
     lr = learning_rate(step, updater, schedule)
     new_params = {}
     new_state = {"step": step + 1}
+    # the update's hyperparameters as a static key (lr is an argument: it may be traced)
+    static = tuple(sorted((n, x) for n, x in h.items() if n not in ("name", "lr")))
+    if not all(isinstance(x, int | float) for _, x in static):
+        static = None
     for k, p in params.items():
         m = opt_state.get(f"m/{k}")
         v = opt_state.get(f"v/{k}")
-        p2, m2, v2 = _opt_update_leaf(name, tuple(sorted(h.items())), lr, t, p, grads[k], m, v)
+        if static is not None:
+            p2, m2, v2 = _opt_update_leaf(name, static, lr, t, p, grads[k], m, v)
+        else:  # a hyperparameter that is an array: no static key, trace each update
+            p2, m2, v2 = _opt_update(name, h, lr, t, p, grads[k], m, v)
         # keep each array's dtype so the state has a fixed type across steps (jit, scan)
         new_params[k] = p2.astype(p.dtype)
         if m2 is not None:
