@@ -18,14 +18,13 @@ last step, lengths, resets, truncated BPTT with k1 = k2 and k1 < k2, and every u
 with schedules, clipping and L1/L2.
 """
 
-import importlib.util
-import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+from generated_modules import import_source
 
 
 # Small programs compile much faster without LLVM's expensive passes (numerics unchanged
@@ -211,7 +210,6 @@ for _name, _lines in UPDATERS.items():
 # ----------------------------------------------------------------- plumbing
 
 _MODULES: dict[tuple[str, str], object] = {}
-_COUNTER = itertools.count()
 
 
 def backend_available(name):
@@ -237,13 +235,7 @@ def module(backend, case_id, tmp_dir):
 
 def _load(source: str, tmp_dir: Path, stem: str):
     """Write a generated module to tmp_dir and import it under a fresh name."""
-    name = f"rnnc_matrix_{stem}_{next(_COUNTER)}"
-    path = Path(tmp_dir) / f"{name}.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return import_source(source, tmp_dir, f"rnnc_matrix_{stem}")
 
 
 @pytest.fixture(scope="module")

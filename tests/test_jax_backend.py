@@ -10,7 +10,6 @@
 - The file: ruff-clean, deterministic, importable without rnnc, jitted entry points.
 """
 
-import importlib.util
 import itertools
 import os
 import shutil
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from generated_modules import import_source
 
 
 # Small programs compile much faster without LLVM's expensive passes (numerics unchanged
@@ -38,7 +38,6 @@ from rnnc.spec import parse_spec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RTOL = 1e-9
-_COUNTER = itertools.count()
 _MODULES: dict[str, object] = {}
 
 
@@ -51,16 +50,9 @@ def emit(text, n_in, n_out, name="case.rnn", disable=(), vjp=True):
 
 def load(source, tmp_dir):
     """Import a generated module (cached by source, so jitted functions are reused)."""
-    if source in _MODULES:
-        return _MODULES[source]
-    name = f"rnnc_jax_case_{next(_COUNTER)}"
-    path = Path(tmp_dir) / f"{name}.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    _MODULES[source] = module
-    return module
+    if source not in _MODULES:
+        _MODULES[source] = import_source(source, tmp_dir, "rnnc_jax_case")
+    return _MODULES[source]
 
 
 @pytest.fixture(scope="module")
