@@ -18,7 +18,6 @@ last step, lengths, resets, truncated BPTT with k1 = k2 and k1 < k2, and every u
 with schedules, clipping and L1/L2.
 """
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,12 +25,6 @@ import numpy as np
 import pytest
 from generated_modules import import_source
 
-
-# Small programs compile much faster without LLVM's expensive passes (numerics unchanged
-# at these tolerances); only takes effect if no XLA backend has started yet.
-os.environ.setdefault(
-    "XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-)
 
 try:
     import jax

@@ -19,13 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import xla_flags
 from generated_modules import import_source
 
 
-# Small programs compile much faster without LLVM's expensive passes (numerics unchanged
-# at these tolerances); only takes effect if no XLA backend has started yet.
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-os.environ.setdefault("XLA_FLAGS", FAST_COMPILE)
+FAST_COMPILE = xla_flags.fast_compile()  # what conftest.py sets, for child processes
 
 jax = pytest.importorskip("jax")
 jax.config.update("jax_enable_x64", True)

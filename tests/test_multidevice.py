@@ -13,6 +13,7 @@ import sys
 import textwrap
 
 import pytest
+import xla_flags
 
 
 pytest.importorskip("jax")
@@ -83,7 +84,7 @@ def test_data_parallel_train_step_equals_single_device(tmp_path):
     program = build(parse_spec(SPEC, "dp.rnn"), Sizes(6, 6))
     (tmp_path / "dp_jax.py").write_text(JaxBackend().emit(program))
     env = dict(os.environ)
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0"
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count=4 {xla_flags.fast_compile()}"
     env["JAX_PLATFORMS"] = "cpu"
     r = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(tmp_path)],

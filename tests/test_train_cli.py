@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import xla_flags
 from typer.testing import CliRunner
 
 from rnnc.cli import app
@@ -527,7 +528,8 @@ def test_data_parallel_over_two_host_devices(tmp_path):
         pytest.skip("the jax backend is not available")
     spec = write(tmp_path / "r.rnn", REBER.format(cell="elman", epochs=2, extra="")
                  .replace("reber(n: 240)", "reber(n: 250)"))  # 200 to train: a last batch of 8
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count=2 {xla_flags.fast_compile()}"
     runs = {}
     for devices in ("1", "2"):
         run = tmp_path / f"run{devices}"
