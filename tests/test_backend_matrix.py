@@ -53,6 +53,7 @@ class Case:
     resets: bool = False
     train: bool = False  # compare train_step (the updater cases)
     grads: bool = True  # compare forward / loss_and_grad
+    steps: int = T  # sequence length of the case's data
 
     @property
     def truncated(self) -> bool:
@@ -169,6 +170,39 @@ CASES = {
     "bptt_k1<k2+last": Case(
         model(["lstm(hidden: 3)"], head=LAST, train=["bptt k1 2 k2 4"]), 5, 4, lengths=True
     ),
+    # truncated BPTT with directions that run backward in time (they enter each window at
+    # its last step): windows side by side (k1 = 2 does not tile T = 5, and k1 < k2), and
+    # one scan cut every k1 steps (k1 = k2 tiling T: 3 steps of 6, and 1 of 5)
+    "bptt_k1=k2+bidirectional": Case(
+        model(["gru(hidden: 3, direction: bidirectional)", "lstm(hidden: 3)"], train=["bptt k1 2"]),
+        5,
+        4,
+        lengths=True,
+        resets=True,
+    ),
+    "bptt_k1<k2+backward+last": Case(
+        model(["lstm(hidden: 3, direction: backward)"], head=LAST, train=["bptt k1 2 k2 3"]),
+        5,
+        4,
+        lengths=True,
+    ),
+    "bptt_cut_every_3+bidirectional": Case(
+        model(["lstm(hidden: 3, direction: bidirectional, merge: sum)"], train=["bptt k1 3"]),
+        5,
+        4,
+        lengths=True,
+        resets=True,
+        steps=6,
+    ),
+    "bptt_cut_every_step+backward": Case(
+        model(
+            ["elman(hidden: 3, direction: backward)", "mgu(hidden: 3, direction: bidirectional)"],
+            train=["bptt k1 1"],
+        ),
+        5,
+        4,
+        lengths=True,
+    ),
 }
 
 UPDATERS = {
@@ -253,9 +287,10 @@ def data(mod, case_id):
     """Inputs, targets, lengths and resets for a case (the same for every backend)."""
     case = CASES[case_id]
     rng = np.random.default_rng(list(CASES).index(case_id))
-    xs, ys = inputs_and_targets(mod, rng, B, T)
-    lengths = np.array([T, 2, T - 1])[:B] if case.lengths else None
-    resets = (rng.random((B, T)) < 0.3) if case.resets else None
+    t = case.steps
+    xs, ys = inputs_and_targets(mod, rng, B, t)
+    lengths = np.array([t, 2, t - 1])[:B] if case.lengths else None
+    resets = (rng.random((B, t)) < 0.3) if case.resets else None
     return xs, ys, lengths, resets
 
 

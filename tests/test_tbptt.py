@@ -126,6 +126,54 @@ def test_disjoint_windows_match_a_pytorch_loop_with_detach():
                                    err_msg=name)
 
 
+@pytest.mark.parametrize("bptt", ["k1 3", "k1 2 k2 3", "k1 3 k2 7"])
+def test_backward_direction_enters_each_window_at_its_end(bptt):
+    """A layer running backward in time under truncated BPTT, against a PyTorch loop: the
+    sequence runs once without gradients; window (s, lo, e) then reruns steps e-1 ... s
+    from the (constant) state the later steps left, or from the call's initial state when
+    e = T, and scores the losses at lo:e."""
+    torch = pytest.importorskip("torch")
+    H = 4
+    m = module(text(f"elman(hidden: {H}, direction: backward)", bptt, head="linear per_step",
+                    inp="dense(features: 2)"))
+    params = m.init_params(3, "float64")
+    rng = np.random.default_rng(3)
+    xs, ys = rng.normal(size=(B, T, 2)), rng.normal(size=(B, T, 4))
+    h0 = rng.normal(size=(B, H))
+    loss, grads, final = m.loss_and_grad(params, xs, ys, {"layer1.h": h0}, wrt_inputs=True)
+
+    tp = {name: torch.tensor(v, requires_grad=True) for name, v in params.items()}
+    th0 = torch.tensor(h0, requires_grad=True)
+
+    def cell(t, h):
+        x = torch.tensor(xs[:, t])
+        return torch.tanh(x @ tp["layer1.W"].T + h @ tp["layer1.U"].T + tp["layer1.b"])
+
+    with torch.no_grad():  # after[t]: the state after step t (which step t - 1 reads)
+        after, h = [None] * T, th0
+        for t in reversed(range(T)):
+            after[t] = h = cell(t, h)
+    k1, k2 = (int(v) for v in bptt.split()[1::2]) if "k2" in bptt else (int(bptt.split()[1]),) * 2
+    total = 0.0
+    for lo in range(0, T, k1):
+        s, e = max(0, lo + k1 - k2), min(lo + k1, T)
+        h = th0 if e == T else after[e].detach()
+        for t in reversed(range(s, e)):
+            h = cell(t, h)
+            if t >= lo:
+                pred = h @ tp["head.W"].T + tp["head.b"]
+                total = total + ((pred - torch.tensor(ys[:, t])) ** 2).mean(-1).sum()
+    total = total / (B * T)
+    total.backward()
+    assert loss == pytest.approx(total.item(), rel=1e-12)
+    for name, v in tp.items():
+        np.testing.assert_allclose(grads[name], v.grad.numpy(), rtol=1e-10, atol=1e-14,
+                                   err_msg=name)
+    np.testing.assert_allclose(grads["state/layer1.h"], th0.grad.numpy(), rtol=1e-10,
+                               atol=1e-14)
+    np.testing.assert_allclose(final["layer1.h"], after[0].numpy(), rtol=1e-12)
+
+
 def test_overlapping_windows_keep_loss_and_final_state():
     full, trunc = module(text(LAYERS)), module(text(LAYERS, "k1 3 k2 5"))
     params = full.init_params(3, "float64")

@@ -364,13 +364,6 @@ class ModuleEmitter(ModuleEmitterBase):
         plan = self.plan
         self.k1 = plan.k1 if plan is not None else None
         self.k2 = plan.k2 if plan is not None else None
-        if self.k1 is not None and any("bwd" in layer.directions for layer in model.layers):
-            raise BackendError(
-                "truncated BPTT needs forward-only layers (a backward direction reads the "
-                "future of every window)",
-                None,
-                "remove `bptt` from the train block, or make the layers forward",
-            )
         self.windows = self.k1 is not None
 
     # -- the constants' data where it differs from the NumPy module's
@@ -468,6 +461,9 @@ class ModuleEmitter(ModuleEmitterBase):
                 "# Truncated BPTT: every K1 steps, backpropagate through K2 steps.",
                 f"K1 = {self.k1}",
                 f"K2 = {self.k2}",
+                "# States of the directions that run backward in time: they enter each window",
+                "# at its last step, from the (constant) state the later steps left.",
+                assign("REVERSED_STATES", self.reversed_states()),
             ]
         out += [
             "# The updater, learning-rate schedule, clipping and L1/L2 of train_step.",
@@ -693,6 +689,15 @@ class ModuleEmitter(ModuleEmitterBase):
                     "    return jnp.arange(T)[:, None] == last[None, :]"
                 )
         return "\n\n\n".join(out)
+
+    def reversed_states(self) -> tuple[str, ...]:
+        """The state keys of every direction that runs backward in time."""
+        return tuple(
+            layer.prefix("bwd") + v.name
+            for layer in self.model.layers
+            if "bwd" in layer.directions
+            for v in layer.cell.states
+        )
 
     def uses_backward_helpers(self) -> bool:
         ops = {i.op for layer in self.model.layers for i in layer.cell.instrs}

@@ -31,6 +31,7 @@ INPUT_SIZE = 1
 DROPOUT: dict = {}
 UNROLL: dict = {}
 K1 = K2 = 1
+REVERSED_STATES: tuple = ()
 UPDATER: dict = {"name": "sgd"}
 SCHEDULE = None
 CLIP = None
@@ -175,7 +176,8 @@ def _run_direction(
     """Run one direction of a layer over time-major inputs xs (T, B, n) with lax.scan.
 
     Before step t, rows with resets[t] get a zero state, and with detach_every = k the
-    state entering steps k, 2k, ... is a constant for gradients (truncated BPTT). Rows
+    state entering each k-step window is a constant for gradients (truncated BPTT; see
+    _cut). Rows
     with valid[t] false keep their state. A reverse direction runs t = T-1 ... 0 and
     stores each output at its own t. Returns (outputs (T, B, m), final state and, with
     `collect`, the state after every step (T, B, size)), states keyed "<prefix><name>".
@@ -203,20 +205,21 @@ def _scan_direction(cell, p, xs, carry0, valid, resets, reverse, detach_every, c
     inv = cell["invariant"](p) if cell["invariant"] is not None else {}
     hx = cell["hoisted"](p, inv, xs) if cell["hoisted"] is not None else {}
     x_seq = xs if cell["reads_x"] else None
+    T = xs.shape[0]
 
     def body(carry, inputs):
         t, x_t, hx_t, valid_t, reset_t = inputs
         if reset_t is not None:
             carry = tuple(jnp.where(reset_t[:, None], jnp.zeros_like(v), v) for v in carry)
         if detach_every is not None:
-            cut = (t % detach_every == 0) & (t > 0)
+            cut = _cut(t, T, detach_every, reverse)
             carry = tuple(jnp.where(cut, jax.lax.stop_gradient(v), v) for v in carry)
         y, new = cell["step"](p, inv, hx_t, x_t, *carry)
         if valid_t is not None:
             new = tuple(jnp.where(valid_t[:, None], n, v) for n, v in zip(new, carry, strict=True))
         return new, ((y, new) if collect else y)
 
-    steps = jnp.arange(xs.shape[0])
+    steps = jnp.arange(T)
     final, out = jax.lax.scan(
         body,
         carry0,
@@ -225,6 +228,15 @@ def _scan_direction(cell, p, xs, carry0, valid, resets, reverse, detach_every, c
         unroll=UNROLL.get(jax.default_backend(), 1),
     )
     return out, final
+
+
+def _cut(t, T, k, reverse):
+    """Whether the state entering step t (of T) is a truncated-BPTT cut, windows of k
+    steps [0, k), [k, 2k), ...: a forward direction enters a window at its first step
+    (t = k, 2k, ...), a backward one at its last (t = k - 1, 2k - 1, ... before T - 1)."""
+    if reverse:
+        return ((t + 1) % k == 0) & (t + 1 < T)
+    return (t % k == 0) & (t > 0)
 
 
 _VJP_SEQUENCES = {}
@@ -283,7 +295,7 @@ def _vjp_sequence(cell):
             if valid_t is not None:
                 ds = [d + s for d, s in zip(ds, skip, strict=True)]
             if detach_every is not None:  # truncated BPTT: no adjoint crosses the cut
-                cut = (t % detach_every == 0) & (t > 0)
+                cut = _cut(t, dys.shape[0], detach_every, reverse)
                 ds = [jnp.where(cut, jnp.zeros_like(d), d) for d in ds]
             if reset_t is not None:  # a reset cut the state off from earlier steps
                 ds = [jnp.where(reset_t[:, None], jnp.zeros_like(d), d) for d in ds]
@@ -400,7 +412,7 @@ def _windows(T):
     max(0, (j + 1) K1 - K2) is a constant, unless it is the call's initial state.
     Returns the time index of every window position (W, K2) clipped into [0, T),
     whether it is a real step, whether its loss is scored in this window, and the first
-    real step of each window (W,).
+    and last real steps of each window (W,).
     """
     lo = np.arange(0, T, K1)
     ends = lo + K1
@@ -408,19 +420,21 @@ def _windows(T):
     real = (index >= 0) & (index < T)
     scored = index >= lo[:, None]
     first = np.maximum(ends - K2, 0)
-    return np.clip(index, 0, T - 1), real, scored, first
+    last = np.minimum(ends, T) - 1
+    return np.clip(index, 0, T - 1), real, scored, first, last
 
 
 def _window_objective(params, enc, ys, state, valid, resets, drop, lengths):
     """The loss with truncated BPTT by windows that run side by side.
 
-    The sequence runs once without gradients to find the state entering each window;
-    then every window reruns its K2 steps from that state, all windows at once as extra
+    The sequence runs once without gradients to find the state entering each window (at
+    its first step, or at its last for a direction that runs backward in time); then
+    every window reruns its K2 steps from that state, all windows at once as extra
     batch rows (row w * B + b is row b of window w). The loss is the mean over the valid
     steps of the whole call, each step scored in exactly one window.
     """
     T, B = enc.shape[:2]
-    index, real, scored, first = _windows(T)
+    index, real, scored, first, last = _windows(T)
     W = index.shape[0]
     sg = jax.lax.stop_gradient
     _, final, seq = _layers(sg(params), sg(enc), sg(state), valid, resets, drop, collect=True)
@@ -434,11 +448,15 @@ def _window_objective(params, enc, ys, state, valid, resets, drop, lengths):
         """(W, K2) -> (K2, W * B), the same for every row of a window."""
         return jnp.asarray(np.repeat(mask.T, B, axis=1))
 
-    # the state entering each window: the call's initial state, or a constant
+    # the state entering each window: the call's initial state, or a constant (s[t] is
+    # the state after step t, which a backward direction's step t - 1 reads)
     start = {}
     for name, s in seq.items():
-        entering = jnp.concatenate([state[name][None], sg(s[:-1])], axis=0)
-        start[name] = entering[first].reshape((W * B,) + s.shape[2:])
+        if name in REVERSED_STATES:
+            entering = jnp.concatenate([sg(s[1:]), state[name][None]], axis=0)[last]
+        else:
+            entering = jnp.concatenate([state[name][None], sg(s[:-1])], axis=0)[first]
+        start[name] = entering.reshape((W * B,) + s.shape[2:])
     w_valid = spread(real) if valid is None else spread(real) & fold(valid)
     w_resets = None if resets is None else spread(real) & fold(resets)
     w_drop = None if drop is None else {k: fold(v) for k, v in drop.items()}
