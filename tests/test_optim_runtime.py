@@ -47,8 +47,16 @@ def jrt():
     return _load(JAX_FILE, "rnnc_test_runtime_optim_jax")
 
 
-# Parameter names: "*.b*" are biases (exempt from L1/L2 by default), "h0" is a 0-d array.
-SHAPES = {"enc.W": (4, 3), "enc.b": (4,), "dec.W_out": (2, 4), "dec.bias": (2,), "h0": ()}
+# Parameter names: "enc.b" and "dec.b_out" are biases (exempt from L1/L2 by default: the
+# symbol is "b" or "b_*"), "dec.bias" is not; "h0" is a 0-d array.
+SHAPES = {
+    "enc.W": (4, 3),
+    "enc.b": (4,),
+    "dec.W_out": (2, 4),
+    "dec.b_out": (2,),
+    "dec.bias": (2,),
+    "h0": (),
+}
 
 # Non-default hyperparameters, so a defaults mix-up would show.
 UPDATERS = {
@@ -319,6 +327,20 @@ def test_jax_clip_and_regularize_match_numpy(jrt):
     )
 
 
+def test_default_regularization_exemption_is_the_modules_bias_rule(jrt):
+    """Both runtimes exempt what the generated modules exempt: symbol b or b_*."""
+    biases = ["b", "enc.b", "layer1.fwd.b_h", "m/dec.b_out", "x/b_"]
+    others = ["enc.W", "dec.bias", "layer1.beta", "bidir.W", "h0", "layer1.bwd.U_b"]
+    for runtime in (rt, jrt):
+        assert [runtime._opt_is_bias(n) for n in biases] == [True] * len(biases)
+        assert [runtime._opt_is_bias(n) for n in others] == [False] * len(others)
+    params, grads = _params(), _grads(0)
+    out = rt.regularize(grads, params, 0.0, 0.1)
+    for name in params:
+        expected = grads[name] + (0.0 if name in ("enc.b", "dec.b_out") else 0.1 * params[name])
+        np.testing.assert_allclose(out[name], expected, rtol=RTOL, err_msg=name)
+
+
 # --- schedules ---------------------------------------------------------------------------
 
 
@@ -496,16 +518,6 @@ def test_clip_none_is_identity_and_does_not_mutate():
 
 
 # --- regularization ----------------------------------------------------------------------
-
-
-def test_default_exclude_is_biases():
-    assert rt._opt_is_bias("enc.b")
-    assert rt._opt_is_bias("dec.bias")
-    assert rt._opt_is_bias("layer1.b_f")
-    assert rt._opt_is_bias("b")
-    assert not rt._opt_is_bias("enc.W")
-    assert not rt._opt_is_bias("dec.W_out")
-    assert not rt._opt_is_bias("bidir.W")  # only the last component counts
 
 
 @pytest.mark.parametrize("exclude", [None, "nothing", "weights"])

@@ -984,8 +984,10 @@ def _opt_settings(kind, table, given):
 
 
 def _opt_is_bias(name):
-    """Default regularization exemption: the last name component starts with "b"."""
-    return name.replace("/", ".").rsplit(".", 1)[-1].startswith("b")
+    """Default regularization exemption, the generated modules' rule: the last name
+    component (the parameter's symbol) is "b" or starts with "b_"."""
+    symbol = name.replace("/", ".").rsplit(".", 1)[-1]
+    return symbol == "b" or symbol.startswith("b_")
 
 
 def init_opt_state(params, updater):
@@ -1060,7 +1062,7 @@ def regularize(grads, params, l1, l2, exclude=_opt_is_bias):
     """Add the gradient of regularization_loss to grads: l2 * p + l1 * sign(p).
 
     Parameters for which exclude(name) is true are left alone; by default those are
-    biases (last name component starts with "b"). Pass `lambda name: False` to
+    biases (last name component "b" or "b_..."). Pass `lambda name: False` to
     regularize every parameter.
     """
     out = dict(grads)
