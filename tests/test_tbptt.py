@@ -89,6 +89,23 @@ def test_disjoint_windows_are_bptt_detached_every_k_steps(k, lengths):
         np.testing.assert_allclose(final[name], state[name], rtol=1e-12)
 
 
+def head_sse(tp, h, y):
+    """A linear head's squared error at one step: mean over outputs, summed over rows."""
+    pred = h @ tp["head.W"].T + tp["head.b"]
+    return ((pred - h.new_tensor(y)) ** 2).mean(-1).sum()
+
+
+def assert_matches_torch(loss, grads, total, tp):
+    """loss and grads are the PyTorch objective total / (B T) and its parameter gradients
+    (total.backward() fills tp's .grad)."""
+    total = total / (B * T)
+    total.backward()
+    assert loss == pytest.approx(total.item(), rel=1e-12)
+    for name, v in tp.items():
+        np.testing.assert_allclose(grads[name], v.grad.numpy(), rtol=1e-10, atol=1e-14,
+                                   err_msg=name)
+
+
 def test_disjoint_windows_match_a_pytorch_loop_with_detach():
     torch = pytest.importorskip("torch")
     k, H = 3, 4
@@ -116,14 +133,8 @@ def test_disjoint_windows_match_a_pytorch_loop_with_detach():
         g, o = gate("g", torch.tanh), gate("o", torch.sigmoid)
         c = f * c + i * g
         h = o * torch.tanh(c)
-        pred = h @ tp["head.W"].T + tp["head.b"]
-        total = total + ((pred - torch.tensor(ys[:, t])) ** 2).mean(-1).sum()
-    total = total / (B * T)
-    total.backward()
-    assert loss == pytest.approx(total.item(), rel=1e-12)
-    for name, v in tp.items():
-        np.testing.assert_allclose(grads[name], v.grad.numpy(), rtol=1e-10, atol=1e-14,
-                                   err_msg=name)
+        total = total + head_sse(tp, h, ys[:, t])
+    assert_matches_torch(loss, grads, total, tp)
 
 
 @pytest.mark.parametrize("bptt", ["k1 3", "k1 2 k2 3", "k1 3 k2 7"])
@@ -161,14 +172,8 @@ def test_backward_direction_enters_each_window_at_its_end(bptt):
         for t in reversed(range(s, e)):
             h = cell(t, h)
             if t >= lo:
-                pred = h @ tp["head.W"].T + tp["head.b"]
-                total = total + ((pred - torch.tensor(ys[:, t])) ** 2).mean(-1).sum()
-    total = total / (B * T)
-    total.backward()
-    assert loss == pytest.approx(total.item(), rel=1e-12)
-    for name, v in tp.items():
-        np.testing.assert_allclose(grads[name], v.grad.numpy(), rtol=1e-10, atol=1e-14,
-                                   err_msg=name)
+                total = total + head_sse(tp, h, ys[:, t])
+    assert_matches_torch(loss, grads, total, tp)
     np.testing.assert_allclose(grads["state/layer1.h"], th0.grad.numpy(), rtol=1e-10,
                                atol=1e-14)
     np.testing.assert_allclose(final["layer1.h"], after[0].numpy(), rtol=1e-12)
