@@ -150,3 +150,32 @@ def test_models_table():
     for spec in baselines.MODELS.values():
         assert ("torch_loop", spec.kind) in baselines.BASELINES
         assert ("flax", spec.kind) in baselines.BASELINES
+
+
+def test_target_ratios_per_interleaved_round():
+    """bench_all's targets: the ratio over all rounds, and the same ratio in each round
+    (rows of one model's interleaved group only)."""
+    import bench_all
+
+    def row(fw, model, round_ms, gflops=1.0):
+        step = float(np.median(round_ms))
+        return {
+            "framework": fw,
+            "model": model,
+            "train_tok_s": 3200 / step,
+            "train_step_ms": step,
+            "train_gflops": gflops,
+            "train_round_ms": round_ms,
+        }
+
+    rows = [
+        row("rnnc-jax", "lstm512", [300.0, 200.0, 250.0], gflops=2.0),
+        row("torch", "lstm512", [240.0, 220.0, 230.0]),
+        row("rnnc-jax", "mgu512", [100.0, 120.0, 110.0], gflops=1.0),
+    ]
+    goals = {g["target"]: g for g in bench_all.targets(rows)}
+    g = goals["rnnc-jax / nn.LSTM train, lstm512"]
+    assert g["ratio"] == pytest.approx(230.0 / 250.0) and not g["met"]
+    assert g["rounds"] == pytest.approx([240 / 300, 220 / 200, 230 / 250])
+    per_flop = goals["rnnc-jax GFLOP/s mgu512 / lstm512 (per FLOP)"]
+    assert per_flop["ratio"] == pytest.approx(0.5) and per_flop["rounds"] == []
