@@ -471,7 +471,9 @@ class NumpyEmitter(ModuleEmitterBase):
                     out.append(f"{I3}_accumulate(d_state, {py_str(d.prefix + v.name)}, ds[{j}])")
             if la.bidirectional:
                 out.append(f"{I2}dx = dx + dx_b if dx is not None else None")
-            if la.residual:
+            if la.residual and i == 0:  # dx is None when no input gradient is needed
+                out.append(f"{I2}dx = dx + dy if dx is not None else None  # residual")
+            elif la.residual:
                 out.append(f"{I2}dx = dx + dy  # residual")
             if i > 0:
                 out.append(f"{I2}dy = dx")
