@@ -487,6 +487,98 @@ def test_custom_vjp_matches_autodiff_through_scan(case, tmp_dir):
     assert not scan._VJP_SEQUENCES
 
 
+LAZY_CASES = {
+    # both directions of a residual first layer, lengths and resets
+    "bidirectional_residual": (
+        "model m {\n  input onehot(vocab: 4)\n"
+        "  layer lstm(hidden: 4, direction: bidirectional, merge: sum, residual: true)\n"
+        "  layer gru(hidden: 3)\n  head softmax(at: per_step, classes: 4)\n}\n",
+        True,
+    ),
+    # truncated BPTT, windows side by side (the dense one-hot) and a backward direction
+    "tbptt_windows": (
+        tbptt_spec(2, 3).replace("gru(hidden: 3)", "gru(hidden: 3, direction: backward)"),
+        True,
+    ),
+    # truncated BPTT cut every k1 steps in one scan, a custom cell (MGU) first
+    "tbptt_cut_mgu": (tbptt_spec(3, 3).replace("lstm(hidden: 3)", "mgu(hidden: 3)"), False),
+    # a cell that reads x itself in the step (one-hot vectors per step from the ids)
+    "reads_x": (
+        "cell pass(x) {\n  state h[4]\n  h' = tanh(U @ h + x)\n}\n"
+        "model m {\n  input onehot(vocab: 4)\n  layer pass(hidden: 4)\n"
+        "  head softmax(at: per_step, classes: 4)\n}\n",
+        True,
+    ),
+    # input dropout: the dropped-out inputs are dense
+    "input_dropout": (
+        tbptt_spec(6, 6).replace("bptt k1 6 k2 6", "dropout input 0.3 layers 0.2"),
+        False,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(LAZY_CASES))
+def test_token_ids_stand_for_one_hot_inputs_on_the_training_path(case, tmp_dir):
+    """Without input gradients the objectives give a one-hot model's first layer its
+    token ids (_Tokens: the hoisted W x becomes rows W.T[ids] gathered in the loop);
+    loss, gradients and final state equal the dense one-hot path's (wrt_inputs=True),
+    and so does one train_step (with input dropout too, which takes the dense path)."""
+    text, masks = LAZY_CASES[case]
+    mod = load(emit(text, 4, 4), tmp_dir)
+    assert mod._LAZY == (mod._Tokens, mod._Rows)
+    rng = np.random.default_rng(5)
+    B, T = 3, 6
+    xs, ys = rng.integers(0, 4, (B, T)), rng.integers(0, 4, (B, T))
+    params = mod.init_params(2, "float64")
+    state = {k: jnp.asarray(rng.normal(size=(B,) + v)) for k, v in mod.STATE_SHAPES.items()}
+    kw = dict(lengths=np.array([T, 2, 5]), resets=rng.random((B, T)) < 0.2) if masks else {}
+    if "dropout" in text:
+        kw["rng"] = jax.random.PRNGKey(7)
+    enc = mod._encode_for_training(params, xs, jnp.float64)
+    assert isinstance(enc, mod._Tokens) and enc.shape == (T, B, 4)
+    np.testing.assert_array_equal(enc.dense(), mod._encode(params, xs, jnp.float64))
+    lazy = mod.loss_and_grad(params, xs, ys, state, **kw)
+    dense = mod.loss_and_grad(params, xs, ys, state, wrt_inputs=True, **kw)
+    close(lazy[0], dense[0], what="loss")
+    assert set(lazy[1]) == set(params)
+    for k in params:
+        close(lazy[1][k], dense[1][k], what=f"d/d {k}")
+    for k in dense[2]:
+        close(lazy[2][k], dense[2][k], what=f"final {k}")
+    # the training step runs the token path; the same update from the dense gradients
+    opt = mod.init_opt_state(params)
+    new, _, _, metrics = mod.train_step(params, opt, xs, ys, state, **kw)
+    close(metrics["loss"], dense[0], what="train_step loss")
+    ref, _ = mod.apply_updates(params, dense[1], opt, mod.UPDATER, mod.SCHEDULE)
+    for k in params:
+        close(new[k], ref[k], what=f"updated {k}")
+
+
+def test_token_ids_need_a_one_hot_input_read_through_matmuls(tmp_dir):
+    """Dense and embedding inputs keep their arrays (no lazy types in the module), and so
+    does a one-hot input that the first cell's hoisted section reads other than as W x."""
+    dense_in = LAZY_CASES["bidirectional_residual"][0].replace(
+        "onehot(vocab: 4)", "dense(features: 4)"
+    )
+    embedded = LAZY_CASES["bidirectional_residual"][0].replace(
+        "onehot(vocab: 4)", "embedding(vocab: 4, dim: 4)"
+    )
+    squares_x = (
+        "cell sq(x) {\n  state h[4]\n  h' = tanh(U @ h + W @ (x * x))\n}\n"
+        "model m {\n  input onehot(vocab: 4)\n  layer sq(hidden: 4)\n"
+        "  head softmax(at: per_step, classes: 4)\n}\n"
+    )
+    for text in (dense_in, embedded, squares_x):
+        source = emit(text, 4, 4)
+        assert "class _Tokens" not in source and "_LAZY = ()" in source
+        mod = load(source, tmp_dir)
+        assert mod._encode_for_training is mod._encode
+    from rnnc.backends.jax.emitter import lazy_tokens_ok
+
+    program = build(parse_spec(LAZY_CASES["tbptt_cut_mgu"][0], "m.rnn"), Sizes(4, 4))
+    assert lazy_tokens_ok(program.model)
+
+
 def test_forward_stays_differentiable_in_every_mode(tmp_dir):
     """forward runs the plain scan (jax.jvp and jax.hessian work through it); only the
     training objective takes the custom VJP, which supports reverse mode alone."""

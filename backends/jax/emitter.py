@@ -365,6 +365,7 @@ class ModuleEmitter(ModuleEmitterBase):
         self.k1 = plan.k1 if plan is not None else None
         self.k2 = plan.k2 if plan is not None else None
         self.windows = self.k1 is not None
+        self.lazy_tokens = vjp and lazy_tokens_ok(model)
 
     # -- the constants' data where it differs from the NumPy module's
     def spec_data(self) -> Any:
@@ -514,6 +515,25 @@ class ModuleEmitter(ModuleEmitterBase):
     def encode(self) -> str:
         enc = self.model.input
         head = "def _encode(params, xs, dtype):\n"
+        if self.lazy_tokens:
+            return head + (
+                f'    """Token ids (B, T) -> time-major one-hot vectors (T, B, {enc.vocab})."""\n'
+                f"    return jax.nn.one_hot(jnp.swapaxes(xs, 0, 1), {enc.vocab}, dtype=dtype)\n"
+                "\n\n"
+                "def _encode_for_training(params, xs, dtype):\n"
+                '    """The training objectives\' inputs: the token ids, time-major, as lazy\n'
+                '    one-hot vectors (_Tokens)."""\n'
+                f"    return _Tokens(jnp.swapaxes(xs, 0, 1), {enc.vocab}, dtype)"
+            )
+        return self._encode_dense(head) + (
+            "\n\n\n# The training objectives' inputs: the same encoding.\n"
+            "_encode_for_training = _encode\n"
+            "# Lazy input types (none here: see _Tokens in docs/jax.md).\n"
+            "_LAZY = ()"
+        )
+
+    def _encode_dense(self, head: str) -> str:
+        enc = self.model.input
         if enc.kind == "onehot":
             return head + (
                 f'    """Token ids (B, T) -> time-major one-hot vectors (T, B, {enc.vocab})."""\n'
@@ -574,7 +594,8 @@ class ModuleEmitter(ModuleEmitterBase):
                     )
                 )
             if layer.residual:
-                lines.append("    y = y + x")
+                first = self.lazy_tokens and layer is self.model.layers[0]
+                lines.append("    y = y + _dense(x)" if first else "    y = y + x")
             if layer.dropout > 0:
                 lines.append(f"    x = _dropout(y, drop, {name})")
             else:
@@ -743,10 +764,32 @@ class ModuleEmitter(ModuleEmitterBase):
             blocks.append(s["windows"])
         else:
             blocks.append(s["objective_full"])
+        if self.lazy_tokens:
+            blocks.append(s["lazy_tokens"])
         blocks.append(s["entry"])
         blocks.append(s["step_backward"] if self.backward else s["step"])
         blocks.append(s["mesh"])
         return "\n\n\n".join(b.strip("\n") for b in blocks) + "\n"
+
+
+def lazy_tokens_ok(model: Model) -> bool:
+    """Whether the training objectives can give the first layer its one-hot inputs as
+    lazy token ids (template _Tokens): a one-hot input, and a first-layer cell whose
+    custom-VJP hoisted section uses the input only as the right operand of matmuls whose
+    results only the step reads (so W x is W.T[ids], gathered inside the loop)."""
+    if model.input.kind != "onehot":
+        return False
+    cell = sink_cheap_hoisted(model.layers[0].cell)
+    x = cell.inputs[0].name
+    products = set()
+    for ins in cell.hoisted:
+        if x in ins.args:
+            if ins.op != "matmul" or ins.args[0] == x:
+                return False
+            products.add(ins.name)
+        elif products & set(ins.args):
+            return False
+    return not products & ({cell.output} | {v for _, v in cell.next_state})
 
 
 def assign(name: str, v: Any) -> str:

@@ -36,11 +36,16 @@ UPDATER: dict = {"name": "sgd"}
 SCHEDULE = None
 CLIP = None
 L1 = L2 = 0.0
+_LAZY: tuple = ()
 BIDIRECTIONAL = False
 LAYERS: dict = {}
 
 
 def _encode(params, xs, dtype):
+    raise NotImplementedError
+
+
+def _encode_for_training(params, xs, dtype):
     raise NotImplementedError
 
 
@@ -160,7 +165,7 @@ def _dropout(x, drop, place):
     """x times the dropout multipliers of `place` (unchanged when not training)."""
     if drop is None or place not in drop:
         return x
-    return x * drop[place]
+    return _dense(x) * drop[place]
 
 
 def _valid(lengths, T):
@@ -192,6 +197,7 @@ def _run_direction(
         seq = _vjp_sequence(cell)
         ys, final = seq(p, xs, carry0, valid, resets, reverse, detach_every)
         return ys, dict(zip(names, final, strict=True)), {}
+    xs = _dense(xs)
     out, final = _scan_direction(cell, p, xs, carry0, valid, resets, reverse, detach_every, collect)
     final = dict(zip(names, final, strict=True))
     if not collect:
@@ -239,6 +245,21 @@ def _cut(t, T, k, reverse):
     return (t % k == 0) & (t > 0)
 
 
+def _dense(x):
+    """x itself, or the array a lazy input (_Tokens, _Rows) stands for."""
+    return x.dense() if isinstance(x, _LAZY) else x
+
+
+def _scanned(value):
+    """What lax.scan slices per step of a time-indexed value: a lazy one's token ids."""
+    return value.ids if isinstance(value, _LAZY) else value
+
+
+def _at_step(value, sliced):
+    """A time-indexed value at one step, from what lax.scan sliced of it."""
+    return value.at(sliced) if isinstance(value, _LAZY) else sliced
+
+
 _VJP_SEQUENCES = {}
 
 
@@ -259,6 +280,7 @@ def _vjp_sequence(cell):
 
         def body(carry, inputs):
             kt, valid_t, reset_t = inputs
+            kt = {name: _at_step(k[name], a) for name, a in kt.items()}
             if reset_t is not None:
                 carry = tuple(jnp.where(reset_t[:, None], jnp.zeros_like(c), c) for c in carry)
             new, y, saved = v["step"](k, kt, *carry)
@@ -266,7 +288,7 @@ def _vjp_sequence(cell):
                 new = [jnp.where(valid_t[:, None], n, c) for n, c in zip(new, carry, strict=True)]
             return tuple(new), (y, tuple(saved))
 
-        kts = {name: k[name] for name in v["time"]}
+        kts = {name: _scanned(k[name]) for name in v["time"]}
         unroll = UNROLL.get(jax.default_backend(), 1)
         final, (ys, saved) = jax.lax.scan(
             body, carry0, (kts, valid, resets), reverse=reverse, unroll=unroll
@@ -275,6 +297,7 @@ def _vjp_sequence(cell):
 
     @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
     def seq(p, xs, carry0, valid, resets, reverse, detach_every):
+        xs = _dense(xs)
         out, final = _scan_direction(cell, p, xs, carry0, valid, resets, reverse, None, False)
         return out, final
 
@@ -285,9 +308,11 @@ def _vjp_sequence(cell):
     def seq_bwd(reverse, detach_every, residuals, cotangents):
         k, saved, valid, resets = residuals
         dys, dfinal = cotangents
+        lazy_x = isinstance(k["x"], _LAZY)  # token ids: no input adjoint to return
 
         def body(ds, inputs):
             t, dy, kt, sv, valid_t, reset_t = inputs
+            kt = {name: _at_step(k[name], a) for name, a in kt.items()}
             if valid_t is not None:  # a padded step passed the state through
                 skip = [jnp.where(valid_t[:, None], jnp.zeros_like(d), d) for d in ds]
                 ds = [jnp.where(valid_t[:, None], d, jnp.zeros_like(d)) for d in ds]
@@ -302,7 +327,7 @@ def _vjp_sequence(cell):
             return tuple(ds), tuple(exports)
 
         steps = jnp.arange(dys.shape[0])
-        kts = {name: k[name] for name in v["time"]}
+        kts = {name: _scanned(k[name]) for name in v["time"]}
         d0, exports = jax.lax.scan(
             body,
             tuple(dfinal),
@@ -315,10 +340,11 @@ def _vjp_sequence(cell):
         for name, (whole, lo, hi) in v["views"].items():
             tape[name] = tape[whole][..., lo:hi]
         acc = {}
-        dxs = v["backward_hoisted"](k, tape, 0, dys.shape[0], acc)
-        grads = v["backward_invariant"](k, acc)
+        kd = {name: _dense(a) for name, a in k.items()}  # (XLA drops what goes unread)
+        dxs = v["backward_hoisted"](kd, tape, 0, dys.shape[0], acc, need_dx=not lazy_x)
+        grads = v["backward_invariant"](kd, acc)
         dp = {
-            name: grads[name] if name in grads else jnp.zeros_like(k[name])
+            name: grads[name] if name in grads else jnp.zeros_like(kd[name])
             for name in cell["params"]
         }
         return dp, dxs, d0, None, None
@@ -433,6 +459,7 @@ def _window_objective(params, enc, ys, state, valid, resets, drop, lengths):
     batch rows (row w * B + b is row b of window w). The loss is the mean over the valid
     steps of the whole call, each step scored in exactly one window.
     """
+    enc = _dense(enc)
     T, B = enc.shape[:2]
     index, real, scored, first, last = _windows(T)
     W = index.shape[0]
@@ -469,6 +496,67 @@ def _window_objective(params, enc, ys, state, valid, resets, drop, lengths):
     return total / jnp.sum(weights).astype(losses.dtype), final
 
 
+# --- section: lazy_tokens ---
+class _Tokens:
+    """Time-major token ids (T, B) standing for their one-hot vectors (T, B, n).
+
+    The training objectives pass these to the first layer (no input dropout, no input
+    gradient asked for): a cell's hoisted product W x of them is _Rows(W.T, ids), which
+    the custom VJP's loop reads one step at a time (W.T[ids[t]], a gather that fuses with
+    the step's other work) instead of a fresh (T, B, m) array every call. Everywhere else
+    _dense gives the one-hot vectors themselves.
+    """
+
+    def __init__(self, ids, n, dtype):
+        self.ids, self.n, self.dtype = ids, n, dtype
+
+    @property
+    def shape(self):
+        return self.ids.shape + (self.n,)
+
+    def dense(self):
+        return jax.nn.one_hot(self.ids, self.n, dtype=self.dtype)
+
+    def at(self, ids_t):
+        return jax.nn.one_hot(ids_t, self.n, dtype=self.dtype)
+
+    def times(self, table):
+        """These vectors times table (n, m): its rows, taken lazily."""
+        return _Rows(table, self.ids)
+
+    def __getitem__(self, index):
+        return _Tokens(self.ids[index], self.n, self.dtype)
+
+
+class _Rows:
+    """table[ids] for time-major ids (T, B): rows of a (n, m) table, taken lazily."""
+
+    def __init__(self, table, ids):
+        self.table, self.ids = table, ids
+
+    @property
+    def shape(self):
+        return self.ids.shape + self.table.shape[1:]
+
+    def dense(self):
+        return self.table[self.ids]
+
+    def at(self, ids_t):
+        return self.table[ids_t]
+
+    def __getitem__(self, index):
+        return _Rows(self.table, self.ids[index])
+
+
+jax.tree_util.register_pytree_node(
+    _Tokens, lambda t: ((t.ids,), (t.n, t.dtype)), lambda aux, kids: _Tokens(kids[0], *aux)
+)
+jax.tree_util.register_pytree_node(
+    _Rows, lambda r: ((r.table, r.ids), None), lambda _, kids: _Rows(*kids)
+)
+_LAZY = (_Tokens, _Rows)
+
+
 # --- section: entry ---
 @jax.jit
 def forward(params, xs, state=None, lengths=None, resets=None):
@@ -496,9 +584,10 @@ def loss_and_grad(
     dtype, B, T, state, valid, resets, drop = _prepare(params, xs, state, lengths, resets, rng)
 
     def objective(params, state, delta):
-        enc = _encode(params, xs, dtype)
-        if delta is not None:
-            enc = enc + delta
+        if delta is None:
+            enc = _encode_for_training(params, xs, dtype)
+        else:
+            enc = _encode(params, xs, dtype) + delta
         return _objective(params, enc, ys, state, valid, resets, drop, lengths)
 
     if not wrt_inputs:

@@ -65,7 +65,10 @@ JAX_STACK_OPS = dict(STACK_OPS, **JAX_STEP_OPS)
 # Helpers the generated functions call (pasted once into a module that uses them).
 HELPERS = '''
 def _matmul(a, b):
-    """a @ b for a 2-D b; a stacked (T, B, n) a is multiplied as one (T * B, n) matrix."""
+    """a @ b for a 2-D b; a stacked (T, B, n) a is multiplied as one (T * B, n) matrix,
+    lazy token ids (_Tokens) as the rows of b they pick."""
+    if isinstance(a, _LAZY):
+        return a.times(b)
     if a.ndim <= 2:
         return a @ b
     return (a.reshape(-1, a.shape[-1]) @ b).reshape(a.shape[:-1] + (b.shape[-1],))
