@@ -529,6 +529,7 @@ def test_token_ids_stand_for_one_hot_inputs_on_the_training_path(case, tmp_dir):
     rng = np.random.default_rng(5)
     B, T = 3, 6
     xs, ys = rng.integers(0, 4, (B, T)), rng.integers(0, 4, (B, T))
+    xs[0, 1], xs[1, 2] = -1, 4  # ids outside the vocabulary: zero one-hot vectors, zero rows
     params = mod.init_params(2, "float64")
     state = {k: jnp.asarray(rng.normal(size=(B,) + v)) for k, v in mod.STATE_SHAPES.items()}
     kw = dict(lengths=np.array([T, 2, 5]), resets=rng.random((B, T)) < 0.2) if masks else {}

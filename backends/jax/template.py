@@ -528,6 +528,13 @@ class _Tokens:
         return _Tokens(self.ids[index], self.n, self.dtype)
 
 
+def _take_rows(table, ids):
+    """table[ids], and a zero row where an id is outside [0, n): what its one-hot vector
+    (jax.nn.one_hot) times the table gives."""
+    ids = jnp.where(ids < 0, table.shape[0], ids)
+    return jnp.take(table, ids, axis=0, mode="fill", fill_value=0)
+
+
 class _Rows:
     """table[ids] for time-major ids (T, B): rows of a (n, m) table, taken lazily."""
 
@@ -539,10 +546,10 @@ class _Rows:
         return self.ids.shape + self.table.shape[1:]
 
     def dense(self):
-        return self.table[self.ids]
+        return _take_rows(self.table, self.ids)
 
     def at(self, ids_t):
-        return self.table[ids_t]
+        return _take_rows(self.table, ids_t)
 
     def __getitem__(self, index):
         return _Rows(self.table, self.ids[index])
