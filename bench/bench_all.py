@@ -468,11 +468,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         print("\n# targets (same-run ratios; 'rounds': the ratio in each interleaved round)")
         for g in goals:
             spread = ", ".join(f"{x:.2f}" for x in g["rounds"])
-            print(
+            line = (
                 f"  {g['target']:<52} {g['ratio']:6.2f}  goal >= {g['goal']:.1f}  "
                 f"{'met' if g['met'] else 'NOT met':<7}"
                 + (f"  rounds {spread}" if len(g["rounds"]) > 1 else "")
             )
+            print(line.rstrip())
 
     latency = []
     if not args.no_compile_latency and "rnnc-jax" in frameworks:
