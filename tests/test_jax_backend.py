@@ -502,9 +502,10 @@ LAZY_CASES = {
     ),
     # truncated BPTT cut every k1 steps in one scan, a custom cell (MGU) first
     "tbptt_cut_mgu": (tbptt_spec(3, 3).replace("lstm(hidden: 3)", "mgu(hidden: 3)"), False),
-    # a cell that reads x itself in the step (one-hot vectors per step from the ids)
+    # a cell that reads its input itself in the step (one-hot vectors per step from the
+    # ids), under another name than x
     "reads_x": (
-        "cell pass(x) {\n  state h[4]\n  h' = tanh(U @ h + x)\n}\n"
+        "cell pass(u) {\n  state h[4]\n  h' = tanh(U @ h + u)\n}\n"
         "model m {\n  input onehot(vocab: 4)\n  layer pass(hidden: 4)\n"
         "  head softmax(at: per_step, classes: 4)\n}\n",
         True,

@@ -181,11 +181,11 @@ def _run_direction(
     """Run one direction of a layer over time-major inputs xs (T, B, n) with lax.scan.
 
     Before step t, rows with resets[t] get a zero state, and with detach_every = k the
-    state entering each k-step window is a constant for gradients (truncated BPTT; see
-    _cut). Rows
-    with valid[t] false keep their state. A reverse direction runs t = T-1 ... 0 and
-    stores each output at its own t. Returns (outputs (T, B, m), final state and, with
-    `collect`, the state after every step (T, B, size)), states keyed "<prefix><name>".
+    state entering each k-step window is a constant for gradients (truncated BPTT, see
+    _cut). Rows with valid[t] false keep their state. A reverse direction runs
+    t = T-1 ... 0 and stores each output at its own t. Returns (outputs (T, B, m), final
+    state and, with `collect`, the state after every step (T, B, size)), states keyed
+    "<prefix><name>".
     With `vjp`, cells with a "vjp" entry are differentiated by their whole-sequence
     custom VJP (the training objectives); without it (forward, gate plots) the plain scan
     runs, which every JAX transformation (jax.jvp, jax.hessian) can differentiate.
@@ -303,12 +303,12 @@ def _vjp_sequence(cell):
 
     def seq_fwd(p, xs, carry0, valid, resets, reverse, detach_every):
         ys, final, k, saved = run(p, xs, carry0, valid, resets, reverse)
-        return (ys, final), (k, saved, valid, resets)
+        return (ys, final), (k, saved, valid, resets, xs)
 
     def seq_bwd(reverse, detach_every, residuals, cotangents):
-        k, saved, valid, resets = residuals
+        k, saved, valid, resets, xs = residuals
         dys, dfinal = cotangents
-        lazy_x = isinstance(k["x"], _LAZY)  # token ids: no input adjoint to return
+        lazy_x = isinstance(xs, _LAZY)  # token ids: no input adjoint to return
 
         def body(ds, inputs):
             t, dy, kt, sv, valid_t, reset_t = inputs
