@@ -513,19 +513,15 @@ class ModuleEmitter(ModuleEmitterBase):
         return functions, "\n".join(table)
 
     def encode(self) -> str:
-        enc = self.model.input
-        head = "def _encode(params, xs, dtype):\n"
+        dense = self._encode_dense("def _encode(params, xs, dtype):\n")
         if self.lazy_tokens:
-            return head + (
-                f'    """Token ids (B, T) -> time-major one-hot vectors (T, B, {enc.vocab})."""\n'
-                f"    return jax.nn.one_hot(jnp.swapaxes(xs, 0, 1), {enc.vocab}, dtype=dtype)\n"
-                "\n\n"
-                "def _encode_for_training(params, xs, dtype):\n"
+            return dense + (
+                "\n\n\ndef _encode_for_training(params, xs, dtype):\n"
                 '    """The training objectives\' inputs: the token ids, time-major, as lazy\n'
                 '    one-hot vectors (_Tokens)."""\n'
-                f"    return _Tokens(jnp.swapaxes(xs, 0, 1), {enc.vocab}, dtype)"
+                f"    return _Tokens(jnp.swapaxes(xs, 0, 1), {self.model.input.vocab}, dtype)"
             )
-        return self._encode_dense(head) + (
+        return dense + (
             "\n\n\n# The training objectives' inputs: the same encoding.\n"
             "_encode_for_training = _encode\n"
             "# Lazy input types (none here: see _Tokens in docs/jax.md).\n"
