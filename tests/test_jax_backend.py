@@ -547,6 +547,11 @@ def test_token_ids_stand_for_one_hot_inputs_on_the_training_path(case, tmp_dir):
         close(lazy[1][k], dense[1][k], what=f"d/d {k}")
     for k in dense[2]:
         close(lazy[2][k], dense[2][k], what=f"final {k}")
+    # ids given as floats (the dense path accepts them): the same numbers, one-hot vectors
+    floats = mod.loss_and_grad(params, xs.astype(np.float64), ys, state, **kw)
+    close(floats[0], dense[0], what="loss (float ids)")
+    for k in params:
+        close(floats[1][k], dense[1][k], what=f"d/d {k} (float ids)")
     # the training step runs the token path; the same update from the dense gradients
     opt = mod.init_opt_state(params)
     new, _, _, metrics = mod.train_step(params, opt, xs, ys, state, **kw)

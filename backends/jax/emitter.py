@@ -518,7 +518,10 @@ class ModuleEmitter(ModuleEmitterBase):
             return dense + (
                 "\n\n\ndef _encode_for_training(params, xs, dtype):\n"
                 '    """The training objectives\' inputs: the token ids, time-major, as lazy\n'
-                '    one-hot vectors (_Tokens)."""\n'
+                '    one-hot vectors (_Tokens); ids given as floats, as their one-hot vectors."""\n'
+                "    xs = jnp.asarray(xs)\n"
+                "    if not jnp.issubdtype(xs.dtype, jnp.integer):\n"
+                "        return _encode(params, xs, dtype)\n"
                 f"    return _Tokens(jnp.swapaxes(xs, 0, 1), {self.model.input.vocab}, dtype)"
             )
         return dense + (
