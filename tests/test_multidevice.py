@@ -78,11 +78,19 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_data_parallel_train_step_equals_single_device(tmp_path):
+@pytest.mark.parametrize(
+    "bptt",
+    ["k1 3 k2 5", None],
+    ids=["tbptt_windows", "full_bptt_token_ids"],  # full BPTT: inputs as token ids
+)
+def test_data_parallel_train_step_equals_single_device(tmp_path, bptt):
     from rnnc.backends.jax import JaxBackend
 
-    program = build(parse_spec(SPEC, "dp.rnn"), Sizes(6, 6))
-    (tmp_path / "dp_jax.py").write_text(JaxBackend().emit(program))
+    spec = SPEC if bptt else SPEC.replace("  bptt k1 3 k2 5\n", "")
+    program = build(parse_spec(spec, "dp.rnn"), Sizes(6, 6))
+    source = JaxBackend().emit(program)
+    assert "class _Tokens" in source  # the windows objective takes the dense one-hot
+    (tmp_path / "dp_jax.py").write_text(source)
     env = dict(os.environ)
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count=4 {xla_flags.fast_compile()}"
     env["JAX_PLATFORMS"] = "cpu"
