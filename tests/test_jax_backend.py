@@ -536,7 +536,7 @@ def test_token_ids_stand_for_one_hot_inputs_on_the_training_path(case, tmp_dir):
     kw = dict(lengths=np.array([T, 2, 5]), resets=rng.random((B, T)) < 0.2) if masks else {}
     if "dropout" in text:
         kw["rng"] = jax.random.PRNGKey(7)
-    enc = mod._encode_lazy(params, xs, jnp.float64)
+    enc = mod._encode_for_training(params, xs, jnp.float64)
     assert isinstance(enc, mod._Tokens) and enc.shape == (T, B, 4)
     np.testing.assert_array_equal(enc.dense(), mod._encode(params, xs, jnp.float64))
     lazy = mod.loss_and_grad(params, xs, ys, state, **kw)
@@ -579,7 +579,7 @@ def test_token_ids_need_a_one_hot_input_read_through_matmuls(tmp_dir):
         source = emit(text, 4, 4)
         assert "class _Tokens" not in source and "_LAZY = ()" in source
         mod = load(source, tmp_dir)
-        assert mod._encode_lazy is mod._encode
+        assert mod._encode_for_training is mod._encode
     from rnnc.backends.jax.emitter import lazy_tokens_ok
 
     program = build(parse_spec(LAZY_CASES["tbptt_cut_mgu"][0], "m.rnn"), Sizes(4, 4))
@@ -587,7 +587,7 @@ def test_token_ids_need_a_one_hot_input_read_through_matmuls(tmp_dir):
 
 
 def test_forward_stays_differentiable_in_every_mode(tmp_dir):
-    """forward runs a plain scan (jax.jvp and jax.hessian work through it); only the
+    """forward runs the plain scan (jax.jvp and jax.hessian work through it); only the
     training objective takes the custom VJP, which supports reverse mode alone."""
     text = VJP_CASES["bidirectional_peephole"][0].replace("hidden: 3", "hidden: 2")
     mod = load(emit(text, 4, 2), tmp_dir)
@@ -604,26 +604,6 @@ def test_forward_stays_differentiable_in_every_mode(tmp_dir):
     assert not mod._VJP_SEQUENCES
     mod.loss_and_grad(params, xs, np.zeros((2, 2)))
     assert mod._VJP_SEQUENCES
-
-    # a one-hot model's forward reads token ids (rows gathered per step), and is as
-    # differentiable with respect to the parameters; its outputs are the dense path's
-    tok = load(emit(LAZY_CASES["bidirectional_residual"][0], 4, 4), tmp_dir)
-    tp = tok.init_params(1, "float64")
-    ids = np.random.default_rng(3).integers(0, 4, (2, 5))
-    name = "layer1.fwd.W_f"
-
-    def tok_out(w):
-        return jnp.sum(tok.forward({**tp, name: w}, ids)[0] ** 2)
-
-    w, dw = tp[name], jnp.ones_like(tp[name])
-    _, jvp = jax.jvp(tok_out, (w,), (dw,))
-    close(jvp, jnp.sum(jax.grad(tok_out)(w) * dw), what="one-hot jvp vs grad")
-    assert jax.hessian(tok_out)(w).shape == w.shape * 2
-    dense_enc = tok._encode(tp, ids, jnp.float64)
-    dense, _, _ = tok._layers(tp, dense_enc, tok.initial_state(2, "float64"), None, None, None)
-    lazy, _, _ = tok._layers(tp, tok._encode_lazy(tp, ids, jnp.float64),
-                             tok.initial_state(2, "float64"), None, None, None)
-    close(lazy, dense, what="forward layers, token ids vs one-hot")
 
 
 def test_vjp_cells_compute_cheap_hoisted_values_in_the_step():

@@ -45,7 +45,7 @@ def _encode(params, xs, dtype):
     raise NotImplementedError
 
 
-def _encode_lazy(params, xs, dtype):
+def _encode_for_training(params, xs, dtype):
     raise NotImplementedError
 
 
@@ -187,10 +187,8 @@ def _run_direction(
     state and, with `collect`, the state after every step (T, B, size)), states keyed
     "<prefix><name>".
     With `vjp`, cells with a "vjp" entry are differentiated by their whole-sequence
-    custom VJP (the training objectives). Without it (forward) the same cells run their
-    custom-VJP step functions as a plain scan (_vjp_scan), and the others, the gate plots
-    (`collect`) and truncated-BPTT cuts the cell's own scan; every JAX transformation
-    (jax.jvp, jax.hessian) can differentiate both.
+    custom VJP (the training objectives); without it (forward, gate plots) the plain scan
+    runs, which every JAX transformation (jax.jvp, jax.hessian) can differentiate.
     """
     p = {name: params[prefix + name] for name in cell["params"]}
     carry0 = tuple(state[prefix + name] for name in cell["states"])
@@ -198,9 +196,6 @@ def _run_direction(
     if vjp and cell.get("vjp") is not None and not collect:
         seq = _vjp_sequence(cell)
         ys, final = seq(p, xs, carry0, valid, resets, reverse, detach_every)
-        return ys, dict(zip(names, final, strict=True)), {}
-    if cell.get("vjp") is not None and not collect and detach_every is None:
-        ys, final, _, _ = _vjp_scan(cell, p, xs, carry0, valid, resets, reverse)
         return ys, dict(zip(names, final, strict=True)), {}
     xs = _dense(xs)
     out, final = _scan_direction(cell, p, xs, carry0, valid, resets, reverse, detach_every, collect)
@@ -265,32 +260,6 @@ def _at_step(value, sliced):
     return value.at(sliced) if isinstance(value, _LAZY) else sliced
 
 
-def _vjp_scan(cell, p, xs, carry0, valid, resets, reverse, keep=False):
-    """The cell's run over the sequence by its custom-VJP step functions, as a plain
-    lax.scan: (outputs, final state, k, and with `keep` the values the backward step
-    reads, else None). Hoisted values come from vjp["prepare"] (lazy ones taken per step,
-    _at_step). Without `keep` it is what forward runs: any JAX transformation can
-    differentiate it."""
-    v = cell["vjp"]
-    k = v["prepare"](p, xs)
-
-    def body(carry, inputs):
-        kt, valid_t, reset_t = inputs
-        kt = {name: _at_step(k[name], a) for name, a in kt.items()}
-        if reset_t is not None:
-            carry = tuple(jnp.where(reset_t[:, None], jnp.zeros_like(c), c) for c in carry)
-        new, y, saved = v["step"](k, kt, *carry)
-        if valid_t is not None:
-            new = [jnp.where(valid_t[:, None], n, c) for n, c in zip(new, carry, strict=True)]
-        return tuple(new), ((y, tuple(saved)) if keep else y)
-
-    kts = {name: _scanned(k[name]) for name in v["time"]}
-    unroll = UNROLL.get(jax.default_backend(), 1)
-    final, out = jax.lax.scan(body, carry0, (kts, valid, resets), reverse=reverse, unroll=unroll)
-    ys, saved = out if keep else (out, None)
-    return ys, final, k, saved
-
-
 _VJP_SEQUENCES = {}
 
 
@@ -307,7 +276,24 @@ def _vjp_sequence(cell):
         return _VJP_SEQUENCES[v["step"]]
 
     def run(p, xs, carry0, valid, resets, reverse):
-        return _vjp_scan(cell, p, xs, carry0, valid, resets, reverse, keep=True)
+        k = v["prepare"](p, xs)
+
+        def body(carry, inputs):
+            kt, valid_t, reset_t = inputs
+            kt = {name: _at_step(k[name], a) for name, a in kt.items()}
+            if reset_t is not None:
+                carry = tuple(jnp.where(reset_t[:, None], jnp.zeros_like(c), c) for c in carry)
+            new, y, saved = v["step"](k, kt, *carry)
+            if valid_t is not None:
+                new = [jnp.where(valid_t[:, None], n, c) for n, c in zip(new, carry, strict=True)]
+            return tuple(new), (y, tuple(saved))
+
+        kts = {name: _scanned(k[name]) for name in v["time"]}
+        unroll = UNROLL.get(jax.default_backend(), 1)
+        final, (ys, saved) = jax.lax.scan(
+            body, carry0, (kts, valid, resets), reverse=reverse, unroll=unroll
+        )
+        return ys, final, k, saved
 
     @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
     def seq(p, xs, carry0, valid, resets, reverse, detach_every):
@@ -588,7 +574,7 @@ def forward(params, xs, state=None, lengths=None, resets=None):
     (B, T, out) per step or (B, out) for a last-step head.
     """
     dtype, B, T, state, valid, resets, _ = _prepare(params, xs, state, lengths, resets, None)
-    top, final, _ = _layers(params, _encode_lazy(params, xs, dtype), state, valid, resets, None)
+    top, final, _ = _layers(params, _encode(params, xs, dtype), state, valid, resets, None)
     return _readout(params, top, lengths), final
 
 
@@ -606,7 +592,7 @@ def loss_and_grad(
 
     def objective(params, state, delta):
         if delta is None:
-            enc = _encode_lazy(params, xs, dtype)
+            enc = _encode_for_training(params, xs, dtype)
         else:
             enc = _encode(params, xs, dtype) + delta
         return _objective(params, enc, ys, state, valid, resets, drop, lengths)
