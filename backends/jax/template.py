@@ -524,9 +524,6 @@ class _Tokens:
         """These vectors times table (n, m): its rows, taken lazily."""
         return _Rows(table, self.ids)
 
-    def __getitem__(self, index):
-        return _Tokens(self.ids[index], self.n, self.dtype)
-
 
 def _take_rows(table, ids):
     """table[ids], and a zero row where an id is outside [0, n): what its one-hot vector
@@ -541,18 +538,11 @@ class _Rows:
     def __init__(self, table, ids):
         self.table, self.ids = table, ids
 
-    @property
-    def shape(self):
-        return self.ids.shape + self.table.shape[1:]
-
     def dense(self):
         return _take_rows(self.table, self.ids)
 
     def at(self, ids_t):
         return _take_rows(self.table, ids_t)
-
-    def __getitem__(self, index):
-        return _Rows(self.table, self.ids[index])
 
 
 jax.tree_util.register_pytree_node(
