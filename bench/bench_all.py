@@ -16,6 +16,8 @@ softmax head on every step, full BPTT, Adam (lr 2e-3). Models:
 Frameworks: ``rnnc-jax`` (generated JAX module, jitted ``train_step`` / ``forward``;
 each layer differentiated by its whole-sequence custom VJP), ``rnnc-jax-scan`` (the same
 module differentiated by JAX's autodiff through ``lax.scan``: what the VJP buys),
+``rnnc-jax-bm`` (only with ``--frameworks``: the VJP's loops batch-major only, what the
+feature-major loops buy),
 ``rnnc-numpy`` (generated NumPy module), ``torch`` (``nn.LSTM``/``nn.GRU``, oneDNN on,
 ``torch.set_num_threads(cores)``), ``torch_loop`` (hand-written cell, Python loop), ``flax``
 (``nn.RNN`` over ``OptimizedLSTMCell``/``GRUCell``/custom cells). The builders and the
@@ -106,6 +108,8 @@ RNNC_MODELS: dict[str, tuple[ModelSpec, str, str]] = {
 }
 
 ALL_FRAMEWORKS = ("rnnc-jax", "rnnc-jax-scan", "rnnc-numpy", "torch", "torch_loop", "flax")
+# Also known, not run by default: the rnnc-jax module with batch-major VJP loops only.
+EXTRA_FRAMEWORKS = ("rnnc-jax-bm",)
 
 
 def spec_text(name: str) -> str:
@@ -121,16 +125,19 @@ def spec_text(name: str) -> str:
 
 def emit(name: str, backend: str) -> str:
     """Generated module source for a benchmark model with rnnc's backend ("jax-scan": the
-    JAX backend differentiating through lax.scan instead of its whole-sequence VJP)."""
+    JAX backend differentiating through lax.scan instead of its whole-sequence VJP;
+    "jax-bm": the custom VJP's loops batch-major only, no feature-major step functions)."""
     from rnnc.backends import get_backend
     from rnnc.compiler import build
     from rnnc.ir.lower import Sizes
     from rnnc.spec import parse_spec
 
     program = build(parse_spec(spec_text(name), f"bench_{name}.rnn"), Sizes(V, V))
-    if backend == "jax-scan":
+    if backend in ("jax-scan", "jax-bm"):
         from rnnc.backends.jax.emitter import emit as emit_jax
 
+        if backend == "jax-bm":
+            return emit_jax(program, layout="batch")
         return emit_jax(program, vjp=False)
     return get_backend(backend).emit(program)
 
@@ -264,6 +271,8 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ratio(
             f"rnnc-jax VJP / autodiff through scan, {m}", ("rnnc-jax", m), ("rnnc-jax-scan", m), 1.0
         )
+    for m in RNNC_MODELS:  # nor this: what the feature-major loops buy (rnnc-jax-bm rows)
+        ratio(f"rnnc-jax / batch-major loops, {m}", ("rnnc-jax", m), ("rnnc-jax-bm", m), 1.0)
     return out
 
 
@@ -323,8 +332,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         if m not in RNNC_MODELS:
             raise SystemExit(f"unknown model {m}; known: {', '.join(RNNC_MODELS)}")
     for f in frameworks:
-        if f not in ALL_FRAMEWORKS:
-            raise SystemExit(f"unknown framework {f}; known: {', '.join(ALL_FRAMEWORKS)}")
+        if f not in ALL_FRAMEWORKS + EXTRA_FRAMEWORKS:
+            known = ", ".join(ALL_FRAMEWORKS + EXTRA_FRAMEWORKS)
+            raise SystemExit(f"unknown framework {f}; known: {known}")
 
     if framework_available("torch"):
         import baselines
@@ -367,7 +377,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         for fw in (["torch-ref"] if "torch" not in frameworks or ref != spec else []) + frameworks:
             t0 = time.perf_counter()
             try:
-                if fw in ("rnnc-jax", "rnnc-jax-scan", "rnnc-numpy"):
+                if fw in ("rnnc-jax", "rnnc-jax-scan", "rnnc-jax-bm", "rnnc-numpy"):
                     backend = fw.split("-", 1)[1]
                     path = moddir / f"{name}_{backend.replace('-', '_')}.py"
                     path.write_text(emit(name, backend))

@@ -39,11 +39,11 @@ RTOL = 1e-9
 _MODULES: dict[str, object] = {}
 
 
-def emit(text, n_in, n_out, name="case.rnn", disable=(), vjp=True):
+def emit(text, n_in, n_out, name="case.rnn", disable=(), vjp=True, layout="auto"):
     from rnnc.backends.jax.emitter import emit as emit_jax
 
     program = build(parse_spec(text, name), Sizes(n_in, n_out), disable)
-    return emit_jax(program, vjp=vjp)
+    return emit_jax(program, vjp=vjp, layout=layout)
 
 
 def load(source, tmp_dir):
@@ -559,6 +559,79 @@ def test_token_ids_stand_for_one_hot_inputs_on_the_training_path(case, tmp_dir):
     ref, _ = mod.apply_updates(params, dense[1], opt, mod.UPDATER, mod.SCHEDULE)
     for k in params:
         close(new[k], ref[k], what=f"updated {k}")
+
+
+FM_CASES = {
+    **VJP_CASES,
+    **{f"tokens_{k}": v for k, v in LAZY_CASES.items()},
+    # concat of states, clip, a parameter vector (read as a column), division; and
+    # overlapping slices (their adjoints are pads), both as custom cells
+    "odd_split": (
+        "cell odd(x) {\n  state h, c[2]\n  param s[3]\n  param W[hidden, X]\n"
+        "  a = [h, c]\n  u = tanh(W @ x + U @ a + b)\n  q = u[0:2] / (1.5 + softplus(V @ h))\n"
+        "  h' = clip(-u * s + exp(0.1 * h), -2.0, 2.0)\n  c' = q - c * 0.5\n}\n"
+        "cell split(x) {\n  state h\n  param W[5, X]\n  z = W @ x + U @ h\n  p = z[0:2]\n"
+        "  r = z[3:5]\n  h' = tanh([p, r] + W2 @ z[1:4])\n}\n"
+        "model m {\n  input dense(features: 4)\n  layer odd(hidden: 3)\n"
+        "  layer split(hidden: 4)\n  head linear(at: last, size: 2)\n}\n",
+        True,
+    ),
+    # gated feedback: the global reset gates broadcast over a layer's features (expand)
+    "gated_feedback": (
+        "model g {\n  input onehot(vocab: 4)\n  layer elman(hidden: 3)\n"
+        "  layer elman(hidden: 3)\n  stack gated_feedback\n"
+        "  head softmax(at: per_step, classes: 4)\n}\n",
+        True,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(FM_CASES))
+def test_feature_major_loops_match_batch_major(case, tmp_dir):
+    """The custom VJP's feature-major step functions ((n, B) values in both loops, the
+    backward's transposed weights made outside the loop, token ids gathered as columns)
+    give the batch-major module's loss, gradients and final state, with and without input
+    gradients; FEATURE_MAJOR picks them per platform."""
+    text, masks = FM_CASES[case]
+    dense_in = "dense(" in text
+    n_out = 2 if "linear" in text else 4
+    fm = load(emit(text, 4, n_out, layout="feature"), tmp_dir)
+    bm = load(emit(text, 4, n_out, layout="batch"), tmp_dir)
+    entries = [c["vjp"].get("feature_major") for c in fm.CELLS.values() if c["vjp"]]
+    assert entries and all(entries) and fm.FEATURE_MAJOR["cpu"]
+    assert not any(c["vjp"].get("feature_major") for c in bm.CELLS.values() if c["vjp"])
+    rng = np.random.default_rng(11)
+    B, T = 5, 6  # a batch unlike every feature size: a missed transpose cannot broadcast
+    xs = rng.normal(size=(B, T, 4)) if dense_in else rng.integers(0, 4, (B, T))
+    if not dense_in:
+        xs[0, 1], xs[1, 2], xs[2, 3] = -1, 4, 6  # outside the vocabulary: zero vectors
+    ys = rng.normal(size=(B, 2)) if n_out == 2 else rng.integers(0, 4, (B, T))
+    params = fm.init_params(4, "float64")
+    state = {k: jnp.asarray(rng.normal(size=(B,) + v)) for k, v in fm.STATE_SHAPES.items()}
+    kw = dict(lengths=np.array([T, 2, 5, 1, 4]), resets=rng.random((B, T)) < 0.2) if masks else {}
+    if "dropout" in text:
+        kw["rng"] = jax.random.PRNGKey(7)
+    for wrt_inputs in (False, True):
+        a = fm.loss_and_grad(params, xs, ys, state, wrt_inputs=wrt_inputs, **kw)
+        b = bm.loss_and_grad(params, xs, ys, state, wrt_inputs=wrt_inputs, **kw)
+        close(a[0], b[0], what="loss")
+        assert set(a[1]) == set(b[1])
+        for k in b[1]:
+            close(a[1][k], b[1][k], what=f"d/d {k} (wrt_inputs={wrt_inputs})")
+        for k in b[2]:
+            close(a[2][k], b[2][k], what=f"final {k}")
+    # the plain forward (no VJP) is the same in both modules
+    close(fm.forward(params, xs, state)[0], bm.forward(params, xs, state)[0], what="forward")
+
+
+def test_feature_major_is_chosen_for_wide_recurrent_products():
+    """layout="auto" emits the feature-major pair only where fm_pays (a recurrent product
+    with both weight dimensions >= 512: measured faster on CPU, docs/performance.md)."""
+    wide = emit(LAZY_CASES["tbptt_cut_mgu"][0].replace("hidden: 3", "hidden: 512"), 4, 4)
+    narrow = emit(LAZY_CASES["tbptt_cut_mgu"][0].replace("hidden: 3", "hidden: 256"), 4, 4)
+    assert '"feature_major": {' in wide and "_step_fm(" in wide
+    assert '"feature_major": {' not in narrow and "_step_fm(" not in narrow
+    assert "FEATURE_MAJOR = " in narrow  # the constant is always there, to flip by hand
 
 
 def test_token_ids_need_a_one_hot_input_read_through_matmuls(tmp_dir):

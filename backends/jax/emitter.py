@@ -26,12 +26,12 @@ from typing import Any
 from rnnc.errors import BackendError
 from rnnc.ir.nodes import Cell, Instr, Layer, Model, Param, Program, value_shape
 from rnnc.ir.ops import ACT_FORWARD, RUNTIME_HELPERS, render
-from rnnc.ir.passes.autodiff import autodiff, verify_grad
+from rnnc.ir.passes.autodiff import CellGrad, autodiff, verify_grad
 
 from ..common import ModuleEmitterBase, plain
 from ..pyfmt import WIDTH, Seq, call, clean, comment, doc_text, literal, py_str
 from .vjpgen import HELPERS as VJP_HELPERS
-from .vjpgen import VjpCellCode, remat_cheap_saved, sink_cheap_hoisted
+from .vjpgen import FeatureMajorVjpCode, VjpCellCode, remat_cheap_saved, sink_cheap_hoisted
 
 
 # Activations with a better JAX primitive than the shared formula (same values; relu's
@@ -45,6 +45,23 @@ ACT_JAX = {
 # the char-LM workload (docs/jax.md): on an H100, 4 steps per iteration train 1.6x faster
 # than 1 (and beat cuDNN); on CPU it makes no difference but compiles slower.
 UNROLL = {"cpu": 1, "gpu": 4, "tpu": 4}
+
+# The layout of batched values inside the custom VJP's loops: "batch" (B, n) as
+# everywhere else; "feature" (n, B), emitted as a second pair of step functions that the
+# template runs on CPU (FEATURE_MAJOR); "auto" does so where fm_pays says it pays.
+LAYOUTS = ("auto", "batch", "feature")
+
+
+def fm_pays(cell: Cell) -> bool:
+    """Whether the feature-major loop is expected to be faster on CPU: measured on the
+    char-LM models (docs/performance.md), it is for recurrent products of 512 inputs."""
+    return any(
+        i.op == "matmul" and i.batched and min(value_shape(cell, i.args[0])) >= 512
+        for i in cell.body
+    )
+
+
+FEATURE_MAJOR = {"cpu": True, "gpu": False, "tpu": False}
 
 # Names a cell function uses itself; spec names that collide get a trailing "_".
 _RESERVED = {"p", "inv", "hx", "jnp", "jax", "np", "functools", "_outer", "_bsum", "_pad"}
@@ -352,9 +369,18 @@ class ModuleEmitter(ModuleEmitterBase):
     summary_details = True
     clip_only_set = True
 
-    def __init__(self, program: Program, unroll: int | None = None, vjp: bool = True):
+    def __init__(
+        self,
+        program: Program,
+        unroll: int | None = None,
+        vjp: bool = True,
+        layout: str = "auto",
+    ):
         super().__init__(program)
         self.vjp = vjp
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
+        self.layout = layout
         self.unroll = dict(UNROLL) if unroll is None else {k: int(unroll) for k in UNROLL}
         self.plan = program.train
         self.sections = self.template_sections()
@@ -366,6 +392,13 @@ class ModuleEmitter(ModuleEmitterBase):
         self.k2 = plan.k2 if plan is not None else None
         self.windows = self.k1 is not None
         self.lazy_tokens = vjp and lazy_tokens_ok(model)
+
+    def feature_major(self, cell: Cell, grad: CellGrad) -> bool:
+        """Whether to emit the cell's feature-major step functions as well (see
+        :class:`.vjpgen.FeatureMajorVjpCode` and :data:`LAYOUTS`)."""
+        if not self.vjp or self.layout == "batch" or not FeatureMajorVjpCode.supports(cell, grad):
+            return False
+        return self.layout == "feature" or fm_pays(cell)
 
     # -- the constants' data where it differs from the NumPy module's
     def spec_data(self) -> Any:
@@ -456,6 +489,10 @@ class ModuleEmitter(ModuleEmitterBase):
             assign("DROPOUT", drop),
             "# lax.scan unroll factor, by platform (jax.default_backend()).",
             assign("UNROLL", self.unroll),
+            "# Whether the custom VJP's loops run feature-major ((n, B) values) where a cell",
+            "# has such step functions, by platform (faster on CPU for wide layers:",
+            "# docs/performance.md). Set an entry to False before the first call to compare.",
+            assign("FEATURE_MAJOR", FEATURE_MAJOR),
         ]
         if self.windows:
             out += [
@@ -495,6 +532,10 @@ class ModuleEmitter(ModuleEmitterBase):
                 vjp = VjpCellCode(cell, f"{fname}_vjp", grad)
                 functions.extend("\n".join(vjp.source()).strip("\n").split("\n\n\n"))
                 vjps[layer.name] = vjp.entry()
+                if self.feature_major(cell, grad):
+                    fm = FeatureMajorVjpCode(cell, f"{fname}_vjp", grad)
+                    functions.extend("\n".join(fm.source()).strip("\n").split("\n\n\n"))
+                    vjps[layer.name]["feature_major"] = fm.entry()
         table = [
             "# Each layer's cell: its parameter and state names and its functions.",
             "CELLS = {",
@@ -803,15 +844,25 @@ def _call(head: str, args: Sequence[Any]) -> str:
 
 def _vjp_table(entry: dict[str, Any]) -> list[str]:
     """The "vjp" item of a CELLS entry: function names unquoted, the rest as literals."""
-    lines = ['        "vjp": {']
+    return _fn_table("vjp", entry, " " * 8)
+
+
+def _fn_table(name: str, entry: dict[str, Any], indent: str) -> list[str]:
+    """`"name": {...},` at `indent`: string values as bare (function) names."""
+    lines = [f"{indent}{py_str(name)}: {{"]
+    inner = indent + " " * 4
     for key, v in entry.items():
         if isinstance(v, str):
-            lines.append(f"            {py_str(key)}: {v},")
+            lines.append(f"{inner}{py_str(key)}: {v},")
+        elif isinstance(v, dict) and any(isinstance(f, str) for f in v.values()):
+            lines += _fn_table(key, v, inner)
         else:
-            lines += literal(v, f"{py_str(key)}: ", ",", " " * 12)
-    return lines + ["        },"]
+            lines += literal(v, f"{py_str(key)}: ", ",", inner)
+    return lines + [f"{indent}}},"]
 
 
-def emit(program: Program, unroll: int | None = None, vjp: bool = True) -> str:
+def emit(
+    program: Program, unroll: int | None = None, vjp: bool = True, layout: str = "auto"
+) -> str:
     """The generated module's source text for `program` (see :class:`ModuleEmitter`)."""
-    return ModuleEmitter(program, unroll, vjp).emit()
+    return ModuleEmitter(program, unroll, vjp, layout).emit()

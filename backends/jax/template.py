@@ -30,6 +30,7 @@ STATE_SHAPES: dict = {}
 INPUT_SIZE = 1
 DROPOUT: dict = {}
 UNROLL: dict = {}
+FEATURE_MAJOR: dict = {}
 K1 = K2 = 1
 REVERSED_STATES: tuple = ()
 UPDATER: dict = {"name": "sgd"}
@@ -250,17 +251,47 @@ def _dense(x):
     return x.dense() if isinstance(x, _LAZY) else x
 
 
-def _scanned(value):
-    """What lax.scan slices per step of a time-indexed value: a lazy one's token ids."""
-    return value.ids if isinstance(value, _LAZY) else value
-
-
-def _at_step(value, sliced):
-    """A time-indexed value at one step, from what lax.scan sliced of it."""
-    return value.at(sliced) if isinstance(value, _LAZY) else sliced
-
-
 _VJP_SEQUENCES = {}
+
+
+def _loop_layout(v, fn):
+    """(the cell's feature-major entry or None, its step function `fn` to run): the
+    feature-major pair where the module has one and FEATURE_MAJOR asks for it here."""
+    fm = v.get("feature_major")
+    if fm is None or not FEATURE_MAJOR.get(jax.default_backend(), False):
+        return None, v[fn]
+    return fm, fm[fn]
+
+
+class _Layout:
+    """How the custom VJP's loops hold batched values: (B, n), or feature-major (n, B).
+
+    lay(a): a (B, n) value (a state, its adjoint) in the loop's layout (and back);
+    col(m): a (B,) mask broadcast against such values; scanned(a): what lax.scan slices
+    of a (T, B, n) time-indexed value (a lazy one's token ids); reader(a): a function
+    from that slice to the value at the step, (B, n) or (n, B). Both run outside the
+    loop: dense values are swapped once there, and a transpose inside the loop would
+    slow every fusion that reads it.
+    """
+
+    def __init__(self, fm):
+        self.fm = bool(fm)
+
+    def lay(self, a):
+        return a.T if self.fm else a
+
+    def col(self, m):
+        return m[None, :] if self.fm else m[:, None]
+
+    def scanned(self, value):
+        if isinstance(value, _LAZY):
+            return value.ids
+        return jnp.swapaxes(value, 1, 2) if self.fm else value
+
+    def reader(self, value):
+        if not isinstance(value, _LAZY):
+            return lambda sliced: sliced
+        return value.column_reader() if self.fm else value.at
 
 
 def _vjp_sequence(cell):
@@ -277,22 +308,29 @@ def _vjp_sequence(cell):
 
     def run(p, xs, carry0, valid, resets, reverse):
         k = v["prepare"](p, xs)
+        fm, step = _loop_layout(v, "step")
+        lo = _Layout(fm)
+
+        read = {name: lo.reader(k[name]) for name in v["time"]}
 
         def body(carry, inputs):
             kt, valid_t, reset_t = inputs
-            kt = {name: _at_step(k[name], a) for name, a in kt.items()}
+            kt = {name: read[name](a) for name, a in kt.items()}
             if reset_t is not None:
-                carry = tuple(jnp.where(reset_t[:, None], jnp.zeros_like(c), c) for c in carry)
-            new, y, saved = v["step"](k, kt, *carry)
+                carry = tuple(jnp.where(lo.col(reset_t), jnp.zeros_like(c), c) for c in carry)
+            new, y, saved = step(k, kt, *carry)
             if valid_t is not None:
-                new = [jnp.where(valid_t[:, None], n, c) for n, c in zip(new, carry, strict=True)]
+                new = [jnp.where(lo.col(valid_t), n, c) for n, c in zip(new, carry, strict=True)]
             return tuple(new), (y, tuple(saved))
 
-        kts = {name: _scanned(k[name]) for name in v["time"]}
+        kts = {name: lo.scanned(k[name]) for name in v["time"]}
         unroll = UNROLL.get(jax.default_backend(), 1)
+        carry0 = tuple(lo.lay(c) for c in carry0)
         final, (ys, saved) = jax.lax.scan(
             body, carry0, (kts, valid, resets), reverse=reverse, unroll=unroll
         )
+        if fm:  # (T, m, B) -> (T, B, m)
+            ys, final = jnp.swapaxes(ys, 1, 2), tuple(c.T for c in final)
         return ys, final, k, saved
 
     @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
@@ -309,34 +347,43 @@ def _vjp_sequence(cell):
         k, saved, valid, resets, xs = residuals
         dys, dfinal = cotangents
         lazy_x = isinstance(xs, _LAZY)  # token ids: no input adjoint to return
+        fm, backward_step = _loop_layout(v, "backward_step")
+        lo = _Layout(fm)
+        if fm:  # the weights the backward step multiplies transposed, made once
+            k = dict(k, **{f"{w}.T": k[w].T for w in fm["transposed"]})
+
+        read = {name: lo.reader(k[name]) for name in v["time"]}
 
         def body(ds, inputs):
             t, dy, kt, sv, valid_t, reset_t = inputs
-            kt = {name: _at_step(k[name], a) for name, a in kt.items()}
+            kt = {name: read[name](a) for name, a in kt.items()}
             if valid_t is not None:  # a padded step passed the state through
-                skip = [jnp.where(valid_t[:, None], jnp.zeros_like(d), d) for d in ds]
-                ds = [jnp.where(valid_t[:, None], d, jnp.zeros_like(d)) for d in ds]
-            ds, exports = v["backward_step"](k, kt, sv, *ds, dy)
+                skip = [jnp.where(lo.col(valid_t), jnp.zeros_like(d), d) for d in ds]
+                ds = [jnp.where(lo.col(valid_t), d, jnp.zeros_like(d)) for d in ds]
+            ds, exports = backward_step(k, kt, sv, *ds, dy)
             if valid_t is not None:
                 ds = [d + s for d, s in zip(ds, skip, strict=True)]
             if detach_every is not None:  # truncated BPTT: no adjoint crosses the cut
                 cut = _cut(t, dys.shape[0], detach_every, reverse)
                 ds = [jnp.where(cut, jnp.zeros_like(d), d) for d in ds]
             if reset_t is not None:  # a reset cut the state off from earlier steps
-                ds = [jnp.where(reset_t[:, None], jnp.zeros_like(d), d) for d in ds]
+                ds = [jnp.where(lo.col(reset_t), jnp.zeros_like(d), d) for d in ds]
             return tuple(ds), tuple(exports)
 
         steps = jnp.arange(dys.shape[0])
-        kts = {name: _scanned(k[name]) for name in v["time"]}
+        kts = {name: lo.scanned(k[name]) for name in v["time"]}
         d0, exports = jax.lax.scan(
             body,
-            tuple(dfinal),
-            (steps, dys, kts, saved, valid, resets),
+            tuple(lo.lay(d) for d in dfinal),
+            (steps, lo.scanned(dys), kts, saved, valid, resets),
             reverse=not reverse,
             unroll=UNROLL.get(jax.default_backend(), 1),
         )
+        d0 = tuple(lo.lay(d) for d in d0)
         tape = dict(zip(v["saved"], saved, strict=True))
         tape.update(zip(v["exports"], exports, strict=True))
+        if fm:  # (T, n, B) -> (T, B, n), for the stacks backward_hoisted reads
+            tape = {name: jnp.swapaxes(a, 1, 2) for name, a in tape.items()}
         for name, (whole, lo, hi) in v["views"].items():
             tape[name] = tape[whole][..., lo:hi]
         acc = {}
@@ -520,6 +567,10 @@ class _Tokens:
     def at(self, ids_t):
         return jax.nn.one_hot(ids_t, self.n, dtype=self.dtype)
 
+    def column_reader(self):
+        """A function of ids_t giving at(ids_t) transposed, (n, B)."""
+        return lambda ids_t: jax.nn.one_hot(ids_t, self.n, dtype=self.dtype, axis=0)
+
     def times(self, table):
         """These vectors times table (n, m): its rows, taken lazily."""
         return _Rows(table, self.ids)
@@ -543,6 +594,21 @@ class _Rows:
 
     def at(self, ids_t):
         return _take_rows(self.table, ids_t)
+
+    def column_reader(self):
+        """A function of ids_t giving at(ids_t) transposed, (m, B), element by element
+        from the table's transpose (made here, once): XLA's CPU transpose of a gathered
+        (B, m) block inside the loop is several times slower."""
+        n, m = self.table.shape
+        zero = jnp.zeros((m, 1), self.table.dtype)  # column n: what ids outside [0, n) get
+        flat = jnp.concatenate([self.table.T, zero], axis=1).reshape(-1)
+        rows = (jnp.arange(m) * (n + 1))[:, None]
+
+        def read(ids_t):
+            ids = jnp.where((ids_t < 0) | (ids_t >= n), n, ids_t)
+            return flat.at[rows + ids[None, :]].get(mode="promise_in_bounds")
+
+        return read
 
 
 jax.tree_util.register_pytree_node(
