@@ -624,14 +624,19 @@ def test_feature_major_loops_match_batch_major(case, tmp_dir):
     close(fm.forward(params, xs, state)[0], bm.forward(params, xs, state)[0], what="forward")
 
 
-def test_feature_major_is_chosen_for_wide_recurrent_products():
+@pytest.mark.parametrize(
+    ("layer", "wide"),
+    [("lstm(hidden: 512)", True), ("gru(hidden: 512)", True), ("lstm(hidden: 256)", False),
+     ("mgu(hidden: 512)", False)],
+)
+def test_feature_major_is_chosen_for_wide_recurrent_products(layer, wide):
     """layout="auto" emits the feature-major pair only where fm_pays (a recurrent product
-    with both weight dimensions >= 512: measured faster on CPU, docs/performance.md)."""
-    wide = emit(LAZY_CASES["tbptt_cut_mgu"][0].replace("hidden: 3", "hidden: 512"), 4, 4)
-    narrow = emit(LAZY_CASES["tbptt_cut_mgu"][0].replace("hidden: 3", "hidden: 256"), 4, 4)
-    assert '"feature_major": {' in wide and "_step_fm(" in wide
-    assert '"feature_major": {' not in narrow and "_step_fm(" not in narrow
-    assert "FEATURE_MAJOR = " in narrow  # the constant is always there, to flip by hand
+    of >= 1024 outputs from >= 512 inputs: measured faster on CPU, docs/performance.md)."""
+    text = tbptt_spec(3, 3, layers=1).replace("lstm(hidden: 3)", layer)
+    source = emit(text, 4, 4)
+    assert ('"feature_major": {' in source) == wide
+    assert ("_step_fm(" in source) == wide
+    assert "FEATURE_MAJOR = " in source  # the constant is always there, to flip by hand
 
 
 def test_token_ids_need_a_one_hot_input_read_through_matmuls(tmp_dir):
