@@ -12,6 +12,7 @@ Usage::
     python bench/profile_jax.py --model lstm128 --scan   # autodiff through lax.scan
     python bench/profile_jax.py --module path/to/module.py --what train_step
     python bench/profile_jax.py --floor              # XLA's GEMM rates that bound an LSTM step
+    python bench/profile_jax.py --layouts            # recurrent products (B, n) vs (n, B)
 
 Not a test; the operation names are XLA's (``--hlo FILE`` writes the compiled HLO
 text, where each name is defined).
@@ -105,6 +106,67 @@ def gemm_floor(H: int = 512, T: int = 100, B: int = 32, repeat: int = 9) -> None
         print(f"{best * 1e3:8.1f} ms  {rate:>14}  {name}")
 
 
+def layouts(T: int = 100, B: int = 32, repeat: int = 9) -> None:
+    """A lax.scan of T recurrent products per weight shape (outputs x inputs), written
+    batch-major (h @ W.T, h: (B, n)) and feature-major (W @ h, h: (n, B)), interleaved,
+    min of `repeat`; and the backward's product both ways (g @ W; W.T @ g with W.T made
+    outside the loop, and inside it). What the JAX backend's feature-major loops rest on
+    (docs/jax.md, fm_pays)."""
+    import time
+
+    import jax
+    import jax.numpy as jnp
+
+    def timed(fns: dict) -> dict:
+        for fn, a in fns.values():
+            jax.block_until_ready(fn(*a))
+        best = dict.fromkeys(fns, float("inf"))
+        for _ in range(repeat):
+            for name, (fn, a) in fns.items():
+                t = time.perf_counter()
+                jax.block_until_ready(fn(*a))
+                best[name] = min(best[name], time.perf_counter() - t)
+        return best
+
+    def scan(step):
+        return jax.jit(lambda W, h: jax.lax.scan(lambda h, _: (step(W, h), None), h, None, T)[0])
+
+    print(f"# T={T} B={B}: XLA CPU, min of {repeat}, ms (GFLOP/s)")
+    print(f"{'weight':>12}  {'h @ W.T':>15}  {'W @ h':>15}  ratio")
+    key = jax.random.PRNGKey(0)
+    for m, n in ((512, 512), (1024, 256), (1024, 512), (1536, 512), (2048, 512), (2048, 1024)):
+        W = jax.random.normal(key, (m, n)) * 0.02
+        fns = {
+            "bm": (scan(lambda W, h: jnp.tanh((h @ W.T)[:, : h.shape[1]])), (W, jnp.ones((B, n)))),
+            "fm": (scan(lambda W, h: jnp.tanh((W @ h)[: h.shape[0]])), (W, jnp.ones((n, B)))),
+        }
+        best = timed(fns)
+        rate = {k: 2 * T * B * m * n / v / 1e9 for k, v in best.items()}
+        cells = [f"{best[k] * 1e3:6.1f} ({rate[k]:4.0f})" for k in ("bm", "fm")]
+        print(f"{m:>5} x {n:<5}  {cells[0]:>15}  {cells[1]:>15}  {best['bm'] / best['fm']:.2f}")
+    m, n = 2048, 512
+    W = jax.random.normal(key, (m, n)) * 0.02
+    g_bm, g_fm = jnp.ones((B, m)) * 0.01, jnp.ones((m, B)) * 0.01
+
+    def outside(W, g):  # W.T made once, before the loop
+        Wt = W.T
+        return jax.lax.scan(
+            lambda g, _: (jnp.tile(jnp.tanh(Wt @ g), (m // n, 1)), None), g, None, T)[0]
+
+    fns = {
+        "g @ W (batch-major)": (jax.jit(lambda W, g: jax.lax.scan(
+            lambda g, _: (jnp.tile(jnp.tanh(g @ W), (1, m // n)), None), g, None, T)[0]),
+            (W, g_bm)),
+        "W.T @ g, W.T made outside the loop": (jax.jit(outside), (W, g_fm)),
+        "W.T @ g, W.T inside the loop": (jax.jit(lambda W, g: jax.lax.scan(
+            lambda g, _: (jnp.tile(jnp.tanh(W.T @ g), (m // n, 1)), None), g, None, T)[0]),
+            (W, g_fm)),
+    }
+    print(f"# backward product, weight {m} x {n}")
+    for name, v in timed(fns).items():
+        print(f"{v * 1e3:8.1f} ms ({2 * T * B * m * n / v / 1e9:4.0f} GFLOP/s)  {name}")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="lstm512", help="a bench_all model (default lstm512)")
@@ -115,9 +177,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--hlo", metavar="FILE", help="write the compiled HLO text here")
     ap.add_argument("--floor", action="store_true", help="time the GEMMs alone, then stop")
+    ap.add_argument(
+        "--layouts", action="store_true", help="time recurrent products in both layouts, then stop"
+    )
     args = ap.parse_args(argv)
     if args.floor:
         gemm_floor()
+        return
+    if args.layouts:
+        layouts()
         return
 
     import jax
