@@ -620,8 +620,18 @@ def test_feature_major_loops_match_batch_major(case, tmp_dir):
             close(a[1][k], b[1][k], what=f"d/d {k} (wrt_inputs={wrt_inputs})")
         for k in b[2]:
             close(a[2][k], b[2][k], what=f"final {k}")
-    # the plain forward (no VJP) is the same in both modules
-    close(fm.forward(params, xs, state)[0], bm.forward(params, xs, state)[0], what="forward")
+    # forward (inference) runs the feature-major step as a plain scan: the same outputs,
+    # and JAX's forward-mode autodiff still goes through it
+    kw.pop("rng", None)
+    close(fm.forward(params, xs, state, **kw)[0], bm.forward(params, xs, state, **kw)[0],
+          what="forward")
+    if masks:
+        tangent = jax.tree_util.tree_map(lambda a: jnp.ones_like(a) * 0.01, params)
+        jvps = [
+            jax.jvp(lambda p, m=m: m.forward(p, xs, state, **kw)[0], (params,), (tangent,))[1]
+            for m in (fm, bm)
+        ]
+        close(jvps[0], jvps[1], what="jvp of forward")
 
 
 @pytest.mark.parametrize(

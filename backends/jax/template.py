@@ -198,6 +198,10 @@ def _run_direction(
         seq = _vjp_sequence(cell)
         ys, final = seq(p, xs, carry0, valid, resets, reverse, detach_every)
         return ys, dict(zip(names, final, strict=True)), {}
+    if cell.get("vjp") is not None and _loop_layout(cell["vjp"], "step")[0] and not collect:
+        if detach_every is None:  # the feature-major step, as a plain (differentiable) scan
+            ys, final, _, _ = _vjp_sequence(cell).run(p, xs, carry0, valid, resets, reverse)
+            return ys, dict(zip(names, final, strict=True)), {}
     xs = _dense(xs)
     out, final = _scan_direction(cell, p, xs, carry0, valid, resets, reverse, detach_every, collect)
     final = dict(zip(names, final, strict=True))
@@ -397,6 +401,7 @@ def _vjp_sequence(cell):
         return dp, dxs, d0, None, None
 
     seq.defvjp(seq_fwd, seq_bwd)
+    seq.run = run
     _VJP_SEQUENCES[v["step"]] = seq
     return seq
 
@@ -630,7 +635,8 @@ def forward(params, xs, state=None, lengths=None, resets=None):
     (B, T, out) per step or (B, out) for a last-step head.
     """
     dtype, B, T, state, valid, resets, _ = _prepare(params, xs, state, lengths, resets, None)
-    top, final, _ = _layers(params, _encode(params, xs, dtype), state, valid, resets, None)
+    enc = _encode_for_training(params, xs, dtype)
+    top, final, _ = _layers(params, enc, state, valid, resets, None)
     return _readout(params, top, lengths), final
 
 
