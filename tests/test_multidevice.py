@@ -79,17 +79,19 @@ SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.parametrize(
-    "bptt",
-    ["k1 3 k2 5", None],
-    ids=["tbptt_windows", "full_bptt_token_ids"],  # full BPTT: inputs as token ids
+    ("bptt", "layout"),
+    [("k1 3 k2 5", "auto"), (None, "auto"), (None, "feature")],
+    # full BPTT: inputs as token ids; feature-major: the VJP's loops hold (n, B) values
+    ids=["tbptt_windows", "full_bptt_token_ids", "full_bptt_feature_major"],
 )
-def test_data_parallel_train_step_equals_single_device(tmp_path, bptt):
-    from rnnc.backends.jax import JaxBackend
+def test_data_parallel_train_step_equals_single_device(tmp_path, bptt, layout):
+    from rnnc.backends.jax.emitter import emit
 
     spec = SPEC if bptt else SPEC.replace("  bptt k1 3 k2 5\n", "")
     program = build(parse_spec(spec, "dp.rnn"), Sizes(6, 6))
-    source = JaxBackend().emit(program)
+    source = emit(program, layout=layout)
     assert "class _Tokens" in source  # the windows objective takes the dense one-hot
+    assert ("_step_fm(" in source) == (layout == "feature")
     (tmp_path / "dp_jax.py").write_text(source)
     env = dict(os.environ)
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count=4 {xla_flags.fast_compile()}"
