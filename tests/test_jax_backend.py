@@ -635,17 +635,34 @@ def test_feature_major_loops_match_batch_major(case, tmp_dir):
 
 
 @pytest.mark.parametrize(
-    ("layer", "wide"),
-    [("lstm(hidden: 512)", True), ("gru(hidden: 512)", True), ("lstm(hidden: 256)", False),
-     ("mgu(hidden: 512)", False)],
+    ("layer", "emitted", "train"),
+    [("lstm(hidden: 512)", True, True), ("gru(hidden: 512)", True, True),
+     ("mgu(hidden: 512)", True, False), ("lstm(hidden: 256)", False, False)],
 )
-def test_feature_major_is_chosen_for_wide_recurrent_products(layer, wide):
-    """layout="auto" emits the feature-major pair only where fm_pays (a recurrent product
-    of >= 1024 outputs from >= 512 inputs: measured faster on CPU, docs/performance.md)."""
-    text = tbptt_spec(3, 3, layers=1).replace("lstm(hidden: 3)", layer)
+def test_feature_major_is_chosen_for_wide_recurrent_products(layer, emitted, train, tmp_dir):
+    """layout="auto" emits the feature-major pair where fm_pays: for the training
+    objectives with a recurrent product of >= 1024 outputs from >= 512 inputs, for
+    forward alone from 512 x 512 (measured faster on CPU, docs/performance.md)."""
+    text = tbptt_spec(3, 3, layers=1).replace("lstm(hidden: 3)", layer).replace(
+        "  bptt k1 3 k2 3\n", "")
     source = emit(text, 4, 4)
-    assert ('"feature_major": {' in source) == wide
-    assert ("_step_fm(" in source) == wide
+    assert ('"feature_major": {' in source) == emitted
+    assert ("_step_fm(" in source) == emitted
+    if emitted:
+        assert f'"train": {train},' in source
+        mod = load(source, tmp_dir)
+        (v,) = [c["vjp"] for c in mod.CELLS.values()]
+        assert mod._loop_layout(v, "step", training=False)[0] is v["feature_major"]
+        assert (mod._loop_layout(v, "step")[0] is not None) == train
+    if emitted and not train:  # forward feature-major, the objectives batch-major
+        bm = load(emit(text, 4, 4, layout="batch"), tmp_dir)
+        params = mod.init_params(1, "float64")
+        xs = np.random.default_rng(2).integers(0, 4, (2, 3))
+        close(mod.forward(params, xs)[0], bm.forward(params, xs)[0], what="forward")
+        a, b = mod.loss_and_grad(params, xs, xs), bm.loss_and_grad(params, xs, xs)
+        close(a[0], b[0], what="loss")
+        for k in params:
+            close(a[1][k], b[1][k], what=f"d/d {k}")
     assert "FEATURE_MAJOR = " in source  # the constant is always there, to flip by hand
 
 

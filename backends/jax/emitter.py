@@ -52,15 +52,18 @@ UNROLL = {"cpu": 1, "gpu": 4, "tpu": 4}
 LAYOUTS = ("auto", "batch", "feature")
 
 
-def fm_pays(cell: Cell) -> bool:
-    """Whether the feature-major loop is expected to be faster on CPU: where the step has a
-    recurrent product of at least 1024 outputs from 512 inputs. Measured on the char-LM
-    training step (B = 32, docs/performance.md): LSTM and GRU H=512 (2048 and 1536 x 512)
-    gain 4-12%; the MGU's two 512 x 512 products, LSTM H=256 (1024 x 256) and H=128 lose
-    or tie, their element-wise work running slower transposed than their GEMMs gain."""
+def fm_pays(cell: Cell, training: bool = True) -> bool:
+    """Whether the feature-major loop is expected to be faster on CPU, for the training
+    objectives (forward and backward loops) or for forward alone. Measured on the
+    char-LM (B = 32, docs/performance.md): training gains 3-12% where the step has a
+    recurrent product of at least 1024 outputs from 512 inputs (LSTM, GRU H=512); the
+    MGU's two 512 x 512 products, LSTM H=256 (1024 x 256) and H=128 tie or lose, their
+    element-wise work running slower transposed than their GEMMs gain. Forward alone
+    gains from 512 x 512 on (MGU H=512 1.27x, LSTM H=512 1.56x)."""
+    rows = 1024 if training else 512
 
     def wide(shape: tuple[int, ...]) -> bool:
-        return len(shape) == 2 and shape[0] >= 1024 and shape[1] >= 512
+        return len(shape) == 2 and shape[0] >= rows and shape[1] >= 512
 
     return any(
         i.op == "matmul" and i.batched and wide(value_shape(cell, i.args[0])) for i in cell.body
@@ -399,12 +402,16 @@ class ModuleEmitter(ModuleEmitterBase):
         self.windows = self.k1 is not None
         self.lazy_tokens = vjp and lazy_tokens_ok(model)
 
-    def feature_major(self, cell: Cell, grad: CellGrad) -> bool:
-        """Whether to emit the cell's feature-major step functions as well (see
-        :class:`.vjpgen.FeatureMajorVjpCode` and :data:`LAYOUTS`)."""
+    def feature_major(self, cell: Cell, grad: CellGrad) -> tuple[bool, bool]:
+        """(whether to emit the cell's feature-major step functions as well, whether the
+        training objectives run them too and not only forward): see
+        :class:`.vjpgen.FeatureMajorVjpCode`, :data:`LAYOUTS` and :func:`fm_pays`."""
         if not self.vjp or self.layout == "batch" or not FeatureMajorVjpCode.supports(cell, grad):
-            return False
-        return self.layout == "feature" or fm_pays(cell)
+            return False, False
+        if self.layout == "feature":
+            return True, True
+        train = fm_pays(cell)
+        return train or fm_pays(cell, training=False), train
 
     # -- the constants' data where it differs from the NumPy module's
     def spec_data(self) -> Any:
@@ -538,10 +545,11 @@ class ModuleEmitter(ModuleEmitterBase):
                 vjp = VjpCellCode(cell, f"{fname}_vjp", grad)
                 functions.extend("\n".join(vjp.source()).strip("\n").split("\n\n\n"))
                 vjps[layer.name] = vjp.entry()
-                if self.feature_major(cell, grad):
+                emit_fm, train = self.feature_major(cell, grad)
+                if emit_fm:
                     fm = FeatureMajorVjpCode(cell, f"{fname}_vjp", grad)
                     functions.extend("\n".join(fm.source()).strip("\n").split("\n\n\n"))
-                    vjps[layer.name]["feature_major"] = fm.entry()
+                    vjps[layer.name]["feature_major"] = dict(fm.entry(), train=train)
         table = [
             "# Each layer's cell: its parameter and state names and its functions.",
             "CELLS = {",

@@ -198,10 +198,12 @@ def _run_direction(
         seq = _vjp_sequence(cell)
         ys, final = seq(p, xs, carry0, valid, resets, reverse, detach_every)
         return ys, dict(zip(names, final, strict=True)), {}
-    if cell.get("vjp") is not None and _loop_layout(cell["vjp"], "step")[0] and not collect:
-        if detach_every is None:  # the feature-major step, as a plain (differentiable) scan
-            ys, final, _, _ = _vjp_sequence(cell).run(p, xs, carry0, valid, resets, reverse)
-            return ys, dict(zip(names, final, strict=True)), {}
+    fm = cell.get("vjp") is not None and _loop_layout(cell["vjp"], "step", training=False)[0]
+    if fm and not collect and detach_every is None:
+        # the feature-major step, as a plain (differentiable) scan
+        run = _vjp_sequence(cell).run
+        ys, final, _, _ = run(p, xs, carry0, valid, resets, reverse, training=False)
+        return ys, dict(zip(names, final, strict=True)), {}
     xs = _dense(xs)
     out, final = _scan_direction(cell, p, xs, carry0, valid, resets, reverse, detach_every, collect)
     final = dict(zip(names, final, strict=True))
@@ -258,11 +260,14 @@ def _dense(x):
 _VJP_SEQUENCES = {}
 
 
-def _loop_layout(v, fn):
+def _loop_layout(v, fn, training=True):
     """(the cell's feature-major entry or None, its step function `fn` to run): the
-    feature-major pair where the module has one and FEATURE_MAJOR asks for it here."""
+    feature-major pair where the module has one for this use (the training objectives,
+    or forward alone) and FEATURE_MAJOR asks for it here."""
     fm = v.get("feature_major")
     if fm is None or not FEATURE_MAJOR.get(jax.default_backend(), False):
+        return None, v[fn]
+    if training and not fm["train"]:
         return None, v[fn]
     return fm, fm[fn]
 
@@ -310,9 +315,9 @@ def _vjp_sequence(cell):
     if v["step"] in _VJP_SEQUENCES:
         return _VJP_SEQUENCES[v["step"]]
 
-    def run(p, xs, carry0, valid, resets, reverse):
+    def run(p, xs, carry0, valid, resets, reverse, training=True):
         k = v["prepare"](p, xs)
-        fm, step = _loop_layout(v, "step")
+        fm, step = _loop_layout(v, "step", training)
         lo = _Layout(fm)
 
         read = {name: lo.reader(k[name]) for name in v["time"]}
