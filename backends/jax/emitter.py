@@ -572,15 +572,16 @@ class ModuleEmitter(ModuleEmitterBase):
         if self.lazy_tokens:
             return dense + (
                 "\n\n\ndef _encode_for_training(params, xs, dtype):\n"
-                '    """The training objectives\' inputs: the token ids, time-major, as lazy\n'
-                '    one-hot vectors (_Tokens); ids given as floats, as their one-hot vectors."""\n'
+                '    """The inputs of forward and the training objectives: the token ids,\n'
+                '    time-major, as lazy one-hot vectors (_Tokens); ids given as floats, as their\n'
+                '    one-hot vectors."""\n'
                 "    xs = jnp.asarray(xs)\n"
                 "    if not jnp.issubdtype(xs.dtype, jnp.integer):\n"
                 "        return _encode(params, xs, dtype)\n"
                 f"    return _Tokens(jnp.swapaxes(xs, 0, 1), {self.model.input.vocab}, dtype)"
             )
         return dense + (
-            "\n\n\n# The training objectives' inputs: the same encoding.\n"
+            "\n\n\n# The inputs of forward and the training objectives: the same encoding.\n"
             "_encode_for_training = _encode\n"
             "# Lazy input types (none here: see _Tokens in docs/jax.md).\n"
             "_LAZY = ()"

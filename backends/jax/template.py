@@ -318,23 +318,24 @@ def _vjp_sequence(cell):
     def run(p, xs, carry0, valid, resets, reverse, training=True):
         k = v["prepare"](p, xs)
         fm, step = _loop_layout(v, "step", training)
-        lo = _Layout(fm)
+        layout = _Layout(fm)
 
-        read = {name: lo.reader(k[name]) for name in v["time"]}
+        read = {name: layout.reader(k[name]) for name in v["time"]}
 
         def body(carry, inputs):
             kt, valid_t, reset_t = inputs
             kt = {name: read[name](a) for name, a in kt.items()}
             if reset_t is not None:
-                carry = tuple(jnp.where(lo.col(reset_t), jnp.zeros_like(c), c) for c in carry)
+                carry = tuple(jnp.where(layout.col(reset_t), jnp.zeros_like(c), c) for c in carry)
             new, y, saved = step(k, kt, *carry)
             if valid_t is not None:
-                new = [jnp.where(lo.col(valid_t), n, c) for n, c in zip(new, carry, strict=True)]
+                keep = layout.col(valid_t)
+                new = [jnp.where(keep, n, c) for n, c in zip(new, carry, strict=True)]
             return tuple(new), (y, tuple(saved))
 
-        kts = {name: lo.scanned(k[name]) for name in v["time"]}
+        kts = {name: layout.scanned(k[name]) for name in v["time"]}
         unroll = UNROLL.get(jax.default_backend(), 1)
-        carry0 = tuple(lo.lay(c) for c in carry0)
+        carry0 = tuple(layout.lay(c) for c in carry0)
         final, (ys, saved) = jax.lax.scan(
             body, carry0, (kts, valid, resets), reverse=reverse, unroll=unroll
         )
@@ -357,18 +358,18 @@ def _vjp_sequence(cell):
         dys, dfinal = cotangents
         lazy_x = isinstance(xs, _LAZY)  # token ids: no input adjoint to return
         fm, backward_step = _loop_layout(v, "backward_step")
-        lo = _Layout(fm)
+        layout = _Layout(fm)
         if fm:  # the weights the backward step multiplies transposed, made once
             k = dict(k, **{f"{w}.T": k[w].T for w in fm["transposed"]})
 
-        read = {name: lo.reader(k[name]) for name in v["time"]}
+        read = {name: layout.reader(k[name]) for name in v["time"]}
 
         def body(ds, inputs):
             t, dy, kt, sv, valid_t, reset_t = inputs
             kt = {name: read[name](a) for name, a in kt.items()}
             if valid_t is not None:  # a padded step passed the state through
-                skip = [jnp.where(lo.col(valid_t), jnp.zeros_like(d), d) for d in ds]
-                ds = [jnp.where(lo.col(valid_t), d, jnp.zeros_like(d)) for d in ds]
+                skip = [jnp.where(layout.col(valid_t), jnp.zeros_like(d), d) for d in ds]
+                ds = [jnp.where(layout.col(valid_t), d, jnp.zeros_like(d)) for d in ds]
             ds, exports = backward_step(k, kt, sv, *ds, dy)
             if valid_t is not None:
                 ds = [d + s for d, s in zip(ds, skip, strict=True)]
@@ -376,19 +377,19 @@ def _vjp_sequence(cell):
                 cut = _cut(t, dys.shape[0], detach_every, reverse)
                 ds = [jnp.where(cut, jnp.zeros_like(d), d) for d in ds]
             if reset_t is not None:  # a reset cut the state off from earlier steps
-                ds = [jnp.where(lo.col(reset_t), jnp.zeros_like(d), d) for d in ds]
+                ds = [jnp.where(layout.col(reset_t), jnp.zeros_like(d), d) for d in ds]
             return tuple(ds), tuple(exports)
 
         steps = jnp.arange(dys.shape[0])
-        kts = {name: lo.scanned(k[name]) for name in v["time"]}
+        kts = {name: layout.scanned(k[name]) for name in v["time"]}
         d0, exports = jax.lax.scan(
             body,
-            tuple(lo.lay(d) for d in dfinal),
-            (steps, lo.scanned(dys), kts, saved, valid, resets),
+            tuple(layout.lay(d) for d in dfinal),
+            (steps, layout.scanned(dys), kts, saved, valid, resets),
             reverse=not reverse,
             unroll=UNROLL.get(jax.default_backend(), 1),
         )
-        d0 = tuple(lo.lay(d) for d in d0)
+        d0 = tuple(layout.lay(d) for d in d0)
         tape = dict(zip(v["saved"], saved, strict=True))
         tape.update(zip(v["exports"], exports, strict=True))
         if fm:  # (T, n, B) -> (T, B, n), for the stacks backward_hoisted reads
