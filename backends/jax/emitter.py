@@ -30,8 +30,14 @@ from rnnc.ir.passes.autodiff import CellGrad, autodiff, verify_grad
 
 from ..common import ModuleEmitterBase, plain
 from ..pyfmt import WIDTH, Seq, call, clean, comment, doc_text, literal, py_str
+from .vjpgen import (
+    FM_HELPERS,
+    FeatureMajorVjpCode,
+    VjpCellCode,
+    remat_cheap_saved,
+    sink_cheap_hoisted,
+)
 from .vjpgen import HELPERS as VJP_HELPERS
-from .vjpgen import FeatureMajorVjpCode, VjpCellCode, remat_cheap_saved, sink_cheap_hoisted
 
 
 # Activations with a better JAX primitive than the shared formula (same values; relu's
@@ -401,6 +407,7 @@ class ModuleEmitter(ModuleEmitterBase):
         self.k2 = plan.k2 if plan is not None else None
         self.windows = self.k1 is not None
         self.lazy_tokens = vjp and lazy_tokens_ok(model)
+        self.vjp_entries: dict[str, dict[str, Any]] = {}  # by layer, filled by cells()
 
     def feature_major(self, cell: Cell, grad: CellGrad) -> tuple[bool, bool]:
         """(whether to emit the cell's feature-major step functions as well, whether the
@@ -550,6 +557,7 @@ class ModuleEmitter(ModuleEmitterBase):
                     fm = FeatureMajorVjpCode(cell, f"{fname}_vjp", grad)
                     functions.extend("\n".join(fm.source()).strip("\n").split("\n\n\n"))
                     vjps[layer.name]["feature_major"] = dict(fm.entry(), train=train)
+        self.vjp_entries = vjps
         table = [
             "# Each layer's cell: its parameter and state names and its functions.",
             "CELLS = {",
@@ -807,6 +815,8 @@ class ModuleEmitter(ModuleEmitterBase):
             blocks.append(RUNTIME_HELPERS.format(xp="jnp").strip("\n"))
         if self.vjp:
             blocks.append(VJP_HELPERS.strip("\n"))
+        if any("feature_major" in v for v in self.vjp_entries.values()):
+            blocks.append(FM_HELPERS.strip("\n"))
         blocks.append("# " + "-" * 28 + " run and train " + "-" * 28)
         blocks.append(s["init"])
         blocks.append(s["run"])

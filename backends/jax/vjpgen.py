@@ -74,6 +74,14 @@ def _matmul(a, b):
     return (a.reshape(-1, a.shape[-1]) @ b).reshape(a.shape[:-1] + (b.shape[-1],))
 
 
+def _accumulate(acc, name, value):
+    """acc[name] += value, where the first value is stored as it is."""
+    acc[name] = value if name not in acc else acc[name] + value
+'''
+
+
+# Helpers of the feature-major step functions (pasted into a module that has them).
+FM_HELPERS = '''
 def _concat_rows(parts):
     """jnp.concatenate(parts, axis=0) of feature-major values, written block by block into
     one buffer: XLA fuses a concatenation along the major axis with the work that makes
@@ -85,11 +93,6 @@ def _concat_rows(parts):
         out = jax.lax.dynamic_update_slice_in_dim(out, p, lo, axis=0)
         lo += p.shape[0]
     return out
-
-
-def _accumulate(acc, name, value):
-    """acc[name] += value, where the first value is stored as it is."""
-    acc[name] = value if name not in acc else acc[name] + value
 '''
 
 
