@@ -256,12 +256,11 @@ def _fm_slice(xp: str, a: Sequence[str], ins: Instr) -> str:
     return f"{a[0]}[{ins.attr('lo')}:{ins.attr('hi')}]"
 
 
-# Feature-major renderings (a batched value is (n, B); see FeatureMajorVjpCode). matmul_t's
-# weight operand is bound to the weight's transpose, made once outside the loop.
+# Feature-major renderings (a batched value is (n, B); see FeatureMajorVjpCode, which
+# renders matmul_t itself: its weight is read as the transpose made outside the loop).
 FM_STEP_OPS = dict(
     JAX_STEP_OPS,
     matmul=lambda xp, a, ins: f"{a[0]} @ {a[1]}",
-    matmul_t=lambda xp, a, ins: f"{a[0]} @ {a[1]}",
     concat=lambda xp, a, ins: f"_concat_rows([{', '.join(a)}])",
     slice=_fm_slice,
     expand=lambda xp, a, ins: f"jnp.broadcast_to({a[0]}, ({ins.attr('n')},) + {a[0]}.shape[1:])",
@@ -270,7 +269,7 @@ FM_STEP_OPS = dict(
 )
 # Ops a step may hold in either layout (outer, bsum and pconcat only run outside the loop).
 FM_OPS = frozenset(FM_STEP_OPS) | frozenset(
-    op for op, d in OPS.items() if d.elementwise or op in ("const", "zeros")
+    op for op, d in OPS.items() if d.elementwise or op in ("const", "zeros", "matmul_t")
 )
 
 
