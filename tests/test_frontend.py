@@ -101,6 +101,47 @@ def test_fmt_round_trips(path):
     assert to_yaml(parse_spec(to_text(from_yaml), "y.rnn")) == yaml_text
 
 
+LAYER_INIT_YAML = """\
+model:
+  name: t
+  input: {dense: {features: 3}}
+  layers:
+    - elman: {hidden: 4, init: {"U*": orthogonal, W: "uniform(-0.1, 0.1)"}}
+    - elman: {hidden: 4, init: {U: xavier_normal}}
+  head: {linear: {at: per_step, size: 2}}
+"""
+
+
+def _inits(spec) -> dict[str, tuple]:
+    return {p.name: p.init for p in lower(spec, Sizes(3, 2)).model.params}
+
+
+def test_layer_init_overrides_round_trip_through_the_text_language():
+    spec = parse_spec(LAYER_INIT_YAML, "x.yaml")
+    text = to_text(spec)
+    from_text = parse_spec(text, "x.rnn")  # the printed text must parse
+    assert from_text == spec
+    assert to_text(from_text) == text
+    assert to_yaml(parse_spec(to_text(parse_spec(to_yaml(spec), "y.yaml")), "y.rnn")) \
+        == to_yaml(spec)
+    inits = _inits(from_text)
+    assert inits["layer1.U"] == ("orthogonal", ())
+    assert inits["layer1.W"] == ("uniform", (-0.1, 0.1))
+    assert inits["layer2.U"] == ("xavier_normal", ())
+
+
+def test_layer_init_in_the_text_language():
+    spec = parse_spec("model t {\n  input dense(features: 3)\n"
+                      "  layer elman(hidden: 4,\n"
+                      "              init: {W: uniform(-0.1, 0.1), \"U*\": normal(0.5)})\n"
+                      "  head linear per_step\n}\n", "x.rnn")
+    inits = _inits(spec)
+    assert inits["layer1.W"] == ("uniform", (-0.1, 0.1))
+    assert inits["layer1.U"] == ("normal", (0.5,))
+    with pytest.raises(RnncError, match="given twice"):
+        parse_spec("model t {\n  layer elman(hidden: 4, init: {W: zeros, W: ones})\n}\n", "x.rnn")
+
+
 def test_fmt_cli_converts(tmp_path):
     out = tmp_path / "m.rnn"
     r = CliRunner().invoke(app, ["fmt", str(ROOT / "specs" / "char_mgu.yaml"), "--to", "rnn",

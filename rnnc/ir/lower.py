@@ -655,6 +655,16 @@ def _is_bias(name: str) -> bool:
     return name == "b" or name.startswith("b_")
 
 
+def _initialiser_text(v: Any) -> str:
+    """A layer init value as initialiser text: "orthogonal", "uniform(-0.1, 0.1)" (YAML
+    strings), or the text language's call form uniform(-0.1, 0.1) ({"uniform": [-0.1, 0.1]})."""
+    if isinstance(v, dict) and len(v) == 1:
+        (name, args), = v.items()
+        args = args if isinstance(args, list) else [args]
+        return f"{name}({', '.join(str(a) for a in args)})"
+    return str(v)
+
+
 def _initialiser(e: A.Expr, env: dict[str, Any], pname: str) -> tuple[str, tuple[float, ...]]:
     if isinstance(e, A.Ref):
         name, args = e.name, ()
@@ -880,7 +890,7 @@ def _layers(spec: A.Spec, model_cfg: dict, train_cfg: dict | None, in_size: int)
                                 "e.g. init: {U_*: orthogonal}")
             from rnnc.spec.text import parse_expr
 
-            init = {k: parse_expr(str(v)) for k, v in lo["init"].items()}
+            init = {k: parse_expr(_initialiser_text(v)) for k, v in lo["init"].items()}
         try:
             cell = lower_cell(cdef, copts, size, lo["hidden"], name, init, lo["bias"])
         except SpecError as err:

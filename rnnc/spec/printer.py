@@ -84,15 +84,21 @@ def value_str(v: Any) -> str:
     if isinstance(v, A.CList):
         return "[" + ", ".join(value_str(i) for i in v.items) + "]"
     if isinstance(v, A.CMap):
-        if len(v.items) == 1:
+        if len(v.items) == 1 and _BARE.match(v.items[0][0]) and v.items[0][0] not in _KEYWORDS:
             (k, inner), = v.items
             if isinstance(inner, A.CMap):
-                args = ", ".join(f"{ik}: {value_str(iv)}" for ik, iv in inner.items)
+                args = ", ".join(f"{_key_str(ik)}: {value_str(iv)}" for ik, iv in inner.items)
                 return f"{k}({args})"
             if isinstance(inner, A.CScalar | A.CList):
                 return f"{k}({value_str(inner)})"
-        raise ValueError("a mapping with several keys has no single-value form")
+        # any other mapping (several keys, or keys that are not names): a map literal
+        return "{" + ", ".join(f"{_key_str(k)}: {value_str(x)}" for k, x in v.items) + "}"
     raise TypeError(v)
+
+
+def _key_str(k: str) -> str:
+    """A mapping key: bare where the grammar's `key` rule takes it, else quoted."""
+    return k if _BARE.match(k) and k not in _KEYWORDS - {"init"} else json.dumps(k)
 
 
 def _entry_words(v: Any) -> str:

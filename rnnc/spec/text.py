@@ -293,9 +293,25 @@ class _Builder(Transformer):
             inner = A.CMap(tuple((k, v) for k, v, _ in kw), span, tuple(s for _, _, s in kw))
         return A.CMap(((str(name), inner),), span, (span,))
 
+    def key(self, items):
+        tok = items[0]
+        text = _unquote(str(tok)) if tok.type == "ESCAPED_STRING" else str(tok)
+        return text, self._span(tok)
+
     def kwarg(self, items):
-        tok, value = items
-        return (str(tok), value, self._span(tok))
+        (key, span), value = items
+        return (key, value, span)
+
+    def map(self, items):
+        kw = [a for a in items if a is not None]
+        span = kw[0][2] if kw else None
+        seen = set()
+        for k, _, kspan in kw:
+            if k in seen:
+                raise SpecError(f"'{k}' is given twice in this mapping", kspan,
+                                "remove one of them")
+            seen.add(k)
+        return A.CMap(tuple((k, v) for k, v, _ in kw), span, tuple(s for _, _, s in kw))
 
     def list(self, items):
         vals = tuple(i for i in items if i is not None)
