@@ -13,6 +13,7 @@ Usage::
     python bench/profile_jax.py --module path/to/module.py --what train_step
     python bench/profile_jax.py --floor              # XLA's GEMM rates that bound an LSTM step
     python bench/profile_jax.py --layouts            # recurrent products (B, n) vs (n, B)
+    python bench/profile_jax.py --layouts --batch 128   # the same at another batch size
 
 Not a test; the operation names are XLA's (``--hlo FILE`` writes the compiled HLO
 text, where each name is defined).
@@ -180,12 +181,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--layouts", action="store_true", help="time recurrent products in both layouts, then stop"
     )
+    ap.add_argument("--batch", type=int, default=32, help="the batch size of --layouts")
     args = ap.parse_args(argv)
     if args.floor:
         gemm_floor()
         return
     if args.layouts:
-        layouts()
+        layouts(B=args.batch)
         return
 
     import jax
