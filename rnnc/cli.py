@@ -196,11 +196,21 @@ def gradcheck(
     spec: SpecArg,
     backend: Annotated[str, typer.Option("--backend", "-b")] = "numpy",
     tol: Annotated[float, typer.Option(help="Largest relative error accepted.")] = 1e-6,
+    steps: Annotated[
+        int | None,
+        typer.Option(
+            "--steps",
+            min=1,
+            help="Time steps of the random batch (default: 5, or enough for two of the "
+            "spec's truncated-BPTT windows, up to 64).",
+        ),
+    ] = None,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Rows of the random batch.")] = 3,
 ) -> None:
     """Compare a backend's gradients with central finite differences (float64, small sizes)."""
     from rnnc.gradcheck import gradcheck_spec
 
-    report = gradcheck_spec(spec, backend=backend, tol=tol)
+    report = gradcheck_spec(spec, backend=backend, tol=tol, T=steps, B=batch)
     typer.echo(report.render())
     if not report.ok:
         raise typer.Exit(1)

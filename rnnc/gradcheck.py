@@ -319,6 +319,7 @@ class GradcheckReport:
     T: int
     B: int
     windows: list[tuple[int, int, int]]
+    k1: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -336,26 +337,49 @@ class GradcheckReport:
         for name, err in self.rows:
             mark = "ok" if err <= self.tol else "FAIL"
             lines.append(f"  {name.ljust(width)}  {err:11.2e}  {mark}")
+        if len(self.windows) == 1 and self.k1 is not None:
+            lines.append(f"note: one truncated-BPTT window (k1 {self.k1} >= T {self.T}): "
+                         f"the truncation itself is not checked; --steps {self.k1 + 1} "
+                         "or more checks it")
         verdict = "passed" if self.ok else "FAILED"
         lines.append(f"{verdict}: worst {self.worst[0]} {self.worst[1]:.2e} "
                      f"(tolerance {self.tol:.0e})")
         return "\n".join(lines)
 
 
+# The longest sequence gradcheck_spec picks by itself (a spec's truncated-BPTT windows
+# are covered up to here; --steps goes further).
+AUTO_STEPS_MAX = 64
+
+
+def auto_steps(k1: int | None, k2: int | None, floor: int = 5) -> int:
+    """Steps enough for two truncated-BPTT windows, the second reaching back its full k2
+    (``floor`` without truncation), at most AUTO_STEPS_MAX."""
+    if k1 is None:
+        return floor
+    return max(floor, min(k1 + max(k1, k2 or k1) + 1, AUTO_STEPS_MAX))
+
+
 def gradcheck_spec(spec_path: str | Path, backend: str = "numpy", tol: float = 1e-6,
-                   seed: int = 0, T: int = 5, B: int = 3, max_entries: int | None = 12,
+                   seed: int = 0, T: int | None = None, B: int = 3,
+                   max_entries: int | None = 12,
                    disable: Iterable[str] = ()) -> GradcheckReport:
-    """Compile the spec at ``spec_path`` and check its gradients (see :func:`gradcheck`)."""
+    """Compile the spec at ``spec_path`` and check its gradients (see :func:`gradcheck`).
+
+    ``T=None`` picks the steps: 5, or enough for two of the spec's truncated-BPTT
+    windows (:func:`auto_steps`)."""
     from rnnc.compiler import build
     from rnnc.spec import load_spec
 
     path = Path(spec_path)
     program = build(load_spec(path), disable=disable, base_dir=path.parent)
     module = module_for(program, backend)
+    if T is None:
+        T = auto_steps(getattr(module, "K1", None), getattr(module, "K2", None))
     rows = gradcheck(module, seed=seed, T=T, B=B, lengths=True, resets=True,
                      max_entries=max_entries)
-    return GradcheckReport(str(spec_path), backend, tol, rows, T, B,
-                           windows(T, getattr(module, "K1", None), getattr(module, "K2", None)))
+    k1, k2 = getattr(module, "K1", None), getattr(module, "K2", None)
+    return GradcheckReport(str(spec_path), backend, tol, rows, T, B, windows(T, k1, k2), k1)
 
 
 if __name__ == "__main__":  # pragma: no cover - python -m rnnc.gradcheck SPEC

@@ -10,6 +10,7 @@ its entry points agree with each other.
 
 import ast
 import functools
+import re
 import shutil
 import subprocess
 import sys
@@ -118,6 +119,26 @@ def test_gradcheck_spec_report(tmp_path):
     assert report.ok, report.render()
     text = report.render()
     assert "layer1.W_z" in text and "passed" in text and "window" in text
+
+
+def test_gradcheck_spec_covers_truncation_windows(tmp_path):
+    """By default the random batch is long enough for two truncated-BPTT windows, so the
+    truncation itself is checked; a shorter --steps says it is not."""
+    from rnnc.gradcheck import auto_steps, gradcheck_spec
+
+    assert auto_steps(None, None) == 5
+    assert auto_steps(3, None) == 7 and auto_steps(4, 6) == 11 and auto_steps(50, 50) == 64
+    path = tmp_path / "tiny.rnn"
+    text = MODELS["tbptt-overlap"].replace("dense(features: 2)", "onehot(vocab: auto)")
+    text = re.sub(r"bptt k1 \d+ k2 \d+", "bptt k1 6 k2 6", text)
+    path.write_text(text.replace('path: "x.txt"', 'path: "x.txt", window: 8'), encoding="utf-8")
+    (tmp_path / "x.txt").write_text("abcab cab bca " * 20, encoding="utf-8")
+    report = gradcheck_spec(path, B=2, max_entries=2)
+    assert report.ok and report.T == 13 and len(report.windows) == 3, report.render()
+    assert "note:" not in report.render()
+    short = gradcheck_spec(path, T=5, B=2, max_entries=2)
+    assert len(short.windows) == 1
+    assert "the truncation itself is not checked; --steps 7" in short.render()
 
 
 def test_gradcheck_catches_a_wrong_gradient():
