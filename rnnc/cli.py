@@ -74,6 +74,9 @@ def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 def write_atomic(path: Path, text: str | bytes) -> None:
     """Write a file via a temporary file and a rename: never a half-written file."""
     path = Path(path)
+    if path.is_dir():
+        raise RnncError(f"cannot write '{path}': it is a folder", None,
+                        "give the path of a file to write")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -84,8 +87,11 @@ def write_atomic(path: Path, text: str | bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(text.encode("utf-8") if isinstance(text, str) else text)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise RnncError(f"cannot write '{path}': {err.strerror or err}", None,
+                            "check the free disk space and the folder's permissions") from None
         raise
 
 

@@ -150,6 +150,15 @@ def test_fmt_cli_converts(tmp_path):
     assert parse_spec(out.read_text(), "m.rnn") == load_spec(ROOT / "specs" / "char_mgu.rnn")
 
 
+@pytest.mark.parametrize("command", ["compile", "fmt"])
+def test_output_path_that_is_a_folder(tmp_path, command):
+    r = CliRunner().invoke(app, [command, str(ROOT / "specs" / "elman.rnn"), "-o", str(tmp_path)])
+    assert r.exit_code == 1
+    assert isinstance(r.exception, SystemExit)  # a message, not a traceback
+    assert f"error: cannot write '{tmp_path}': it is a folder" in r.output
+    assert list(tmp_path.iterdir()) == [] and not list(tmp_path.parent.glob(".*.tmp"))
+
+
 def _count(model_text: str, n_in: int = 7, n_out: int = 7) -> int:
     spec = parse_spec(model_text, "m.rnn")
     return lower(spec, Sizes(n_in, n_out)).model.param_count
