@@ -30,7 +30,9 @@ def _arrays(seed=0):
 
 
 def _record(step, **kw):
-    return {"step": step, "epoch": 0, "spec_sha256": "abc", **kw}
+    return {"step": step, "epoch": 0, "spec_sha256": "abc", "batch_index": 0, "rng": None,
+            "epoch_loss": 0.0, "epoch_tokens": 0, "best": None, "best_epoch": None,
+            "bad_epochs": 0, "finished": None, "elapsed": 0.0, **kw}
 
 
 def test_round_trip(tmp_path):
@@ -122,6 +124,20 @@ def test_missing_and_damaged(tmp_path):
     # a folder without its JSON record (written last) is not a checkpoint
     (path / ckpt.RECORD).unlink()
     assert not ckpt.has_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize("record, problem", [
+    ([], "it holds list, not an object"),
+    ({}, "it has no 'spec_sha256'"),
+    ({**_record(1), "step": "1"}, "its 'step' is \"1\""),
+])
+def test_record_that_is_json_but_not_a_checkpoint_record(tmp_path, record, problem):
+    params, opt, _ = _arrays()
+    path = ckpt.save_checkpoint(tmp_path, params, opt, None, _record(1))
+    (path / ckpt.RECORD).write_text(json.dumps(record))
+    with pytest.raises(TrainError, match="damaged") as err:
+        ckpt.load_checkpoint(tmp_path)
+    assert problem in err.value.message
 
 
 def test_numpy_rng_state_round_trip():

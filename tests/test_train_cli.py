@@ -509,6 +509,25 @@ def test_other_bad_options(tmp_path):
     _assert_clean_error(result, "not a run folder")
 
 
+@pytest.mark.parametrize("damage", ["run.json", "checkpoint.json"])
+@pytest.mark.parametrize("text", ["[]", "{}"])
+def test_run_records_that_are_json_but_damaged(tmp_path, reber_run, damage, text):
+    import shutil
+
+    spec, whole, _ = reber_run
+    run = tmp_path / "run"
+    shutil.copytree(whole, run)
+    if damage == "run.json":
+        path = run / "run.json"
+    else:
+        path = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip() / damage
+    path.write_text(text)
+    for args in (["eval", run], ["plot", run, "--gates", "test:0", "-o", tmp_path / "g.png"]):
+        _assert_clean_error(rnnc(*args, code=1), "is damaged")
+    _assert_clean_error(train(spec, run, "--resume", code=1), "is damaged")
+    assert not (tmp_path / "g.png").exists()
+
+
 def test_plot_without_metrics(tmp_path, reber_run):
     import shutil
 

@@ -37,6 +37,13 @@ from rnnc.errors import TrainError
 
 
 POINTERS = ("latest", "best")
+_NUM = (int, float)
+_RECORD_KEYS: dict[str, Any] = {
+    "spec_sha256": str, "step": int, "epoch": int, "batch_index": int,
+    "rng": (dict, type(None)), "epoch_loss": _NUM, "epoch_tokens": int,
+    "best": (*_NUM, type(None)), "best_epoch": (int, type(None)), "bad_epochs": int,
+    "finished": (str, type(None)), "elapsed": _NUM}
+"""What a checkpoint record must hold (what a resumed run reads back)."""
 RECORD = "checkpoint.json"
 FORMAT = 1
 
@@ -150,6 +157,12 @@ def load_checkpoint(folder: Path, which: str = "latest") -> Checkpoint:
     except (OSError, ValueError, SafetensorError) as err:
         raise TrainError(f"checkpoint '{path}' is damaged: {err}",
                          hint="delete it, or train again with --force") from None
+    from rnnc.train.runs import record_problem
+
+    wrong = record_problem(record, _RECORD_KEYS)
+    if wrong:
+        raise TrainError(f"checkpoint '{path}' is damaged: its {RECORD} is not a checkpoint "
+                         f"record ({wrong})", hint="delete it, or train again with --force")
     return Checkpoint(path, params, opt_state, stream_state, record)
 
 

@@ -79,13 +79,35 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     """The ``run.json`` of a run folder; TrainError if there is none."""
     path = Path(run_dir) / RUN_RECORD
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        record = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise TrainError(f"'{run_dir}' is not a run folder (it has no {RUN_RECORD})",
                          hint="give the folder `rnnc train` wrote (default runs/<spec name>)"
                          ) from None
     except (OSError, ValueError) as err:
         raise TrainError(f"cannot read '{path}': {err}") from None
+    missing = record_problem(record, _RUN_KEYS)
+    if missing:
+        raise TrainError(f"'{path}' is damaged: {missing}",
+                         hint="train the run again (rnnc train SPEC --out RUN_DIR --force)")
+    return record
+
+
+_RUN_KEYS = {"spec_sha256": str, "spec_copy": str, "backend": str, "module": str,
+             "base_dir": str, "data": dict, "sizes": dict, "metric": str}
+
+
+def record_problem(record: Any, keys: dict[str, type | tuple[type, ...]]) -> str | None:
+    """What is wrong with a JSON record that must be an object with ``keys``, or None."""
+    if not isinstance(record, dict):
+        kind = "null" if record is None else type(record).__name__
+        return f"it holds {kind}, not an object"
+    for key, kind in keys.items():
+        if key not in record:
+            return f"it has no '{key}'"
+        if not isinstance(record[key], kind):
+            return f"its '{key}' is {json.dumps(record[key])[:40]}"
+    return None
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
