@@ -528,6 +528,30 @@ def test_run_records_that_are_json_but_damaged(tmp_path, reber_run, damage, text
     assert not (tmp_path / "g.png").exists()
 
 
+def test_checkpoint_of_another_spec_is_refused(tmp_path, reber_run):
+    import shutil
+
+    _, whole, _ = reber_run
+    other = write(tmp_path / "o.rnn", REBER.format(cell="lstm", epochs=1, extra="")
+                  .replace("hidden: 12", "hidden: 5"))
+    train(other, tmp_path / "other")
+    run = tmp_path / "run"
+    shutil.copytree(whole, run)
+    shutil.rmtree(run / "checkpoints")
+    shutil.copytree(tmp_path / "other" / "checkpoints", run / "checkpoints")
+    gates = tmp_path / "g.png"
+    for args in (["eval", run], ["plot", run, "--gates", "BTSSXXTVVE", "-o", gates]):
+        _assert_clean_error(rnnc(*args, code=1), "was trained from another spec")
+    # the same spec hash, but parameters of another shape
+    cp = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
+    record = json.loads((cp / "checkpoint.json").read_text())
+    record["spec_sha256"] = json.loads((run / "run.json").read_text())["spec_sha256"]
+    (cp / "checkpoint.json").write_text(json.dumps(record))
+    _assert_clean_error(rnnc("eval", run, "--checkpoint", "latest", code=1),
+                        "does not fit the run's model", "has shape")
+    assert not gates.exists()
+
+
 def test_plot_without_metrics(tmp_path, reber_run):
     import shutil
 

@@ -76,17 +76,15 @@ def _eval(
 ) -> None:
     """Metrics of a run's best (or latest) checkpoint on a split."""
     from rnnc.errors import did_you_mean
-    from rnnc.train.checkpoint import load_checkpoint
-    from rnnc.train.driver import evaluate, open_run
-    from rnnc.train.runs import CHECKPOINTS
+    from rnnc.train.driver import evaluate, load_run_checkpoint, open_run
 
     if split not in ("train", "val", "test"):
         raise TrainError(f"unknown split '{split}'",
                          hint=did_you_mean(split, ["train", "val", "test"]))
     if checkpoint not in ("best", "latest"):
         raise TrainError(f"unknown checkpoint '{checkpoint}'", hint="use best or latest")
-    _, c = open_run(run_dir)
-    cp = load_checkpoint(Path(run_dir) / CHECKPOINTS, checkpoint)
+    record, c = open_run(run_dir)
+    cp = load_run_checkpoint(run_dir, record, c, checkpoint)
     metrics = evaluate(c, cp.params, split)
     if as_json:
         typer.echo(json.dumps({"split": split, "checkpoint": cp.path.name, "step": cp.step,
@@ -107,9 +105,8 @@ def _sample(
     checkpoint: Annotated[str, typer.Option(help="best or latest.")] = "best",
 ) -> None:
     """Generate text from a character model, one character at a time."""
-    from rnnc.train.checkpoint import load_checkpoint
-    from rnnc.train.driver import open_run
-    from rnnc.train.runs import CHECKPOINTS, read_run
+    from rnnc.train.driver import load_run_checkpoint, open_run
+    from rnnc.train.runs import read_run
     from rnnc.train.sampling import sample_text
 
     record = read_run(run_dir)
@@ -121,7 +118,7 @@ def _sample(
     m = c.program.model
     if any(layer.bidirectional for layer in m.layers) or m.head.at != "per_step":
         raise TrainError("sampling needs a one-directional model with a per-step head")
-    cp = load_checkpoint(Path(run_dir) / CHECKPOINTS, checkpoint)
+    cp = load_run_checkpoint(run_dir, record, c, checkpoint)
     vocab = cp.record.get("vocab") or record["vocab"]
     if prime is None:
         prime = (c.train_cfg.get("sample") or {}).get("prime") or (
@@ -186,17 +183,16 @@ def _plot(
         return
     from rnnc.compiler import build
     from rnnc.ir.passes import PIPELINE
-    from rnnc.train.checkpoint import load_checkpoint
-    from rnnc.train.driver import open_run
+    from rnnc.train.driver import load_run_checkpoint, open_run
     from rnnc.train.gates import interpret
     from rnnc.train.plotting import plot_gates
-    from rnnc.train.runs import CHECKPOINTS, sizes_from
+    from rnnc.train.runs import sizes_from
 
     _, c = open_run(run_dir, with_data=False)
     xs, labels = _gate_input(c, record, gates)
     # the cell as lowered (no fusion): every equation keeps its own name
     raw = build(c.spec, sizes_from(record), disable=PIPELINE, base_dir=record["base_dir"])
-    cp = load_checkpoint(run_dir / CHECKPOINTS, checkpoint)
+    cp = load_run_checkpoint(run_dir, record, c, checkpoint)
     result = interpret(raw, cp.params, xs)
     path = output or run_dir / "gates.png"
     plot_gates(result.gates, labels, path, title=f"gate activations, {cp.path.name}")

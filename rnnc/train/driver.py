@@ -724,6 +724,29 @@ def train(spec_path: Path, opts: TrainOptions, reporter) -> TrainResult:
 # --------------------------------------------------- reading a finished run
 
 
+def load_run_checkpoint(run_dir: Path, record: dict[str, Any], c: Compiled,
+                        which: str) -> ckpt.Checkpoint:
+    """A run folder's ``best``/``latest`` checkpoint, checked against the run: trained
+    from the run's spec, with the parameters (names and shapes) its module has."""
+    cp = ckpt.load_checkpoint(Path(run_dir) / CHECKPOINTS, which)
+    hint = "checkpoints/ does not match the rest of the run folder: train the run again " \
+           "(rnnc train SPEC --out RUN_DIR --force)"
+    if cp.record["spec_sha256"] != record["spec_sha256"]:
+        raise TrainError(f"checkpoint '{cp.path}' was trained from another spec than the run "
+                         f"in '{run_dir}'", hint=hint)
+    want = {k: tuple(v) for k, v in c.module.PARAM_SHAPES.items()}
+    have = {k: tuple(v.shape) for k, v in cp.params.items()}
+    if have != want:
+        bad = sorted(set(want) ^ set(have)) or sorted(k for k in want if want[k] != have[k])
+        name = bad[0]
+        what = (f"'{name}' has shape {have[name]}, the model's is {want[name]}"
+                if name in want and name in have else
+                f"parameter '{name}' is {'missing' if name in want else 'not in the model'}")
+        raise TrainError(f"checkpoint '{cp.path}' does not fit the run's model: {what}",
+                         hint=hint)
+    return cp
+
+
 def open_run(run_dir: Path, with_data: bool = True) -> tuple[dict[str, Any], Compiled]:
     """A run folder's record and its compiled model, re-created from the run's own spec
     copy and module file (``eval``, ``sample`` and ``plot`` use this)."""
