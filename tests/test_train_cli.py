@@ -480,6 +480,28 @@ def test_existing_run_is_not_overwritten(reber_run, tmp_path):
     assert _final_params(run).keys() == _final_params(whole).keys()
 
 
+def test_a_run_that_cannot_start_changes_no_folder(reber_run, tmp_path):
+    import shutil
+
+    spec, whole, _ = reber_run
+    run = tmp_path / "run"
+    shutil.copytree(whole, run)
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    bad_data = _text_spec(tmp_path, 'text(path: "nowhere.txt")')
+    bad_metric = write(tmp_path / "m.rnn", REBER.format(
+        cell="elman", epochs=1, extra="early_stop metric reber_acc patience 2"))
+    for bad in (bad_data, bad_metric):
+        # --force deletes the old run only once the new one is ready to train
+        _assert_clean_error(train(bad, run, "--force", code=1), "error:")
+        after = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+        assert after == before
+        # a folder created for a run that cannot start is removed again
+        _assert_clean_error(train(bad, tmp_path / "new" / "run", code=1), "error:")
+        assert not (tmp_path / "new").exists()
+    train(spec, run, "--force")  # and a good spec still replaces the run
+    assert not list(run.glob(".tmp-*"))
+
+
 def test_resume_without_a_checkpoint(tmp_path):
     spec = write(tmp_path / "r.rnn", REBER.format(cell="elman", epochs=1, extra=""))
     _assert_clean_error(train(spec, tmp_path / "run", "--resume", code=1),

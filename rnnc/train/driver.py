@@ -26,8 +26,10 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import shutil
 import signal
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -658,12 +660,30 @@ def train(spec_path: Path, opts: TrainOptions, reporter) -> TrainResult:
                                   "choose another folder with --out")
     if backend is None:
         backend = default_backend()
+    # the outermost folder this run creates: removed again if the run cannot start
+    created = next((p for p in reversed((run_dir, *run_dir.parents)) if not p.exists()), None)
     _prepare_dir(run_dir)
-    if not opts.resume:
-        _start_over(run_dir)
 
+    # Everything that can reject the spec, its data or the options happens before the
+    # folder is touched: a new run's module is built in a temporary folder, and a run
+    # replaced with --force is only deleted once its successor is ready to train.
     spec = apply_overrides(original, overrides)
-    c = compile_for_training(spec, spec_path.parent, backend, module_path(run_dir, backend))
+    module_file = module_path(run_dir, backend)
+    staging = None if opts.resume else Path(tempfile.mkdtemp(dir=run_dir, prefix=".tmp-"))
+    try:
+        c = compile_for_training(spec, spec_path.parent, backend,
+                                 module_file if staging is None else staging / module_file.name)
+        trainer = Trainer(c, run_dir, reporter, sha, opts.stop_after_steps, opts.devices)
+        if staging is not None:
+            _start_over(run_dir)
+            os.replace(staging / module_file.name, module_file)
+    except BaseException:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     from rnnc.cli import write_atomic
 
     suffix = spec_path.suffix if spec_path.suffix in (".rnn", ".yaml", ".yml") else ".rnn"
@@ -679,7 +699,6 @@ def train(spec_path: Path, opts: TrainOptions, reporter) -> TrainResult:
         "metric": ds.metric, "vocab": ds.vocab, "rnnc": __version__,
     }, indent=1) + "\n")
 
-    trainer = Trainer(c, run_dir, reporter, sha, opts.stop_after_steps, opts.devices)
     if resume_from is not None:
         state = trainer.state_from(resume_from)
         if overrides.epochs is not None and state.finished == "epochs" \
