@@ -159,6 +159,27 @@ def test_output_path_that_is_a_folder(tmp_path, command):
     assert list(tmp_path.iterdir()) == [] and not list(tmp_path.parent.glob(".*.tmp"))
 
 
+@pytest.mark.parametrize("expr", [" + ".join(["x"] * 3000), "-" * 3000 + "x"])
+@pytest.mark.parametrize("suffix", [".rnn", ".yaml"])
+def test_expression_too_deep_to_parse(tmp_path, expr, suffix):
+    if suffix == ".rnn":
+        text = (f"cell c(x) {{\n  state h\n  h' = tanh(W @ ({expr}) + U @ h)\n}}\n"
+                "model m {\n  input onehot(vocab: 5)\n  layer c(hidden: 4)\n"
+                "  head softmax(at: per_step, classes: 5)\n}\n")
+    else:
+        text = (f"cells:\n  c:\n    inputs: [x]\n    state: [h]\n    equations:\n"
+                f"      \"h'\": tanh(W @ ({expr}) + U @ h)\n"
+                "model:\n  name: m\n  input: {onehot: {vocab: 5}}\n  layers:\n"
+                "    - c: {hidden: 4}\n  head: {softmax: {at: per_step, classes: 5}}\n")
+    spec = tmp_path / f"deep{suffix}"
+    spec.write_text(text)
+    r = CliRunner().invoke(app, ["check", str(spec)])
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit)
+    line = 3 if suffix == ".rnn" else 6
+    assert f"deep{suffix}:{line}:" in r.output
+    assert "error: an expression is nested too deeply" in r.output
+
+
 def _count(model_text: str, n_in: int = 7, n_out: int = 7) -> int:
     spec = parse_spec(model_text, "m.rnn")
     return lower(spec, Sizes(n_in, n_out)).model.param_count

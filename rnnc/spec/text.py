@@ -450,4 +450,24 @@ def _parse(text: str, name: str, start: str, source: Source | None = None) -> An
     except VisitError as err:
         if isinstance(err.orig_exc, SpecError):
             raise err.orig_exc from None
+        if isinstance(err.orig_exc, RecursionError):
+            raise _too_deep(tree, source) from None
         raise
+    except RecursionError:
+        raise _too_deep(tree, source) from None
+
+
+def _too_deep(tree: Any, source: Source) -> SpecSyntaxError:
+    """The error for a tree too deep to transform recursively, at its deepest node."""
+    deepest, depth, stack = tree, 0, [(tree, 0)]
+    while stack:  # iterative: the tree is too deep for recursion
+        node, d = stack.pop()
+        if not hasattr(node, "children"):
+            continue
+        if d > depth and getattr(node.meta, "line", None) is not None:
+            deepest, depth = node, d
+        stack.extend((child, d + 1) for child in node.children)
+    meta = getattr(deepest, "meta", None)
+    span = Span(source, meta.line, meta.column) if getattr(meta, "line", None) else None
+    return SpecSyntaxError("an expression is nested too deeply (or is too long) to compile",
+                           span, "split it into several equations")
