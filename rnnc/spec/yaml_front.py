@@ -205,8 +205,11 @@ def _param(r: _Reader, name: str, node: yaml.Node, span: Span) -> A.ParamDecl:
             r.check_tag(v)
             if not isinstance(v, yaml.SequenceNode):
                 raise SpecError("shape must be a list of sizes", r.span(v))
-            shape = tuple(r.expr(d) if isinstance(d.value, str) else
-                          A.Num(float(d.value), r.span(d)) for d in v.value)
+            for d in v.value:
+                if not isinstance(d, yaml.ScalarNode):
+                    raise SpecError("a size in a shape must be a number or an expression",
+                                    r.span(d), "e.g. shape: [hidden, X]")
+            shape = tuple(r.expr(d) for d in v.value)
         elif key == "init":
             init = r.expr(v)
         elif key == "none":
