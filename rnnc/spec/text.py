@@ -9,6 +9,7 @@ caret and a hint naming what was expected.
 from __future__ import annotations
 
 import functools
+import math
 from importlib import resources
 from typing import Any
 
@@ -321,7 +322,7 @@ class _Builder(Transformer):
         tok = items[0]
         text = str(tok)
         is_int = text.lstrip("+-").isdigit()
-        return A.CScalar(int(text) if is_int else float(text), self._span(tok))
+        return A.CScalar(int(text) if is_int else self._finite(tok), self._span(tok))
 
     def string(self, items):
         tok = items[0]
@@ -335,7 +336,14 @@ class _Builder(Transformer):
 
     # -- expressions
     def num(self, items):
-        return A.Num(float(items[0]), self._span(items[0]))
+        return A.Num(self._finite(items[0]), self._span(items[0]))
+
+    def _finite(self, tok) -> float:
+        value = float(tok)
+        if not math.isfinite(value):
+            raise SpecError(f"the number {tok} is too large", self._span(tok),
+                            "a spec's numbers must be finite: at most about 1.8e308 in size")
+        return value
 
     def ref(self, items):
         return A.Ref(str(items[0]), self._span(items[0]))

@@ -10,6 +10,7 @@ their spans are moved to point into the YAML file.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from typing import Any
 
@@ -69,6 +70,10 @@ class _Reader:
         value = self.loader.construct_object(node)
         if isinstance(value, str) and node.style is None and _FLOAT.match(value):
             value = float(value)  # YAML 1.1 reads `2e-3` as a string; a spec means a number
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SpecError(f"'{node.value}' is not a finite number", span,
+                            "a spec's numbers must be finite: not .inf or .nan, and at most "
+                            "about 1.8e308 in size")
         return A.CScalar(value, span)
 
     def key(self, node: yaml.Node) -> str:
