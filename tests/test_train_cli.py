@@ -287,6 +287,9 @@ def test_sample(text_run):
     assert again.output == result.output
     bad = rnnc("sample", run, "--prime", "Zebra", code=1)
     assert "'Z'" in bad.output and "not in the model's vocabulary" in bad.output
+    for temperature in ("0", "-1", "nan", "inf"):
+        bad = rnnc("sample", run, "--temperature", temperature, code=1)
+        _assert_clean_error(bad, "the temperature must be a finite number > 0")
 
 
 def test_sample_needs_a_character_model(reber_run):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,8 +38,8 @@ def sample_text(module: Any, params: dict[str, Any], vocab: Sequence[str], prime
     """``length`` characters following ``prime`` (which is fed first, state carried)."""
     if not prime:
         raise TrainError("the prime is empty", hint="give at least one character: --prime 'T'")
-    if temperature <= 0:
-        raise TrainError(f"the temperature must be > 0, not {temperature}")
+    if not (0 < temperature < math.inf):  # also refuses NaN
+        raise TrainError(f"the temperature must be a finite number > 0, not {temperature}")
     ids = encode_prime(prime, vocab)
     state = module.initial_state(1, dtype)
     probs = None
