@@ -198,6 +198,29 @@ class _ParamInfo:
     span: Span | None = None
 
 
+def _check_unique_declarations(cdef: A.CellDef) -> None:
+    """Each input, state, option and declared parameter of a cell has its own name."""
+    seen: dict[str, str] = {}
+    decls = [(n, "input", cdef.span) for n in cdef.inputs]
+    decls += [(k, "option", span) for (k, _), span in zip(
+        cdef.options.items, cdef.options.key_spans + (None,) * len(cdef.options.items),
+        strict=False)]
+    decls += [(s.name, "state", s.span) for s in cdef.states]
+    decls += [(p.name, "parameter", p.span) for p in cdef.params]
+    for name, what, span in decls:
+        if name in seen:
+            first = seen[name]
+            msg = (f"{what} '{name}' is declared twice" if first == what else
+                   f"'{name}' is declared both as {_a(first)} and as {_a(what)}")
+            raise SpecError(f"{msg} in cell '{cdef.name}'", span or cdef.span,
+                            "give each its own name")
+        seen[name] = what
+
+
+def _a(what: str) -> str:
+    return ("an " if what[0] in "aeiou" else "a ") + what
+
+
 class _CellLowerer:
     def __init__(self, cdef: A.CellDef, env: dict[str, Any], input_sizes: dict[str, int],
                  hidden: int, layer: str, init_overrides: dict[str, A.Expr], bias: bool):
@@ -213,6 +236,7 @@ class _CellLowerer:
         self.n_tmp = 0
         self.eq: A.Equation | None = None
         self.primed: dict[str, _Val] = {}
+        _check_unique_declarations(cdef)
         reserved = set(cdef.inputs) | {s.name for s in cdef.states} | {
             e.target for e in cdef.equations}
         self.taken = set(reserved)
@@ -831,6 +855,12 @@ def _head(model_cfg: dict, sizes: Sizes, spec: A.Spec, width: int) -> Head:
 
 def _layers(spec: A.Spec, model_cfg: dict, train_cfg: dict | None, in_size: int) -> list[Layer]:
     lib = library()
+    defined: set[str] = set()
+    for cell in spec.cells:
+        if cell.name in defined:
+            raise SpecError(f"cell '{cell.name}' is defined twice", cell.span,
+                            "rename or remove one of them")
+        defined.add(cell.name)
     layers_node: A.CList = spec.model.get("layers")
     layer_dropout = ((train_cfg or {}).get("dropout") or {}).get("layers", 0.0)
     out: list[Layer] = []
