@@ -216,6 +216,8 @@ def gradcheck(
     """Compare a backend's gradients with central finite differences (float64, small sizes)."""
     from rnnc.gradcheck import gradcheck_spec
 
+    if not 0 < tol < float("inf"):  # also refuses NaN
+        raise RnncError(f"--tol must be a finite number > 0, not {tol}", None, "e.g. --tol 1e-6")
     report = gradcheck_spec(spec, backend=backend, tol=tol, T=steps, B=batch)
     typer.echo(report.render())
     if not report.ok:

@@ -180,6 +180,13 @@ def test_expression_too_deep_to_parse(tmp_path, expr, suffix):
     assert "error: an expression is nested too deeply" in r.output
 
 
+@pytest.mark.parametrize("tol", ["-1", "0", "nan"])
+def test_gradcheck_refuses_a_meaningless_tolerance(tol):
+    r = CliRunner().invoke(app, ["gradcheck", str(ROOT / "specs" / "elman.rnn"), "--tol", tol])
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit)
+    assert "error: --tol must be a finite number > 0" in r.output and "FAIL" not in r.output
+
+
 def _count(model_text: str, n_in: int = 7, n_out: int = 7) -> int:
     spec = parse_spec(model_text, "m.rnn")
     return lower(spec, Sizes(n_in, n_out)).model.param_count
