@@ -74,9 +74,18 @@ def test_missing_spec_file_is_one_clear_error(tmp_path):
 
 def test_non_utf8_spec(tmp_path):
     p = tmp_path / "bad.rnn"
-    p.write_bytes(b"model m {\xff}")
-    with pytest.raises(RnncError, match="not UTF-8"):
+    p.write_bytes(b"# a spec\nmodel m {\xff}")
+    with pytest.raises(RnncError, match=r"not UTF-8 \(line 2, column 10, byte 18\)"):
         load_spec(p)
+
+
+def test_spec_with_a_byte_order_mark(tmp_path):
+    """Some editors start UTF-8 files with a byte-order mark: it is not part of the spec."""
+    for name in ("char_mgu.rnn", "char_mgu.yaml"):
+        text = (ROOT / "specs" / name).read_bytes()
+        p = tmp_path / name
+        p.write_bytes(b"\xef\xbb\xbf" + text)
+        assert load_spec(p) == load_spec(ROOT / "specs" / name)
 
 
 def test_yaml_and_text_forms_give_one_ast():

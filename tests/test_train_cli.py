@@ -501,8 +501,14 @@ def test_a_run_that_cannot_start_changes_no_folder(reber_run, tmp_path):
         # a folder created for a run that cannot start is removed again
         _assert_clean_error(train(bad, tmp_path / "new" / "run", code=1), "error:")
         assert not (tmp_path / "new").exists()
-    train(spec, run, "--force")  # and a good spec still replaces the run
+    # a good spec still replaces the run, and nothing of the old one is left behind
+    for stale in ("spec.yaml", "model_other.py", "curves.png"):
+        (run / stale).write_text("old run", encoding="utf-8")
+    train(spec, run, "--force")
     assert not list(run.glob(".tmp-*"))
+    left = {p.name for p in run.iterdir()}
+    assert not left & {"spec.yaml", "model_other.py", "curves.png"}, left
+    assert {"run.json", "metrics.jsonl", "checkpoints", spec.with_stem("spec").name} <= left
 
 
 def test_resume_without_a_checkpoint(tmp_path):

@@ -39,8 +39,10 @@ def load_spec(path: str | Path) -> Spec:
     except OSError as err:
         raise SpecError(f"cannot read spec file '{p}': {err.strerror}", None) from None
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # a byte-order mark some editors write is dropped
     except UnicodeDecodeError as err:
-        raise SpecError(f"spec file '{p}' is not UTF-8 (byte {err.start})", None,
-                        "save it as UTF-8") from None
+        line = raw.count(b"\n", 0, err.start) + 1
+        column = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
+        raise SpecError(f"spec file '{p}' is not UTF-8 (line {line}, column {column}, "
+                        f"byte {err.start})", None, "save it as UTF-8") from None
     return parse_spec(text, str(path))

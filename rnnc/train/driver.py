@@ -592,12 +592,20 @@ def _prepare_dir(run_dir: Path) -> None:
                          hint="choose another folder with --out") from None
 
 
+# What a run replaced with --force leaves that its successor might not write again: the
+# spec copy of the other syntax, another backend's module, plots of the old run.
+_REPLACED = ("spec.rnn", "spec.yaml", "spec.yml", "curves.png", "gates.png")
+
+
 def _start_over(run_dir: Path) -> None:
     for name in (CHECKPOINTS, METRICS):
         p = run_dir / name
         if p.is_dir():
             shutil.rmtree(p)
         elif p.exists():
+            p.unlink()
+    for p in [run_dir / name for name in _REPLACED] + list(run_dir.glob("model_*.py")):
+        if p.is_file():
             p.unlink()
 
 
