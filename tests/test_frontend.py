@@ -72,6 +72,30 @@ def test_missing_spec_file_is_one_clear_error(tmp_path):
     assert "does not exist" in result.output and "Traceback" not in result.output
 
 
+def test_ctrl_c_while_the_cli_imports():
+    """A Ctrl-C before any command runs (while typer and NumPy import) is one line and
+    exit code 130, like one inside a command; python -m rnnc is the same CLI."""
+    import subprocess
+    import sys
+
+    code = (
+        "import importlib.abc, sys\n"
+        "class Interrupt(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name == 'rnnc.cli':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, Interrupt())\n"
+        "from rnnc.__main__ import main\n"
+        "main()\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=ROOT, timeout=60)
+    assert r.returncode == 130 and r.stderr.strip() == "interrupted", r.stderr
+    r = subprocess.run([sys.executable, "-m", "rnnc", "check", "specs/elman.rnn"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 0 and "elman" in r.stdout, r.stderr
+
+
 def test_non_utf8_spec(tmp_path):
     p = tmp_path / "bad.rnn"
     p.write_bytes(b"# a spec\nmodel m {\xff}")
