@@ -112,7 +112,7 @@ def layouts(T: int = 100, B: int = 32, repeat: int = 9) -> None:
     batch-major (h @ W.T, h: (B, n)) and feature-major (W @ h, h: (n, B)), interleaved,
     min of `repeat`; and the backward's product both ways (g @ W; W.T @ g with W.T made
     outside the loop, and inside it). What the JAX backend's feature-major loops rest on
-    (docs/jax.md, fm_pays)."""
+    (docs/jax.md, fm_max_batch)."""
     import time
 
     import jax

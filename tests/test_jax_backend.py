@@ -636,34 +636,47 @@ def test_feature_major_loops_match_batch_major(case, tmp_dir):
 
 @pytest.mark.parametrize(
     ("layer", "emitted", "train"),
-    [("lstm(hidden: 512)", True, True), ("gru(hidden: 512)", True, True),
-     ("mgu(hidden: 512)", True, False), ("lstm(hidden: 256)", False, False)],
+    [("lstm(hidden: 512)", True, 32), ("gru(hidden: 512)", True, 32),
+     ("mgu(hidden: 512)", True, 16), ("lstm(hidden: 256)", False, 0)],
 )
 def test_feature_major_is_chosen_for_wide_recurrent_products(layer, emitted, train, tmp_dir):
-    """layout="auto" emits the feature-major pair where fm_pays: for the training
-    objectives with a recurrent product of >= 1024 outputs from >= 512 inputs, for
-    forward alone from 512 x 512 (measured faster on CPU, docs/performance.md)."""
+    """layout="auto" emits the feature-major pair where fm_max_batch says it pays: for
+    forward from a 512 x 512 recurrent product on at any batch size, for the training
+    objectives up to B = 32 with >= 1024 outputs from >= 512 inputs, up to B = 16 with
+    512 x 512 (measured on CPU, docs/performance.md). A batch above the limit trains
+    batch-major, with the same numbers."""
     text = tbptt_spec(3, 3, layers=1).replace("lstm(hidden: 3)", layer).replace(
         "  bptt k1 3 k2 3\n", "")
     source = emit(text, 4, 4)
     assert ('"feature_major": {' in source) == emitted
     assert ("_step_fm(" in source) == emitted
-    if emitted:
-        assert f'"train": {train},' in source
-        mod = load(source, tmp_dir)
-        (v,) = [c["vjp"] for c in mod.CELLS.values()]
-        assert mod._loop_layout(v, "step", training=False)[0] is v["feature_major"]
-        assert (mod._loop_layout(v, "step")[0] is not None) == train
-    if emitted and not train:  # forward feature-major, the objectives batch-major
-        bm = load(emit(text, 4, 4, layout="batch"), tmp_dir)
-        params = mod.init_params(1, "float64")
-        xs = np.random.default_rng(2).integers(0, 4, (2, 3))
+    assert "FEATURE_MAJOR = " in source  # the constant is always there, to flip by hand
+    if not emitted:
+        return
+    assert f'"train_max_batch": {train},' in source
+    mod = load(source, tmp_dir)
+    (v,) = [c["vjp"] for c in mod.CELLS.values()]
+    for batch in (1, train, train + 1, 4096):
+        assert mod._loop_layout(v, "step", batch, training=False)[0] is v["feature_major"]
+        assert (mod._loop_layout(v, "step", batch)[0] is not None) == (0 < batch <= train)
+    # which loops run, seen from the step functions traced: feature-major up to the limit
+    traced = []
+    for key in ("step", "backward_step"):
+        fn = v["feature_major"][key]
+        v["feature_major"][key] = lambda *a, fn=fn, key=key: traced.append(key) or fn(*a)
+    bm = load(emit(text, 4, 4, layout="batch"), tmp_dir)
+    params = mod.init_params(1, "float64")
+    for batch in sorted({2, train, train + 1}):
+        traced.clear()
+        xs = np.random.default_rng(batch).integers(0, 4, (batch, 3))
         close(mod.forward(params, xs)[0], bm.forward(params, xs)[0], what="forward")
+        assert traced == ["step"]
+        traced.clear()
         a, b = mod.loss_and_grad(params, xs, xs), bm.loss_and_grad(params, xs, xs)
         close(a[0], b[0], what="loss")
         for k in params:
             close(a[1][k], b[1][k], what=f"d/d {k}")
-    assert "FEATURE_MAJOR = " in source  # the constant is always there, to flip by hand
+        assert traced == (["step", "backward_step"] if batch <= train else []), batch
 
 
 def test_token_ids_need_a_one_hot_input_read_through_matmuls(tmp_dir):

@@ -54,26 +54,38 @@ UNROLL = {"cpu": 1, "gpu": 4, "tpu": 4}
 
 # The layout of batched values inside the custom VJP's loops: "batch" (B, n) as
 # everywhere else; "feature" (n, B), emitted as a second pair of step functions that the
-# template runs on CPU (FEATURE_MAJOR); "auto" does so where fm_pays says it pays.
+# template runs on CPU (FEATURE_MAJOR); "auto" does so where fm_max_batch says it pays.
 LAYOUTS = ("auto", "batch", "feature")
 
 
-def fm_pays(cell: Cell, training: bool = True) -> bool:
-    """Whether the feature-major loop is expected to be faster on CPU, for the training
-    objectives (forward and backward loops) or for forward alone. Measured on the
-    char-LM (B = 32, docs/performance.md): training gains 3-12% where the step has a
-    recurrent product of at least 1024 outputs from 512 inputs (LSTM, GRU H=512); the
-    MGU's two 512 x 512 products, LSTM H=256 (1024 x 256) and H=128 tie or lose, their
-    element-wise work running slower transposed than their GEMMs gain. Forward alone
-    gains from 512 x 512 on (MGU H=512 1.27x, LSTM H=512 1.56x)."""
-    rows = 1024 if training else 512
+def _has_product(cell: Cell, rows: int, cols: int) -> bool:
+    """Whether the step multiplies a batched value by a weight of >= rows x cols."""
 
     def wide(shape: tuple[int, ...]) -> bool:
-        return len(shape) == 2 and shape[0] >= rows and shape[1] >= 512
+        return len(shape) == 2 and shape[0] >= rows and shape[1] >= cols
 
     return any(
         i.op == "matmul" and i.batched and wide(value_shape(cell, i.args[0])) for i in cell.body
     )
+
+
+def fm_max_batch(cell: Cell, training: bool = True) -> int | None:
+    """Up to which batch size the feature-major loops are expected to be faster on CPU:
+    for the training objectives (forward and backward loops), or for forward alone; 0 for
+    none, None for every size. Measured on the char-LM (training step, Adam included,
+    docs/performance.md, session 6): XLA's CPU dot gains most from `W @ h` at small
+    batches (a scan of 2048 x 512 products: 2.2x at B = 8, 1.4-1.6x at 32, 1.1x at 64,
+    1.2x at 128), but a training step also runs its element-wise work transposed:
+    LSTM/GRU H=512 (a product of >= 1024 outputs from >= 512 inputs) gain up to B = 32
+    (lstm512 1.37x at 8, 1.14x at 16, 1.10-1.18x at 32) and lose from 64 on (0.94-0.98,
+    gru512 0.89); the MGU's 512 x 512 products gain up to 16 (1.44x at 8, 1.15x at 16,
+    0.97x at 32); narrower cells (LSTM H=256, H=128) tie or lose. Forward alone gains
+    from 512 x 512 on at every batch size measured (8 to 128: 1.1-1.7x)."""
+    if not training:
+        return None if _has_product(cell, 512, 512) else 0
+    if _has_product(cell, 1024, 512):
+        return 32
+    return 16 if _has_product(cell, 512, 512) else 0
 
 
 FEATURE_MAJOR = {"cpu": True, "gpu": False, "tpu": False}
@@ -409,16 +421,17 @@ class ModuleEmitter(ModuleEmitterBase):
         self.lazy_tokens = vjp and lazy_tokens_ok(model)
         self.vjp_entries: dict[str, dict[str, Any]] = {}  # by layer, filled by cells()
 
-    def feature_major(self, cell: Cell, grad: CellGrad) -> tuple[bool, bool]:
-        """(whether to emit the cell's feature-major step functions as well, whether the
-        training objectives run them too and not only forward): see
-        :class:`.vjpgen.FeatureMajorVjpCode`, :data:`LAYOUTS` and :func:`fm_pays`."""
+    def feature_major(self, cell: Cell, grad: CellGrad) -> tuple[bool, int | None]:
+        """(whether to emit the cell's feature-major step functions as well, up to which
+        batch size the training objectives run them: 0 never (forward only), None at
+        every size): see :class:`.vjpgen.FeatureMajorVjpCode`, :data:`LAYOUTS` and
+        :func:`fm_max_batch`."""
         if not self.vjp or self.layout == "batch" or not FeatureMajorVjpCode.supports(cell, grad):
-            return False, False
+            return False, 0
         if self.layout == "feature":
-            return True, True
-        train = fm_pays(cell)
-        return train or fm_pays(cell, training=False), train
+            return True, None
+        train = fm_max_batch(cell)
+        return train != 0 or fm_max_batch(cell, training=False) != 0, train
 
     # -- the constants' data where it differs from the NumPy module's
     def spec_data(self) -> Any:
@@ -556,7 +569,9 @@ class ModuleEmitter(ModuleEmitterBase):
                 if emit_fm:
                     fm = FeatureMajorVjpCode(cell, f"{fname}_vjp", grad)
                     functions.extend("\n".join(fm.source()).strip("\n").split("\n\n\n"))
-                    vjps[layer.name]["feature_major"] = dict(fm.entry(), train=train)
+                    vjps[layer.name]["feature_major"] = dict(
+                        fm.entry(), train_max_batch=train
+                    )
         self.vjp_entries = vjps
         table = [
             "# Each layer's cell: its parameter and state names and its functions.",

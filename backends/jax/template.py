@@ -198,7 +198,8 @@ def _run_direction(
         seq = _vjp_sequence(cell)
         ys, final = seq(p, xs, carry0, valid, resets, reverse, detach_every)
         return ys, dict(zip(names, final, strict=True)), {}
-    fm = cell.get("vjp") is not None and _loop_layout(cell["vjp"], "step", training=False)[0]
+    batch = carry0[0].shape[0]
+    fm = cell.get("vjp") is not None and _loop_layout(cell["vjp"], "step", batch, False)[0]
     if fm and not collect and detach_every is None:
         # the feature-major step, as a plain (differentiable) scan
         run = _vjp_sequence(cell).run
@@ -260,14 +261,16 @@ def _dense(x):
 _VJP_SEQUENCES = {}
 
 
-def _loop_layout(v, fn, training=True):
+def _loop_layout(v, fn, batch, training=True):
     """(the cell's feature-major entry or None, its step function `fn` to run): the
-    feature-major pair where the module has one for this use (the training objectives,
-    or forward alone) and FEATURE_MAJOR asks for it here."""
+    feature-major pair where the module has one, FEATURE_MAJOR asks for it here, and,
+    for the training objectives, the batch is at most the entry's "train_max_batch"
+    (0: forward only; None: any batch)."""
     fm = v.get("feature_major")
     if fm is None or not FEATURE_MAJOR.get(jax.default_backend(), False):
         return None, v[fn]
-    if training and not fm["train"]:
+    limit = fm["train_max_batch"]
+    if training and limit is not None and batch > limit:
         return None, v[fn]
     return fm, fm[fn]
 
@@ -317,7 +320,7 @@ def _vjp_sequence(cell):
 
     def run(p, xs, carry0, valid, resets, reverse, training=True):
         k = v["prepare"](p, xs)
-        fm, step = _loop_layout(v, "step", training)
+        fm, step = _loop_layout(v, "step", carry0[0].shape[0], training)
         layout = _Layout(fm)
 
         read = {name: layout.reader(k[name]) for name in v["time"]}
@@ -357,7 +360,7 @@ def _vjp_sequence(cell):
         k, saved, valid, resets, xs = residuals
         dys, dfinal = cotangents
         lazy_x = isinstance(xs, _LAZY)  # token ids: no input adjoint to return
-        fm, backward_step = _loop_layout(v, "backward_step")
+        fm, backward_step = _loop_layout(v, "backward_step", dys.shape[1])
         layout = _Layout(fm)
         if fm:  # the weights the backward step multiplies transposed, made once
             k = dict(k, **{f"{w}.T": k[w].T for w in fm["transposed"]})
