@@ -449,6 +449,9 @@ class _CellLowerer:
             if r is None:
                 raise self.err("division by zero", e.span)
             return _Val(const=r, text=text)
+        if e.op == "/" and b.const == 0:  # a literal 0, a zero option, a switched-off term
+            raise self.err("division by zero", e.span,
+                           f"'{b.text}' is 0 here; divide by something that is not")
         # algebraic identities that make switched-off options vanish
         if e.op == "+" and a.const == 0:
             return b
