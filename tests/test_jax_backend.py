@@ -66,6 +66,17 @@ def close(a, b, rtol=RTOL, what=""):
     assert err <= rtol, f"{what}: relative error {err:.3g}"
 
 
+def close_results(a, b, what=""):
+    """Two modules' loss_and_grad results agree: the loss, every gradient (the same
+    names) and every final state."""
+    close(a[0], b[0], what=f"loss{what}")
+    assert set(a[1]) == set(b[1])
+    for k in b[1]:
+        close(a[1][k], b[1][k], what=f"d/d {k}{what}")
+    for k in b[2]:
+        close(a[2][k], b[2][k], what=f"final {k}{what}")
+
+
 # ---------------------------------------------------------------------- PyTorch
 
 B, T, F, H, C = 3, 5, 3, 4, 5
@@ -419,9 +430,7 @@ def test_sections_give_the_same_numbers(tmp_dir):
     xs, ys = rng.integers(0, 4, (3, 6)), rng.integers(0, 4, (3, 6))
     a = full.loss_and_grad(params, xs, ys, lengths=np.array([6, 2, 4]))
     b = bare.loss_and_grad(params, xs, ys, lengths=np.array([6, 2, 4]))
-    close(a[0], b[0], what="loss")
-    for k in params:
-        close(a[1][k], b[1][k], what=k)
+    close_results(a, b)
 
 
 VJP_CASES = {
@@ -477,12 +486,7 @@ def test_custom_vjp_matches_autodiff_through_scan(case, tmp_dir):
         kw = dict(lengths=np.array([T, 3, 5]), resets=rng.random((B, T)) < 0.2)
     a = vjp.loss_and_grad(params, xs, ys, state, wrt_inputs=True, **kw)
     b = scan.loss_and_grad(params, xs, ys, state, wrt_inputs=True, **kw)
-    close(a[0], b[0], what="loss")
-    assert set(a[1]) == set(b[1])
-    for k in b[1]:
-        close(a[1][k], b[1][k], what=f"d/d {k}")
-    for k in b[2]:
-        close(a[2][k], b[2][k], what=f"final {k}")
+    close_results(a, b)
     assert len(vjp._VJP_SEQUENCES) == sum(len(c["vjp"]) > 0 for c in vjp.CELLS.values())
     assert not scan._VJP_SEQUENCES
 
@@ -614,12 +618,7 @@ def test_feature_major_loops_match_batch_major(case, tmp_dir):
     for wrt_inputs in (False, True):
         a = fm.loss_and_grad(params, xs, ys, state, wrt_inputs=wrt_inputs, **kw)
         b = bm.loss_and_grad(params, xs, ys, state, wrt_inputs=wrt_inputs, **kw)
-        close(a[0], b[0], what="loss")
-        assert set(a[1]) == set(b[1])
-        for k in b[1]:
-            close(a[1][k], b[1][k], what=f"d/d {k} (wrt_inputs={wrt_inputs})")
-        for k in b[2]:
-            close(a[2][k], b[2][k], what=f"final {k}")
+        close_results(a, b, what=f" (wrt_inputs={wrt_inputs})")
     # forward (inference) runs the feature-major step as a plain scan: the same outputs,
     # and JAX's forward-mode autodiff still goes through it
     kw.pop("rng", None)
@@ -672,10 +671,7 @@ def test_feature_major_is_chosen_for_wide_recurrent_products(layer, emitted, tra
         close(mod.forward(params, xs)[0], bm.forward(params, xs)[0], what="forward")
         assert traced == ["step"]
         traced.clear()
-        a, b = mod.loss_and_grad(params, xs, xs), bm.loss_and_grad(params, xs, xs)
-        close(a[0], b[0], what="loss")
-        for k in params:
-            close(a[1][k], b[1][k], what=f"d/d {k}")
+        close_results(mod.loss_and_grad(params, xs, xs), bm.loss_and_grad(params, xs, xs))
         assert traced == (["step", "backward_step"] if batch <= train else []), batch
 
 
