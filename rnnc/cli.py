@@ -54,7 +54,8 @@ def fail(err: RnncError) -> None:
 
 
 def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Decorator: RnncError -> located message and exit 1; Ctrl-C -> exit 130."""
+    """Decorator: RnncError -> located message and exit 1; running out of memory (a model
+    or batch too large for this machine) -> one message and exit 1; Ctrl-C -> exit 130."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -64,6 +65,13 @@ def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             if _state["debug"]:
                 raise
             fail(err)
+        except MemoryError as err:  # NumPy's _ArrayMemoryError names the array's size
+            if _state["debug"]:
+                raise
+            detail = str(err).strip() or "a memory allocation failed"
+            fail(RnncError(f"out of memory: {detail}", None,
+                           "`rnnc check SPEC` prints every parameter's shape; a smaller hidden "
+                           "size, batch or window needs less"))
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None

@@ -511,6 +511,24 @@ def test_a_run_that_cannot_start_changes_no_folder(reber_run, tmp_path):
     assert {"run.json", "metrics.jsonl", "checkpoints", spec.with_stem("spec").name} <= left
 
 
+def test_a_model_too_large_for_memory(reber_run, tmp_path):
+    """Parameters that cannot be allocated: one 'out of memory' error naming the array,
+    no traceback, the old run (--force) untouched and no new folder left behind."""
+    import shutil
+
+    spec, whole, _ = reber_run
+    huge = write(tmp_path / "huge.rnn", REBER.format(cell="elman", epochs=1, extra="").replace(
+        "hidden: 12", "hidden: 999999999999"))
+    assert "hidden: 999999999999" in huge.read_text()
+    run = tmp_path / "run"
+    shutil.copytree(whole, run)
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    for out, extra in ((run, ("--force",)), (tmp_path / "new" / "run", ())):
+        _assert_clean_error(train(huge, out, *extra, code=1), "out of memory", "rnnc check")
+    after = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert after == before and not (tmp_path / "new").exists()
+
+
 def test_resume_without_a_checkpoint(tmp_path):
     spec = write(tmp_path / "r.rnn", REBER.format(cell="elman", epochs=1, extra=""))
     _assert_clean_error(train(spec, tmp_path / "run", "--resume", code=1),

@@ -682,6 +682,8 @@ def train(spec_path: Path, opts: TrainOptions, reporter) -> TrainResult:
         c = compile_for_training(spec, spec_path.parent, backend,
                                  module_file if staging is None else staging / module_file.name)
         trainer = Trainer(c, run_dir, reporter, sha, opts.stop_after_steps, opts.devices)
+        # a fresh run's parameters and updater state (too large for memory: stop here)
+        fresh = trainer.fresh_state() if resume_from is None else None
         if staging is not None:
             _start_over(run_dir)
             os.replace(staging / module_file.name, module_file)
@@ -723,7 +725,7 @@ def train(spec_path: Path, opts: TrainOptions, reporter) -> TrainResult:
         if best is not None:
             trainer.best_params = ckpt.load_checkpoint(run_dir / CHECKPOINTS, "best").params
     else:
-        state = trainer.fresh_state()
+        state = fresh
     try:
         metrics_file = open(run_dir / METRICS, "a", encoding="utf-8")  # noqa: SIM115
     except OSError as err:
