@@ -502,3 +502,52 @@ def test_repo_spec_agrees_with_numpy(backend, path, tmp_dir):
     for a, r, what in zip(got["train_step"], ref["train_step"], ("params", "opt", "metrics"),
                           strict=True):
         close_dicts(a, r, f"train_step {what}")
+
+
+# Each entry point's arguments of the wrong shape: one ValueError that names the
+# argument, the shape it needs and the shape it got (never a traceback from deep inside
+# NumPy or a JAX broadcast). (spec, good inputs and targets at B = 2, T = 5)
+SHAPE_SPECS = {
+    "onehot_per_step": "specs/gru.yaml",
+    "onehot_last": "specs/many_to_one_gru.rnn",
+    "dense_linear": "specs/sine_mse.rnn",
+}
+
+
+@pytest.mark.parametrize("spec", list(SHAPE_SPECS))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_wrong_shapes_are_one_clear_error(backend, spec, tmp_dir):
+    from rnnc.compiler import compile_file
+
+    if not backend_available(backend):
+        pytest.skip(f"backend {backend} is not available")
+    mod = _load(compile_file(SHAPE_SPECS[spec], backend), tmp_dir, f"shapes_{backend}_{spec}")
+    rng = np.random.default_rng(0)
+    xs, ys = inputs_and_targets(mod, rng, 2, 5)
+    params = mod.init_params(0)
+    mod.forward(params, xs)  # the good shapes run
+    mod.loss_and_grad(params, xs, ys)
+    dense = mod.MODEL["input"]["kind"] == "dense"
+    width = mod.MODEL["input"]["size"] + 1 if dense else 2  # a feature axis too many / wrong
+    cases = [
+        (lambda: mod.forward(params, np.zeros((3,))), r"xs: expected .* of shape \(batch, time"),
+        (lambda: mod.forward(params, np.zeros((2, 5, width))), r"xs: .*got shape \(2, 5, "),
+        (lambda: mod.loss_and_grad(params, xs, ys[:1]), r"ys: expected .* of shape \(2,"),
+        (lambda: mod.forward(params, xs, lengths=np.array([5, 5, 5])), r"lengths: .*\(2,\)"),
+        (lambda: mod.forward(params, xs, resets=np.zeros((2, 4), bool)), r"resets: .*\(2, 5\)"),
+        (lambda: mod.forward(params, xs, state={}), r"state: no entry 'layer1\.h'"),
+        (lambda: mod.forward(params, xs, state={k: np.zeros((3, *s)) for k, s in
+                                                mod.STATE_SHAPES.items()}),
+         r"state\['layer1\.h'\]: expected shape \(2, "),
+        (lambda: mod.step(params, xs), r"x_t: expected .* of shape \(batch,"),
+    ]
+    opt = mod.init_opt_state(params)
+    cases.append((lambda: mod.train_step(params, opt, xs, ys[:1]), r"ys: expected"))
+    if backend == "numpy" and not dense:  # concrete token ids: their range is checked too
+        V = mod.MODEL["input"]["vocab"]
+        cases.append((lambda: mod.forward(params, np.full((2, 5), V)), rf"in 0\.\.{V - 1}, got"))
+        cases.append((lambda: mod.forward(params, np.full((2, 5), -1)), rf"in 0\.\.{V - 1}, got"))
+        cases.append((lambda: mod.forward(params, xs.astype(float)), r"must be integers"))
+    for call, message in cases:
+        with pytest.raises(ValueError, match=message):
+            call()

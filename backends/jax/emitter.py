@@ -28,7 +28,7 @@ from rnnc.ir.nodes import Cell, Instr, Layer, Model, Param, Program, value_shape
 from rnnc.ir.ops import ACT_FORWARD, RUNTIME_HELPERS, render
 from rnnc.ir.passes.autodiff import CellGrad, autodiff, verify_grad
 
-from ..common import ModuleEmitterBase, plain
+from ..common import INPUT_CHECKS, ModuleEmitterBase, plain
 from ..pyfmt import WIDTH, Seq, call, clean, comment, doc_text, literal, py_str
 from .vjpgen import (
     FM_HELPERS,
@@ -832,6 +832,7 @@ class ModuleEmitter(ModuleEmitterBase):
             blocks.append(VJP_HELPERS.strip("\n"))
         if any("feature_major" in v for v in self.vjp_entries.values()):
             blocks.append(FM_HELPERS.strip("\n"))
+        blocks.append(INPUT_CHECKS.strip("\n"))
         blocks.append("# " + "-" * 28 + " run and train " + "-" * 28)
         blocks.append(s["init"])
         blocks.append(s["run"])

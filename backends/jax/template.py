@@ -58,6 +58,10 @@ def _layers_step(params, x, state):
     raise NotImplementedError
 
 
+def _check_inputs(xs, ys=None, state=None, lengths=None, resets=None, ids=False, step=False):
+    raise NotImplementedError  # backends/common.py INPUT_CHECKS
+
+
 def _predict(params, h):
     raise NotImplementedError
 
@@ -643,6 +647,7 @@ def forward(params, xs, state=None, lengths=None, resets=None):
     bools or None. Outputs are probabilities (softmax head) or values (linear head),
     (B, T, out) per step or (B, out) for a last-step head.
     """
+    _check_inputs(xs, None, state, lengths, resets)
     dtype, B, T, state, valid, resets, _ = _prepare(params, xs, state, lengths, resets, None)
     enc = _encode_for_training(params, xs, dtype)
     top, final, _ = _layers(params, enc, state, valid, resets, None)
@@ -659,6 +664,7 @@ def loss_and_grad(
     wrt_inputs=True also "xs" (gradient w.r.t. the encoded inputs, (B, T, F)) and
     "state/<name>" for each initial-state entry.
     """
+    _check_inputs(xs, ys, state, lengths, resets)
     dtype, B, T, state, valid, resets, drop = _prepare(params, xs, state, lengths, resets, rng)
 
     def objective(params, state, delta):
@@ -803,6 +809,7 @@ def step(params, x_t, state=None):
 
     x_t: (B,) token ids or (B, F) features. y_t: probabilities (softmax head) or values.
     """
+    _check_inputs(x_t, state=state, step=True)
     dtype = params["head.W"].dtype
     if state is None:
         state = initial_state(x_t.shape[0], dtype)

@@ -26,7 +26,7 @@ import rnnc
 from rnnc.ir.nodes import Cell, Layer, Program
 from rnnc.ir.passes.autodiff import autodiff, verify_grad
 
-from ..common import ModuleEmitterBase
+from ..common import INPUT_CHECKS, ModuleEmitterBase
 from ..pyfmt import WIDTH, call, comment, docstring, literal, py_str, wrap
 from .cellgen import I1, I2, I3, CellCode
 
@@ -123,6 +123,7 @@ class NumpyEmitter(ModuleEmitterBase):
         sections = self.template_sections()
         parts.append(sections["init"].split("\n"))
         parts.append(sections["helpers"].split("\n"))
+        parts.append(INPUT_CHECKS.strip("\n").split("\n"))
         for _, code in self.cells:
             parts.append(self.cell_banner(code) + code.source()[2:])
         parts.append(self.encode())
@@ -348,6 +349,7 @@ class NumpyEmitter(ModuleEmitterBase):
             "(B, T) bools or None (true: the row's state is zeroed before step t).", I1)
         out.append(f'{I1}dtype = params["head.W"].dtype')
         out.append(f"{I1}xs = np.asarray(xs)")
+        out.append(f"{I1}_check_inputs(xs, None, state, lengths, resets, ids=True)")
         out.append(f"{I1}B, T = xs.shape[0], xs.shape[1]")
         out.append(f"{I1}if state is None:")
         out.append(f"{I2}state = initial_state(B, dtype)")
@@ -376,6 +378,7 @@ class NumpyEmitter(ModuleEmitterBase):
         out += docstring("One time step for streaming inference: (y_t, next state); no "
                          "dropout.\n\nx_t: (B,) token ids or (B, F) features. y_t: "
                          "probabilities (softmax head) or values.", I1)
+        out.append(f"{I1}_check_inputs(x_t, state=state, ids=True, step=True)")
         out.append(f'{I1}dtype = params["head.W"].dtype')
         out.append(f"{I1}x = _encode(params, np.asarray(x_t)[:, None], dtype)")
         out.append(f"{I1}if state is None:")
@@ -406,6 +409,7 @@ class NumpyEmitter(ModuleEmitterBase):
             "and\n\"state/<name>\" for each initial-state entry." + window, I1)
         out.append(f'{I1}dtype = params["head.W"].dtype')
         out.append(f"{I1}xs = np.asarray(xs)")
+        out.append(f"{I1}_check_inputs(xs, ys, state, lengths, resets, ids=True)")
         out.append(f"{I1}B, T = xs.shape[0], xs.shape[1]")
         out.append(f"{I1}if state is None:")
         out.append(f"{I2}state = initial_state(B, dtype)")

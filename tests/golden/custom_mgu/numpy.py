@@ -259,6 +259,58 @@ def _last_index(T, B, lengths):
     return t, np.arange(B)
 
 
+def _check_inputs(xs, ys=None, state=None, lengths=None, resets=None, ids=False, step=False):
+    """A ValueError for an argument that does not fit the model (docs: "Arrays").
+
+    xs: (B, T) token ids or (B, T, F) features; with `step`, one step: (B,) or (B, F).
+    ys: (B, T) or (B,) class ids, (B, T, Y) or (B, Y) values, by the head. state: every
+    STATE_SHAPES entry, (B, size). lengths: (B,). resets: (B, T).
+    """
+    inp, head = MODEL["input"], MODEL["head"]
+    shape = tuple(np.shape(xs))
+    lead = ("batch",) if step else ("batch", "time")
+    if inp["kind"] == "dense":
+        want, ok = (*lead, inp["size"]), shape[len(lead) :] == (inp["size"],)
+    else:
+        want, ok = lead, len(shape) == len(lead)
+    if not ok or len(shape) < len(lead):
+        what = "features" if inp["kind"] == "dense" else "token ids"
+        arg = "x_t" if step else "xs"
+        raise ValueError(f"{arg}: expected {what} of shape {_dims(want)}, got shape {shape}")
+    B, T = shape[0], (1 if step else shape[1])
+    if ids and inp["kind"] != "dense" and np.size(xs):
+        a = np.asarray(xs)
+        if not np.issubdtype(a.dtype, np.integer):
+            raise ValueError(f"xs: token ids must be integers, got dtype {a.dtype}")
+        lo, hi = int(a.min()), int(a.max())
+        if lo < 0 or hi >= inp["vocab"]:
+            raise ValueError(
+                f"xs: token ids must be in 0..{inp['vocab'] - 1}, got values in {lo}..{hi}"
+            )
+    if ys is not None:
+        y = () if head["kind"] == "softmax" else (head["output_size"],)
+        want = (B, T, *y) if head["at"] == "per_step" else (B, *y)
+        if tuple(np.shape(ys)) != want:
+            what = "class ids" if head["kind"] == "softmax" else "values"
+            raise ValueError(f"ys: expected {what} of shape {want}, got shape {np.shape(ys)}")
+    for name, value, want in (("lengths", lengths, (B,)), ("resets", resets, (B, T))):
+        if value is not None and tuple(np.shape(value)) != want:
+            raise ValueError(f"{name}: expected shape {want}, got shape {np.shape(value)}")
+    if state is not None:
+        for name, size in STATE_SHAPES.items():
+            if name not in state:
+                raise ValueError(f"state: no entry {name!r} (initial_state(B) has them all)")
+            if tuple(np.shape(state[name])) != (B, *size):
+                raise ValueError(
+                    f"state[{name!r}]: expected shape {(B, *size)}, "
+                    f"got shape {np.shape(state[name])}"
+                )
+
+
+def _dims(dims):
+    return "(" + ", ".join(str(d) for d in dims) + ("," if len(dims) == 1 else "") + ")"
+
+
 # ------------------------------ cell minimal ----------------------------------
 
 
@@ -729,6 +781,7 @@ def forward(params, xs, state=None, lengths=None, resets=None):
     """
     dtype = params["head.W"].dtype
     xs = np.asarray(xs)
+    _check_inputs(xs, None, state, lengths, resets, ids=True)
     B, T = xs.shape[0], xs.shape[1]
     if state is None:
         state = initial_state(B, dtype)
@@ -744,6 +797,7 @@ def step(params, x_t, state=None):
 
     x_t: (B,) token ids or (B, F) features. y_t: probabilities (softmax head) or values.
     """
+    _check_inputs(x_t, state=state, ids=True, step=True)
     dtype = params["head.W"].dtype
     x = _encode(params, np.asarray(x_t)[:, None], dtype)
     if state is None:
@@ -765,6 +819,7 @@ def loss_and_grad(
     """
     dtype = params["head.W"].dtype
     xs = np.asarray(xs)
+    _check_inputs(xs, ys, state, lengths, resets, ids=True)
     B, T = xs.shape[0], xs.shape[1]
     if state is None:
         state = initial_state(B, dtype)
