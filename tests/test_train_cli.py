@@ -315,7 +315,7 @@ def test_plot_gates(reber_run, tmp_path):
     result = rnnc("plot", reber_run[1], "--gates", "test:0", "-o", out)
     assert _is_png(out)
     result = rnnc("plot", reber_run[1], "--gates", "BTQ", code=1)
-    assert "'Q'" in result.output
+    assert "the --gates text's character 'Q' (position 2)" in result.output
 
 
 def test_plot_gates_of_a_gateless_cell(tmp_path):

@@ -758,7 +758,12 @@ def validate(spec: A.Spec) -> tuple[dict, dict | None]:
         span = _S(spec.source, 1, 1) if spec.source else None
         raise SpecError("the spec has no model block", span, "add `model NAME { ... }`")
     model = MODEL.validate(spec.model, "model")
-    if not isinstance(spec.model.get("layers"), A.CList) or not spec.model.get("layers").items:
+    layers = spec.model.get("layers")
+    if layers is not None and not isinstance(layers, A.CList):
+        raise SpecError("the model's layers must be a list", spec.model.key_span("layers")
+                        or spec.model.span, "e.g. layers: [{elman: {hidden: 8}}] in YAML, "
+                        "one `layer elman(hidden: 8)` line each in the text language")
+    if not isinstance(layers, A.CList) or not layers.items:
         raise SpecError("the model has no layers", spec.model.key_span("layers")
                         or spec.model.span, "add at least one `layer CELL(hidden: N)`")
     train = TRAIN.validate(spec.train, "train") if spec.train is not None else None

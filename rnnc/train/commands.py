@@ -156,7 +156,7 @@ def _gate_input(c, record: dict, text: str) -> tuple[np.ndarray, list[str]]:
 
     if not text:
         raise TrainError("the --gates input is empty", hint="e.g. --gates BTSSXXTVVE")
-    return np.array([encode_prime(text, vocab)], dtype=np.int32), list(text)
+    return np.array([encode_prime(text, vocab, "the --gates text")], dtype=np.int32), list(text)
 
 
 def _plot(

@@ -11,13 +11,14 @@ import numpy as np
 from rnnc.errors import TrainError
 
 
-def encode_prime(prime: str, vocab: Sequence[str]) -> list[int]:
-    """Token ids of ``prime``; TrainError naming a character the model never saw."""
+def encode_prime(prime: str, vocab: Sequence[str], what: str = "the prime") -> list[int]:
+    """Token ids of ``prime``; TrainError naming a character the model never saw (in
+    ``what``: the prime of `sample`, the text of `plot --gates`)."""
     index = {ch: i for i, ch in enumerate(vocab)}
     ids = []
     for pos, ch in enumerate(prime):
         if ch not in index:
-            raise TrainError(f"the prime's character {ch!r} (position {pos}) is not in the "
+            raise TrainError(f"{what}'s character {ch!r} (position {pos}) is not in the "
                              f"model's vocabulary", hint="the model knows these characters: "
                              + repr("".join(vocab))[:200])
         ids.append(index[ch])
