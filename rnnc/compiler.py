@@ -25,7 +25,7 @@ def optimize(program: Program, disable: Iterable[str] = (), until: str | None = 
     ``disable`` names passes to skip; ``until`` stops after the named pass.
     """
     disable = set(disable)
-    for name in list(disable) + ([until] if until else []):
+    for name in list(disable) + ([until] if until is not None else []):
         get_pass(name)  # unknown names fail with a did-you-mean
     layers = []
     for layer in program.model.layers:

@@ -280,6 +280,8 @@ def test_ir_command_after_each_pass():
     assert "pconcat" not in r.output
     r = CliRunner().invoke(app, ["ir", str(ROOT / "specs" / "elman.rnn"), "--after", "fuse"])
     assert r.exit_code == 1 and "unknown pass 'fuse'" in r.output and "fuse_gates" in r.output
+    r = CliRunner().invoke(app, ["ir", str(ROOT / "specs" / "elman.rnn"), "--after", ""])
+    assert r.exit_code == 1 and "unknown pass ''" in r.output  # not silently the whole pipeline
 
 
 def test_schema_is_json():
