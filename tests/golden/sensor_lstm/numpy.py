@@ -313,7 +313,7 @@ def _check_inputs(xs, ys=None, state=None, lengths=None, resets=None, ids=False,
         want, ok = (*lead, inp["size"]), shape[len(lead) :] == (inp["size"],)
     else:
         want, ok = lead, len(shape) == len(lead)
-    if not ok or len(shape) < len(lead):
+    if not ok:
         what = "features" if inp["kind"] == "dense" else "token ids"
         arg = "x_t" if step else "xs"
         raise ValueError(f"{arg}: expected {what} of shape {_dims(want)}, got shape {shape}")
