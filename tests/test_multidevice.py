@@ -104,3 +104,54 @@ def test_data_parallel_train_step_equals_single_device(tmp_path, bptt, layout):
         timeout=600,
     )
     assert r.returncode == 0 and r.stdout.startswith("ok"), r.stdout + r.stderr
+
+
+LAYOUT_SCRIPT = textwrap.dedent("""
+    import sys
+
+    import jax
+    import numpy as np
+
+    sys.path.insert(0, sys.argv[1])
+    import wide_jax as m
+
+    (v,) = [c["vjp"] for c in m.CELLS.values()]
+    fm = v["feature_major"]
+    assert fm["train_max_batch"] == 32, fm["train_max_batch"]
+    traced = []
+    step = fm["backward_step"]
+    fm["backward_step"] = lambda *a: traced.append(1) or step(*a)
+    B, T = 64, 2
+    rng = np.random.default_rng(0)
+    xs, ys = rng.integers(0, 4, (B, T)), rng.integers(0, 4, (B, T))
+    params = m.init_params(0)
+    opt = m.init_opt_state(params)
+    m.train_step(params, opt, xs, ys)
+    assert traced == [], "one device, B = 64: batch-major loops"
+    m.train_step(params, opt, xs, ys, mesh=m.make_mesh(4))
+    assert traced == [1], "four devices, 16 rows each: feature-major loops"
+    assert m._BATCH_SPLIT == [1]
+    print("ok")
+""")
+
+
+def test_data_parallel_layout_follows_the_per_device_batch(tmp_path):
+    """The feature-major loops pay up to a batch of 32 per device: a global batch of 64
+    trains batch-major on one device and feature-major over four (16 rows each)."""
+    from rnnc.backends.jax.emitter import emit
+
+    spec = SPEC.replace("lstm(hidden: 8) dropout 0.25", "lstm(hidden: 512)").replace(
+        "vocab: 6", "vocab: 4").replace("classes: 6", "classes: 4")
+    program = build(parse_spec(spec, "wide.rnn"), Sizes(4, 4))
+    (tmp_path / "wide_jax.py").write_text(emit(program))
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count=4 {xla_flags.fast_compile()}"
+    env["JAX_PLATFORMS"] = "cpu"
+    r = subprocess.run(
+        [sys.executable, "-c", LAYOUT_SCRIPT, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert r.returncode == 0 and r.stdout.startswith("ok"), r.stdout + r.stderr

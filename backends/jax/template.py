@@ -263,18 +263,21 @@ def _dense(x):
 
 
 _VJP_SEQUENCES = {}
+# How many devices train_step(mesh=...) splits the batch over while it traces: the loops
+# run per device, so their layout is chosen from the per-device batch.
+_BATCH_SPLIT = [1]
 
 
 def _loop_layout(v, fn, batch, training=True):
     """(the cell's feature-major entry or None, its step function `fn` to run): the
     feature-major pair where the module has one, FEATURE_MAJOR asks for it here, and,
-    for the training objectives, the batch is at most the entry's "train_max_batch"
-    (0: forward only; None: any batch)."""
+    for the training objectives, the batch (per device, under train_step's mesh) is at
+    most the entry's "train_max_batch" (0: forward only; None: any batch)."""
     fm = v.get("feature_major")
     if fm is None or not FEATURE_MAJOR.get(jax.default_backend(), False):
         return None, v[fn]
     limit = fm["train_max_batch"]
-    if training and limit is not None and batch > limit:
+    if training and limit is not None and -(-batch // _BATCH_SPLIT[0]) > limit:
         return None, v[fn]
     return fm, fm[fn]
 
@@ -773,8 +776,23 @@ def train_step(
         if state is not None:
             state = dict(zip(state, shard_batch(mesh, *state.values()), strict=True))
     jitted = _jitted_train_step(params, mesh)
-    with _full_gc_deferred():
+    split = 1 if mesh is None else int(mesh.shape["data"])
+    with _full_gc_deferred(), _batch_split(split):
         return jitted(params, opt_state, xs, ys, state, lengths, resets, rng, optimizer)
+
+
+class _batch_split:
+    """_BATCH_SPLIT set to `n` while a train_step call (and its tracing) runs."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __enter__(self):
+        self.saved = _BATCH_SPLIT[0]
+        _BATCH_SPLIT[0] = self.n
+
+    def __exit__(self, *exc):
+        _BATCH_SPLIT[0] = self.saved
 
 
 class _full_gc_deferred:
