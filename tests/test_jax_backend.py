@@ -700,6 +700,30 @@ def test_token_ids_need_a_one_hot_input_read_through_matmuls(tmp_dir):
     assert lazy_tokens_ok(program.model)
 
 
+def test_embedding_reads_ids_outside_the_vocabulary_as_zero_vectors(tmp_dir):
+    """docs/generated-module.md: the JAX module cannot refuse token ids outside 0 .. V-1
+    (it would have to look at traced values) and reads them as zero vectors. An embedding
+    input does so too, rather than clamping V to the last row or wrapping -1 onto it; its
+    gradient skips them."""
+    text = LAZY_CASES["bidirectional_residual"][0].replace(
+        "onehot(vocab: 4)", "embedding(vocab: 4, dim: 4)"
+    )
+    mod = load(emit(text, 4, 4), tmp_dir)
+    params = mod.init_params(3, "float64")
+    ids = np.array([[4, -1, 3], [0, 9, -5]])
+    enc = np.asarray(mod._encode(params, ids, jnp.float64))  # time-major (T, B, 4)
+    E, zero = np.asarray(params["input.E"]), np.zeros(4)
+    np.testing.assert_array_equal(enc[:, 0], np.stack([zero, zero, E[3]]))
+    np.testing.assert_array_equal(enc[:, 1], np.stack([E[0], zero, zero]))
+    # the same model with a zero row standing in for the outside ids
+    zeroed = dict(params, **{"input.E": np.concatenate([E, np.zeros((1, 4))])})
+    inside = np.where((ids < 0) | (ids >= 4), 4, ids)
+    close(mod.forward(params, ids)[0], mod.forward(zeroed, inside)[0], what="forward")
+    _, grads, _ = mod.loss_and_grad(params, ids, np.zeros((2, 3), int))
+    _, ref, _ = mod.loss_and_grad(zeroed, inside, np.zeros((2, 3), int))
+    close(grads["input.E"], np.asarray(ref["input.E"])[:4], what="d/d input.E")
+
+
 def test_forward_stays_differentiable_in_every_mode(tmp_dir):
     """forward runs the plain scan (jax.jvp and jax.hessian work through it); only the
     training objective takes the custom VJP, which supports reverse mode alone."""

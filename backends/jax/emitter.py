@@ -619,8 +619,15 @@ class ModuleEmitter(ModuleEmitterBase):
             )
         if enc.kind == "embedding":
             return head + (
-                f'    """Token ids (B, T) -> time-major embeddings E[ids] (T, B, {enc.size})."""\n'
-                '    return params["input.E"][jnp.swapaxes(xs, 0, 1)]'
+                f'    """Token ids (B, T) -> time-major embeddings E[ids] (T, B, {enc.size}).\n'
+                "\n"
+                "    An id outside [0, vocab) reads a zero vector, as a one-hot input does (JAX\n"
+                "    cannot refuse it while tracing; plain indexing would clamp or wrap it).\n"
+                '    """\n'
+                "    ids = jnp.swapaxes(jnp.asarray(xs), 0, 1)\n"
+                '    table = params["input.E"]\n'
+                "    ids = jnp.where(ids < 0, table.shape[0], ids)\n"
+                '    return jnp.take(table, ids, axis=0, mode="fill", fill_value=0)'
             )
         return head + (
             f'    """Features (B, T, {enc.size}) -> time-major (T, B, {enc.size})."""\n'
