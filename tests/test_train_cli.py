@@ -402,6 +402,23 @@ def test_corpus_shorter_than_a_window(tmp_path):
     _assert_clean_error(train(spec, tmp_path / "run", code=1), "corpus too short")
 
 
+
+@pytest.mark.parametrize(("input_", "data", "says"), [
+    ("onehot(vocab: 2)", "adding(n: 60, length: 20)", "gives feature vectors"),
+    ("dense(features: 7)", "reber(n: 60)", "gives token ids"),
+])
+def test_input_kind_must_fit_the_dataset(tmp_path, input_, data, says):
+    """An input encoding that does not fit the dataset's inputs is one located message
+    (it was a traceback from the module's first train_step), even with every size given
+    so that nothing else needs the dataset before training."""
+    head = "linear(at: last, size: 1)" if "adding" in data else "softmax(at: per_step, classes: 7)"
+    spec = write(tmp_path / "k.rnn", f"model k {{\n  input {input_}\n  layer elman(hidden: 4)\n"
+                 f"  head {head}\n}}\ntrain {{\n  data {data}\n  epochs 1\n}}\n")
+    result = train(spec, tmp_path / "run", code=1)
+    _assert_clean_error(result, says, "k.rnn:2:3")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 CSV_SPEC = """
 model csv_model {{
   input dense(features: auto)

@@ -748,6 +748,7 @@ class Sizes:
     n_in: int | None = None
     n_out: int | None = None
     task: str | None = None
+    input: str | None = None  # the dataset's inputs: "tokens" or "features"
 
 
 def validate(spec: A.Spec) -> tuple[dict, dict | None]:
@@ -782,7 +783,7 @@ def data_sizes(train: dict | None, spec: A.Spec, base_dir: str = ".") -> Sizes:
         ds = build_dataset(name, opts, train["seed"], base_dir=base_dir)
     except RnncError as err:
         raise err.with_span(spec.train.key_span("data")) from None
-    return Sizes(ds.n_in, ds.n_out, ds.task)
+    return Sizes(ds.n_in, ds.n_out, ds.task, ds.input)
 
 
 def lower(spec: A.Spec, sizes: Sizes | None = None, base_dir: str = ".") -> Program:
@@ -833,6 +834,13 @@ def _auto(value: Any, from_data: int | None, what: str, span: Span | None) -> in
 def _input(model_cfg: dict, sizes: Sizes, spec: A.Spec) -> InputEncoding:
     kind, opts = model_cfg["input"]
     span = spec.model.key_span("input")
+    if sizes.input is not None and (sizes.input == "tokens") != (kind != "dense"):
+        if sizes.input == "tokens":
+            raise SpecError(f"the dataset gives token ids, but the input is {kind}", span,
+                            "write `input onehot(vocab: auto)` or "
+                            "`input embedding(vocab: auto, dim: N)`")
+        raise SpecError(f"the dataset gives feature vectors, but the input is {kind}", span,
+                        "write `input dense(features: auto)`")
     if kind == "onehot":
         v = _auto(opts["vocab"], sizes.n_in, "the input vocabulary", span)
         return InputEncoding("onehot", vocab=v, size=v)

@@ -143,7 +143,8 @@ def compile_for_training(spec: A.Spec, base_dir: Path, backend: str,
                         "add `train { data ...; epochs N }` to say how to train it")
     _, train_cfg = validate(spec)
     dataset = build_data(spec, train_cfg, base_dir)
-    program = build(spec, Sizes(dataset.n_in, dataset.n_out, dataset.task), base_dir=base_dir)
+    sizes = Sizes(dataset.n_in, dataset.n_out, dataset.task, dataset.input)
+    program = build(spec, sizes, base_dir=base_dir)
     source = load_backend(backend).emit(program)
     from rnnc.cli import write_atomic
 
