@@ -548,6 +548,27 @@ def test_wrong_shapes_are_one_clear_error(backend, spec, tmp_dir):
         cases.append((lambda: mod.forward(params, np.full((2, 5), V)), rf"in 0\.\.{V - 1}, got"))
         cases.append((lambda: mod.forward(params, np.full((2, 5), -1)), rf"in 0\.\.{V - 1}, got"))
         cases.append((lambda: mod.forward(params, xs.astype(float)), r"must be integers"))
+    # lengths' dtype is static (checked under jit too); their values, NumPy only
+    cases.append((lambda: mod.forward(params, xs, lengths=np.array([5.0, 2.0])),
+                  r"lengths: expected integers, got dtype float64"))
+    if backend == "numpy":
+        cases.append((lambda: mod.forward(params, xs, lengths=np.array([5, 6])),
+                      r"lengths: expected values in 0\.\.5, got 5\.\.6"))
+        cases.append((lambda: mod.loss_and_grad(params, xs, ys, lengths=np.array([-1, 5])),
+                      r"lengths: expected values in 0\.\.5, got -1\.\.5"))
+    if backend == "numpy" and mod.MODEL["head"]["kind"] == "softmax":  # class ids too
+        C = mod.MODEL["head"]["output_size"]
+        for bad in (ys + C, ys - C):  # past the end, and negative (which used to wrap around)
+            cases.append((lambda bad=bad: mod.loss_and_grad(params, xs, bad),
+                          rf"ys: class ids must be in 0\.\.{C - 1}, got"))
+        cases.append((lambda: mod.loss_and_grad(params, xs, ys.astype(float)),
+                      r"ys: class ids must be integers"))
+        cases.append((lambda: mod.train_step(params, opt, xs, ys + C), r"ys: class ids"))
+    if mod.MODEL["head"]["at"] == "last":  # no step to read
+        cases.append((lambda: mod.forward(params, xs[:, :0]), r"xs: a last-step head needs"))
     for call, message in cases:
         with pytest.raises(ValueError, match=message):
             call()
+    if backend == "numpy":  # a dropout rng that is not a Generator: one TypeError
+        with pytest.raises(TypeError, match=r"rng: expected a numpy Generator .*got int"):
+            mod.loss_and_grad(params, xs, ys, rng=0)

@@ -278,24 +278,29 @@ def _check_inputs(xs, ys=None, state=None, lengths=None, resets=None, ids=False,
         arg = "x_t" if step else "xs"
         raise ValueError(f"{arg}: expected {what} of shape {_dims(want)}, got shape {shape}")
     B, T = shape[0], (1 if step else shape[1])
-    if ids and inp["kind"] != "dense" and np.size(xs):
-        a = np.asarray(xs)
-        if not np.issubdtype(a.dtype, np.integer):
-            raise ValueError(f"xs: token ids must be integers, got dtype {a.dtype}")
-        lo, hi = int(a.min()), int(a.max())
-        if lo < 0 or hi >= inp["vocab"]:
-            raise ValueError(
-                f"xs: token ids must be in 0..{inp['vocab'] - 1}, got values in {lo}..{hi}"
-            )
+    if T == 0 and head["at"] == "last":
+        raise ValueError(f"xs: a last-step head needs at least one time step, got shape {shape}")
+    if ids and inp["kind"] != "dense":
+        _check_ids("x_t" if step else "xs", "token ids", xs, inp["vocab"])
     if ys is not None:
         y = () if head["kind"] == "softmax" else (head["output_size"],)
         want = (B, T, *y) if head["at"] == "per_step" else (B, *y)
         if tuple(np.shape(ys)) != want:
             what = "class ids" if head["kind"] == "softmax" else "values"
             raise ValueError(f"ys: expected {what} of shape {want}, got shape {np.shape(ys)}")
+        if ids and head["kind"] == "softmax":
+            _check_ids("ys", "class ids", ys, head["output_size"])
     for name, value, want in (("lengths", lengths, (B,)), ("resets", resets, (B, T))):
         if value is not None and tuple(np.shape(value)) != want:
             raise ValueError(f"{name}: expected shape {want}, got shape {np.shape(value)}")
+    if lengths is not None:
+        kind = lengths.dtype if hasattr(lengths, "dtype") else np.asarray(lengths).dtype
+        if not np.issubdtype(kind, np.integer):
+            raise ValueError(f"lengths: expected integers, got dtype {kind}")
+        if ids and np.size(lengths):
+            lo, hi = int(np.min(lengths)), int(np.max(lengths))
+            if lo < 0 or hi > T:
+                raise ValueError(f"lengths: expected values in 0..{T}, got {lo}..{hi}")
     if state is not None:
         for name, size in STATE_SHAPES.items():
             if name not in state:
@@ -309,6 +314,18 @@ def _check_inputs(xs, ys=None, state=None, lengths=None, resets=None, ids=False,
 
 def _dims(dims):
     return "(" + ", ".join(str(d) for d in dims) + ("," if len(dims) == 1 else "") + ")"
+
+
+def _check_ids(arg, what, ids, n):
+    """A ValueError unless `ids` are integers in 0 .. n-1 (concrete values only)."""
+    a = np.asarray(ids)
+    if not a.size:
+        return
+    if not np.issubdtype(a.dtype, np.integer):
+        raise ValueError(f"{arg}: {what} must be integers, got dtype {a.dtype}")
+    lo, hi = int(a.min()), int(a.max())
+    if lo < 0 or hi >= n:
+        raise ValueError(f"{arg}: {what} must be in 0..{n - 1}, got values in {lo}..{hi}")
 
 
 # ------------------------------ cell minimal ----------------------------------
@@ -820,6 +837,11 @@ def loss_and_grad(
     dtype = params["head.W"].dtype
     xs = np.asarray(xs)
     _check_inputs(xs, ys, state, lengths, resets, ids=True)
+    if rng is not None and not isinstance(rng, np.random.Generator):
+        raise TypeError(
+            "rng: expected a numpy Generator (np.random.default_rng(seed)), "
+            f"got {type(rng).__name__}"
+        )
     B, T = xs.shape[0], xs.shape[1]
     if state is None:
         state = initial_state(B, dtype)
