@@ -572,3 +572,38 @@ def test_wrong_shapes_are_one_clear_error(backend, spec, tmp_dir):
     if backend == "numpy":  # a dropout rng that is not a Generator: one TypeError
         with pytest.raises(TypeError, match=r"rng: expected a numpy Generator .*got int"):
             mod.loss_and_grad(params, xs, ys, rng=0)
+
+
+@pytest.mark.parametrize("spec", ["onehot_last", "dense_linear"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_state_and_targets_take_the_params_dtype(backend, spec, tmp_dir):
+    """The computation dtype is the params' (docs: "Arrays"): a given state, or targets,
+    of another float dtype are converted, never promoting the computation. float64 params
+    with initial_state(B)'s default float32 state used to fail inside lax.scan (JAX);
+    float32 params with a float64 state or float64 targets computed in float64 (NumPy)."""
+    from rnnc.compiler import compile_file
+
+    if not backend_available(backend):
+        pytest.skip(f"backend {backend} is not available")
+    mod = _load(compile_file(SHAPE_SPECS[spec], backend), tmp_dir, f"dtypes_{backend}_{spec}")
+    xs, ys = inputs_and_targets(mod, np.random.default_rng(0), 2, 5)
+    if mod.MODEL["head"]["kind"] == "linear":
+        ys = ys.astype(np.float64)
+    for p_dtype, s_dtype in (("float64", "float32"), ("float32", "float64")):
+        params = mod.init_params(0, p_dtype)
+        state = mod.initial_state(2, s_dtype)
+        same = {k: v.dtype == np.dtype(p_dtype) for k, v in state.items()}
+        ys_out, final = mod.forward(params, xs, state)
+        assert ys_out.dtype == p_dtype and all(v.dtype == p_dtype for v in final.values())
+        ref = mod.forward(params, xs)[0]  # the zero state in the right dtype: same numbers
+        np.testing.assert_allclose(np.asarray(ys_out), np.asarray(ref), rtol=1e-6)
+        y_t, s1 = mod.step(params, xs[:, 0], state)
+        assert y_t.dtype == p_dtype and all(v.dtype == p_dtype for v in s1.values())
+        _, grads, final = mod.loss_and_grad(params, xs, ys, state)
+        assert all(g.dtype == p_dtype for g in grads.values()), {k: g.dtype for k, g in
+                                                                 grads.items()}
+        assert all(v.dtype == p_dtype for v in final.values())
+        new, _, final, _ = mod.train_step(params, mod.init_opt_state(params), xs, ys, state)
+        assert all(v.dtype == p_dtype for v in new.values())
+        assert all(v.dtype == p_dtype for v in final.values())
+        assert not any(same.values())  # the state given really was of the other dtype

@@ -152,6 +152,14 @@ def initial_state(batch, dtype="float32"):
     return {name: jnp.zeros((batch,) + shape, dtype=dtype) for name, shape in STATE_SHAPES.items()}
 
 
+def _state_in(state, batch, dtype):
+    """The state a call starts from, in the computation dtype (the params'): the zero
+    state when None, else each STATE_SHAPES entry of `state` converted."""
+    if state is None:
+        return initial_state(batch, dtype)
+    return {name: jnp.asarray(state[name], dtype) for name in STATE_SHAPES}
+
+
 # --- section: run ---
 def _dropout_masks(rng, T, B, dtype):
     """Inverted-dropout multipliers mask / (1 - rate), mask ~ Bernoulli(1 - rate).
@@ -436,8 +444,7 @@ def _prepare(params, xs, state, lengths, resets, rng):
     """Shared set-up of the entry points: dtype, sizes, state, masks (all time-major)."""
     dtype = params["head.W"].dtype
     B, T = xs.shape[:2]
-    if state is None:
-        state = initial_state(B, dtype)
+    state = _state_in(state, B, dtype)
     valid = _valid(lengths, T)
     resets = None if resets is None else jnp.swapaxes(resets, 0, 1).astype(bool)
     drop = None if rng is None else _dropout_masks(rng, T, B, dtype)
@@ -829,8 +836,7 @@ def step(params, x_t, state=None):
     """
     _check_inputs(x_t, state=state, step=True)
     dtype = params["head.W"].dtype
-    if state is None:
-        state = initial_state(x_t.shape[0], dtype)
+    state = _state_in(state, x_t.shape[0], dtype)
     h, state = _layers_step(params, _encode(params, x_t[:, None], dtype)[0], state)
     return _predict(params, h), state
 

@@ -351,8 +351,7 @@ class NumpyEmitter(ModuleEmitterBase):
         out.append(f"{I1}xs = np.asarray(xs)")
         out.append(f"{I1}_check_inputs(xs, None, state, lengths, resets, ids=True)")
         out.append(f"{I1}B, T = xs.shape[0], xs.shape[1]")
-        out.append(f"{I1}if state is None:")
-        out.append(f"{I2}state = initial_state(B, dtype)")
+        out.append(f"{I1}state = _state_in(state, B, dtype)")
         out.append(f"{I1}m = _masks(B, T, lengths, resets, dtype)")
         out.append(f"{I1}z, final = _layers_forward(params, _encode(params, xs, dtype), state, m)")
         out.append(f'{I1}W, b = params["head.W"], params["head.b"]')
@@ -381,8 +380,7 @@ class NumpyEmitter(ModuleEmitterBase):
         out.append(f"{I1}_check_inputs(x_t, state=state, ids=True, step=True)")
         out.append(f'{I1}dtype = params["head.W"].dtype')
         out.append(f"{I1}x = _encode(params, np.asarray(x_t)[:, None], dtype)")
-        out.append(f"{I1}if state is None:")
-        out.append(f"{I2}state = initial_state(x.shape[1], dtype)")
+        out.append(f"{I1}state = _state_in(state, x.shape[1], dtype)")
         out.append(f"{I1}m = _masks(x.shape[1], 1, None, None, dtype)")
         out.append(f"{I1}z, final = _layers_forward(params, x, state, m)")
         out.append(f'{I1}W, b = params["head.W"], params["head.b"]')
@@ -416,8 +414,7 @@ class NumpyEmitter(ModuleEmitterBase):
         out.append(f'{I2}    f"got {{type(rng).__name__}}"')
         out.append(f"{I2})")
         out.append(f"{I1}B, T = xs.shape[0], xs.shape[1]")
-        out.append(f"{I1}if state is None:")
-        out.append(f"{I2}state = initial_state(B, dtype)")
+        out.append(f"{I1}state = _state_in(state, B, dtype)")
         out.append(f"{I1}m = _masks(B, T, lengths, resets, dtype)")
         out.append(f"{I1}drop = None if rng is None else _dropout_masks(rng, B, T, dtype)")
         out.append(f"{I1}windows = _windows(T, K1, K2)")
@@ -428,7 +425,10 @@ class NumpyEmitter(ModuleEmitterBase):
         out.append(f"{I1}# the head and the loss, a mean over the valid steps")
         out.append(f'{I1}W, b = params["head.W"], params["head.b"]')
         if h.at == "per_step":
-            tgt = "np.asarray(ys).T" if h.kind == "softmax" else "np.swapaxes(ys, 0, 1)"
+            tgt = "np.asarray(ys).T"
+            if h.kind != "softmax":  # values in the params' dtype (no float64 promotion)
+                out.append(f"{I1}targets = np.swapaxes(np.asarray(ys, dtype=dtype), 0, 1)")
+                tgt = "targets"
             out.append(f"{I1}logits = _matmul(z, W.T) + b")
             out.append(f'{I1}n = float(m["weight"].sum())')
             out.append(f'{I1}loss, dlogits = _head_loss(logits, {tgt}, m["weight"], n)')
@@ -440,7 +440,9 @@ class NumpyEmitter(ModuleEmitterBase):
             out.append(f"{I1}z_last = z[t_last, rows]  # each row's last valid step")
             out.append(f"{I1}logits = z_last @ W.T + b")
             out += call(f"{I1}loss, dlogits = _head_loss",
-                        ["logits", "np.asarray(ys)", "np.ones(B, dtype=dtype)", "float(B)"])
+                        ["logits", "np.asarray(ys)" if h.kind == "softmax"
+                         else "np.asarray(ys, dtype=dtype)", "np.ones(B, dtype=dtype)",
+                         "float(B)"])
             out.append(f'{I1}grads = {{"head.W": dlogits.T @ z_last, '
                        '"head.b": dlogits.sum(axis=0)}')
             out.append(f"{I1}dz = np.zeros_like(z)  # the adjoint of the head's input")

@@ -61,6 +61,14 @@ def initial_state(batch, dtype=DTYPE):
     return {name: np.zeros((batch,) + shape, dtype=dtype) for name, shape in STATE_SHAPES.items()}
 
 
+def _state_in(state, batch, dtype):
+    """The state a call starts from, in the computation dtype (the params'): the zero
+    state when None, else each STATE_SHAPES entry of `state` converted."""
+    if state is None:
+        return initial_state(batch, dtype)
+    return {name: np.asarray(state[name], dtype=dtype) for name in STATE_SHAPES}
+
+
 # --- section: helpers ---
 def _outer(g, v):
     """sum over every leading (time, batch) axis of the outer products g v^T."""

@@ -168,6 +168,14 @@ def initial_state(batch, dtype=DTYPE):
     return {name: np.zeros((batch,) + shape, dtype=dtype) for name, shape in STATE_SHAPES.items()}
 
 
+def _state_in(state, batch, dtype):
+    """The state a call starts from, in the computation dtype (the params'): the zero
+    state when None, else each STATE_SHAPES entry of `state` converted."""
+    if state is None:
+        return initial_state(batch, dtype)
+    return {name: np.asarray(state[name], dtype=dtype) for name in STATE_SHAPES}
+
+
 def _outer(g, v):
     """sum over every leading (time, batch) axis of the outer products g v^T."""
     return g.reshape(-1, g.shape[-1]).T @ v.reshape(-1, v.shape[-1])
@@ -646,8 +654,7 @@ def forward(params, xs, state=None, lengths=None, resets=None):
     xs = np.asarray(xs)
     _check_inputs(xs, None, state, lengths, resets, ids=True)
     B, T = xs.shape[0], xs.shape[1]
-    if state is None:
-        state = initial_state(B, dtype)
+    state = _state_in(state, B, dtype)
     m = _masks(B, T, lengths, resets, dtype)
     z, final = _layers_forward(params, _encode(params, xs, dtype), state, m)
     W, b = params["head.W"], params["head.b"]
@@ -663,8 +670,7 @@ def step(params, x_t, state=None):
     _check_inputs(x_t, state=state, ids=True, step=True)
     dtype = params["head.W"].dtype
     x = _encode(params, np.asarray(x_t)[:, None], dtype)
-    if state is None:
-        state = initial_state(x.shape[1], dtype)
+    state = _state_in(state, x.shape[1], dtype)
     m = _masks(x.shape[1], 1, None, None, dtype)
     z, final = _layers_forward(params, x, state, m)
     W, b = params["head.W"], params["head.b"]
@@ -693,8 +699,7 @@ def loss_and_grad(
             f"got {type(rng).__name__}"
         )
     B, T = xs.shape[0], xs.shape[1]
-    if state is None:
-        state = initial_state(B, dtype)
+    state = _state_in(state, B, dtype)
     m = _masks(B, T, lengths, resets, dtype)
     drop = None if rng is None else _dropout_masks(rng, B, T, dtype)
     windows = _windows(T, K1, K2)
