@@ -135,8 +135,6 @@ class ModuleEmitterBase:
     """The program, the pasted sources and the constants' data of one generated module."""
 
     package: str = ""  # the backend package holding template.py and runtime_optim.py
-    # MODEL also lists input.normalize, each layer's hidden size and the parameter count
-    summary_details = False
     # CLIP lists only the limits that are set (None when neither is)
     clip_only_set = False
 
@@ -172,24 +170,20 @@ class ModuleEmitterBase:
         return {v.name: (v.size,) for v in self.model.state_vars}
 
     def model_summary(self) -> dict[str, Any]:
-        m, details = self.model, self.summary_details
-        enc = {"kind": m.input.kind, "vocab": m.input.vocab, "size": m.input.size}
-        if details:
-            enc["normalize"] = m.input.normalize
+        m = self.model
+        enc = {"kind": m.input.kind, "vocab": m.input.vocab, "size": m.input.size,
+               "normalize": m.input.normalize}
         layers = []
         for la in m.layers:
-            entry: dict[str, Any] = {"name": la.name, "cell": la.cell.name,
-                                     "input_size": la.input_size}
-            if details:
-                entry["hidden"] = la.cell.output_size
-            entry.update({
-                "output_size": la.output_size,
+            entry: dict[str, Any] = {
+                "name": la.name, "cell": la.cell.name, "input_size": la.input_size,
+                "hidden": la.cell.output_size, "output_size": la.output_size,
                 "states": {v.name: v.size for v in la.cell.states},
                 "directions": list(la.directions), "merge": la.merge, "residual": la.residual,
                 "dropout": la.dropout,
-            })
+            }
             layers.append(entry)
-        out = {
+        out = {  # the same in every backend (docs/generated-module.md, "Names")
             "name": m.name,
             "input": enc,
             "layers": layers,
@@ -197,9 +191,8 @@ class ModuleEmitterBase:
                      "output_size": m.head.output_size},
             "stack": m.stack,
             "dropout": {"input": m.input_dropout, "output": m.output_dropout},
+            "param_count": m.param_count,
         }
-        if details:
-            out["param_count"] = m.param_count
         return out
 
     def data_summary(self) -> dict[str, Any]:

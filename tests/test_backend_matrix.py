@@ -607,3 +607,25 @@ def test_state_and_targets_take_the_params_dtype(backend, spec, tmp_dir):
         assert all(v.dtype == p_dtype for v in new.values())
         assert all(v.dtype == p_dtype for v in final.values())
         assert not any(same.values())  # the state given really was of the other dtype
+
+
+CONTRACT_DATA = ("SPEC", "SPEC_SHA256", "PARAM_SHAPES", "PARAM_INITS", "STATE_SHAPES", "MODEL",
+                 "TRAIN")
+
+
+@pytest.mark.parametrize("spec", ["specs/bidirectional.yaml", "specs/sine_mse.rnn"])
+@pytest.mark.parametrize("backend", OTHERS)
+def test_contract_constants_equal_numpys(backend, spec, tmp_dir):
+    """The plain-data constants of docs/generated-module.md ("Names") are the same in
+    every backend: the JAX module's MODEL had extra keys, TRAIN["data"] flattened the
+    dataset's options, and PARAM_INITS gave vectors fans the NumPy module left None."""
+    from rnnc.compiler import compile_file
+
+    if not backend_available(backend) or not backend_available("numpy"):
+        pytest.skip(f"backend {backend} or numpy is not available")
+    stem = Path(spec).stem
+    ref = _load(compile_file(spec, "numpy"), tmp_dir, f"contract_numpy_{stem}")
+    mod = _load(compile_file(spec, backend), tmp_dir, f"contract_{backend}_{stem}")
+    for name in CONTRACT_DATA:
+        assert getattr(mod, name) == getattr(ref, name), name
+    assert ref.TRAIN["data"]["options"]["n"] > 0 and "hidden" in ref.MODEL["layers"][0]

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rnnc.errors import BackendError
-from rnnc.ir.nodes import Cell, Instr, Layer, Model, Param, Program, value_shape
+from rnnc.ir.nodes import Cell, Instr, Layer, Model, Program, value_shape
 from rnnc.ir.ops import ACT_FORWARD, RUNTIME_HELPERS, render
 from rnnc.ir.passes.autodiff import CellGrad, autodiff, verify_grad
 
@@ -393,7 +393,6 @@ class ModuleEmitter(ModuleEmitterBase):
     (:mod:`.vjpgen`), without it by JAX's autodiff through lax.scan."""
 
     package = __package__
-    summary_details = True
     clip_only_set = True
 
     def __init__(
@@ -436,19 +435,6 @@ class ModuleEmitter(ModuleEmitterBase):
     # -- the constants' data where it differs from the NumPy module's
     def spec_data(self) -> Any:
         return None if self.program.spec_data is None else plain(self.program.spec_data)
-
-    def param_fans(self, p: Param) -> tuple[int, int]:
-        """The spec's fans, else (in, out) of a matrix, else the size for both."""
-        if p.fan is not None:
-            return p.fan
-        if len(p.shape) >= 2:
-            return p.shape[1], p.shape[0]
-        n = p.shape[0] if p.shape else 1
-        return n, n
-
-    def data_summary(self) -> dict[str, Any]:
-        name, opts = self.plan.data
-        return {"name": name, **{k: plain(v) for k, v in opts}}
 
     # -- pieces
     def header(self) -> str:

@@ -75,12 +75,13 @@ PARAM_INITS = {
 STATE_SHAPES = {"layer1.h": (128,), "layer1.c": (128,)}
 MODEL = {
     "name": "char_lstm",
-    "input": {"kind": "onehot", "vocab": 65, "size": 65},
+    "input": {"kind": "onehot", "vocab": 65, "size": 65, "normalize": "none"},
     "layers": [
         {
             "name": "layer1",
             "cell": "lstm",
             "input_size": 65,
+            "hidden": 128,
             "output_size": 128,
             "states": {"h": 128, "c": 128},
             "directions": ["fwd"],
@@ -92,6 +93,7 @@ MODEL = {
     "head": {"kind": "softmax", "at": "per_step", "input_size": 128, "output_size": 65},
     "stack": "plain",
     "dropout": {"input": 0.0, "output": 0.0},
+    "param_count": 107713,
 }
 TRAIN = {
     "data": {

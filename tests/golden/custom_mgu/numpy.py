@@ -83,12 +83,13 @@ PARAM_INITS = {
 STATE_SHAPES = {"layer1.h": (16,), "layer2.h": (16,)}
 MODEL = {
     "name": "custom",
-    "input": {"kind": "onehot", "vocab": 10, "size": 10},
+    "input": {"kind": "onehot", "vocab": 10, "size": 10, "normalize": "none"},
     "layers": [
         {
             "name": "layer1",
             "cell": "minimal",
             "input_size": 10,
+            "hidden": 16,
             "output_size": 16,
             "states": {"h": 16},
             "directions": ["bwd"],
@@ -100,6 +101,7 @@ MODEL = {
             "name": "layer2",
             "cell": "minimal",
             "input_size": 16,
+            "hidden": 16,
             "output_size": 16,
             "states": {"h": 16},
             "directions": ["fwd"],
@@ -111,6 +113,7 @@ MODEL = {
     "head": {"kind": "softmax", "at": "per_step", "input_size": 16, "output_size": 10},
     "stack": "plain",
     "dropout": {"input": 0.0, "output": 0.0},
+    "param_count": 2090,
 }
 TRAIN = None
 K1, K2 = None, None  # truncated BPTT (None: full BPTT)

@@ -97,12 +97,13 @@ PARAM_INITS = {
 STATE_SHAPES = {"layer1.h": (8,), "layer1.c": (16,), "layer2.h": (8,)}
 MODEL = {
     "name": "sensor",
-    "input": {"kind": "dense", "vocab": 0, "size": 3},
+    "input": {"kind": "dense", "vocab": 0, "size": 3, "normalize": "none"},
     "layers": [
         {
             "name": "layer1",
             "cell": "lstm",
             "input_size": 3,
+            "hidden": 8,
             "output_size": 8,
             "states": {"h": 8, "c": 16},
             "directions": ["fwd"],
@@ -114,6 +115,7 @@ MODEL = {
             "name": "layer2",
             "cell": "elman",
             "input_size": 8,
+            "hidden": 8,
             "output_size": 8,
             "states": {"h": 8},
             "directions": ["fwd"],
@@ -125,6 +127,7 @@ MODEL = {
     "head": {"kind": "linear", "at": "per_step", "input_size": 8, "output_size": 2},
     "stack": "plain",
     "dropout": {"input": 0.0, "output": 0.0},
+    "param_count": 1098,
 }
 TRAIN = {
     "data": {

@@ -95,12 +95,13 @@ PARAM_INITS = {
 STATE_SHAPES = {"layer1.fwd.h": (32,), "layer1.bwd.h": (32,)}
 MODEL = {
     "name": "sentiment",
-    "input": {"kind": "embedding", "vocab": 1000, "size": 32},
+    "input": {"kind": "embedding", "vocab": 1000, "size": 32, "normalize": "none"},
     "layers": [
         {
             "name": "layer1",
             "cell": "gru",
             "input_size": 32,
+            "hidden": 32,
             "output_size": 32,
             "states": {"h": 32},
             "directions": ["fwd", "bwd"],
@@ -112,6 +113,7 @@ MODEL = {
     "head": {"kind": "softmax", "at": "last", "input_size": 32, "output_size": 2},
     "stack": "plain",
     "dropout": {"input": 0.0, "output": 0.0},
+    "param_count": 44546,
 }
 TRAIN = {
     "data": {
