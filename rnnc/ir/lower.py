@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from rnnc.errors import ShapeError, Span, SpecError, did_you_mean
+from rnnc.errors import RnncError, ShapeError, Span, SpecError, did_you_mean
 from rnnc.ir.nodes import (
     Cell,
     Head,
@@ -682,6 +682,29 @@ def _is_bias(name: str) -> bool:
     return name == "b" or name.startswith("b_")
 
 
+def _init_overrides(init: dict, node: Any, span: Span | None) -> dict[str, A.Expr]:
+    """A layer's `init` map as parsed initialisers, each located at its value in the spec
+    (its key's place where the value has none), so that an unknown initialiser or a bad
+    argument is reported there and not inside the re-parsed text."""
+    from rnnc.spec.text import parse_expr
+    from rnnc.spec.yaml_front import _relocate
+
+    places = {}
+    if isinstance(node, A.CMap):
+        for (k, v), ks in zip(node.items, node.key_spans or [None] * len(node.items),
+                              strict=False):
+            places[k] = getattr(v, "span", None) or ks
+    out = {}
+    for k, v in init.items():
+        at = places.get(k) or span
+        try:
+            expr = parse_expr(_initialiser_text(v))
+        except RnncError as err:
+            raise type(err)(f"in init of '{k}': {err.message}", at, err.hint) from None
+        out[k] = expr if at is None else _relocate(expr, lambda _s, at=at: at)
+    return out
+
+
 def _initialiser_text(v: Any) -> str:
     """A layer init value as initialiser text: "orthogonal", "uniform(-0.1, 0.1)" (YAML
     strings), or the text language's call form uniform(-0.1, 0.1) ({"uniform": [-0.1, 0.1]})."""
@@ -934,9 +957,8 @@ def _layers(spec: A.Spec, model_cfg: dict, train_cfg: dict | None, in_size: int)
             if not isinstance(lo["init"], dict):
                 raise SpecError("layer init must map parameter names to initialisers", cspan,
                                 "e.g. init: {U_*: orthogonal}")
-            from rnnc.spec.text import parse_expr
-
-            init = {k: parse_expr(_initialiser_text(v)) for k, v in lo["init"].items()}
+            node_init = next(v for k, v, _ in layer_part if k == "init")
+            init = _init_overrides(lo["init"], node_init, cspan)
         try:
             cell = lower_cell(cdef, copts, size, lo["hidden"], name, init, lo["bias"])
         except SpecError as err:
