@@ -29,7 +29,8 @@ SECTION = re.compile(r"^# --- section: (\w+) ---$", re.M)
 # any array work (a traceback from inside NumPy or a JAX broadcast otherwise). Shapes
 # and the lengths' dtype only, so under jax.jit they run once, while tracing; `ids` (the
 # NumPy module) also checks the values, which a traced array cannot show: token ids and
-# class ids (integers in range) and lengths (in 0..T).
+# class ids (integers in range) and lengths (in 0..T). Without `ids` (the JAX module,
+# whose entry points are jitted) a list or tuple is one TypeError; NumPy takes lists.
 INPUT_CHECKS = '''
 def _check_inputs(xs, ys=None, state=None, lengths=None, resets=None, ids=False, step=False):
     """A ValueError for an argument that does not fit the model (docs: "Arrays").
@@ -39,6 +40,12 @@ def _check_inputs(xs, ys=None, state=None, lengths=None, resets=None, ids=False,
     STATE_SHAPES entry, (B, size). lengths: (B,). resets: (B, T).
     """
     inp, head = MODEL["input"], MODEL["head"]
+    if not ids:  # under jax.jit a Python list arrives as a list of traced scalars
+        args = (("x_t" if step else "xs", xs), ("ys", ys), ("lengths", lengths), ("resets", resets))
+        for arg, value in args:
+            if isinstance(value, list | tuple):
+                kind = type(value).__name__
+                raise TypeError(f"{arg}: expected an array, got a {kind} (pass np.asarray({arg}))")
     shape = tuple(np.shape(xs))
     lead = ("batch",) if step else ("batch", "time")
     if inp["kind"] == "dense":

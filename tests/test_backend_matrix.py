@@ -569,6 +569,15 @@ def test_wrong_shapes_are_one_clear_error(backend, spec, tmp_dir):
     for call, message in cases:
         with pytest.raises(ValueError, match=message):
             call()
+    if backend == "jax":  # jit would pass a list on as traced scalars: one TypeError
+        for call in (lambda: mod.forward(params, xs.tolist()),
+                     lambda: mod.loss_and_grad(params, xs, ys.tolist()),
+                     lambda: mod.train_step(params, opt, xs.tolist(), ys)):
+            with pytest.raises(TypeError, match=r"(xs|ys): expected an array, got a list"):
+                call()
+    else:  # the NumPy module takes lists
+        close = np.testing.assert_allclose
+        close(mod.forward(params, xs.tolist())[0], mod.forward(params, xs)[0])
     if backend == "numpy":  # a dropout rng that is not a Generator: one TypeError
         with pytest.raises(TypeError, match=r"rng: expected a numpy Generator .*got int"):
             mod.loss_and_grad(params, xs, ys, rng=0)

@@ -318,6 +318,12 @@ def _check_inputs(xs, ys=None, state=None, lengths=None, resets=None, ids=False,
     STATE_SHAPES entry, (B, size). lengths: (B,). resets: (B, T).
     """
     inp, head = MODEL["input"], MODEL["head"]
+    if not ids:  # under jax.jit a Python list arrives as a list of traced scalars
+        args = (("x_t" if step else "xs", xs), ("ys", ys), ("lengths", lengths), ("resets", resets))
+        for arg, value in args:
+            if isinstance(value, list | tuple):
+                kind = type(value).__name__
+                raise TypeError(f"{arg}: expected an array, got a {kind} (pass np.asarray({arg}))")
     shape = tuple(np.shape(xs))
     lead = ("batch",) if step else ("batch", "time")
     if inp["kind"] == "dense":
