@@ -74,5 +74,5 @@ def summary_text(program: Program) -> str:
     if t is not None:
         bptt = "full BPTT" if t.k1 is None else f"truncated BPTT k1={t.k1} k2={t.k2}"
         lines.append(f"  train   {t.data[0]}, {t.updater[0]}, {bptt}, batch {t.batch}, "
-                     f"{t.epochs} epochs")
+                     f"{t.epochs} epoch{'' if t.epochs == 1 else 's'}")
     return "\n".join(lines)
