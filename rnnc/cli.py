@@ -208,7 +208,9 @@ def compile(  # noqa: A001 - the command is called compile
 @handles_errors
 def gradcheck(
     spec: SpecArg,
-    backend: Annotated[str, typer.Option("--backend", "-b")] = "numpy",
+    backend: Annotated[
+        str, typer.Option("--backend", "-b", help="numpy or jax (or a plugin).")
+    ] = "numpy",
     tol: Annotated[float, typer.Option(help="Largest relative error accepted.")] = 1e-6,
     steps: Annotated[
         int | None,
