@@ -722,6 +722,9 @@ def test_embedding_reads_ids_outside_the_vocabulary_as_zero_vectors(tmp_dir):
     _, grads, _ = mod.loss_and_grad(params, ids, np.zeros((2, 3), int))
     _, ref, _ = mod.loss_and_grad(zeroed, inside, np.zeros((2, 3), int))
     close(grads["input.E"], np.asarray(ref["input.E"])[:4], what="d/d input.E")
+    # ids as floats: one ValueError (a one-hot input takes them, a table lookup cannot)
+    with pytest.raises(ValueError, match=r"xs: token ids must be integers, got dtype float"):
+        mod.forward(params, ids.astype(float))
 
 
 def test_forward_stays_differentiable_in_every_mode(tmp_dir):

@@ -305,6 +305,10 @@ def _check_inputs(xs, ys=None, state=None, lengths=None, resets=None, ids=False,
         raise ValueError(f"xs: a last-step head needs at least one time step, got shape {shape}")
     if ids and inp["kind"] != "dense":
         _check_ids("x_t" if step else "xs", "token ids", xs, inp["vocab"])
+    elif inp["kind"] == "embedding" and not np.issubdtype(xs.dtype, np.integer):
+        # (a one-hot input takes float ids as the dense path does; a table lookup cannot)
+        arg = "x_t" if step else "xs"
+        raise ValueError(f"{arg}: token ids must be integers, got dtype {xs.dtype}")
     if ys is not None:
         y = () if head["kind"] == "softmax" else (head["output_size"],)
         want = (B, T, *y) if head["at"] == "per_step" else (B, *y)
