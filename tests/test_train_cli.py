@@ -179,6 +179,45 @@ def test_text_training_samples_and_carries_state(text_run):
     assert record["rng"] is not None  # dropout draws are part of the state
 
 
+def test_train_loss_is_the_epochs_mean_per_step(reber_run):
+    """train_loss weights each step's loss (a mean over its valid steps) by that count."""
+    from rnnc.data import build_dataset, iterate_batches
+
+    _, run, _ = reber_run
+    ds = build_dataset("reber", {"n": 240}, 0)
+    steps, vals = records(run, "train"), records(run, "val")
+    for epoch, val in enumerate(vals):
+        batches = iterate_batches(ds.train, 16, np.random.default_rng([0, 0, epoch]))
+        tokens = [int(b.lengths.sum()) for b in batches]
+        losses = [r["loss"] for r in steps if r["epoch"] == epoch + 1]
+        assert val["train_loss"] == pytest.approx(np.dot(losses, tokens) / sum(tokens),
+                                                  rel=1e-12)
+
+
+def test_train_loss_of_a_last_head_is_per_sequence(tmp_path):
+    """A `last` head's loss is a mean over sequences: train_loss weights each batch by
+    its size (the last batch is smaller), not by its sequences' lengths."""
+    spec = write(tmp_path / "m.rnn", """
+model m {
+  input onehot(vocab: auto)
+  layer gru(hidden: 6)
+  head softmax last
+}
+train {
+  data temporal_order(n: 110, length: 20)
+  updater adam(lr: 0.01)
+  epochs 1
+  batch 16
+}
+""")
+    train(spec, tmp_path / "run")
+    losses = [r["loss"] for r in records(tmp_path / "run", "train")]
+    assert len(losses) == 6  # 88 training sequences: 5 of 16, then 8
+    (val,) = records(tmp_path / "run", "val")
+    sizes = [16] * 5 + [8]
+    assert val["train_loss"] == pytest.approx(np.dot(losses, sizes) / 88, rel=1e-12)
+
+
 # ------------------------------------------------------------------ resume
 
 

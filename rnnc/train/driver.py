@@ -285,7 +285,9 @@ class TrainState:
     batch_index: int = 0  # batches of this epoch done
     stream_state: dict[str, Any] | None = None  # text: state carried into the next window
     rng: Any = None  # dropout RNG (JSON form), or None without dropout
-    epoch_loss: float = 0.0  # sum of step losses weighted by tokens, this epoch
+    # sum of step losses weighted by what each loss is a mean over (valid steps; for a
+    # `last` head, sequences), this epoch, and the sum of those weights
+    epoch_loss: float = 0.0
     epoch_tokens: int = 0
     best: float | None = None  # best value of the stop rule's key
     best_epoch: int | None = None
@@ -442,12 +444,16 @@ class Trainer:
         if not (math.isfinite(loss) and math.isfinite(gnorm)):
             raise NonFinite(loss if not math.isfinite(loss) else gnorm)
         tokens = int(np.sum(b.lengths))
+        # the module's loss is a mean over valid steps, or over sequences for a `last`
+        # head: weight it by that count, so train_loss is the epoch's mean per step (per
+        # sequence) whatever the lengths and the size of the last, smaller batch
+        weight = len(b) if self.c.program.model.head.at == "last" else tokens
         new = replace(
             st, params=params, opt_state=opt_state, step=st.step + 1,
             batch_index=st.batch_index + 1,
             stream_state=final if is_text(self.ds) else None,
             rng=None if rng_next is None else ckpt.rng_to_json(rng_next),
-            epoch_loss=st.epoch_loss + loss * tokens, epoch_tokens=st.epoch_tokens + tokens)
+            epoch_loss=st.epoch_loss + loss * weight, epoch_tokens=st.epoch_tokens + weight)
         return new, {"loss": loss, "grad_norm": gnorm, "lr": lr,
                      "tokens_per_s": tokens / max(seconds, 1e-9)}
 
