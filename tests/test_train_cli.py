@@ -709,3 +709,36 @@ def test_dense_zscore_input_is_applied_by_the_driver(tmp_path):
                        validate(spec)[1], tmp_path)
     assert "input_normalization" not in plain.info
     assert abs(float(plain.train.x.mean())) > 1e-6 or abs(float(plain.train.x.std()) - 1) > 1e-3
+
+
+def test_a_float64_spec_trains_in_float64_with_jax(tmp_path):
+    """`dtype float64` with the JAX backend computes in float64 (JAX alone truncates to
+    float32): the JAX run's numbers are the NumPy run's to 1e-9."""
+    from rnnc.train.driver import load_backend
+
+    backends = []
+    for name in ("numpy", "jax"):
+        try:
+            load_backend(name)
+        except RnncError:
+            pytest.skip(f"the {name} backend is not available")
+        backends.append(name)
+    spec = write(tmp_path / "r.rnn", REBER.format(cell="lstm", epochs=1, extra="")
+                 .replace("reber(n: 240)", "reber(n: 60)")
+                 .replace("head softmax per_step", "head softmax per_step\n  dtype float64"))
+    env = dict(os.environ, XLA_FLAGS=xla_flags.fast_compile())
+    env.pop("JAX_ENABLE_X64", None)
+    for name in backends:  # a fresh process each: x64 is a process-wide JAX setting
+        proc = subprocess.run(
+            [sys.executable, "-c", "from rnnc.cli import main; main()", "train", str(spec),
+             "-b", name, "-o", str(tmp_path / name), "-q"],
+            capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "truncated to dtype float32" not in proc.stderr
+    assert {v.dtype for v in _final_params(tmp_path / "jax").values()} == {np.dtype("float64")}
+    for kind in ("train", "val", "test"):
+        for a, b in zip(records(tmp_path / "numpy", kind), records(tmp_path / "jax", kind),
+                        strict=True):
+            for key, value in a.items():
+                if key not in ("kind", "time", "tokens_per_s"):
+                    assert b[key] == pytest.approx(value, rel=1e-9, abs=1e-12), (kind, key)

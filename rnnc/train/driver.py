@@ -102,6 +102,16 @@ def load_backend(name: str):
                                 "--backend numpy") from None
 
 
+def enable_precision(backend: str, dtype: str) -> None:
+    """Make a float64 spec compute in float64 with JAX, which otherwise truncates every
+    float64 array to float32 (a warning, then float32 training): switch on x64 before
+    the module is imported and its arrays are made."""
+    if backend == "jax" and dtype == "float64":
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+
+
 # --------------------------------------------------------------- the model
 
 
@@ -149,6 +159,7 @@ def compile_for_training(spec: A.Spec, base_dir: Path, backend: str,
     from rnnc.cli import write_atomic
 
     write_atomic(module_file, source)
+    enable_precision(backend, program.train.dtype)
     module = import_module_file(module_file)
     return Compiled(spec, program, dataset, module, backend, train_cfg)
 
@@ -797,5 +808,6 @@ def open_run(run_dir: Path, with_data: bool = True) -> tuple[dict[str, Any], Com
     base = Path(record["base_dir"])
     dataset = build_data(spec, train_cfg, base) if with_data else None
     program = build(spec, sizes_from(record), base_dir=base)
+    enable_precision(record["backend"], program.train.dtype)
     module = import_module_file(run_dir / record["module"])
     return record, Compiled(spec, program, dataset, module, record["backend"], train_cfg)
