@@ -314,6 +314,38 @@ def test_eval_reports_the_best_checkpoint(reber_run):
     assert "unknown split 'tset'" in result.output and "did you mean 'test'" in result.output
 
 
+def test_eval_of_text_reads_the_split_as_one_stream(text_run):
+    """A character model's val/test loss is the mean over every character of the split,
+    read from its start with the state carried (and reset at documents): the same
+    whatever the batch size, no row started cold in mid-text, no character left out."""
+    from safetensors.numpy import load_file
+
+    from rnnc.data import build_dataset
+    from rnnc.train.runs import import_module_file
+
+    spec, run, _ = text_run
+    ds = build_dataset("text", {"path": "corpus.txt", "window": 16,
+                                "doc_separator": "\n\n"}, 0, base_dir=spec.parent)
+    module = import_module_file(run / f"model_{BACKEND}.py")
+    cp = run / "checkpoints"
+    params = load_file(str(cp / (cp / "best").read_text().strip() / "params.safetensors"))
+    for split in ("val", "test"):
+        stream, starts = ds.stream[split], ds.doc_starts[split].copy()
+        assert (len(stream) - 1) // 16 >= 2  # enough for rows of a window, cut in mid-text
+        starts[0] = True
+        x = stream[None, :-1].astype(np.int32)
+        probs, _ = module.forward(params, x, None, np.array([x.shape[1]], np.int32),
+                                  starts[None, :-1])
+        probs = np.asarray(probs, dtype=np.float64)[0]
+        y = stream[1:]
+        loss = -np.log(probs[np.arange(len(y)), y]).mean()
+        got = json.loads(rnnc("eval", run, "--split", split, "--json").output)["metrics"]
+        assert got["loss"] == pytest.approx(loss, rel=1e-5)  # float32, windows vs one call
+        assert got["accuracy"] == pytest.approx((probs.argmax(-1) == y).mean(), abs=1e-12)
+    (test,) = records(run, "test")
+    assert test["test_loss"] == pytest.approx(got["loss"], rel=1e-12)
+
+
 def test_sample(text_run):
     spec, run, _ = text_run
     result = rnnc("sample", run, "--prime", "the ", "--length", 40, "--temperature", 0.5,

@@ -217,11 +217,16 @@ def _evaluate(c: Compiled, params: dict[str, Any], split: str) -> dict[str, floa
     ds, module, plan = c.dataset, c.module, c.program.train
     outputs, parts = [], []
     if is_text(ds):
+        # the split as one stream from its start (every character after the first is
+        # predicted once, with all the context before it, as the state is carried and
+        # reset): parallel rows would start cold in mid-text, drop the characters that
+        # do not fill a row, and make the number depend on the batch size
         window = window_length(c.program, ds)
-        tokens = len(ds.stream[split])
-        rows = max(1, min(plan.batch, (tokens - 1) // window))
+        if len(ds.stream[split]) < 2:
+            raise TrainError(f"the {split} split is empty",
+                             hint="give it a share with the dataset's split option")
         state = None
-        for b in stream_windows(ds, split, rows, window, plan.reset):
+        for b in stream_windows(ds, split, 1, window, plan.reset):
             ys, state = module.forward(params, b.x, state, b.lengths, b.resets)
             outputs.append(np.asarray(ys))
             parts.append(b)
