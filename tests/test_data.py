@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -662,6 +663,23 @@ def test_evaluate_outputs_accuracy_on_copy():
     onehot = np.eye(ds.n_out)[ds.val.y]
     result = evaluate_outputs("accuracy", onehot, ds.val)
     assert result["accuracy"] == 1.0 and result["cross_entropy"] < 1e-6
+
+
+def test_copy_metrics_of_a_memoryless_model_are_the_documented_baseline():
+    """The copy task's accuracy counts every step, blanks included: docs/language.md
+    gives what a model that remembers nothing scores (0.78 and 0.52 by default)."""
+    ds = build_dataset("copy", {"n": 4000}, seed=0)
+    k, delay, symbols = 10, 20, 8
+    probs = np.zeros(ds.test.y.shape + (ds.n_out,))
+    probs[:, : k + delay, 0] = 1.0  # blanks while waiting
+    probs[:, k + delay:, 1:] = 1.0 / symbols  # then a uniform guess (argmax: symbol 1)
+    result = evaluate_outputs("accuracy", probs, ds.test)
+    assert result["cross_entropy"] == pytest.approx(ds.info["baseline_cross_entropy"])
+    assert result["cross_entropy"] == pytest.approx(0.52, abs=0.005)
+    assert result["accuracy"] == pytest.approx((k + delay + k / symbols) / (2 * k + delay),
+                                               abs=0.01)
+    doc = (Path(__file__).parents[1] / "docs" / "language.md").read_text(encoding="utf-8")
+    assert "0.78 with the defaults; cross-entropy K ln S / (2K + D), 0.52" in doc
 
 
 def test_zscore_inputs_uses_train_statistics_and_keeps_padding():
