@@ -560,6 +560,38 @@ def test_resume_refuses_a_changed_spec(reber_run, tmp_path):
     _assert_clean_error(result, "--batch differs")
 
 
+def test_data_that_changed_since_training(tmp_path):
+    """An edited data file: --resume refuses and leaves the run folder exactly as it was
+    (it used to rewrite run.json and the module for the new vocabulary, then fail with a
+    traceback from inside the module, and the run could no longer be evaluated); eval
+    refuses data the model cannot read and notes data that merely changed."""
+    corpus = write(tmp_path / "corpus.txt", CORPUS)
+    spec = write(tmp_path / "chars.rnn", TEXT)
+    run = tmp_path / "run"
+    train(spec, run, "--stop-after-steps", 3, code=130)
+
+    def files():
+        return {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+
+    before = files()
+    write(corpus, CORPUS.replace("cat", "caZ", 1))  # a character the model never saw
+    _assert_clean_error(train(spec, run, "--resume", code=1),
+                        "changed since it was trained", "new characters: 'Z'",
+                        "refusing to resume", "corpus.txt")
+    assert files() == before
+    _assert_clean_error(rnnc("eval", run, code=1), "no longer fits the model", "'Z'")
+    _assert_clean_error(rnnc("plot", run, "--gates", "test:0", code=1), "no longer fits")
+
+    write(corpus, CORPUS.replace("cat", "act", 1))  # the same characters, other text
+    _assert_clean_error(train(spec, run, "--resume", code=1), "the examples differ")
+    assert files() == before
+    assert "note: the data" in rnnc("eval", run).output
+
+    write(corpus, CORPUS)
+    train(spec, run, "--resume")
+    assert "note:" not in rnnc("eval", run).output
+
+
 def test_existing_run_is_not_overwritten(reber_run, tmp_path):
     import shutil
 

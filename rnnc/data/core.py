@@ -15,6 +15,8 @@ V vocabulary size / classes):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -112,6 +114,26 @@ class Dataset:
         if name not in SPLIT_NAMES:
             raise DataError(f"unknown split '{name}'", hint=did_you_mean(name, SPLIT_NAMES))
         return self.splits[name]
+
+    def fingerprint(self) -> str:
+        """sha256 of the splits' arrays and the vocabulary: what a model trained on this
+        dataset has seen. Runs record it, so that resuming or evaluating a run on data
+        that changed since (an edited file) is noticed."""
+        h = hashlib.sha256()
+        h.update(json.dumps([self.task, self.input, self.n_in, self.n_out, self.vocab])
+                 .encode("utf-8"))
+        streams = [self.stream, self.doc_starts]
+        arrays = [a for d in streams if d is not None for a in d.values()]
+        for split in self.splits.values():
+            arrays += [split.x, split.y, split.lengths, split.resets]
+        for a in arrays:
+            if a is None:
+                h.update(b"-")
+                continue
+            a = np.ascontiguousarray(a)
+            h.update(f"{a.dtype.str}{a.shape}".encode())
+            h.update(a.tobytes())
+        return h.hexdigest()
 
     def summary(self) -> str:
         """A one-line description, e.g. for ``rnnc data show``."""

@@ -76,7 +76,7 @@ def _eval(
 ) -> None:
     """Metrics of a run's best (or latest) checkpoint on a split."""
     from rnnc.errors import did_you_mean
-    from rnnc.train.driver import evaluate, load_run_checkpoint, open_run
+    from rnnc.train.driver import data_changed, evaluate, load_run_checkpoint, open_run
 
     if split not in ("train", "val", "test"):
         raise TrainError(f"unknown split '{split}'",
@@ -85,6 +85,10 @@ def _eval(
         raise TrainError(f"unknown checkpoint '{checkpoint}'", hint="use best or latest")
     record, c = open_run(run_dir)
     cp = load_run_checkpoint(run_dir, record, c, checkpoint)
+    if data_changed(record, c.dataset):
+        path = c.dataset.info.get("path")
+        typer.echo(f"note: the data ({path or 'the dataset'}) changed since '{run_dir}' was "
+                   "trained; these metrics are for the data as it is now", err=True)
     metrics = evaluate(c, cp.params, split)
     if as_json:
         typer.echo(json.dumps({"split": split, "checkpoint": cp.path.name, "step": cp.step,
@@ -131,14 +135,15 @@ def _sample(
 _EXAMPLE = re.compile(r"^(train|val|test):(\d+)$")
 
 
-def _gate_input(c, record: dict, text: str) -> tuple[np.ndarray, list[str]]:
+def _gate_input(c, record: dict, text: str, run_dir: Path) -> tuple[np.ndarray, list[str]]:
     """``(1, T)`` ids or ``(1, T, F)`` features for ``--gates``, and a label per step."""
     m = _EXAMPLE.match(text)
     vocab = record.get("vocab")
     if m is not None:
-        from rnnc.train.driver import build_data
+        from rnnc.train.driver import build_data, check_data_fits
 
         ds = build_data(c.spec, c.train_cfg, Path(record["base_dir"]))
+        check_data_fits(record, ds, run_dir)
         split = ds.split(m.group(1))
         i = int(m.group(2))
         if i >= len(split):
@@ -189,7 +194,7 @@ def _plot(
     from rnnc.train.runs import sizes_from
 
     _, c = open_run(run_dir, with_data=False)
-    xs, labels = _gate_input(c, record, gates)
+    xs, labels = _gate_input(c, record, gates, run_dir)
     # the cell as lowered (no fusion): every equation keeps its own name
     raw = build(c.spec, sizes_from(record), disable=PIPELINE, base_dir=record["base_dir"])
     cp = load_run_checkpoint(run_dir, record, c, checkpoint)

@@ -698,25 +698,27 @@ def train(spec_path: Path, opts: TrainOptions, reporter) -> TrainResult:
     # Everything that can reject the spec, its data or the options happens before the
     # folder is touched: a new run's module is built in a temporary folder, and a run
     # replaced with --force is only deleted once its successor is ready to train.
+    # A resumed run's module is staged too: its data may have changed since (then the
+    # run folder is left exactly as it was).
     spec = apply_overrides(original, overrides)
     module_file = module_path(run_dir, backend)
-    staging = None if opts.resume else Path(tempfile.mkdtemp(dir=run_dir, prefix=".tmp-"))
+    staging = Path(tempfile.mkdtemp(dir=run_dir, prefix=".tmp-"))
     try:
-        c = compile_for_training(spec, spec_path.parent, backend,
-                                 module_file if staging is None else staging / module_file.name)
+        c = compile_for_training(spec, spec_path.parent, backend, staging / module_file.name)
+        if opts.resume:
+            check_same_data(record, c.dataset, run_dir)
         trainer = Trainer(c, run_dir, reporter, sha, opts.stop_after_steps, opts.devices)
         # a fresh run's parameters and updater state (too large for memory: stop here)
         fresh = trainer.fresh_state() if resume_from is None else None
-        if staging is not None:
+        if not opts.resume:
             _start_over(run_dir)
-            os.replace(staging / module_file.name, module_file)
+        os.replace(staging / module_file.name, module_file)
     except BaseException:
         if created is not None:
             shutil.rmtree(created, ignore_errors=True)
         raise
     finally:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
     from rnnc.cli import write_atomic
 
     suffix = spec_path.suffix if spec_path.suffix in (".rnn", ".yaml", ".yml") else ".rnn"
@@ -727,7 +729,7 @@ def train(spec_path: Path, opts: TrainOptions, reporter) -> TrainResult:
         "backend": backend, "module": module_path(run_dir, backend).name,
         "base_dir": str(spec_path.parent.resolve()), "overrides": overrides.as_dict(),
         "data": {"name": c.program.train.data[0], "options": ds.info.get("options"),
-                 "seed": c.program.train.seed},
+                 "seed": c.program.train.seed, "sha256": ds.fingerprint()},
         "sizes": {"n_in": ds.n_in, "n_out": ds.n_out, "task": ds.task},
         "metric": ds.metric, "vocab": ds.vocab, "rnnc": __version__,
     }, indent=1) + "\n")
@@ -776,6 +778,62 @@ def train(spec_path: Path, opts: TrainOptions, reporter) -> TrainResult:
 # --------------------------------------------------- reading a finished run
 
 
+def _chars(chars: list[str]) -> str:
+    shown = ", ".join(repr(ch) for ch in chars[:10])
+    return shown + (f" and {len(chars) - 10} more" if len(chars) > 10 else "")
+
+
+def data_mismatch(record: dict[str, Any], ds: Dataset) -> str | None:
+    """How ``ds`` (the run's dataset, built again now) no longer fits the model the run
+    trained, or None: a changed task, input or output size, or vocabulary."""
+    before = record.get("vocab")
+    if isinstance(before, list) and ds.vocab is not None and list(ds.vocab) != before:
+        new = [ch for ch in ds.vocab if ch not in before]
+        gone = [ch for ch in before if ch not in ds.vocab]
+        if new:
+            return f"its vocabulary has new characters: {_chars(new)}"
+        if gone:
+            return f"its vocabulary lost characters: {_chars(gone)}"
+        return "its vocabulary has the same characters in another order"
+    sizes = record.get("sizes") if isinstance(record.get("sizes"), dict) else {}
+    for key, now in (("task", ds.task), ("n_in", ds.n_in), ("n_out", ds.n_out)):
+        if key in sizes and sizes[key] != now:
+            return f"its {key} is now {now}, the model's is {sizes[key]}"
+    return None
+
+
+def _data_hint(ds: Dataset, what: str) -> str:
+    path = ds.info.get("path")
+    where = f"the data file {path}" if path else "the dataset"
+    return f"{where} changed since the run was trained: restore it, or {what}"
+
+
+def check_same_data(record: dict[str, Any], ds: Dataset, run_dir: Path) -> None:
+    """``--resume``: TrainError unless ``ds`` is the data the run was trained on."""
+    problem = data_mismatch(record, ds)
+    recorded = record.get("data", {}).get("sha256")
+    if problem is None and recorded is not None and recorded != ds.fingerprint():
+        problem = "the examples differ"
+    if problem is not None:
+        raise TrainError(f"the data of '{run_dir}' changed since it was trained ({problem}): "
+                         "refusing to resume",
+                         hint=_data_hint(ds, "train the new data into a new folder (--out)"))
+
+
+def check_data_fits(record: dict[str, Any], ds: Dataset, run_dir: Path) -> None:
+    """``eval``, ``plot --gates``: TrainError if ``ds`` no longer fits the run's model."""
+    problem = data_mismatch(record, ds)
+    if problem is not None:
+        raise TrainError(f"the data no longer fits the model in '{run_dir}': {problem}",
+                         hint=_data_hint(ds, "train a new run on the new data"))
+
+
+def data_changed(record: dict[str, Any], ds: Dataset) -> bool:
+    """Whether ``ds`` differs from the data the run recorded (False for old runs)."""
+    recorded = record.get("data", {}).get("sha256")
+    return recorded is not None and recorded != ds.fingerprint()
+
+
 def load_run_checkpoint(run_dir: Path, record: dict[str, Any], c: Compiled,
                         which: str) -> ckpt.Checkpoint:
     """A run folder's ``best``/``latest`` checkpoint, checked against the run: trained
@@ -812,6 +870,8 @@ def open_run(run_dir: Path, with_data: bool = True) -> tuple[dict[str, Any], Com
     _, train_cfg = validate(spec)
     base = Path(record["base_dir"])
     dataset = build_data(spec, train_cfg, base) if with_data else None
+    if dataset is not None:
+        check_data_fits(record, dataset, run_dir)
     program = build(spec, sizes_from(record), base_dir=base)
     enable_precision(record["backend"], program.train.dtype)
     module = import_module_file(run_dir / record["module"])
