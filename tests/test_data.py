@@ -504,6 +504,15 @@ def test_npz_load_and_infer(tmp_path):
      "integer class ids"),
     ({"x": np.zeros((4, 3), int), "y": np.zeros(4, int)}, {"task": "classify"}, "unknown task"),
     ({"x": np.zeros((4, 3), int), "y": np.zeros((4, 3, 2, 1))}, {}, "cannot infer the task"),
+    # ids beyond int32 used to wrap around silently (2**40 became class 0, n_out 1)
+    ({"x": np.zeros((4, 3), int), "y": np.full(4, 2**40)}, {},
+     r"'y' .* class id 1099511627776 at \[0\], larger than rnnc supports"),
+    ({"x": np.zeros((4, 3), int), "y": np.full(4, 3e9)}, {"task": "classify_last"},
+     "class id 3000000000.0 at"),
+    ({"x": np.full((4, 3), 2**63, np.uint64), "y": np.zeros(4, int)}, {},
+     r"'x' .* token id 9223372036854775808 at \[0, 0\]"),
+    # complex targets used to lose their imaginary part with only a ComplexWarning
+    ({"x": np.zeros((4, 3, 1)), "y": np.ones(4, complex)}, {}, "dtype complex128, expected real"),
 ])
 def test_npz_errors(tmp_path, arrays, options, message):
     np.savez(tmp_path / "bad.npz", **arrays)

@@ -90,7 +90,21 @@ def _as_classes(y: np.ndarray, path: Path) -> np.ndarray:
     if y.size and y.min() < 0:
         raise _npz_error(f"'y' in {path} has a negative class id at {_first_bad(y < 0)}",
                          hint="class ids are 0, 1, ..., n_out - 1")
+    _check_id_range(y, "y", "class id", path)
     return y.astype(np.int32)
+
+
+MAX_ID = int(np.iinfo(np.int32).max) - 1
+"""The largest token or class id rnnc stores (ids are int32 and their count, id + 1,
+must be one too)."""
+
+
+def _check_id_range(a: np.ndarray, key: str, what: str, path: Path) -> None:
+    """DataError if ``a`` holds an id that int32 cannot hold (it would wrap around)."""
+    if a.size and a.max() > MAX_ID:
+        raise _npz_error(f"'{key}' in {path} has {what} {a.max()} at {_first_bad(a > MAX_ID)}, "
+                         f"larger than rnnc supports ({MAX_ID})",
+                         hint=f"{what}s are 0, 1, ..., count - 1; renumber them densely")
 
 
 def _size_option(opts: Options, key: str, inferred: int, at_least: bool) -> int:
@@ -132,6 +146,7 @@ def build_npz(opts: Options, seed: int) -> Dataset:
         kind = "tokens"
         if x.size and x.min() < 0:
             raise _npz_error(f"'x' in {path} has a negative token id at {_first_bad(x < 0)}")
+        _check_id_range(x, "x", "token id", path)
         x = x.astype(np.int32)
     elif x.ndim == 3 and np.issubdtype(x.dtype, np.floating):
         kind = "features"
@@ -154,8 +169,9 @@ def build_npz(opts: Options, seed: int) -> Dataset:
         raise _npz_error(f"'y' in {path} has {y.shape[0] if y.ndim else 0} examples "
                          f"(shape {y.shape}) but 'x' has {n}",
                          hint="x and y must have the same first dimension N")
-    if not (np.issubdtype(y.dtype, np.number) or y.dtype == bool):
-        raise _npz_error(f"'y' in {path} has dtype {y.dtype}, expected numbers")
+    if not (np.issubdtype(y.dtype, np.number) or y.dtype == bool) \
+            or np.issubdtype(y.dtype, np.complexfloating):
+        raise _npz_error(f"'y' in {path} has dtype {y.dtype}, expected real numbers")
     task = task_opt or _infer_task(y)
     if not task:
         raise _npz_error(f"cannot infer the task from 'y' in {path} (shape {y.shape}, "
