@@ -121,6 +121,7 @@ def test_unknown_dataset_and_option():
     ("reber", {"min_length": 3}, "option 'min_length'"),
     ("reber", {"min_length": 12, "max_length": 10}, "option 'max_length'"),
     ("adding", {"n": 5}, "too few for split"),
+    ("adding", {"n": 1e300}, r"option 'n'.*must be an integer >= 1, got 1e\+300"),
     ("text", {}, "dataset 'text' needs option 'path'"),
     ("csv", {"path": "x.csv"}, "dataset 'csv' needs option 'targets'"),
 ])
@@ -383,6 +384,11 @@ def test_text_errors(tmp_path):
     build_dataset("text", {"path": "ok.txt"}, 0, base_dir=tmp_path)
     with pytest.raises(DataError, match="doc_separator"):
         build_dataset("text", {"path": "ok.txt", "doc_separator": ""}, 0, base_dir=tmp_path)
+    # a huge window: one error at once (the hint's search for the size needed hung on
+    # float rounding for windows like 10**20)
+    with pytest.raises(DataError, match="a window of 100000000000000000000 needs") as err:
+        build_dataset("text", {"path": "ok.txt", "window": 10**20}, 0, base_dir=tmp_path)
+    assert "needs at least about 2e+21" in err.value.hint
 
 
 # ---------------------------------------------------------------------------

@@ -187,8 +187,9 @@ class Options:
             bounds = f" <= {maximum}"
         if isinstance(value, bool) or not isinstance(value, int | float | np.integer):
             raise self.error(key, "an integer" + bounds)
-        if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
-            raise self.error(key, "an integer" + bounds)
+        if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()
+                                             and abs(value) <= 2**53):
+            raise self.error(key, "an integer" + bounds)  # 1e300 is no count
         value = int(value)
         if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
             raise self.error(key, "an integer" + bounds)

@@ -117,14 +117,19 @@ def stream_to_windows(tokens: np.ndarray, window: int,
     return Split(x=x, y=y, lengths=np.full(count, window, dtype=np.int32), resets=resets)
 
 
-def chars_needed(fractions: Sequence[float], per_part: int) -> int:
-    """The smallest corpus size whose every non-empty split part has ``per_part`` chars."""
+def chars_needed(fractions: Sequence[float], per_part: int) -> tuple[int, bool]:
+    """The smallest corpus size whose every non-empty split part has ``per_part`` chars,
+    and whether it is exact: for huge sizes, where float rounding makes the search
+    creep (a window of 1e300 hung it), the estimate ``per_part / smallest fraction``."""
     smallest = min(f for f in fractions if f > 0)
     n = math.ceil(per_part / smallest)
-    while any(f > 0 and c < per_part
-              for f, c in zip(fractions, split_counts(n, fractions), strict=True)):
+    estimate = n
+    for _ in range(10_000):
+        if not any(f > 0 and c < per_part
+                   for f, c in zip(fractions, split_counts(n, fractions), strict=True)):
+            return n, True
         n += 1
-    return n
+    return estimate, False
 
 
 def build_text(opts: Options, seed: int) -> Dataset:
@@ -147,7 +152,8 @@ def build_text(opts: Options, seed: int) -> Dataset:
     counts = split_counts(len(tokens), fractions)
     for name, count, frac in zip(SPLIT_NAMES, counts, fractions, strict=True):
         if frac > 0 and count < window + 1:
-            needed = chars_needed(fractions, window + 1)
+            needed, exact = chars_needed(fractions, window + 1)
+            needed = needed if exact else f"about {needed:.3g}"
             raise DataError(
                 f"corpus too short: the {name} part of {path.name} has {count} characters, "
                 f"but a window of {window} needs at least {window + 1}",
