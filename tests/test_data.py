@@ -607,6 +607,24 @@ def test_csv_errors(tmp_path):
         build_dataset("csv", {"path": "series.csv", "targets": ["temp"], "normalize": "zscor"},
                       0, base_dir=tmp_path)
     assert err.value.hint == "did you mean 'zscore'?"
+    # a file without a header row, or not comma-separated: say so (the first data row
+    # was read as the header: "repeats column names: 0" or a bare "unknown column")
+    write(tmp_path, "bare.csv", "".join(f"{i},{i % 3 + 5}\n" for i in range(1, 100)))
+    with pytest.raises(DataError, match="unknown column 'temp' .* no header row "
+                                        r"\(its first row holds numbers: 1, 6\)") as err:
+        build_dataset("csv", {"path": "bare.csv", **opts}, 0, base_dir=tmp_path)
+    assert "add a first row naming the columns" in err.value.hint
+    write(tmp_path, "zeros.csv", "0,0\n" * 100)
+    with pytest.raises(DataError, match=r"repeats column names \(0\): .* no header row"):
+        build_dataset("csv", {"path": "zeros.csv", **opts}, 0, base_dir=tmp_path)
+    write(tmp_path, "semi.csv", "temp;load\n" + "1;2\n" * 100)
+    with pytest.raises(DataError, match="single column 'temp;load', .* separated by ';'"):
+        build_dataset("csv", {"path": "semi.csv", **opts}, 0, base_dir=tmp_path)
+    # numbers are fine as column names that are asked for
+    write(tmp_path, "years.csv", "2020,2021\n" + "".join(f"{i},{i}\n" for i in range(200)))
+    ds = build_dataset("csv", {"path": "years.csv", "targets": ["2021"], "window": 10}, 0,
+                       base_dir=tmp_path)
+    assert ds.info["columns"] == ["2020"]
     # a non-numeric column is fine when it is not used
     write(tmp_path, "dated.csv", "date,temp\n" + "".join(f"d{i},{i}\n" for i in range(300)))
     ds = build_dataset("csv", {"path": "dated.csv", "targets": ["temp"], "columns": ["temp"],

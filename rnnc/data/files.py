@@ -274,11 +274,42 @@ def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
         raise _csv_error(f"CSV file {path} has an empty column name in its header row",
                          hint="name every column in the first row")
     dupes = sorted({h for h in header if header.count(h) > 1})
+    if dupes and all(_is_number(cell) for cell in header):
+        raise _csv_error(f"CSV file {path} repeats column names ({', '.join(dupes)[:60]}): the "
+                         "file seems to have no header row (its first row holds numbers)",
+                         hint="add a first row naming the columns, e.g. time,price")
     if dupes:
         raise _csv_error(f"CSV file {path} repeats column names: {', '.join(dupes)}")
     if not rows:
         raise _csv_error(f"CSV file {path} has a header but no data rows")
     return header, rows
+
+
+def _unknown_column(name: str, header: list[str], path: Path) -> None:
+    """The DataError for a column the header does not name, saying why where it can:
+    a file without a header row, or one separated by something else than commas."""
+    seps = [sep for sep in ";\t|" if len(header) == 1 and sep in header[0]]
+    if seps:
+        raise _csv_error(f"unknown column '{name}' in CSV file {path}: its header is the single "
+                         f"column {header[0][:60]!r}, so its fields seem to be separated by "
+                         f"{seps[0]!r}, not commas",
+                         hint="rnnc reads comma-separated files; convert the separators to "
+                              "commas")
+    if all(_is_number(cell) for cell in header):
+        raise _csv_error(f"unknown column '{name}' in CSV file {path}: the file seems to have "
+                         f"no header row (its first row holds numbers: "
+                         f"{', '.join(header)[:60]})",
+                         hint="add a first row naming the columns, e.g. time,price")
+    raise _csv_error(f"unknown column '{name}' in CSV file {path}",
+                     hint=did_you_mean(name, header) or "the header has: " + ", ".join(header))
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
 
 
 def _parse_columns(path: Path, header: list[str], rows: list[tuple[int, list[str]]],
@@ -357,9 +388,7 @@ def build_csv(opts: Options, seed: int) -> Dataset:
     header, rows = _read_csv(path)
     for name in (columns or []) + targets:
         if name not in header:
-            raise _csv_error(f"unknown column '{name}' in CSV file {path}",
-                             hint=did_you_mean(name, header)
-                             or "the header has: " + ", ".join(header))
+            _unknown_column(name, header, path)
     if columns is None:
         columns = [h for h in header if h not in targets]
         if not columns:
