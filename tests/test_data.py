@@ -527,6 +527,32 @@ def test_npz_errors(tmp_path, arrays, options, message):
                       base_dir=tmp_path)
 
 
+def test_npz_array_too_large_for_memory(tmp_path):
+    """A header announcing a huge array: one DataError naming the file (was MemoryError)."""
+    import io
+    import zipfile
+
+    header = "{'descr': '<f8', 'fortran_order': False, 'shape': (10000000000000, 3, 3), }"
+    header = header.ljust(117) + "\n"
+    y = io.BytesIO()
+    np.save(y, np.zeros(4, int))
+    with zipfile.ZipFile(tmp_path / "huge.npz", "w") as z:
+        z.writestr("x.npy", b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little")
+                   + header.encode())
+        z.writestr("y.npy", y.getvalue())
+    with pytest.raises(DataError, match="huge.npz holds an array too large"):
+        build_dataset("npz", {"path": "huge.npz"}, 0, base_dir=tmp_path)
+
+
+def test_paths_that_cannot_be_files(tmp_path):
+    """A NUL character or a ~user without a home folder: one DataError (were ValueError
+    and RuntimeError from pathlib)."""
+    with pytest.raises(DataError, match="option 'path' of dataset 'text' must be a file path"):
+        build_dataset("text", {"path": "a\0b.txt"}, 0, base_dir=tmp_path)
+    with pytest.raises(DataError, match="whose ~ names a home folder"):
+        build_dataset("text", {"path": "~no_such_user_rnnc/x.txt"}, 0, base_dir=tmp_path)
+
+
 def test_npz_not_an_archive(tmp_path):
     write(tmp_path, "junk.npz", b"this is not a zip file")
     with pytest.raises(DataError, match="not an .npz archive"):

@@ -245,7 +245,13 @@ class Options:
                                  "(relative to the spec file's folder)")
         if not isinstance(value, str | Path) or not str(value).strip():
             raise self.error(key, "a file path (a string)")
-        path = Path(value).expanduser()
+        if "\0" in str(value):
+            raise self.error(key, "a file path without NUL characters")
+        try:
+            path = Path(value).expanduser()
+        except RuntimeError:  # ~user that does not exist, or no home folder
+            raise self.error(key, "a file path whose ~ names a home folder",
+                             hint="write the path out in full") from None
         if not path.is_absolute():
             path = self.base_dir / path
         return path

@@ -65,6 +65,9 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
         raise DataError(f"{path} is not a readable .npz file: {exc}", hint=hint) from None
     except (OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
         raise DataError(f"{path} is not a readable .npz file: {exc}", hint=hint) from None
+    except MemoryError as exc:  # e.g. a damaged header announcing a huge shape
+        raise DataError(f"{path} holds an array too large for this machine's memory: {exc}",
+                        hint="check the shapes the file was saved with") from None
 
 
 def _first_bad(mask: np.ndarray) -> str:
