@@ -175,6 +175,21 @@ def test_layer_init_in_the_text_language():
         parse_spec("model t {\n  layer elman(hidden: 4, init: {W: zeros, W: ones})\n}\n", "x.rnn")
 
 
+def test_state_of_size_hidden_is_one_ast_and_fmt_is_a_fixed_point():
+    """`h[hidden]` is `h`: the YAML form writes `h: hidden` beside a sized state, and the
+    text printed from it must be what the text form prints (it was `h[hidden]` vs `h`)."""
+    text = ("cell c(x) {\n  state h, m[2 * hidden]\n  m' = m\n  h' = tanh(W @ x + U @ h)\n}\n"
+            "model t {\n  input dense(features: 3)\n  layer c(hidden: 4)\n"
+            "  head linear per_step\n}\n")
+    spec = parse_spec(text, "x.rnn")
+    assert spec == parse_spec(text.replace("state h,", "state h[hidden],"), "x.rnn")
+    yaml_text = to_yaml(spec)
+    assert "h: hidden" in yaml_text
+    assert parse_spec(yaml_text, "x.yaml") == spec
+    assert to_text(parse_spec(yaml_text, "x.yaml")) == to_text(spec)
+    assert "  state h, m[2 * hidden]\n" in to_text(spec)
+
+
 def test_fmt_cli_converts(tmp_path):
     out = tmp_path / "m.rnn"
     r = CliRunner().invoke(app, ["fmt", str(ROOT / "specs" / "char_mgu.yaml"), "--to", "rnn",

@@ -174,6 +174,12 @@ class StateDecl:
     size: Expr | None = None  # None: the layer's ``hidden``
     span: Span | None = _span()
 
+    def __post_init__(self) -> None:
+        # ``h[hidden]`` is ``h``: one AST for both, so fmt's YAML -> rnn -> YAML is a fixed
+        # point (the YAML form writes ``h: hidden`` when another state has a size)
+        if isinstance(self.size, Ref) and self.size.name == "hidden":
+            object.__setattr__(self, "size", None)
+
 
 @dataclass(frozen=True)
 class ParamDecl:
