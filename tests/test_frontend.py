@@ -190,6 +190,16 @@ def test_state_of_size_hidden_is_one_ast_and_fmt_is_a_fixed_point():
     assert "  state h, m[2 * hidden]\n" in to_text(spec)
 
 
+def test_fmt_prints_positional_arguments_of_a_layer_initialiser_as_written():
+    """`W: uniform(-0.1, 0.1)` in a layer's init was printed `uniform([-0.1, 0.1])`."""
+    text = ("model t {\n  input dense(features: 3)\n"
+            "  layer elman(hidden: 4, init: {W: uniform(-0.1, 0.1), U: normal(0.5)})\n"
+            "  head linear per_step\n}\n")
+    spec = parse_spec(text, "x.rnn")
+    assert to_text(spec) == text
+    assert parse_spec(to_text(spec), "x.rnn") == spec
+
+
 def test_fmt_cli_converts(tmp_path):
     out = tmp_path / "m.rnn"
     r = CliRunner().invoke(app, ["fmt", str(ROOT / "specs" / "char_mgu.yaml"), "--to", "rnn",

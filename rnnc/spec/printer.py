@@ -89,6 +89,9 @@ def value_str(v: Any) -> str:
             if isinstance(inner, A.CMap):
                 args = ", ".join(f"{_key_str(ik)}: {value_str(iv)}" for ik, iv in inner.items)
                 return f"{k}({args})"
+            if isinstance(inner, A.CList) and len(inner.items) > 1:
+                # `uniform(-0.1, 0.1)`: the parser reads several positional arguments as a list
+                return f"{k}({', '.join(value_str(i) for i in inner.items)})"
             if isinstance(inner, A.CScalar | A.CList):
                 return f"{k}({value_str(inner)})"
         # any other mapping (several keys, or keys that are not names): a map literal
