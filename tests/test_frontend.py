@@ -200,6 +200,12 @@ def test_fmt_prints_positional_arguments_of_a_layer_initialiser_as_written():
     assert parse_spec(to_text(spec), "x.rnn") == spec
 
 
+def test_fmt_prints_a_double_negation_with_parentheses():
+    spec = parse_spec("cell c(x) {\n  state h\n  h' = -(-h) + - -h\n}\n", "x.rnn")
+    assert "  h' = -(-h) + -(-h)\n" in to_text(spec)
+    assert parse_spec(to_text(spec), "x.rnn") == spec
+
+
 def test_fmt_cli_converts(tmp_path):
     out = tmp_path / "m.rnn"
     r = CliRunner().invoke(app, ["fmt", str(ROOT / "specs" / "char_mgu.yaml"), "--to", "rnn",

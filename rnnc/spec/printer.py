@@ -42,7 +42,8 @@ def expr_str(e: A.Expr, parent: int = 0) -> str:
     if isinstance(e, A.Slice):
         return f"{expr_str(e.operand, 8)}[{expr_str(e.lo)}:{expr_str(e.hi)}]"
     if isinstance(e, A.Neg):
-        s = "-" + expr_str(e.operand, 7)
+        inner = expr_str(e.operand, 7)
+        s = "-" + (f"({inner})" if inner.startswith("-") else inner)  # -(-a), not --a
         return f"({s})" if parent > 7 else s
     if isinstance(e, A.Not):
         s = "not " + expr_str(e.operand, 3)
