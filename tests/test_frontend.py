@@ -206,6 +206,21 @@ def test_fmt_prints_a_double_negation_with_parentheses():
     assert parse_spec(to_text(spec), "x.rnn") == spec
 
 
+def test_fmt_yaml_writes_one_equation_a_line():
+    """Equations were a flow mapping folded over several lines at column 100."""
+    spec = load_spec(ROOT / "specs" / "greff" / "fgr.rnn")
+    yaml_text = to_yaml(spec)
+    lines = yaml_text.splitlines()
+    start = lines.index("    equations:")
+    assert [ln.split(":")[0].strip() for ln in lines[start + 1:start + 7]] == \
+        ["f'", "i'", "g", "c'", "o'", "h'"]
+    assert "      f': sigmoid(W_f @ x + U_f @ h + R_ff @ f + R_if @ i + R_of @ o + b_f)" in lines
+    long = parse_spec(yaml_text.replace("b_f)", "b_f" + " + b_f" * 40 + ")"), "x.yaml")
+    f_line, = [ln for ln in to_yaml(long).splitlines() if ln.startswith("      f':")]
+    assert f_line.endswith(" + b_f)") and len(f_line) > 200  # not folded at column 100
+    assert parse_spec(to_yaml(long), "y.yaml") == long
+
+
 def test_fmt_cli_converts(tmp_path):
     out = tmp_path / "m.rnn"
     r = CliRunner().invoke(app, ["fmt", str(ROOT / "specs" / "char_mgu.yaml"), "--to", "rnn",

@@ -216,17 +216,38 @@ def to_data(spec: A.Spec) -> dict:
 
 
 class _Dumper(yaml.SafeDumper):
-    pass
+    """Never folds a string over several lines (an equation stays on one line)."""
+
+    def write_plain(self, text, split=True):
+        super().write_plain(text, split=False)
+
+    def write_single_quoted(self, text, split=True):
+        super().write_single_quoted(text, split=False)
+
+    def write_double_quoted(self, text, split=True):
+        super().write_double_quoted(text, split=False)
+
+
+class _Block(dict):
+    """A mapping always written in block style, one key a line (a cell's equations)."""
 
 
 def _str_rep(dumper: yaml.SafeDumper, s: str):
     return dumper.represent_scalar("tag:yaml.org,2002:str", s)
 
 
+def _block_rep(dumper: yaml.SafeDumper, d: dict):
+    return dumper.represent_mapping("tag:yaml.org,2002:map", d, flow_style=False)
+
+
 _Dumper.add_representer(str, _str_rep)
+_Dumper.add_representer(_Block, _block_rep)
 
 
 def to_yaml(spec: A.Spec) -> str:
     """The spec as YAML."""
-    return yaml.dump(to_data(spec), Dumper=_Dumper, sort_keys=False, default_flow_style=None,
+    data = to_data(spec)
+    for cell in data.get("cells", {}).values():
+        cell["equations"] = _Block(cell["equations"])
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=None,
                      allow_unicode=True, width=100)
