@@ -221,6 +221,64 @@ def test_fmt_yaml_writes_one_equation_a_line():
     assert parse_spec(to_yaml(long), "y.yaml") == long
 
 
+COMMENTED = """\
+# File header.
+# Second line.
+
+# The cell.
+cell c(x) {  # after the brace
+  # options
+  option k = 6  # size
+  state h[k], m
+  param W_p[k, hidden]
+  a = sigmoid(W @ x +  # inside an expression
+              U @ h + b)
+  # the next state
+  m' = a * m
+  h' = W_p @ m'
+  # at the end of the cell
+}
+
+# the model
+model t {
+  input dense(features: 3)  # three
+  # layers
+  layer c(hidden: 5)
+  head linear per_step
+  # end of the model
+}
+
+train {  # training
+  data sine(n: 8)
+  epochs 1  # one
+}
+# last line
+"""
+
+
+def test_fmt_keeps_the_comments_of_a_text_spec(tmp_path):
+    """`rnnc fmt` (and `fmt -i`) dropped every comment of a .rnn file."""
+    spec = parse_spec(COMMENTED, "c.rnn")
+    text = to_text(spec)
+    expected = COMMENTED.replace("a = sigmoid(W @ x +  # inside an expression\n"
+                                 "              U @ h + b)",
+                                 "a = sigmoid(W @ x + U @ h + b)  # inside an expression")
+    assert text == expected
+    assert to_text(parse_spec(text, "c.rnn")) == text  # idempotent
+    assert parse_spec(text, "c.rnn") == spec
+    crlf = parse_spec(COMMENTED.replace("\n", "\r\n"), "c.rnn")
+    assert to_text(crlf) == expected
+    assert "#" not in to_yaml(spec)  # YAML has no place for them
+    p = tmp_path / "c.rnn"
+    p.write_text(COMMENTED)
+    r = CliRunner().invoke(app, ["fmt", str(p), "-i"])
+    assert r.exit_code == 0, r.output
+    assert p.read_text() == expected
+    for path in [p for p in SPECS if p.suffix == ".rnn"]:  # the repo's specs keep theirs
+        src = path.read_text()
+        assert to_text(load_spec(path)).count("#") == src.count("#"), path
+
+
 def test_fmt_cli_converts(tmp_path):
     out = tmp_path / "m.rnn"
     r = CliRunner().invoke(app, ["fmt", str(ROOT / "specs" / "char_mgu.yaml"), "--to", "rnn",

@@ -210,6 +210,7 @@ class CellDef:
     equations: tuple[Equation, ...]
     span: Span | None = _span()
     doc: str = field(default="", compare=False)
+    output_span: Span | None = _span()  # where `output NAME` is declared
 
 
 # ----------------------------------------------------------------------- spec
@@ -223,6 +224,9 @@ class Spec:
     model: CMap | None
     train: CMap | None
     source: Source | None = field(default=None, compare=False, repr=False)
+    # the comments of a .rnn file, (line, column, text), which `rnnc fmt` puts back
+    comments: tuple[tuple[int, int, str], ...] = field(default=(), compare=False, repr=False)
+    train_line: int | None = field(default=None, compare=False, repr=False)  # `train {`
 
     def cell(self, name: str) -> CellDef | None:
         for c in self.cells:

@@ -113,14 +113,23 @@ def _entry_words(v: Any) -> str:
     return value_str(v)
 
 
-def _cell_text(c: A.CellDef) -> list[str]:
-    lines = [f"cell {c.name}({', '.join(c.inputs)}) {{"]
-    for k, v in c.options.items:
-        lines.append(f"  option {k} = {value_str(v)}")
+_CLOSE = -1  # the anchor of a block's closing brace (see _with_comments)
+
+
+def _line(span: Any) -> int | None:
+    return getattr(span, "line", None)
+
+
+def _cell_text(c: A.CellDef) -> list[tuple[str, int | None]]:
+    """The cell's lines, each with the source line it came from (None: not known)."""
+    lines = [(f"cell {c.name}({', '.join(c.inputs)}) {{", _line(c.span))]
+    spans = c.options.key_spans or (None,) * len(c.options.items)
+    for (k, v), kspan in zip(c.options.items, spans, strict=False):
+        lines.append((f"  option {k} = {value_str(v)}", _line(kspan)))
     if c.states:
         parts = [s.name + (f"[{expr_str(s.size)}]" if s.size is not None else "")
                  for s in c.states]
-        lines.append("  state " + ", ".join(parts))
+        lines.append(("  state " + ", ".join(parts), _line(c.states[0].span)))
     for p in c.params:
         s = f"  param {p.name}"
         if p.shape is not None:
@@ -129,44 +138,96 @@ def _cell_text(c: A.CellDef) -> list[str]:
             s += f" init {expr_str(p.init)}"
         if p.none:
             s += " none"
-        lines.append(s)
+        lines.append((s, _line(p.span)))
     if c.output is not None:
-        lines.append(f"  output {c.output}")
+        lines.append((f"  output {c.output}", _line(c.output_span)))
     for eq in c.equations:
-        lines.append(f"  {eq.target}{chr(39) if eq.primed else ''} = {expr_str(eq.expr)}")
-    lines.append("}")
+        lines.append((f"  {eq.target}{chr(39) if eq.primed else ''} = {expr_str(eq.expr)}",
+                      _line(eq.span)))
+    lines.append(("}", _CLOSE))
     return lines
 
 
-def to_text(spec: A.Spec) -> str:
-    """The spec in the rnnc text language."""
+def _with_comments(lines: list[tuple[str, int | None]], spec: A.Spec) -> list[str]:
+    """Put the source's comments back between the printed lines.
+
+    A comment on a line of its own goes before the first printed line that comes from a
+    later source line (indented like it, if it was indented), or before a block's closing
+    brace when it was indented and nothing of the block follows it. A comment after code
+    goes at the end of the printed line that comes from that source line.
+    """
+    source = spec.source
+    anchors = [a for _, a in lines]
+    last_of = {a: i for i, a in enumerate(anchors) if a is not None and a != _CLOSE}
+    own, trailing = [], {}
+    for line, col, text in spec.comments:
+        before = source.line(line)[:col - 1] if source is not None else ""
+        if before.strip() and line in last_of:
+            trailing.setdefault(line, []).append(text)
+        else:  # on a line of its own, or after code that prints without it
+            own.append((line, 2 if before.strip() else col, text))
     out: list[str] = []
+    k = 0
+
+    def put(indent: str) -> None:
+        nonlocal k
+        line, col, text = own[k]
+        if source is not None and line > 1 and not source.line(line - 1).strip() and out \
+                and out[-1] != "":
+            out.append("")  # a blank line above the comment in the source is kept
+        out.append((indent if col > 1 else "") + text)
+        k += 1
+
+    for i, (text, anchor) in enumerate(lines):
+        indent = text[:len(text) - len(text.lstrip())]
+        if anchor == _CLOSE:
+            later = next((a for a in anchors[i + 1:] if a is not None and a != _CLOSE), None)
+            while k < len(own) and own[k][1] > 1 and (later is None or own[k][0] < later):
+                put("  ")
+        elif anchor is not None:
+            while k < len(own) and own[k][0] < anchor:
+                put(indent)
+        if anchor is not None and anchor != _CLOSE and last_of.get(anchor) == i \
+                and anchor in trailing:
+            text += "  " + "  ".join(trailing.pop(anchor))
+        out.append(text)
+    if k < len(own):  # the file's last comments
+        while out and out[-1] == "":
+            out.pop()
+        while k < len(own):
+            put("")
+    return out
+
+
+def to_text(spec: A.Spec) -> str:
+    """The spec in the rnnc text language (with the comments of a .rnn source)."""
+    out: list[tuple[str, int | None]] = []
     for c in spec.cells:
         if c.doc:
-            out.extend("# " + line for line in c.doc.splitlines())
+            out.extend(("# " + line, None) for line in c.doc.splitlines())
         out.extend(_cell_text(c))
-        out.append("")
-    if spec.model is not None:
-        name = spec.model.get("name")
-        head = f"model {name.value}" if isinstance(name, A.CScalar) else "model"
-        out.append(head + " {")
-        for k, v in spec.model.items:
-            if k == "name":
+        out.append(("", None))
+    for kind, block in (("model", spec.model), ("train", spec.train)):
+        if block is None:
+            continue
+        spans = block.key_spans or (None,) * len(block.items)
+        name = block.get("name") if kind == "model" else None
+        if isinstance(name, A.CScalar):
+            out.append((f"model {name.value} {{", _line(name.span)))
+        else:
+            out.append((kind + " {", spec.train_line if kind == "train" else None))
+        for (k, v), kspan in zip(block.items, spans, strict=False):
+            if kind == "model" and k == "name":
                 continue
-            if k == "layers" and isinstance(v, A.CList):
+            if kind == "model" and k == "layers" and isinstance(v, A.CList):
                 for layer in v.items:
-                    out.append(f"  layer {_entry_words(layer)}")
+                    out.append((f"  layer {_entry_words(layer)}", _line(layer.span)))
                 continue
-            out.append(f"  {k} {_entry_words(v)}")
-        out.append("}")
-        out.append("")
-    if spec.train is not None:
-        out.append("train {")
-        for k, v in spec.train.items:
-            out.append(f"  {k} {_entry_words(v)}")
-        out.append("}")
-        out.append("")
-    return "\n".join(out).rstrip("\n") + "\n"
+            out.append((f"  {k} {_entry_words(v)}", _line(kspan)))
+        out.append(("}", _CLOSE))
+        out.append(("", None))
+    lines = _with_comments(out, spec) if spec.comments else [t for t, _ in out]
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def to_data(spec: A.Spec) -> dict:

@@ -8,6 +8,7 @@ caret and a hint naming what was expected.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from importlib import resources
@@ -41,6 +42,9 @@ class _ParenNewlines:
             yield tok
 
 
+_comments: list[Token] = []  # the comments the lexer passed over in the current parse
+
+
 @functools.cache
 def _parser(start: str) -> Lark:
     return Lark(
@@ -50,6 +54,7 @@ def _parser(start: str) -> Lark:
         propagate_positions=True,
         maybe_placeholders=True,
         postlex=_ParenNewlines(),
+        lexer_callbacks={"COMMENT": _comments.append},
     )
 
 
@@ -185,6 +190,7 @@ class _Builder(Transformer):
             elif it is not None:
                 body.append(it)
         opts, opt_spans, states, params, output, eqs = [], [], [], [], None, []
+        output_span = None
         for kind, val in body:
             if kind == "option":
                 opts.append((val[0], val[1]))
@@ -196,14 +202,14 @@ class _Builder(Transformer):
             elif kind == "output":
                 if output is not None:
                     raise SpecError("a cell has one output declaration", val[1])
-                output = val[0]
+                output, output_span = val
             else:
                 eqs.append(val)
         span = self._span(name_tok)
         return A.CellDef(
             str(name_tok), tuple(inputs) or ("x",),
             A.CMap(tuple(opts), span, tuple(opt_spans)),
-            tuple(states), tuple(params), output, tuple(eqs), span,
+            tuple(states), tuple(params), output, tuple(eqs), span, output_span=output_span,
         )
 
     def option_decl(self, items):
@@ -449,12 +455,20 @@ def parse_value(text: str, name: str = "<value>") -> Any:
 
 def _parse(text: str, name: str, start: str, source: Source | None = None) -> Any:
     source = source or Source(name, text)
+    _comments.clear()
     try:
         tree = _parser(start).parse(text)
     except UnexpectedInput as err:
         raise _syntax_error(err, source) from None
+    comments = tuple((c.line, c.column, str(c).rstrip()) for c in _comments)
+    _comments.clear()
     try:
-        return _Builder(source).transform(tree)
+        result = _Builder(source).transform(tree)
+        if isinstance(result, A.Spec) and comments:
+            train_line = next((t.meta.line for t in tree.children
+                               if getattr(t, "data", None) == "train"), None)
+            result = dataclasses.replace(result, comments=comments, train_line=train_line)
+        return result
     except VisitError as err:
         if isinstance(err.orig_exc, SpecError):
             raise err.orig_exc from None

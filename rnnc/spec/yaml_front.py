@@ -163,6 +163,7 @@ def _cell(r: _Reader, name: str, node: yaml.Node, name_span: Span) -> A.CellDef:
     states: list[A.StateDecl] = []
     params: list[A.ParamDecl] = []
     output = None
+    output_span = None
     eqs: list[A.Equation] = []
     doc = ""
     for key, v, kspan in fields:
@@ -185,7 +186,7 @@ def _cell(r: _Reader, name: str, node: yaml.Node, name_span: Span) -> A.CellDef:
             for pname, pv, pspan in r.mapping(v, "params"):
                 params.append(_param(r, pname, pv, pspan))
         elif key == "output":
-            output = r.names(v, "output")[0][0]
+            output, output_span = r.names(v, "output")[0]
         elif key == "equations":
             for target, ev, espan in r.mapping(v, "equations"):
                 primed = target.endswith("'")
@@ -195,7 +196,7 @@ def _cell(r: _Reader, name: str, node: yaml.Node, name_span: Span) -> A.CellDef:
         else:
             raise _unknown_key(key, kspan, CELL_KEYS, f"cell '{name}'")
     return A.CellDef(name, inputs, options, tuple(states), tuple(params), output,
-                     tuple(eqs), name_span, doc)
+                     tuple(eqs), name_span, doc, output_span)
 
 
 def _param(r: _Reader, name: str, node: yaml.Node, span: Span) -> A.ParamDecl:
