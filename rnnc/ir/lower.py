@@ -600,10 +600,12 @@ class _CellLowerer:
             out = self.aliases[out_name]
         else:
             raise SpecError(f"output '{out_name}' is not a state or an equation",
-                            self.cdef.span, did_you_mean(out_name, list(self.aliases)
-                                                         + state_names))
+                            self.cdef.output_span or self.cdef.span,
+                            did_you_mean(out_name, list(self.aliases) + state_names))
         if out.const is not None or not out.batched:
-            raise SpecError(f"output '{out_name}' does not depend on the step", self.cdef.span)
+            raise SpecError(f"output '{out_name}' does not depend on the step",
+                            self.cdef.output_span or self.cdef.span,
+                            "the output must be computed from the input or the state")
         return self.finish(out.name, {s: self.primed[s].name for s in state_names})
 
     def _next_name(self, state: str) -> str:
