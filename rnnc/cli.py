@@ -131,13 +131,19 @@ def check(
         typer.echo(summary_text(program))
 
 
+_PASSES = ("fold_constants, cse, fuse_gates, reassociate, fuse_biases, hoist_inputs, dce "
+           "(in this order)")
+
+
 @app.command()
 @handles_errors
 def ir(
     spec: SpecArg,
-    after: Annotated[str | None, typer.Option(help="Show the IR after this pass.")] = None,
-    disable: Annotated[list[str] | None, typer.Option(help="Turn a pass off (repeatable).")
-                       ] = None,
+    after: Annotated[str | None, typer.Option(
+        help=f"Show the IR after this pass: {_PASSES}; or autodiff: the whole pipeline, then "
+        "each layer's backward IR.")] = None,
+    disable: Annotated[list[str] | None, typer.Option(
+        help=f"Turn a pass off (repeatable): {_PASSES}.")] = None,
     raw: Annotated[bool, typer.Option(help="The IR as lowered, before any pass.")] = False,
 ) -> None:
     """Print the IR (after the whole pass pipeline, or after --after PASS)."""
@@ -150,9 +156,18 @@ def ir(
     program = lower(load_spec(spec), base_dir=str(spec.parent))
     if raw:
         program = optimize(program, disable=PIPELINE)
+    elif after == "autodiff":
+        program = optimize(program, disable=disable or ())
     else:
         program = optimize(program, disable=disable or (), until=after)
     typer.echo(program_str(program), nl=False)
+    if after == "autodiff" and not raw:
+        from rnnc.ir.passes.autodiff import autodiff, grad_str, verify_grad
+
+        for layer in program.model.layers:
+            text = grad_str(verify_grad(autodiff(layer.cell)))
+            typer.echo(f"backward of layer {layer.name}\n"
+                       + "\n".join("  " + ln for ln in text.splitlines()))
 
 
 @app.command()

@@ -388,6 +388,27 @@ def test_ir_command_after_each_pass():
     assert r.exit_code == 1 and "unknown pass ''" in r.output  # not silently the whole pipeline
 
 
+def test_ir_after_autodiff_prints_the_backward_ir_and_help_lists_the_passes():
+    """The design notes call autodiff a pass, but `--after autodiff` was an unknown pass;
+    `rnnc ir --help` did not name the passes."""
+    from rnnc.cli import _PASSES
+    from rnnc.ir.passes import PIPELINE
+
+    assert _PASSES.startswith(", ".join(PIPELINE) + " ")
+    spec = str(ROOT / "specs" / "elman.rnn")
+    r = CliRunner().invoke(app, ["ir", spec, "--after", "autodiff"])
+    assert r.exit_code == 0, r.output
+    full = CliRunner().invoke(app, ["ir", spec]).output
+    assert r.output.startswith(full)
+    assert "backward of layer layer1\n  grad elman\n" in r.output
+    assert "param grads %W <- %d_W, %U <- %d_U, %b <- %d_b" in r.output
+    for cmd in (["ir", spec, "--disable", "autodiff"], ["compile", spec, "--disable", "autodiff"]):
+        r = CliRunner().invoke(app, cmd)
+        assert r.exit_code == 1 and "autodiff is not an optimisation pass" in r.output
+    r = CliRunner().invoke(app, ["ir", "--help"], env={"COLUMNS": "200"})
+    assert "fuse_biases, hoist_inputs, dce" in r.output
+
+
 def test_schema_is_json():
     r = CliRunner().invoke(app, ["schema"])
     assert r.exit_code == 0

@@ -22,6 +22,10 @@ PIPELINE: tuple[str, ...] = (
 def get_pass(name: str) -> Callable[[Cell], Cell]:
     from rnnc.errors import SpecError, did_you_mean
 
+    if name == "autodiff":
+        raise SpecError("autodiff is not an optimisation pass that can be turned off or "
+                        "stopped after", None, "it builds the backward IR that training runs; "
+                        "`rnnc ir SPEC --after autodiff` prints it")
     if name not in PIPELINE:
         raise SpecError(f"unknown pass '{name}'", None, did_you_mean(name, PIPELINE))
     return getattr(import_module(f"rnnc.ir.passes.{name}"), name)
