@@ -626,6 +626,20 @@ class _CellLowerer:
         self.vals[new] = v
         self._pending_dims = [(new if n == old else n, d) for n, d in self._pending_dims]
 
+    def _typo_hint(self, used: set[str]) -> str | None:
+        """A hint for a misspelt name, which became an undeclared parameter of unknown shape
+        (`U @ hh` for `U @ h`)."""
+        known = list(self.cdef.inputs) + [s.name for s in self.cdef.states] + [
+            e.target for e in self.cdef.equations] + [k for k, _ in self.cdef.options.items]
+        for pname, info in self.params.items():
+            if pname in used and pname not in self.decls and any(
+                    self.dims.size(d) is None for d in info.dims):
+                close = difflib.get_close_matches(pname, known, n=1, cutoff=0.6)
+                if close:
+                    return (f"'{pname}' is not an input, state, option or earlier equation, so "
+                            f"it is read as a parameter: did you mean '{close[0]}'?")
+        return None
+
     def finish(self, output: str, next_state: dict[str, str]) -> Cell:
         # resolve every dimension now that all equations have been seen
         sizes = {n: self.dims.size(d) for n, d in self._pending_dims}
@@ -642,7 +656,7 @@ class _CellLowerer:
             if info.kind == "pending" or any(s is None for s in shape):
                 raise ShapeError(
                     f"cannot infer the shape of parameter '{name}' in cell '{self.cdef.name}'",
-                    info.span, f"declare it: param {name}[rows, cols]")
+                    info.span, self._typo_hint(used) or f"declare it: param {name}[rows, cols]")
             params.append(self._param(name, info, shape))
         for i in instrs:
             if any(s is None for s in i.shape):
