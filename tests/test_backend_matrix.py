@@ -88,6 +88,14 @@ MIX_CELL = """cell mix(x) {
 }
 """
 
+# a cell that reads no input: its whole-sequence VJP loop has nothing to scan over but
+# the masks (the JAX backend's lax.scan needed an explicit length)
+DRIFT_CELL = """cell drift(x) {
+  state h
+  h' = tanh(U @ h + b)
+}
+"""
+
 DENSE = "dense(features: 3)"
 LAST = "softmax(at: last, classes: 4)"
 
@@ -132,6 +140,9 @@ CASES = {
         3,
         2,
         lengths=True,
+    ),
+    "cell_reading_no_input": Case(
+        model(["drift(hidden: 2)", "elman(hidden: 2)"], DENSE, cells=DRIFT_CELL), 3, 4
     ),
     # structure
     "stack+lengths+resets": Case(

@@ -354,8 +354,13 @@ def _vjp_sequence(cell):
         kts = {name: layout.scanned(k[name]) for name in v["time"]}
         unroll = UNROLL.get(jax.default_backend(), 1)
         carry0 = tuple(layout.lay(c) for c in carry0)
-        final, (ys, saved) = jax.lax.scan(
-            body, carry0, (kts, valid, resets), reverse=reverse, unroll=unroll
+        final, (ys, saved) = jax.lax.scan(  # length: a cell may read no input at all
+            body,
+            carry0,
+            (kts, valid, resets),
+            length=xs.shape[0],
+            reverse=reverse,
+            unroll=unroll,
         )
         if fm:  # (T, m, B) -> (T, B, m)
             ys, final = jnp.swapaxes(ys, 1, 2), tuple(c.T for c in final)
