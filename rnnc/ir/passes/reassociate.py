@@ -47,6 +47,14 @@ def reassociate(cell: Cell) -> Cell:
     uses[cell.output] += 1
     defs = {ins.name: ins for ins in cell.instrs}
     position = {name: k for k, name in enumerate(defs)}
+    # shape and batchedness of every name: a regrouped partial sum can read only parameters
+    # and constants (b1 + b2, 0.5 + 0.25), which is neither batched nor of the root's shape
+    shape = {p.name: p.shape for p in cell.params}
+    shape.update({v.name: (v.size,) for v in (*cell.inputs, *cell.states)})
+    shape.update({ins.name: ins.shape for ins in cell.instrs})
+    batched = {p.name: False for p in cell.params}
+    batched.update({v.name: True for v in (*cell.inputs, *cell.states)})
+    batched.update({ins.name: ins.batched for ins in cell.instrs})
 
     def chain(name: str, root: bool, inner: list[str]) -> list[str]:
         """The terms of the sum rooted at `name`; the single-use sums inside go to `inner`."""
@@ -74,7 +82,10 @@ def reassociate(cell: Cell) -> Cell:
             names = sorted(inner, key=position.__getitem__) + [ins.name]
             acc = terms[order[0]]
             for name, i in zip(names, order[1:], strict=True):
-                out.append(Instr(name, "add", (acc, terms[i]), ins.shape, True, (),
+                term = terms[i]
+                shape[name] = shape[acc] or shape[term]
+                batched[name] = batched[acc] or batched[term]
+                out.append(Instr(name, "add", (acc, term), shape[name], batched[name], (),
                                  ins.span, ins.comment))
                 acc = name
         return out
