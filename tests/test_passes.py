@@ -119,3 +119,37 @@ def test_whole_pipeline_keeps_numbers(cell, seed):
             if name != off:
                 alt = get_pass(name)(alt)
         _assert_same_numbers(out, alt, seed)
+
+
+def test_gated_feedback_parameters_do_not_depend_on_the_passes():
+    """A gated-feedback layer with no recurrent matmul U @ h (its state reached only through
+    a concatenation) has no feedback to gate: it used to get gate weights all the same,
+    dead code that fuse_gates fused with the next layer's live gates (both read h*), so the
+    model had two extra, never-trained parameters unless fuse_gates was disabled -- and
+    init_params drew different values for every other parameter."""
+    from rnnc.compiler import build
+    from rnnc.ir.lower import Sizes
+    from rnnc.spec import parse_spec
+
+    text = """cell c(x) {
+  state h
+  h' = tanh(W @ [x, h])
+}
+model m {
+  input dense(features: 3)
+  layer c(hidden: 2)
+  layer elman(hidden: 2)
+  head softmax(at: per_step, classes: 3)
+  stack gated_feedback
+}
+"""
+
+    def names(disable=()):
+        (layer,) = build(parse_spec(text, "gf.rnn"), Sizes(3, 3), disable).model.layers
+        return [p.name for p in layer.cell.params]
+
+    got = names()
+    assert not any(n.startswith(("layer1_wg_", "layer1_ug_")) for n in got), got
+    assert "layer2_ug_layer1" in got and "layer2_U_from_layer1" in got
+    for name in PIPELINE:
+        assert names((name,)) == got, name

@@ -17,7 +17,9 @@ the layers' states; the cell's parameters and states are named
 ``<layer>_<symbol>`` (so in the generated module ``gf.layer1_W_f``), the gate
 weights ``<layer j>_wg_<layer i>`` (shape ``(1, |x^j|)``) and
 ``<layer j>_ug_<layer i>`` (shape ``(1, sum H)``), and the new feedback
-matrices ``<layer j>_<U>_from_<layer i>``.
+matrices ``<layer j>_<U>_from_<layer i>``. A layer with no such matmul (its
+state read only element-wise or through a concatenation) has nothing to gate
+and gets no gate weights.
 """
 
 from __future__ import annotations
@@ -77,9 +79,12 @@ def gated_feedback_stack(layers: list[Layer], spec: A.Spec) -> list[Layer]:
         x_j, in_size = prev_out, layer.input_size
         params.extend(replace(p, name=pre + p.name) for p in cell.params)
         states.extend(Var(pre + s.name, s.size) for s in cell.states)
-        # the global reset gates g^{i->j}, one scalar per example: (B, 1)
+        # the global reset gates g^{i->j}, one scalar per example: (B, 1); only for a
+        # layer with a recurrent matmul U @ h_j to gate (otherwise they would be dead
+        # parameters that gate fusion can keep alive, fused with the next layer's)
         gates = []
-        for i, src in enumerate(layers):
+        feedback = any(ins.op == "matmul" and ins.args[1] == hid[j] for ins in cell.instrs)
+        for i, src in enumerate(layers if feedback else ()):
             w = Param(f"{pre}wg_{src.name}", (1, in_size), ("xavier_uniform", ()), (in_size, 1))
             u = Param(f"{pre}ug_{src.name}", (1, total), ("xavier_uniform", ()), (total, 1))
             params.extend([w, u])
