@@ -746,7 +746,18 @@ def _initialiser(e: A.Expr, env: dict[str, Any], pname: str) -> tuple[str, tuple
         raise SpecError(f"{name} takes {INITIALISERS[name]} argument(s), not {len(args)}",
                         e.span)
     values = tuple(float(_num(ceval(a, env, "an initialiser argument"), a)) for a in args)
+    # what init_params would refuse at run time (NumPy: 'high - low < 0', 'scale < 0')
+    if name == "uniform" and values[0] > values[1]:
+        raise SpecError(f"uniform({_fmt(values[0])}, {_fmt(values[1])}) of '{pname}' has its "
+                        "low bound above its high bound", e.span, "write uniform(low, high)")
+    if name == "normal" and values[0] < 0:
+        raise SpecError(f"normal({_fmt(values[0])}) of '{pname}' has a negative standard "
+                        "deviation", e.span, "normal(std) takes std >= 0")
     return (_INIT_ALIASES.get(name, name), values)
+
+
+def _fmt(v: float) -> str:
+    return str(int(v)) if v.is_integer() else repr(v)
 
 
 def _live(instrs: list[Instr], roots: set[str]) -> set[str]:
