@@ -17,6 +17,7 @@ import difflib
 import hashlib
 import json
 import keyword
+import math
 import re
 from dataclasses import dataclass, field, replace
 from functools import cache
@@ -448,7 +449,7 @@ class _CellLowerer:
                  "/": a.const / b.const if b.const != 0 else None}[e.op]
             if r is None:
                 raise self.err("division by zero", e.span)
-            return _Val(const=r, text=text)
+            return _Val(const=self._finite(r, text, e.span), text=text)
         if e.op == "/" and b.const == 0:  # a literal 0, a zero option, a switched-off term
             raise self.err("division by zero", e.span,
                            f"'{b.text}' is 0 here; divide by something that is not")
@@ -486,6 +487,13 @@ class _CellLowerer:
         names = (self.materialize(a, e.span), self.materialize(b, e.span))
         op = {"+": "add", "-": "sub", "*": "mul", "/": "div"}[e.op]
         return self.emit(op, names, out, e.span)
+
+    def _finite(self, value: float, text: str, span) -> float:
+        """A constant folded at compile time, refused when it overflows (inf or nan)."""
+        if not math.isfinite(value):
+            raise self.err(f"the constant '{text}' overflows: it is {value} in float64",
+                           span, "use smaller constants")
+        return value
 
     def matmul(self, a: _Val, b: _Val, e: A.BinOp, text: str) -> _Val:
         if a.const is not None or a.name not in self.params:
@@ -533,8 +541,9 @@ class _CellLowerer:
         if v.const is not None:
             from rnnc.ir.ops import ACT_FORWARD
 
-            val = eval(ACT_FORWARD[fn].format(xp="np", a=repr(float(v.const))), {"np": np})
-            return _Val(const=float(val), text=expr_str(e))
+            with np.errstate(over="ignore", invalid="ignore"):
+                val = eval(ACT_FORWARD[fn].format(xp="np", a=repr(float(v.const))), {"np": np})
+            return _Val(const=self._finite(float(val), expr_str(e), e.span), text=expr_str(e))
         if fn == "identity":
             return v
         if v.kind == "mat":
