@@ -145,6 +145,17 @@ CASES = {
         model(["drift(hidden: 2)", "elman(hidden: 2)"], DENSE, cells=DRIFT_CELL), 3, 4
     ),
     # structure
+    # six states in one combined cell: the JAX step's signature and docstring summary
+    # are longer than a line (they were not split: the module was not ruff-clean)
+    "gated_feedback_six_states": Case(
+        model(
+            ["lstm(hidden: 2)", "lstm(hidden: 2)", "lstm(hidden: 2)"],
+            extra="  stack gated_feedback\n",
+        ),
+        5,
+        4,
+        lengths=True,
+    ),
     "stack+lengths+resets": Case(
         model(["lstm(hidden: 3)", "gru(hidden: 3)"]), 5, 4, lengths=True, resets=True
     ),

@@ -340,11 +340,13 @@ class _CellEmitter:
         sig = ", ".join(["p", "inv", "hx", x] + states)
         state_list = ", ".join(f"{s.name}'" for s in cell.states)
         state_list += "," if len(cell.states) == 1 else ""
-        lines = [
-            f"def {self.fname}_step({sig}):",
-            f'    """{doc_text(title)} at one time step: (output, ({doc_text(state_list)})).',
-            "",
-        ]
+        summary = f'    """{doc_text(title)} at one time step: (output, ({doc_text(state_list)})).'
+        lines = call(f"def {self.fname}_step", sig.split(", "), tail=":")  # many states: split
+        if len(summary) <= WIDTH:
+            lines += [summary, ""]
+        else:  # the state names on lines of their own
+            lines += [f'    """{doc_text(title)} at one time step: (output, next state).', ""]
+            lines += _wrap_equation(f"next state: ({state_list})", 4) + [""]
         for eq in cell.equations:
             lines += _wrap_equation(eq, 4)
         lines.append('    """')
