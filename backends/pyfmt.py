@@ -118,13 +118,16 @@ def literal(obj: Any, prefix: str = "", suffix: str = "", indent: str = "") -> l
 
 
 class Seq:
-    """A list display ``[a, b, ...]`` as a :func:`call` argument (explodes when too long)."""
+    """A list display ``[a, b, ...]`` (or, with ``tuple=True``, a tuple display
+    ``(a, b, ...)``) as a :func:`call` argument (explodes when too long)."""
 
-    def __init__(self, items: Sequence[str]):
+    def __init__(self, items: Sequence[str], tuple: bool = False):  # noqa: A002
         self.items = list(items)
+        self.open, self.close = "()" if tuple else "[]"
+        self.one = "," if tuple and len(self.items) == 1 else ""  # (a,)
 
     def __str__(self) -> str:
-        return "[" + ", ".join(self.items) + "]"
+        return self.open + ", ".join(self.items) + self.one + self.close
 
 
 def _arg_lines(arg: Any, indent: str) -> list[str]:
@@ -132,7 +135,8 @@ def _arg_lines(arg: Any, indent: str) -> list[str]:
     flat = f"{indent}{arg},"
     if len(flat) <= WIDTH or not isinstance(arg, Seq):
         return [flat]
-    return [f"{indent}["] + [f"{indent}{INDENT}{item}," for item in arg.items] + [f"{indent}],"]
+    return ([f"{indent}{arg.open}"] + [f"{indent}{INDENT}{item}," for item in arg.items]
+            + [f"{indent}{arg.close},"])
 
 
 def call(head: str, args: Sequence[Any], indent: str = "", tail: str = "") -> list[str]:

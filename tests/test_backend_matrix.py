@@ -154,7 +154,7 @@ CASES = {
         ),
         5,
         4,
-        lengths=True,
+        resets=True,
     ),
     "stack+lengths+resets": Case(
         model(["lstm(hidden: 3)", "gru(hidden: 3)"]), 5, 4, lengths=True, resets=True

@@ -461,6 +461,16 @@ VJP_CASES = {
         tbptt_spec(2, 3).replace("gru(hidden: 3)", "gru(hidden: 3, direction: backward)"),
         True,
     ),
+    # six states in one cell: the step's return is split over lines, and its new state
+    # was a list there, which lax.scan refused as the carry (no lengths to make it a tuple)
+    "six_states": (
+        "cell deep(x) {\n  state hidden, memory, extra\n  hidden' = tanh(W @ x + U @ hidden)\n"
+        "  memory' = sigmoid(memory + hidden')\n  extra' = softsign(extra - memory')\n}\n"
+        "model g {\n  input onehot(vocab: 4)\n  layer deep(hidden: 2)\n"
+        "  layer deep(hidden: 2)\n  stack gated_feedback\n"
+        "  head softmax(at: per_step, classes: 4)\n}\n",
+        False,
+    ),
 }
 
 

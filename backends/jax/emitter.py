@@ -357,7 +357,9 @@ class _CellEmitter:
         new_t = "(" + ", ".join(new) + ("," if len(new) == 1 else "") + ")"
         ret = f"    return {self.ref(cell.output, 'body')}, {new_t}"
         if len(ret) > WIDTH:
-            ret = "\n".join(call("return ", [self.ref(cell.output, "body"), Seq(new)], "    "))
+            ret = "\n".join(  # the new state is a tuple (lax.scan's carry), never a list
+                call("return ", [self.ref(cell.output, "body"), Seq(new, tuple=True)], "    ")
+            )
         lines.append(ret)
         code.functions.append("\n".join(lines))
         code.entry["step"] = f"{self.fname}_step"
