@@ -529,6 +529,9 @@ class _CellLowerer:
                 raise self.err("clip takes 3 arguments: clip(v, lo, hi)", e.span)
             lo = ceval(e.args[1], self.denv, "a clip bound")
             hi = ceval(e.args[2], self.denv, "a clip bound")
+            if _num(lo, e.args[1]) > _num(hi, e.args[2]):
+                raise self.err(f"clip's lower bound {lo} is above its upper bound {hi}", e.span,
+                               "write clip(v, lo, hi) with lo <= hi")
             v = self.lower(e.args[0])
             if v.const is not None:
                 return _Val(const=float(np.clip(v.const, lo, hi)), text=expr_str(e))
