@@ -144,7 +144,9 @@ class _Problem:
     def _run(self, params, s: int, e: int, state):
         _, final = self.module.forward(params, self.xs[:, s:e], state, self._lengths(s, e),
                                        self._resets(s, e))
-        return {k: np.asarray(v) for k, v in final.items()}
+        # copies: a state a cell passes through unchanged (c' = c) comes back as the very
+        # array given, which the finite differences then perturb in place
+        return {k: np.array(v, dtype=np.float64) for k, v in final.items()}
 
     def boundary(self, params, p: int) -> dict[str, np.ndarray]:
         """The full run's state at position p, from runs over parts of the sequence only.

@@ -141,6 +141,18 @@ def test_gradcheck_spec_covers_truncation_windows(tmp_path):
     assert "the truncation itself is not checked; --steps 7" in short.render()
 
 
+def test_gradcheck_passthrough_state_under_truncation():
+    """A state passed through unchanged (c' = c), windows and no lengths: the state the
+    reference holds constant where a window starts came back from forward as the initial
+    state's own array, so perturbing that in place moved it too (state/layer1.c was
+    reported wrong, 0.27 relative error, though the module's gradient is right)."""
+    cell = ("cell keep(x) {\n  state h, c\n  h' = tanh(W @ x + U @ h + p * c)\n"
+            "  c' = c\n}\n")
+    text = cell + spec("keep(hidden: 3)", train="bptt k1 2")
+    rows = gradcheck(module_of(text), T=5, B=2, lengths=False, max_entries=3)
+    assert max(e for _, e in rows) < TOL, rows
+
+
 def test_gradcheck_catches_a_wrong_gradient():
     module = module_of(spec("elman(hidden: 3)"))
     broken = load_module(source_of(spec("elman(hidden: 3)")).replace(
