@@ -660,3 +660,24 @@ def test_contract_constants_equal_numpys(backend, spec, tmp_dir):
     for name in CONTRACT_DATA:
         assert getattr(mod, name) == getattr(ref, name), name
     assert ref.TRAIN["data"]["options"]["n"] > 0 and "hidden" in ref.MODEL["layers"][0]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_no_valid_step_is_loss_zero(backend, tmp_dir):
+    """A call with nothing to score (every length 0, T = 0, B = 0): loss 0 and zero
+    gradients in every backend (docs: "Head and loss"). The NumPy module raised a bare
+    ZeroDivisionError and the JAX module returned a nan loss."""
+    if not backend_available(backend):
+        pytest.skip(f"backend {backend} is not available")
+    mod = module(backend, "stack+lengths+resets", tmp_dir)
+    params = mod.init_params(0, "float64")
+    xs, ys = inputs_and_targets(mod, np.random.default_rng(0), 2, 3)
+    for args, lengths in (((xs, ys), np.array([0, 0])), ((xs[:, :0], ys[:, :0]), None),
+                          ((xs[:0], ys[:0]), None)):
+        loss, grads, _ = mod.loss_and_grad(params, *args, lengths=lengths)
+        assert float(loss) == 0.0
+        for k, g in grads.items():
+            assert np.all(np.asarray(g) == 0.0), k
+    _, _, _, metrics = mod.train_step(params, mod.init_opt_state(params), xs, ys, None,
+                                      np.array([0, 0]))
+    assert float(metrics["loss"]) == 0.0 and float(metrics["grad_norm"]) == 0.0

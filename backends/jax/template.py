@@ -462,10 +462,10 @@ def _scan_objective(params, enc, ys, state, valid, resets, drop, lengths, detach
     T = enc.shape[0]
     top, final, _ = _layers(params, enc, state, valid, resets, drop, detach_every, vjp=True)
     losses = _losses(params, _dropout(top, drop, "output"), _targets(ys, T))  # (T, B)
-    if valid is None:
-        return jnp.mean(losses), final
+    if valid is None:  # (no step at all, T = 0 or B = 0: loss 0)
+        return jnp.sum(losses) / max(losses.size, 1), final
     total = jnp.sum(jnp.where(valid, losses, jnp.zeros_like(losses)))
-    return total / jnp.sum(valid).astype(losses.dtype), final
+    return total / jnp.maximum(jnp.sum(valid), 1).astype(losses.dtype), final
 
 
 # --- section: last ---
@@ -481,7 +481,7 @@ def _scan_objective(params, enc, ys, state, valid, resets, drop, lengths, detach
     """Mean loss over the rows (each scored at its last valid step), and the final state."""
     top, final, _ = _layers(params, enc, state, valid, resets, drop, detach_every, vjp=True)
     h = _last(_dropout(top, drop, "output"), lengths)
-    return jnp.mean(_losses(params, h, ys)), final
+    return jnp.sum(_losses(params, h, ys)) / max(h.shape[0], 1), final
 
 
 # --- section: objective_full ---
@@ -573,7 +573,7 @@ def _window_objective(params, enc, ys, state, valid, resets, drop, lengths):
     weights = _loss_weights(lengths, T, B)  # (T, B): which steps count for the loss
     w_weights = spread(scored & real) & fold(weights)
     total = jnp.sum(jnp.where(w_weights, losses, jnp.zeros_like(losses)))
-    return total / jnp.sum(weights).astype(losses.dtype), final
+    return total / jnp.maximum(jnp.sum(weights), 1).astype(losses.dtype), final
 
 
 # --- section: lazy_tokens ---

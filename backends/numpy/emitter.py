@@ -430,7 +430,7 @@ class NumpyEmitter(ModuleEmitterBase):
                 out.append(f"{I1}targets = np.swapaxes(np.asarray(ys, dtype=dtype), 0, 1)")
                 tgt = "targets"
             out.append(f"{I1}logits = _matmul(z, W.T) + b")
-            out.append(f'{I1}n = float(m["weight"].sum())')
+            out.append(f'{I1}n = max(float(m["weight"].sum()), 1.0)  # no valid step: loss 0')
             out.append(f'{I1}loss, dlogits = _head_loss(logits, {tgt}, m["weight"], n)')
             out.append(f'{I1}grads = {{"head.W": _outer(dlogits, z), '
                        '"head.b": dlogits.sum(axis=(0, 1))}')
@@ -442,7 +442,7 @@ class NumpyEmitter(ModuleEmitterBase):
             out += call(f"{I1}loss, dlogits = _head_loss",
                         ["logits", "np.asarray(ys)" if h.kind == "softmax"
                          else "np.asarray(ys, dtype=dtype)", "np.ones(B, dtype=dtype)",
-                         "float(B)"])
+                         "float(max(B, 1))"])
             out.append(f'{I1}grads = {{"head.W": dlogits.T @ z_last, '
                        '"head.b": dlogits.sum(axis=0)}')
             out.append(f"{I1}dz = np.zeros_like(z)  # the adjoint of the head's input")

@@ -873,7 +873,7 @@ def loss_and_grad(
     # the head and the loss, a mean over the valid steps
     W, b = params["head.W"], params["head.b"]
     logits = _matmul(z, W.T) + b
-    n = float(m["weight"].sum())
+    n = max(float(m["weight"].sum()), 1.0)  # no valid step: loss 0
     loss, dlogits = _head_loss(logits, np.asarray(ys).T, m["weight"], n)
     grads = {"head.W": _outer(dlogits, z), "head.b": dlogits.sum(axis=(0, 1))}
     dz = _matmul(dlogits, W)  # the adjoint of the head's input

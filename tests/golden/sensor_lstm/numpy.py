@@ -958,7 +958,7 @@ def loss_and_grad(
     W, b = params["head.W"], params["head.b"]
     targets = np.swapaxes(np.asarray(ys, dtype=dtype), 0, 1)
     logits = _matmul(z, W.T) + b
-    n = float(m["weight"].sum())
+    n = max(float(m["weight"].sum()), 1.0)  # no valid step: loss 0
     loss, dlogits = _head_loss(logits, targets, m["weight"], n)
     grads = {"head.W": _outer(dlogits, z), "head.b": dlogits.sum(axis=(0, 1))}
     dz = _matmul(dlogits, W)  # the adjoint of the head's input

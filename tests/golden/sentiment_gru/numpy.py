@@ -732,7 +732,7 @@ def loss_and_grad(
     t_last, rows = _last_index(T, B, lengths)
     z_last = z[t_last, rows]  # each row's last valid step
     logits = z_last @ W.T + b
-    loss, dlogits = _head_loss(logits, np.asarray(ys), np.ones(B, dtype=dtype), float(B))
+    loss, dlogits = _head_loss(logits, np.asarray(ys), np.ones(B, dtype=dtype), float(max(B, 1)))
     grads = {"head.W": dlogits.T @ z_last, "head.b": dlogits.sum(axis=0)}
     dz = np.zeros_like(z)  # the adjoint of the head's input
     dz[t_last, rows] = dlogits @ W
