@@ -273,6 +273,8 @@ def docstring(text: str, indent: str = "") -> list[str]:
         raw += wrap(line, room, lead, lead + (INDENT if lead else ""))
     if len(raw) == 1 and len(indent) + len(raw[0]) + 6 <= WIDTH and not raw[0].endswith('"'):
         return [f'{indent}"""{raw[0]}"""']
+    if len(raw) == 1:  # ruff format puts a lone line's closing quotes after it: wrap it
+        raw = wrap(raw[0], WIDTH - len(indent) - 6, "", "")
     lines = [f'{indent}"""{raw[0]}'] + [(indent + r).rstrip() if r else "" for r in raw[1:]]
     lines.append(f'{indent}"""')
     return lines

@@ -96,6 +96,15 @@ DRIFT_CELL = """cell drift(x) {
 }
 """
 
+# long names: generated lines that do not fit are split, never refused (the JAX backend
+# raised "line too long" for a fused product such as layer1_hidden_state_next_proj)
+LONG_CELL = """cell longnames(x) {
+  state hidden_state, memory_s[2]
+  hidden_state' = tanh(W @ x + U @ hidden_state + V @ memory_s)
+  memory_s' = softsign(hidden_state[1:3] * memory_s + W2 @ hidden_state')
+}
+"""
+
 DENSE = "dense(features: 3)"
 LAST = "softmax(at: last, classes: 4)"
 
@@ -143,6 +152,27 @@ CASES = {
     ),
     "cell_reading_no_input": Case(
         model(["drift(hidden: 2)", "elman(hidden: 2)"], DENSE, cells=DRIFT_CELL), 3, 4
+    ),
+    "long_names_gated_feedback": Case(
+        model(
+            ["longnames(hidden: 3)", "mgu(hidden: 3)"],
+            cells=LONG_CELL,
+            extra="  stack gated_feedback\n",
+        ),
+        5,
+        4,
+        lengths=True,
+    ),
+    "long_layer_names": Case(
+        model(
+            [
+                "longnames(hidden: 3, name: first_recurrent_layer)",
+                "lstm(hidden: 3, peepholes: true, name: second_recurrent_layer)",
+            ],
+            cells=LONG_CELL,
+        ),
+        5,
+        4,
     ),
     # structure
     # six states in one combined cell: the JAX step's signature and docstring summary

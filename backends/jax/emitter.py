@@ -29,7 +29,18 @@ from rnnc.ir.ops import ACT_FORWARD, RUNTIME_HELPERS, render
 from rnnc.ir.passes.autodiff import CellGrad, autodiff, verify_grad
 
 from ..common import INPUT_CHECKS, ModuleEmitterBase, plain
-from ..pyfmt import WIDTH, Seq, call, clean, comment, doc_text, literal, py_str
+from ..pyfmt import (
+    WIDTH,
+    Seq,
+    call,
+    clean,
+    comment,
+    doc_text,
+    docstring,
+    literal,
+    py_str,
+    with_comment,
+)
 from .vjpgen import (
     FM_HELPERS,
     FeatureMajorVjpCode,
@@ -256,8 +267,8 @@ class _CellEmitter:
             code = "\n".join(call(f"{target} = jnp.concatenate", args, "    "))
         else:
             code = f"    {target} = {render(ins, 'jnp', names, OVERRIDES)}"
-        if "\n" not in code and len(code) > WIDTH:
-            raise BackendError(f"line too long in the JAX module for %{ins.name}", ins.span)
+        if "\n" not in code and len(code) > WIDTH:  # long names: split as ruff would
+            return with_comment(code[4:], "", "    ")
         if "\n" not in code:
             note = comment(ins.comment, width=WIDTH - len(code) - 2)
             shown = clean(ins.comment).strip()
@@ -323,11 +334,8 @@ class _CellEmitter:
             code.entry["invariant"] = "None"
 
         if hx_live:
-            lines = [
-                f"def {self.fname}_hoisted(p, inv, {x}):",
-                f'    """{doc_text(title)}: values of inputs and parameters only, for '
-                'every step at once."""',
-            ]
+            lines = [f"def {self.fname}_hoisted(p, inv, {x}):"] + docstring(
+                f"{title}: values of inputs and parameters only, for every step at once.", "    ")
             for ins in hx_live:
                 lines += self._instr_lines(ins, "hoisted")
             needed = self._used_by(body_live, hx_names, ends)

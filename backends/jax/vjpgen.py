@@ -45,7 +45,7 @@ from ..numpy.cellgen import (
     _ordered,
     _slice,
 )
-from ..pyfmt import WIDTH, Seq, call, docstring
+from ..pyfmt import WIDTH, Seq, call, docstring, with_comment
 
 
 JAX_ACT_FORWARD = dict(ACT_FORWARD, sigmoid="jax.nn.sigmoid({a})", relu="jax.nn.relu({a})")
@@ -322,7 +322,8 @@ class FeatureMajorVjpCode(VjpCellCode):
                 col = "[:, None]" if a in self.columns else ""
                 self.load(out, a, f'k["{a}"]{col}')
             if a in self.tname and any(i.op == "matmul_t" and i.args[0] == a for i in instrs):
-                out.append(f'{I1}{self.tname[a]} = k["{a}.T"]  # made once, outside the loop')
+                out += with_comment(f'{self.tname[a]} = k["{a}.T"]', "made once, outside the loop",
+                                    I1)
 
     def entry(self) -> dict[str, object]:
         return {

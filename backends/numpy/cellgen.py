@@ -357,9 +357,8 @@ class CellCode:
                 f"{I3}state = tuple(v * keep[t] for v in state)",
                 *call(f"{I2}new, ys[t] = {self.fns['step']}", ["k", "t", "*state", "tape"]),
                 f"{I2}if valid is not None:  # padded steps keep the state",
-                f"{I3}new = tuple(",
-                f"{I3}{I1}np.where(valid[t], n, v) for n, v in zip(new, state, strict=True)",
-                f"{I3})",
+                f"{I3}new = tuple(np.where(valid[t], n, v) "
+                "for n, v in zip(new, state, strict=True))",  # 90 columns: one line
                 f"{I2}state = new",
                 f"{I1}return ys, state",
             ]
