@@ -96,8 +96,9 @@ def literal(obj: Any, prefix: str = "", suffix: str = "", indent: str = "") -> l
     inner = indent + INDENT
     if isinstance(obj, str):
         pieces = split_string(obj, WIDTH - len(inner))
-        if len(pieces) == 1:
-            return [one]
+        if len(pieces) == 1 and len(inner + pieces[0]) > WIDTH:
+            return [one]  # nothing to split at
+        # (a string that fits only without its key: parenthesised, as ruff format keeps it)
         return [indent + prefix + "("] + [inner + p for p in pieces] + [indent + ")" + suffix]
     if isinstance(obj, dict) and obj:
         items = [(inline(k) + ": ", v) for k, v in obj.items()]

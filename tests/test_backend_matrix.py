@@ -105,6 +105,17 @@ LONG_CELL = """cell longnames(x) {
 }
 """
 
+# five states in a gated-feedback stack: the step's returned pair fits on one line
+# only inside the parentheses (ruff puts each element on its own line); an equation whose
+# text fits on a line only without its key in the module's SPEC (parenthesised)
+TRIO_CELL = """cell trio(x) {
+  state h, s[2], c
+  h' = tanh(W @ x + U @ h + V @ s)
+  s' = softsign(h[1:3] * s)
+  c' = softplus((U1 @ c + h) * (c + U2 @ h)) + sigmoid(W1 @ x) * tanh(U3 @ c - h) / 2
+}
+"""
+
 DENSE = "dense(features: 3)"
 LAST = "softmax(at: last, classes: 4)"
 
@@ -162,6 +173,15 @@ CASES = {
         5,
         4,
         lengths=True,
+    ),
+    "gated_feedback_three_state_cells": Case(
+        model(
+            ["trio(hidden: 3)", "mix(hidden: 3)"],
+            cells=TRIO_CELL + MIX_CELL,
+            extra="  stack gated_feedback\n",
+        ),
+        5,
+        4,
     ),
     "long_layer_names": Case(
         model(

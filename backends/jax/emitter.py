@@ -365,9 +365,15 @@ class _CellEmitter:
         new_t = "(" + ", ".join(new) + ("," if len(new) == 1 else "") + ")"
         ret = f"    return {self.ref(cell.output, 'body')}, {new_t}"
         if len(ret) > WIDTH:
-            ret = "\n".join(  # the new state is a tuple (lax.scan's carry), never a list
-                call("return ", [self.ref(cell.output, "body"), Seq(new, tuple=True)], "    ")
-            )
+            # ruff explodes the returned pair one element a line (it never hugs a tuple the
+            # way it hugs call arguments); the new state is a tuple (lax.scan's carry)
+            inner = "        "
+            seq = Seq(new, tuple=True)
+            flat = f"{inner}{seq},"
+            state_lines = [flat] if len(flat) <= WIDTH else (
+                [f"{inner}("] + [f"{inner}    {n}," for n in new] + [f"{inner}),"])
+            ret = "\n".join(["    return (", f"{inner}{self.ref(cell.output, 'body')},",
+                             *state_lines, "    )"])
         lines.append(ret)
         code.functions.append("\n".join(lines))
         code.entry["step"] = f"{self.fname}_step"
