@@ -254,7 +254,7 @@ class _CellLowerer:
             size = hidden if s.size is None else ceval(s.size, denv, f"the size of state {s.name}")
             if not isinstance(size, int | float) or isinstance(size, bool) or size < 1 or \
                     size != int(size):
-                raise SpecError(f"state '{s.name}' has size {size!r}", s.span,
+                raise SpecError(f"state '{s.name}' has size {_whole(size)!r}", s.span,
                                 "a size must be a positive integer")
             d = self.dims.new(int(size))
             self.vals[s.name] = _Val(name=s.name, dims=(d,), batched=True, text=s.name)
@@ -404,9 +404,12 @@ class _CellLowerer:
             if v.const is not None or n is None:
                 raise self.shape_err(f"cannot slice '{v.text}' (its size is not known)", e.span)
             if not (isinstance(lo, int | float) and isinstance(hi, int | float)
-                    and lo == int(lo) and hi == int(hi) and 0 <= lo < hi <= n):
-                raise self.shape_err(f"slice [{lo}:{hi}] is out of range for size {n}", e.span,
-                                     f"bounds must satisfy 0 <= lo < hi <= {n}")
+                    and lo == int(lo) and hi == int(hi)):
+                raise self.shape_err(f"slice [{_whole(lo)}:{_whole(hi)}]: its bounds must be "
+                                     "integers", e.span, f"bounds must satisfy 0 <= lo < hi <= {n}")
+            if not 0 <= lo < hi <= n:
+                raise self.shape_err(f"slice [{_whole(lo)}:{_whole(hi)}] is out of range for size "
+                                     f"{n}", e.span, f"bounds must satisfy 0 <= lo < hi <= {n}")
             out = _Val(dims=(self.dims.new(int(hi - lo)),), batched=v.batched, text=expr_str(e))
             return self.emit("slice", (v.name,), out, e.span, lo=int(lo), hi=int(hi))
         raise self.err(f"unsupported expression {expr_str(e)}", getattr(e, "span", None))
@@ -766,6 +769,11 @@ def _initialiser(e: A.Expr, env: dict[str, Any], pname: str) -> tuple[str, tuple
         raise SpecError(f"normal({_fmt(values[0])}) of '{pname}' has a negative standard "
                         "deviation", e.span, "normal(std) takes std >= 0")
     return (_INIT_ALIASES.get(name, name), values)
+
+
+def _whole(v: Any) -> Any:
+    """A number computed in floats shown as the spec wrote it: 3.0 as 3, 2.5 as 2.5."""
+    return int(v) if isinstance(v, float) and math.isfinite(v) and v.is_integer() else v
 
 
 def _fmt(v: float) -> str:
