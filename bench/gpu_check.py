@@ -43,11 +43,14 @@ train {{
 """
 
 
-def emit(out_dir: Path, H: int, unrolls: list[int] | None = None) -> list[Path]:
+def emit(
+    out_dir: Path, H: int, unrolls: list[int] | None = None, autodiff: bool = False
+) -> list[Path]:
     """Generate the module with rnnc (run this where rnnc is installed).
 
     Writes ``charlm_jax.py`` and, for each extra lax.scan unroll factor,
-    ``charlm_jax_u<k>.py``.
+    ``charlm_jax_u<k>.py``; with ``autodiff``, ``charlm_jax_autodiff.py`` too (JAX's
+    autodiff through ``lax.scan`` instead of the generated whole-sequence custom VJP).
     """
     from rnnc.backends.jax.emitter import emit as emit_jax
     from rnnc.compiler import build
@@ -61,7 +64,15 @@ def emit(out_dir: Path, H: int, unrolls: list[int] | None = None) -> list[Path]:
     for k in unrolls or []:
         paths.append(out_dir / f"charlm_jax_u{k}.py")
         paths[-1].write_text(emit_jax(program, unroll=k))
+    if autodiff:
+        paths.append(out_dir / "charlm_jax_autodiff.py")
+        paths[-1].write_text(emit_jax(program, vjp=False))
     return paths
+
+
+def set_batch(b: int) -> None:
+    global B
+    B = b
 
 
 def load(path: Path):
@@ -275,19 +286,27 @@ def main(argv: list[str] | None = None) -> int:
         "default: generate one now, which needs rnnc",
     )
     ap.add_argument("--H", type=int, default=512, help="LSTM width for --emit (default 512)")
+    ap.add_argument(
+        "--autodiff",
+        action="store_true",
+        help="with --emit (or no --module): also a variant differentiated by JAX's autodiff "
+        "through lax.scan instead of the generated custom VJP",
+    )
+    ap.add_argument("--batch", type=int, default=B, help=f"batch size (default {B})")
     ap.add_argument("--steps", type=int, default=30, help="timed calls (default 30)")
     ap.add_argument("--cpu-timing", action="store_true", help="also time the module on CPU")
     args = ap.parse_args(argv)
+    set_batch(args.batch)
     unrolls = [int(u) for u in args.unroll.split(",") if u.strip()]
     if args.emit is not None:
-        for path in emit(args.emit, args.H, unrolls):
+        for path in emit(args.emit, args.H, unrolls, args.autodiff):
             print(path)
         return 0
     modules = args.module
     if not modules:
         import tempfile
 
-        modules = emit(Path(tempfile.mkdtemp(prefix="rnnc-gpu-")), args.H, unrolls)
+        modules = emit(Path(tempfile.mkdtemp(prefix="rnnc-gpu-")), args.H, unrolls, args.autodiff)
     return run(modules, args.steps, args.cpu_timing)
 
 

@@ -648,7 +648,9 @@ def test_feature_major_loops_match_batch_major(case, tmp_dir):
     [("lstm(hidden: 512)", True, 32), ("gru(hidden: 512)", True, 32),
      ("mgu(hidden: 512)", True, 16), ("lstm(hidden: 256)", False, 0)],
 )
-def test_feature_major_is_chosen_for_wide_recurrent_products(layer, emitted, train, tmp_dir):
+def test_feature_major_is_chosen_for_wide_recurrent_products(
+    layer, emitted, train, tmp_dir, monkeypatch
+):
     """layout="auto" emits the feature-major pair where fm_max_batch says it pays: for
     forward from a 512 x 512 recurrent product on at any batch size, for the training
     objectives up to B = 32 with >= 1024 outputs from >= 512 inputs, up to B = 16 with
@@ -663,7 +665,11 @@ def test_feature_major_is_chosen_for_wide_recurrent_products(layer, emitted, tra
     if not emitted:
         return
     assert f'"train_max_batch": {train},' in source
+    import jax
+
     mod = load(source, tmp_dir)
+    # the choice made where FEATURE_MAJOR asks for the pair (CPU; on a GPU host too)
+    monkeypatch.setitem(mod.FEATURE_MAJOR, jax.default_backend(), True)
     (v,) = [c["vjp"] for c in mod.CELLS.values()]
     for batch in (1, train, train + 1, 4096):
         assert mod._loop_layout(v, "step", batch, training=False)[0] is v["feature_major"]
@@ -848,12 +854,13 @@ def test_train_step_defers_full_collections_and_picks_the_platform_step(tmp_dir,
     import jax
 
     mod = load(emit(tbptt_spec(3, 3, layers=1).split("train")[0], 4, 4), tmp_dir)
-    params = mod.init_params(0)
+    params = jax.device_put(mod.init_params(0), jax.devices("cpu")[0])  # also on a GPU host
     xs = np.random.default_rng(3).integers(0, 4, (2, 5))
-    assert jax.default_backend() == "cpu"
     assert mod._jitted_train_step(params, None) is mod._TRAIN_STEPS["cpu"]
+    # NumPy arrays: the default device's
+    default = "cpu" if jax.default_backend() == "cpu" else "other"
     assert mod._jitted_train_step({k: np.asarray(v) for k, v in params.items()}, None) is (
-        mod._TRAIN_STEPS["cpu"]
+        mod._TRAIN_STEPS[default]
     )
     assert mod.CPU_COMPILER_OPTIONS == {"xla_backend_optimization_level": 1}
     # the -O1 step computes what the default-options step computes

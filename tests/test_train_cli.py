@@ -742,6 +742,7 @@ def test_data_parallel_over_two_host_devices(tmp_path):
                  .replace("reber(n: 240)", "reber(n: 250)"))  # 200 to train: a last batch of 8
     env = dict(os.environ)
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count=2 {xla_flags.fast_compile()}"
+    env["JAX_PLATFORMS"] = "cpu"  # the forced host devices, also on a machine with a GPU
     runs = {}
     for devices in ("1", "2"):
         run = tmp_path / f"run{devices}"
