@@ -379,6 +379,24 @@ def test_plot_curves(reber_run, tmp_path):
     assert _is_png(out) and str(out) in result.output
 
 
+def test_plot_curves_shows_the_gradient_norm(monkeypatch, tmp_path):
+    """The curves figure has a log-scale panel of grad_norm per step (exploding
+    gradients show as a straight climb), with the clip threshold as a dashed line."""
+    from rnnc.train import plotting
+
+    figs = []
+    monkeypatch.setattr(plotting, "_save", lambda fig, path: figs.append(fig))
+    records = [{"kind": "train", "step": s, "loss": 1.0, "grad_norm": 10.0 ** s}
+               for s in range(1, 6)]
+    records.append({"kind": "train", "step": 6, "loss": 1.0, "grad_norm": float("inf")})
+    plotting.plot_curves(records, "loss", tmp_path / "c.png", clip_norm=5.0)
+    ax = [a for a in figs[0].axes if "gradient norm" in a.get_title()]
+    assert len(ax) == 1 and ax[0].get_yscale() == "log"
+    lines = {line.get_label(): line for line in ax[0].get_lines()}
+    assert list(lines["per step"].get_ydata()) == [10.0 ** s for s in range(1, 6)]
+    assert list(lines["clip norm 5"].get_ydata()) == [5.0, 5.0]
+
+
 def test_plot_gates(reber_run, tmp_path):
     out = tmp_path / "gates.png"
     result = rnnc("plot", reber_run[1], "--gates", "BTSSXXTVVE", "-o", out)

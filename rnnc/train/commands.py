@@ -174,16 +174,23 @@ def _plot(
              "(e.g. BTSSXXTVVE) or an example SPLIT:INDEX (e.g. test:0).")] = None,
     checkpoint: Annotated[str, typer.Option(help="best or latest (for --gates).")] = "best",
 ) -> None:
-    """PNG of a run's training and validation curves, or of its gates over one input."""
+    """PNG of a run's training and validation curves and gradient norm, or of its gates
+    over one input."""
     from rnnc.train.plotting import plot_curves
     from rnnc.train.runs import read_metrics, read_run
 
     run_dir = Path(run_dir)
     record = read_run(run_dir)
     if gates is None:
+        from rnnc.ir.lower import validate
+        from rnnc.spec import load_spec
+
         path = output or run_dir / "curves.png"
+        _, train_cfg = validate(load_spec(run_dir / record["spec_copy"]))
+        clip_norm = (train_cfg.get("clip") or {}).get("norm")
         plot_curves(read_metrics(run_dir), record["metric"], path,
-                    title=f"{Path(record['spec']).name} ({record['backend']})")
+                    title=f"{Path(record['spec']).name} ({record['backend']})",
+                    clip_norm=clip_norm)
         typer.echo(f"wrote {path}")
         return
     from rnnc.compiler import build

@@ -37,15 +37,34 @@ def _smooth(values: np.ndarray, width: int) -> np.ndarray:
     return np.concatenate([head, np.convolve(values, kernel, mode="valid")])
 
 
-def plot_curves(records: list[dict[str, Any]], metric: str, path: Path, title: str = "") -> None:
-    """Loss (training steps and validation epochs) and the validation metric(s)."""
+def plot_curves(records: list[dict[str, Any]], metric: str, path: Path, title: str = "",
+                clip_norm: float | None = None) -> None:
+    """Loss (training steps and validation epochs), the validation metric(s) and the
+    global gradient norm before clipping at every step (log scale; `clip_norm`, the
+    spec's `clip norm`, is drawn as a dashed line), where exploding or vanishing
+    gradients show."""
     steps = [r for r in records if r.get("kind") == "train"]
     vals = [r for r in records if r.get("kind") == "val"]
     if not steps and not vals:
         raise TrainError("the run has no metrics to plot yet",
                          hint="train first; metrics.jsonl fills in as it runs")
     plt = _pyplot()
-    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_loss, ax_metric, ax_grad) = plt.subplots(1, 3, figsize=(16, 4))
+    norms = [(r["step"], float(r["grad_norm"])) for r in steps if "grad_norm" in r]
+    if norms:
+        gx = np.array([s for s, _ in norms])
+        gy = np.array([g for _, g in norms])
+        ok = np.isfinite(gy) & (gy > 0)  # a log axis cannot show 0, inf or nan
+        ax_grad.plot(gx[ok], gy[ok], color="tab:red", lw=0.8, label="per step")
+        if clip_norm is not None:
+            ax_grad.axhline(clip_norm, color="black", ls="--", lw=1,
+                            label=f"clip norm {clip_norm:g}")
+        if ok.any():
+            ax_grad.set_yscale("log")
+        ax_grad.legend()
+    ax_grad.set_xlabel("step")
+    ax_grad.set_title("gradient norm (before clipping)")
+    ax_grad.grid(alpha=0.3)
     if steps:
         x = np.array([r["step"] for r in steps])
         y = np.array([r["loss"] for r in steps], dtype=float)
@@ -65,6 +84,9 @@ def plot_curves(records: list[dict[str, Any]], metric: str, path: Path, title: s
         ax_metric.set_title(f"validation {metric}")
         ax_metric.grid(alpha=0.3)
         ax_metric.legend()
+    else:
+        ax_metric.text(0.5, 0.5, "no validation epoch yet", ha="center", va="center",
+                       transform=ax_metric.transAxes)
     ax_loss.set_xlabel("step")
     ax_loss.set_ylabel("loss")
     ax_loss.set_title("loss")
