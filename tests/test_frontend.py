@@ -491,3 +491,22 @@ def test_arbitrary_text_only_raises_spec_errors(text, name):
         lower(parse_spec(text, name), Sizes(4, 4))
     except RnncError as err:
         err.render()
+
+
+@pytest.mark.parametrize("separator", ["", ', doc_separator: "\\n\\n"'])
+def test_reset_document_needs_a_doc_separator(separator, tmp_path):
+    """`reset document` on text without a doc_separator would silently never reset."""
+    (tmp_path / "t.txt").write_text("ab ba\n\nba ab\n\n" * 20, encoding="utf-8")
+    spec = tmp_path / "s.rnn"
+    spec.write_text("model m {\n  input onehot(vocab: auto)\n  layer elman(hidden: 4)\n"
+                    "  head softmax per_step\n}\ntrain {\n"
+                    f'  data text(path: "t.txt", window: 8{separator})\n'
+                    "  reset document\n}\n", encoding="utf-8")
+    if separator:
+        assert build(load_spec(spec), base_dir=tmp_path).model.param_count > 0
+        return
+    with pytest.raises(RnncError) as info:
+        build(load_spec(spec), base_dir=tmp_path)
+    assert "reset document needs documents, but the text data has no doc_separator" in str(
+        info.value.render())
+    assert info.value.span.line == 8

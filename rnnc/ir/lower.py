@@ -1035,6 +1035,16 @@ def _plan(cfg: dict, model_cfg: dict, spec: A.Spec) -> TrainPlan:
                             spec.train.key_span("bptt"),
                             "every k1 steps rnnc backpropagates the last k1 losses through k2 "
                             "steps, so k2 >= k1")
+    data_name, data_opts = cfg["data"]
+    if cfg["reset"] == "document" and not (data_name == "text"
+                                           and (data_opts or {}).get("doc_separator")):
+        what = ("the text data has no doc_separator" if data_name == "text"
+                else f"the data '{data_name}' is not text")
+        raise SpecError(f"reset document needs documents, but {what}",
+                        spec.train.key_span("reset"),
+                        'give the text data a separator: data text(path: "...", '
+                        'doc_separator: "\\n\\n"); sequence datasets reset at every '
+                        "sequence already")
     up_name, up_opts = cfg["updater"]
     if up_opts is None:
         from rnnc.backends.numpy.runtime_optim import UPDATER_DEFAULTS
