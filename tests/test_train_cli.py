@@ -397,6 +397,34 @@ def test_plot_curves_shows_the_gradient_norm(monkeypatch, tmp_path):
     assert list(lines["clip norm 5"].get_ydata()) == [5.0, 5.0]
 
 
+def test_input_gradient_norms_average_the_valid_steps():
+    """Mean over the examples whose length covers t of ||d loss / d x_t||, NaN past all."""
+    from rnnc.train.commands import input_gradient_norms
+
+    g = np.zeros((2, 4, 2))
+    g[0, :, 0] = [3.0, 3.0, 3.0, 99.0]  # example 0 has length 3: its step 3 is padding
+    g[1, :, 1] = [4.0, 0.0, 0.0, 0.0]   # example 1 has length 1
+    seen = {}
+
+    class Module:
+        def loss_and_grad(self, params, x, y, lengths=None, resets=None, wrt_inputs=False):
+            seen.update(wrt_inputs=wrt_inputs, lengths=lengths)
+            return 0.0, {"xs": g}, None
+
+    out = input_gradient_norms(Module(), {}, None, None, np.array([3, 1]))
+    assert seen["wrt_inputs"] is True
+    np.testing.assert_allclose(out[:3], [3.5, 3.0, 3.0])  # t >= 1: example 0 only
+    assert np.isnan(out[3])
+
+
+def test_plot_input_grads(reber_run, tmp_path):
+    out = tmp_path / "grads.png"
+    result = rnnc("plot", reber_run[1], "--input-grads", "test", "-o", out)
+    assert _is_png(out) and "test examples" in result.output
+    result = rnnc("plot", reber_run[1], "--input-grads", "tset", code=1)
+    assert "unknown split 'tset'" in result.output
+
+
 def test_plot_gates(reber_run, tmp_path):
     out = tmp_path / "gates.png"
     result = rnnc("plot", reber_run[1], "--gates", "BTSSXXTVVE", "-o", out)

@@ -172,15 +172,28 @@ def _plot(
     gates: Annotated[str | None, typer.Option(
         help="Plot every gate's activation over this input instead: a string of symbols "
              "(e.g. BTSSXXTVVE) or an example SPLIT:INDEX (e.g. test:0).")] = None,
-    checkpoint: Annotated[str, typer.Option(help="best or latest (for --gates).")] = "best",
+    input_grads: Annotated[str | None, typer.Option(
+        "--input-grads",
+        help="Plot how far back the error reaches instead: the norm of the loss's gradient "
+             "with respect to the input at each step, averaged over up to 64 examples of "
+             "this split (train, val or test), at initialisation and at the checkpoint.")
+    ] = None,
+    checkpoint: Annotated[str, typer.Option(
+        help="best or latest (for --gates and --input-grads).")] = "best",
 ) -> None:
-    """PNG of a run's training and validation curves and gradient norm, or of its gates
-    over one input."""
+    """PNG of a run's training and validation curves and gradient norm, of its gates
+    over one input, or of its input gradients over time."""
     from rnnc.train.plotting import plot_curves
     from rnnc.train.runs import read_metrics, read_run
 
     run_dir = Path(run_dir)
     record = read_run(run_dir)
+    if gates is not None and input_grads is not None:
+        raise TrainError("--gates and --input-grads draw different figures",
+                         hint="pick one of them")
+    if input_grads is not None:
+        _plot_input_grads(run_dir, record, input_grads, checkpoint, output)
+        return
     if gates is None:
         from rnnc.ir.lower import validate
         from rnnc.spec import load_spec
@@ -209,6 +222,55 @@ def _plot(
     path = output or run_dir / "gates.png"
     plot_gates(result.gates, labels, path, title=f"gate activations, {cp.path.name}")
     typer.echo(f"wrote {path} ({len(result.gates)} gates over {xs.shape[1]} steps)")
+
+
+def input_gradient_norms(module, params, x, y, lengths, resets=None) -> np.ndarray:
+    """``(T,)`` mean over the examples of ``||d loss / d x_t||`` at each step ``t`` (the
+    encoded input: one-hot or embedded tokens, or the features), over the examples
+    whose length covers ``t``; NaN where none does."""
+    _, grads, _ = module.loss_and_grad(params, x, y, lengths=lengths, resets=resets,
+                                       wrt_inputs=True)
+    norms = np.linalg.norm(np.asarray(grads["xs"], dtype=np.float64), axis=2)
+    valid = np.arange(norms.shape[1])[None, :] < np.asarray(lengths)[:, None]
+    count = valid.sum(axis=0)
+    total = np.where(valid, norms, 0.0).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def _plot_input_grads(run_dir: Path, record: dict, split_name: str, checkpoint: str,
+                      output: Path | None) -> None:
+    from rnnc.errors import did_you_mean
+    from rnnc.train.driver import build_data, check_data_fits, load_run_checkpoint, open_run
+    from rnnc.train.plotting import plot_input_grads
+
+    if split_name not in ("train", "val", "test"):
+        raise TrainError(f"unknown split '{split_name}'",
+                         hint=did_you_mean(split_name, ["train", "val", "test"]))
+    _, c = open_run(run_dir, with_data=False)
+    ds = build_data(c.spec, c.train_cfg, Path(record["base_dir"]))
+    check_data_fits(record, ds, run_dir)
+    split = ds.split(split_name)
+    n = min(64, len(split))
+    if n == 0:
+        raise TrainError(f"the {split_name} split of the dataset is empty")
+    dtype = c.program.train.dtype
+    x, y, lengths = split.x[:n], split.y[:n], split.lengths[:n]
+    x = x.astype(dtype) if x.dtype.kind == "f" else x
+    y = y.astype(dtype) if y.dtype.kind == "f" else y
+    resets = None
+    if c.train_cfg.get("reset") == "document" and split.resets is not None:
+        resets = split.resets[:n]
+    cp = load_run_checkpoint(run_dir, record, c, checkpoint)
+    start = c.module.init_params(seed=c.program.train.seed, dtype=dtype)
+    curves = {"at initialisation": input_gradient_norms(c.module, start, x, y, lengths, resets),
+              f"{checkpoint} checkpoint (step {cp.step})":
+                  input_gradient_norms(c.module, cp.params, x, y, lengths, resets)}
+    path = output or run_dir / "input_grads.png"
+    head = c.program.model.head.at
+    plot_input_grads(curves, path, title=f"{Path(record['spec']).name}: |d loss / d x_t|, "
+                     f"{n} {split_name} examples, head at {head}")
+    typer.echo(f"wrote {path} ({n} {split_name} examples, {x.shape[1]} steps)")
 
 
 def register(app) -> None:

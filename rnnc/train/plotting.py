@@ -98,6 +98,28 @@ def plot_curves(records: list[dict[str, Any]], metric: str, path: Path, title: s
     plt.close(fig)
 
 
+def plot_input_grads(curves: dict[str, np.ndarray], path: Path, title: str = "") -> None:
+    """One line per parameter set: the mean norm of d loss / d x_t by time step t, on a
+    log scale. With a head at the last step, how fast it falls going back in time is
+    how fast the error signal vanishes."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for label, values in curves.items():
+        values = np.asarray(values, dtype=float)
+        ok = np.isfinite(values) & (values > 0)
+        ax.plot(np.arange(len(values))[ok], values[ok], lw=1.5, label=label)
+    if any((np.asarray(v, dtype=float) > 0).any() for v in curves.values()):
+        ax.set_yscale("log")
+    ax.set_xlabel("time step t")
+    ax.set_ylabel("mean |d loss / d x_t|")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title, fontsize=9)
+    _save(fig, path)
+    plt.close(fig)
+
+
 def plot_gates(gates: dict[str, np.ndarray], labels: list[str], path: Path,
                title: str = "") -> None:
     """One heatmap per gate: units (rows) by time steps (columns), values in [0, 1]."""
