@@ -525,3 +525,60 @@ def test_readable_step_functions():
     assert "np.concatenate(" in bwd and "@ Wcat_h" in bwd and "_outer" not in bwd
     post = src[src.index("def lstm_backward_hoisted("):src.index("def lstm_backward(")]
     assert "_outer(d_h_proj, h)" in post  # the hoisted weight gradient: one product
+
+
+# ------------------------------------- classic cells that PyTorch has no module for
+
+
+def _sig(v):
+    return 1.0 / (1.0 + np.exp(-v))
+
+
+def _classic_step(cell, p, x, h, c):
+    """One step of the textbook equations, written out independently of specs/lib/."""
+    def lin(g):
+        return p[f"W_{g}"] @ x + p[f"U_{g}"] @ h + p[f"b_{g}"]
+
+    if cell == "elman_softsign":  # h' = softsign(W x + U h + b)
+        a = p["W"] @ x + p["U"] @ h + p["b"]
+        return a / (1.0 + np.abs(a)), c
+    if cell == "gru_before":  # Cho et al. 2014: the reset gate scales h before U_n
+        z, r = _sig(lin("z")), _sig(lin("r"))
+        n = np.tanh(p["W_n"] @ x + p["U_n"] @ (r * h) + p["b_n"])
+        return (1.0 - z) * n + z * h, c
+    # LSTM, Gers et al.: peepholes read c_{t-1} for i and f, c_t for o
+    peep = cell == "lstm_peephole"
+    f = _sig(lin("f") + (p["p_f"] * c if peep else 0.0))
+    i = 1.0 - f if cell == "lstm_coupled" else _sig(lin("i") + (p["p_i"] * c if peep else 0.0))
+    c_new = f * c + i * np.tanh(lin("g"))
+    o = _sig(lin("o") + (p["p_o"] * c_new if peep else 0.0))
+    return o * np.tanh(c_new), c_new
+
+
+@pytest.mark.parametrize("cell, layer", [
+    ("elman_softsign", "elman(hidden: 4, act: softsign)"),
+    ("gru_before", 'gru(hidden: 4, reset: "before")'),
+    ("lstm_peephole", "lstm(hidden: 4, peepholes: true)"),
+    ("lstm_coupled", "lstm(hidden: 4, coupled: true)"),
+])
+def test_classic_cells_match_their_textbook_equations(cell, layer):
+    """The forward pass of the library cells PyTorch cannot check (test_oracles_torch
+    covers nn.RNN/LSTM/GRU), against the equations written out in NumPy, from a
+    non-zero state and with random (not initial) parameters."""
+    text = (f"model m {{\n  input dense(features: 3)\n  layer {layer}\n"
+            "  head linear per_step\n}\n")
+    m = load_module(source_for(program_from_text(text, 3, 2)))
+    rng = np.random.default_rng(7)
+    params = {k: rng.uniform(-0.8, 0.8, size=s) for k, s in m.PARAM_SHAPES.items()}
+    state = {k: rng.uniform(-0.5, 0.5, size=(2,) + tuple(s)) for k, s in m.STATE_SHAPES.items()}
+    xs = rng.normal(size=(2, 6, 3))
+    ys, final = m.forward(params, xs, state=state)
+    p = {k.split(".", 1)[1]: v for k, v in params.items() if k.startswith("layer1.")}
+    for b in range(2):
+        h = state["layer1.h"][b]
+        c = state["layer1.c"][b] if "layer1.c" in state else None
+        for t in range(6):
+            h, c = _classic_step(cell, p, xs[b, t], h, c)
+            want = params["head.W"] @ h + params["head.b"]
+            np.testing.assert_allclose(ys[b, t], want, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(final["layer1.h"][b], h, rtol=1e-10, atol=1e-12)
