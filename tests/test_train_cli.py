@@ -373,6 +373,18 @@ def _is_png(path: Path) -> bool:
     return len(data) > 1000 and data[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_text_refuses_a_k2_it_would_ignore(tmp_path):
+    """Text trains k1 characters per call with the state carried in as a constant, so
+    k2 > k1 used to train exactly like k2 = k1; it is refused, k2 = k1 still trains."""
+    write(tmp_path / "corpus.txt", CORPUS)
+    spec = write(tmp_path / "k2.rnn", TEXT.replace("bptt k1 16", "bptt k1 8 k2 16"))
+    result = train(spec, tmp_path / "run", code=1)
+    assert "bptt k2 (16) larger than k1 (8) has no effect on text data" in result.output
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    spec.write_text(TEXT.replace("bptt k1 16", "bptt k1 8 k2 8"), encoding="utf-8")
+    train(spec, tmp_path / "run", "--epochs", "1", "--force")
+
+
 def test_plot_curves(reber_run, tmp_path):
     out = tmp_path / "curves.png"
     result = rnnc("plot", reber_run[1], "-o", out)

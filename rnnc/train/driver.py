@@ -155,6 +155,7 @@ def compile_for_training(spec: A.Spec, base_dir: Path, backend: str,
     dataset = build_data(spec, train_cfg, base_dir)
     sizes = Sizes(dataset.n_in, dataset.n_out, dataset.task, dataset.input)
     program = build(spec, sizes, base_dir=base_dir)
+    check_text_bptt(spec, program, dataset)
     source = load_backend(backend).emit(program)
     from rnnc.cli import write_atomic
 
@@ -162,6 +163,22 @@ def compile_for_training(spec: A.Spec, base_dir: Path, backend: str,
     enable_precision(backend, program.train.dtype)
     module = import_module_file(module_file)
     return Compiled(spec, program, dataset, module, backend, train_cfg)
+
+
+def check_text_bptt(spec: A.Spec, program: Program, dataset: Dataset) -> None:
+    """Text is trained k1 characters per train_step, the state carried in from the
+    previous call as a constant, so a k2 > k1 would reach back into no steps at all:
+    refuse it rather than silently train with k2 = k1."""
+    k1, k2 = program.train.k1, program.train.k2
+    if is_text(dataset) and k1 is not None and k2 is not None and k2 > k1:
+        from rnnc.errors import SpecError
+
+        raise SpecError(
+            f"bptt k2 ({k2}) larger than k1 ({k1}) has no effect on text data",
+            spec.train.key_span("bptt"),
+            f"rnnc train reads text {k1} characters per update and carries the state into "
+            f"the next window as a constant, so gradients stop at each window's start; "
+            f"write bptt k1 {k1} (or a larger k1 for a longer reach)")
 
 
 def uses_dropout(program: Program) -> bool:
