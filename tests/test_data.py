@@ -29,7 +29,8 @@ from rnnc.data.text import decode_text
 from rnnc.errors import DataError
 
 
-GENERATED = ["reber", "embedded_reber", "adding", "copy", "temporal_order", "sine"]
+GENERATED = ["reber", "embedded_reber", "adding", "copy", "temporal_order", "sine",
+             "sine_generation"]
 SMALL = {
     "reber": {"n": 300},
     "embedded_reber": {"n": 300},
@@ -37,6 +38,7 @@ SMALL = {
     "copy": {"n": 300},
     "temporal_order": {"n": 300},
     "sine": {"n": 300, "length": 30},
+    "sine_generation": {"n": 300, "length": 30},
 }
 LETTERS = "BTPSXVE"
 
@@ -89,7 +91,8 @@ def check_consistent(ds: Dataset) -> None:
 
 def test_names_and_options():
     assert set(dataset_names()) == {"reber", "embedded_reber", "adding", "copy",
-                                    "temporal_order", "sine", "text", "npz", "csv"}
+                                    "temporal_order", "sine", "sine_generation", "text", "npz",
+                                    "csv"}
     opts = dataset_options("adding")
     assert opts["length"] == 50 and opts["split"] == [0.8, 0.1, 0.1]
     opts["split"].append(1)  # a copy: the registry's defaults are unchanged
@@ -313,6 +316,26 @@ def test_sine_targets():
     noisy = build("sine", noise=0.1)
     resid = noisy.train.y[:, :-1, 0] - noisy.train.x[:, 1:, 0]
     assert 0.08 < resid.std() < 0.12
+
+
+def test_sine_generation_is_one_to_many():
+    """Only step 0 carries input (a cue and the scaled frequency); every target is the
+    wave of that frequency, recovered here from the cue alone."""
+    ds = build("sine_generation")
+    assert (ds.task, ds.input, ds.n_in, ds.n_out) == ("regress_step", "features", 2, 1)
+    for split in ds.splits.values():
+        x, y = split.x, split.y[..., 0]
+        assert np.all(x[:, 0, 0] == 1.0) and np.all(x[:, 1:] == 0.0)
+        assert np.all(np.abs(x[:, 0, 1]) <= 1.0)
+        lo, hi = 0.02, 0.1
+        freq = (lo + hi) / 2 + x[:, 0, 1] * (hi - lo) / 2
+        t = np.arange(1, split.steps + 1)
+        np.testing.assert_allclose(y, np.sin(2 * np.pi * freq[:, None] * t), atol=1e-12)
+    # different frequencies, not one wave repeated
+    assert np.ptp(ds.train.x[:, 0, 1]) > 1.5
+    all_y = np.concatenate([s.y for s in ds.splits.values()])
+    assert ds.info["baseline_mse"] == pytest.approx(float(np.mean(all_y ** 2)))
+    assert 0.4 < ds.info["baseline_mse"] < 0.6
 
 
 # ---------------------------------------------------------------------------

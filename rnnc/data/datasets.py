@@ -21,10 +21,12 @@ from rnnc.data.synthetic import (
     ADDING_DEFAULTS,
     COPY_DEFAULTS,
     SINE_DEFAULTS,
+    SINE_GENERATION_DEFAULTS,
     TEMPORAL_ORDER_DEFAULTS,
     build_adding,
     build_copy,
     build_sine,
+    build_sine_generation,
     build_temporal_order,
 )
 from rnnc.data.text import TEXT_DEFAULTS, build_text
@@ -52,6 +54,9 @@ _REGISTRY: dict[str, _Entry] = {
                              "classify the order of 2 or 3 relevant symbols among distractors"),
     "sine": _Entry(build_sine, SINE_DEFAULTS,
                    "noisy sine waves, predict the clean next value (regression)"),
+    "sine_generation": _Entry(build_sine_generation, SINE_GENERATION_DEFAULTS,
+                              "one-to-many: unroll a sine wave from its frequency, given "
+                              "at the first step only (regression)"),
     "text": _Entry(build_text, TEXT_DEFAULTS,
                    "character-level language modelling on a UTF-8 text file", ("path",)),
     "npz": _Entry(build_npz, NPZ_DEFAULTS,

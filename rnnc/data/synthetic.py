@@ -1,4 +1,4 @@
-"""Generated benchmark tasks: adding, copy, temporal order and noisy sine.
+"""Generated benchmark tasks: adding, copy, temporal order, noisy sine and sine generation.
 
 Each builder draws all examples from one generator seeded by the dataset seed,
 then shuffles them into train/val/test with a second, independent generator.
@@ -18,6 +18,9 @@ COPY_DEFAULTS = {"n": 10000, "symbols": 8, "copy_length": 10, "delay": 20,
                  "split": [0.8, 0.1, 0.1]}
 TEMPORAL_ORDER_DEFAULTS = {"n": 4000, "length": 100, "relevant": 2, "split": [0.8, 0.1, 0.1]}
 SINE_DEFAULTS = {"n": 2000, "length": 50, "noise": 0.05, "split": [0.8, 0.1, 0.1]}
+SINE_GENERATION_DEFAULTS = {"n": 2000, "length": 50, "split": [0.8, 0.1, 0.1]}
+SINE_GENERATION_FREQUENCIES = (0.02, 0.1)
+"""The frequency range of sine_generation, in cycles per step (periods of 10 to 50)."""
 
 
 def _finish(name: str, data: Split, opts: Options, split_rng: np.random.Generator,
@@ -153,3 +156,31 @@ def build_sine(opts: Options, seed: int) -> Dataset:
                    n_in=1, n_out=1, metric="mse",
                    info={"frequency_range": [0.02, 0.2], "noise": noise})
 
+
+
+def build_sine_generation(opts: Options, seed: int) -> Dataset:
+    """One-to-many: generate a sine wave from its frequency, given at the first step only.
+
+    ``x`` ``(N, T, 2)``: at step 0, a start cue 1 and the frequency ``f`` scaled to
+    [-1, 1] (``f`` uniform in [0.02, 0.1] cycles per step, periods of 10 to 50 steps);
+    every later input is 0, so the model must carry the frequency in its state and
+    unroll the wave itself. ``y`` ``(N, T, 1)``: ``sin(2 pi f (t + 1))`` at step t.
+    ``info["baseline_mse"]``: the MSE of predicting 0 always (the data's mean square,
+    about 0.5); a model that ignores the cue but learns the average wave does better,
+    only one that reads the frequency gets near 0.
+    """
+    n = opts.integer("n", minimum=1)
+    length = opts.integer("length", minimum=1)
+    data_rng, split_rng = make_rngs(seed, 2)
+    lo, hi = SINE_GENERATION_FREQUENCIES
+    freq = data_rng.uniform(lo, hi, size=(n, 1))
+    x = np.zeros((n, length, 2))
+    x[:, 0, 0] = 1.0
+    x[:, 0, 1] = (freq[:, 0] - (lo + hi) / 2) / ((hi - lo) / 2)
+    y = np.sin(2 * np.pi * freq * (np.arange(length)[None, :] + 1))
+    data = Split(x=x, y=y[..., None], lengths=np.full(n, length, dtype=np.int32))
+    return _finish("sine_generation", data, opts, split_rng, task="regress_step",
+                   input="features", n_in=2, n_out=1, metric="mse",
+                   info={"frequency_range": list(SINE_GENERATION_FREQUENCIES),
+                         "baseline_mse": float(np.mean(y ** 2)),
+                         "baseline": "predicting 0 always"})
