@@ -75,4 +75,27 @@ def summary_text(program: Program) -> str:
         bptt = "full BPTT" if t.k1 is None else f"truncated BPTT k1={t.k1} k2={t.k2}"
         lines.append(f"  train   {t.data[0]}, {t.updater[0]}, {bptt}, batch {t.batch}, "
                      f"{t.epochs} epoch{'' if t.epochs == 1 else 's'}")
+        lines.append(f"  update  {'; '.join(_update_parts(t))}")
     return "\n".join(lines)
+
+
+def _call(name: str, args: tuple[tuple[str, Any], ...]) -> str:
+    return f"{name}({', '.join(f'{k}: {v:g}' for k, v in args)})" if args else name
+
+
+def _update_parts(t) -> list[str]:
+    """How each update is made: the updater with every hyperparameter, the schedule,
+    clipping, the penalties, early stopping and state resets."""
+    name, args = t.updater
+    parts = [_call(name, tuple(sorted(args, key=lambda kv: kv[0] != "lr")))]
+    if t.schedule is not None:
+        parts.append(f"schedule {_call(*t.schedule)}")
+    clip = [f"norm {t.clip_norm:g}" if t.clip_norm is not None else "",
+            f"value {t.clip_value:g}" if t.clip_value is not None else ""]
+    parts.append("clip " + " ".join(c for c in clip if c) if any(clip) else "no clipping")
+    if t.l1 or t.l2:
+        parts.append(", ".join(f"{k} {v:g}" for k, v in (("l1", t.l1), ("l2", t.l2)) if v))
+    if t.early_stop is not None:
+        parts.append(f"early stop on {t.early_stop[0]}, patience {t.early_stop[1]}")
+    parts.append(f"state reset per {t.reset}" if t.reset != "never" else "state never reset")
+    return parts

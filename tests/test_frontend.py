@@ -510,3 +510,17 @@ def test_reset_document_needs_a_doc_separator(separator, tmp_path):
     assert "reset document needs documents, but the text data has no doc_separator" in str(
         info.value.render())
     assert info.value.span.line == 8
+
+
+def test_check_shows_how_each_update_is_made():
+    """rnnc check names the updater with every hyperparameter (defaults filled in, lr
+    first), the clipping, penalties, early stopping and resets, not just the updater."""
+    r = CliRunner().invoke(app, ["check", str(ROOT / "specs" / "char_lstm_regularized.rnn")])
+    assert r.exit_code == 0, r.output
+    (line,) = [x for x in r.output.splitlines() if x.startswith("  update  ")]
+    assert line.split("  update  ")[1].split("; ") == [
+        "adam(lr: 0.005, b1: 0.9, b2: 0.999, eps: 1e-08)", "clip norm 5", "l1 1e-06, l2 0.0001",
+        "early stop on val_loss, patience 6", "state reset per document"]
+    r = CliRunner().invoke(app, ["check", str(ROOT / "specs" / "clip_none.rnn")])
+    assert "  update  nesterov(lr: 0.05, momentum: 0.9); no clipping; state reset per sequence" in (
+        r.output)
