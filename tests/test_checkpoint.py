@@ -99,6 +99,27 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == ["step-00000001"]
 
 
+def test_full_disk_in_safetensors_is_one_message(tmp_path, monkeypatch):
+    # safetensors reports a failed write as its own SafetensorError, not as an OSError
+    # (this was a traceback when a disk filled up at an epoch's checkpoint)
+    from safetensors import SafetensorError
+
+    params, opt, _ = _arrays()
+    ckpt.save_checkpoint(tmp_path, params, opt, None, _record(1))
+
+    def full(arrays, path):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device "
+                              "(os error 28)")
+
+    monkeypatch.setattr(ckpt, "save_file", full)
+    with pytest.raises(TrainError) as err:
+        ckpt.save_checkpoint(tmp_path, params, opt, None, _record(2))
+    assert err.value.message.endswith(": No space left on device (os error 28)")
+    monkeypatch.undo()
+    assert ckpt.load_checkpoint(tmp_path).step == 1
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == ["step-00000001"]
+
+
 def test_interrupt_during_save_leaves_no_partial_checkpoint(tmp_path, monkeypatch):
     params, opt, _ = _arrays()
     ckpt.save_checkpoint(tmp_path, params, opt, None, _record(1))

@@ -110,8 +110,11 @@ def save_checkpoint(folder: Path, params: dict[str, Any], opt_state: dict[str, A
         os.rename(tmp, folder / name)
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(err, OSError):
-            raise TrainError(f"cannot write a checkpoint to '{folder}': {err.strerror or err}",
+        if isinstance(err, OSError | SafetensorError):
+            # safetensors reports a failed write (a full disk) as a SafetensorError:
+            # "Error while serializing: I/O error: No space left on device (os error 28)"
+            why = getattr(err, "strerror", None) or str(err).split("I/O error: ")[-1]
+            raise TrainError(f"cannot write a checkpoint to '{folder}': {why}",
                              hint="check the free disk space and the folder's permissions"
                              ) from None
         raise
