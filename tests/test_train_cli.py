@@ -662,6 +662,74 @@ def test_unwritable_output_folder(tmp_path):
     _assert_clean_error(result, "cannot write to the output folder")
 
 
+class _FullAfter:
+    """A text file whose writes fail with ENOSPC after ``n`` of them (a disk filling up)."""
+
+    def __init__(self, f, n):
+        self.f, self.n = f, n
+
+    def write(self, s):
+        self.n -= 1
+        if self.n < 0:
+            raise OSError(28, "No space left on device")
+        return self.f.write(s)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
+class _Reporter:
+    """A reporter that records whether its progress display was stopped."""
+
+    shows_samples = False
+
+    def __init__(self):
+        self.live = False
+
+    def start(self, *a):
+        self.live = True
+
+    def stop(self):
+        self.live = False
+
+    def __getattr__(self, name):
+        return lambda *a, **k: None
+
+
+def test_a_full_disk_while_training_is_one_error(tmp_path, monkeypatch):
+    """metrics.jsonl that cannot be written was a traceback (OSError); an error in the
+    middle of training (here, or a checkpoint that cannot be written) left the progress
+    bar running: the terminal's cursor hidden and the error printed on the bar's line."""
+    import builtins
+
+    from rnnc.train import driver
+    from rnnc.train.driver import TrainOptions
+
+    spec = write(tmp_path / "r.rnn", REBER.format(cell="elman", epochs=2, extra=""))
+
+    def full_open(path, mode="r", *a, **k):
+        f = builtins.open(path, mode, *a, **k)
+        return _FullAfter(f, 5) if Path(path).name == "metrics.jsonl" else f
+
+    monkeypatch.setattr(driver, "open", full_open, raising=False)
+    _assert_clean_error(train(spec, tmp_path / "run", code=1), "cannot write",
+                        "metrics.jsonl", "No space left on device")
+    reporter = _Reporter()
+    with pytest.raises(RnncError, match="No space left"):
+        driver.train(spec, TrainOptions(backend=BACKEND, out=tmp_path / "run2"), reporter)
+    assert not reporter.live
+    monkeypatch.undo()
+
+    def no_checkpoint(*a, **k):
+        raise RnncError("cannot write a checkpoint")
+
+    monkeypatch.setattr(driver.ckpt, "save_checkpoint", no_checkpoint)
+    reporter = _Reporter()
+    with pytest.raises(RnncError, match="cannot write a checkpoint"):
+        driver.train(spec, TrainOptions(backend=BACKEND, out=tmp_path / "run3"), reporter)
+    assert not reporter.live
+
+
 def test_other_bad_options(tmp_path):
     spec = write(tmp_path / "r.rnn", REBER.format(
         cell="elman", epochs=1, extra="early_stop metric reber_acc patience 2"))

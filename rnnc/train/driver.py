@@ -486,29 +486,33 @@ class Trainer:
         if self.rule.key not in keys:
             keys.append(self.rule.key)
         self.reporter.start(self.plan.epochs, n_batches, keys, self.ds.metric)
-        with _sigint_to_flag(self):
-            while self.state.epoch < self.plan.epochs and self.state.finished is None:
-                if self.interrupted:  # Ctrl-C during the validation pass
-                    raise KeyboardInterrupt
-                st = self.state
-                self.reporter.epoch_start(st.epoch, st.batch_index)
-                for b in self.batches(st.epoch, st.batch_index):
-                    try:
-                        self.state, m = self.step(self.state, b)
-                    except NonFinite as bad:
-                        self._non_finite(float(bad.args[0]))
-                    st = self.state
-                    log({"kind": "train", "step": st.step, "epoch": st.epoch + 1, **m})
-                    self.reporter.step(st, m)
-                    if sample_every and st.step % sample_every == 0:
-                        self.reporter.sample(st.step, self.sample(st.params, st.step))
-                    if every and st.step % every == 0:
-                        self.save(st)
-                    if self.interrupted or (self.stop_after is not None
-                                            and st.step >= self.stop_after):
+        # whatever ends the loop (an error included), the progress bar goes: a live bar
+        # left behind hides the terminal's cursor and garbles the error's line
+        try:
+            with _sigint_to_flag(self):
+                while self.state.epoch < self.plan.epochs and self.state.finished is None:
+                    if self.interrupted:  # Ctrl-C during the validation pass
                         raise KeyboardInterrupt
-                self.end_epoch(log)
-        self.reporter.stop()
+                    st = self.state
+                    self.reporter.epoch_start(st.epoch, st.batch_index)
+                    for b in self.batches(st.epoch, st.batch_index):
+                        try:
+                            self.state, m = self.step(self.state, b)
+                        except NonFinite as bad:
+                            self._non_finite(float(bad.args[0]))
+                        st = self.state
+                        log({"kind": "train", "step": st.step, "epoch": st.epoch + 1, **m})
+                        self.reporter.step(st, m)
+                        if sample_every and st.step % sample_every == 0:
+                            self.reporter.sample(st.step, self.sample(st.params, st.step))
+                        if every and st.step % every == 0:
+                            self.save(st)
+                        if self.interrupted or (self.stop_after is not None
+                                                and st.step >= self.stop_after):
+                            raise KeyboardInterrupt
+                    self.end_epoch(log)
+        finally:
+            self.reporter.stop()
         return self.state
 
     def end_epoch(self, log) -> None:
@@ -755,11 +759,17 @@ def train(spec_path: Path, opts: TrainOptions, reporter) -> TrainResult:
         metrics_file = open(run_dir / METRICS, "a", encoding="utf-8")  # noqa: SIM115
     except OSError as err:
         raise TrainError(f"cannot write '{run_dir / METRICS}': {err.strerror}") from None
-    with metrics_file:
-        def log(rec: dict[str, Any]) -> None:
+
+    def log(rec: dict[str, Any]) -> None:
+        try:
             metrics_file.write(json.dumps(rec) + "\n")
             metrics_file.flush()
+        except OSError as err:
+            raise TrainError(f"cannot write '{run_dir / METRICS}': {err.strerror or err}",
+                             hint="check the free disk space and the folder's permissions"
+                             ) from None
 
+    try:
         try:
             state = trainer.run(state, log)
         except KeyboardInterrupt:
@@ -772,6 +782,11 @@ def train(spec_path: Path, opts: TrainOptions, reporter) -> TrainResult:
         test = evaluate(c, params, "test")
         log({"kind": "test", "step": state.step, "epoch": state.epoch,
              **{f"test_{k}": v for k, v in test.items()}})
+    finally:
+        # a record that could not be written (a full disk) stays in the file's buffer,
+        # and closing would fail on it again: log has reported it already
+        with contextlib.suppress(OSError):
+            metrics_file.close()
     return TrainResult(run_dir, state, test)
 
 
