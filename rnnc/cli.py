@@ -6,9 +6,11 @@ message and a non-zero exit; ``--debug`` shows the traceback instead.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import stat
 import sys
 import tempfile
 from collections.abc import Callable
@@ -79,12 +81,42 @@ def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def file_in_the_way(folder: Path) -> Path | None:
+    """The file (not a folder) at ``folder`` or at one of its parents, if any: what makes
+    creating the folder fail with 'File exists' or 'Not a directory'."""
+    for p in (folder, *folder.parents):
+        if p.exists() or p.is_symlink():
+            return None if p.is_dir() else p
+    return None
+
+
+def umask() -> int:
+    """The process's umask (reading it means setting it: set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def new_file_mode(path: Path) -> int:
+    """The permissions a file written over ``path`` gets: those of the file it replaces,
+    else what the umask gives a new file (the temporary files written and renamed into
+    place start as 0600, readable by their owner only)."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return 0o666 & ~umask()
+
+
 def write_atomic(path: Path, text: str | bytes) -> None:
     """Write a file via a temporary file and a rename: never a half-written file."""
     path = Path(path)
     if path.is_dir():
         raise RnncError(f"cannot write '{path}': it is a folder", None,
                         "give the path of a file to write")
+    blocker = file_in_the_way(path.parent)
+    if blocker is not None:
+        raise RnncError(f"cannot write '{path}': '{blocker}' is a file, not a folder", None,
+                        "give a path in a folder")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -92,6 +124,8 @@ def write_atomic(path: Path, text: str | bytes) -> None:
         raise RnncError(f"cannot write '{path}': {err.strerror}", None,
                  "check that the folder exists and is writable") from None
     try:
+        with contextlib.suppress(OSError):  # a file system without permissions
+            os.fchmod(fd, new_file_mode(path))
         with os.fdopen(fd, "wb") as f:
             f.write(text.encode("utf-8") if isinstance(text, str) else text)
         os.replace(tmp, path)

@@ -73,6 +73,23 @@ def test_pointers_and_pruning(tmp_path):
     assert ckpt.read_pointer(tmp_path, "latest") == "step-00000003.1"
 
 
+def test_checkpoint_files_get_the_usual_permissions(tmp_path):
+    """A checkpoint folder was 0700 (mkdtemp), its safetensors files 0600: a run folder
+    shared with others could not be evaluated or resumed by them."""
+    import os
+    import stat
+
+    params, opt, stream = _arrays()
+    mask = os.umask(0o022)
+    try:
+        path = ckpt.save_checkpoint(tmp_path, params, opt, stream, _record(1), best=True)
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o755
+    for f in [*path.iterdir(), tmp_path / "latest", tmp_path / "best"]:
+        assert stat.S_IMODE(f.stat().st_mode) == 0o644, f.name
+
+
 def test_best_falls_back_to_latest(tmp_path):
     params, opt, _ = _arrays()
     ckpt.save_checkpoint(tmp_path, params, opt, None, _record(5))

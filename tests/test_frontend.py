@@ -296,6 +296,42 @@ def test_output_path_that_is_a_folder(tmp_path, command):
     assert list(tmp_path.iterdir()) == [] and not list(tmp_path.parent.glob(".*.tmp"))
 
 
+@pytest.mark.parametrize("command", ["compile", "fmt"])
+def test_output_path_inside_a_file(tmp_path, command):
+    """-o through a file said 'cannot write ...: File exists' (or 'Not a directory')."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("keep me")
+    for out in (blocker / "m.py", blocker / "sub" / "m.py"):
+        r = CliRunner().invoke(app, [command, str(ROOT / "specs" / "elman.rnn"), "-o", str(out)])
+        assert r.exit_code == 1 and isinstance(r.exception, SystemExit)
+        assert f"'{blocker}' is a file, not a folder" in r.output
+    assert blocker.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("command", ["compile", "fmt"])
+def test_written_files_get_the_usual_permissions(tmp_path, command):
+    """Files written through a temporary file and a rename were left 0600 (mkstemp's
+    mode): a compiled module no one else could read, and `fmt -i` took a spec's group
+    and other permissions away."""
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    try:
+        out = tmp_path / "out"
+        r = CliRunner().invoke(app, [command, str(ROOT / "specs" / "elman.rnn"), "-o", str(out)])
+        assert r.exit_code == 0, r.output
+        assert stat.S_IMODE(out.stat().st_mode) == 0o644
+        spec = tmp_path / "e.rnn"
+        spec.write_text((ROOT / "specs" / "elman.rnn").read_text())
+        spec.chmod(0o664)
+        r = CliRunner().invoke(app, ["fmt", str(spec), "-i"])
+        assert r.exit_code == 0, r.output
+        assert stat.S_IMODE(spec.stat().st_mode) == 0o664  # kept as it was
+    finally:
+        os.umask(mask)
+
+
 @pytest.mark.parametrize("expr", [" + ".join(["x"] * 3000), "-" * 3000 + "x"])
 @pytest.mark.parametrize("suffix", [".rnn", ".yaml"])
 def test_expression_too_deep_to_parse(tmp_path, expr, suffix):

@@ -730,6 +730,27 @@ def test_a_full_disk_while_training_is_one_error(tmp_path, monkeypatch):
     assert not reporter.live
 
 
+def test_a_checkpoint_name_that_is_not_best_or_latest(text_run):
+    """sample and plot --gates said "no checkpoint in RUN" (train first) for a misspelt
+    --checkpoint; eval already said which names there are."""
+    _, run, _ = text_run
+    for args in (("sample", run), ("plot", run, "--gates", "the"), ("eval", run)):
+        _assert_clean_error(rnnc(*args, "--checkpoint", "lates", code=1),
+                            "unknown checkpoint 'lates'", "best or latest")
+
+
+def test_a_file_where_a_run_folder_belongs(tmp_path):
+    """eval SPEC said "cannot read 'SPEC/run.json': [Errno 20] Not a directory"; train
+    --out FILE said "...: File exists"."""
+    spec = write(tmp_path / "r.rnn", REBER.format(cell="elman", epochs=1, extra=""))
+    for command in ("eval", "sample", "plot"):
+        _assert_clean_error(rnnc(command, spec, code=1),
+                            f"'{spec}' is not a run folder (it is a file)")
+    for out in (spec, spec / "run"):
+        _assert_clean_error(train(spec, out, code=1), f"'{spec}' is a file, not a folder")
+    assert spec.read_text() == REBER.format(cell="elman", epochs=1, extra="")
+
+
 def test_other_bad_options(tmp_path):
     spec = write(tmp_path / "r.rnn", REBER.format(
         cell="elman", epochs=1, extra="early_stop metric reber_acc patience 2"))

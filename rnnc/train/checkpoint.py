@@ -21,6 +21,7 @@ until the new one is whole. Folders no pointer names are then removed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -96,10 +97,20 @@ def save_checkpoint(folder: Path, params: dict[str, Any], opt_state: dict[str, A
         raise TrainError(f"cannot write checkpoints to '{folder}': {err.strerror}",
                          hint="check that the run folder is writable") from None
     try:
-        save_file(_numpy(params), str(tmp / "params.safetensors"))
-        save_file(_numpy(opt_state), str(tmp / "opt_state.safetensors"))
-        if stream_state is not None:
-            save_file(_numpy(stream_state), str(tmp / "stream.safetensors"))
+        # mkdtemp makes a folder only its owner can read, safetensors files only its owner
+        # can read: give both what the umask gives new folders and files, like the rest
+        # of the run folder
+        from rnnc.cli import umask
+
+        mask = umask()
+        with contextlib.suppress(OSError):
+            tmp.chmod(0o777 & ~mask)
+        arrays = {"params": params, "opt_state": opt_state, "stream": stream_state}
+        for what, values in arrays.items():
+            if values is not None:
+                save_file(_numpy(values), str(tmp / f"{what}.safetensors"))
+                with contextlib.suppress(OSError):
+                    (tmp / f"{what}.safetensors").chmod(0o666 & ~mask)
         record = dict(record, format=FORMAT)
         (tmp / RECORD).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n",
                                   encoding="utf-8")

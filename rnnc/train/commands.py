@@ -68,6 +68,11 @@ def _train(
     typer.echo(f"run folder: {run_dir}")
 
 
+def _check_checkpoint(checkpoint: str) -> None:
+    if checkpoint not in ("best", "latest"):
+        raise TrainError(f"unknown checkpoint '{checkpoint}'", hint="use best or latest")
+
+
 def _eval(
     run_dir: RunArg,
     split: Annotated[str, typer.Option(help="test, val or train.")] = "test",
@@ -81,8 +86,7 @@ def _eval(
     if split not in ("train", "val", "test"):
         raise TrainError(f"unknown split '{split}'",
                          hint=did_you_mean(split, ["train", "val", "test"]))
-    if checkpoint not in ("best", "latest"):
-        raise TrainError(f"unknown checkpoint '{checkpoint}'", hint="use best or latest")
+    _check_checkpoint(checkpoint)
     record, c = open_run(run_dir)
     cp = load_run_checkpoint(run_dir, record, c, checkpoint)
     if data_changed(record, c.dataset):
@@ -113,6 +117,7 @@ def _sample(
     from rnnc.train.runs import read_run
     from rnnc.train.sampling import sample_text
 
+    _check_checkpoint(checkpoint)
     record = read_run(run_dir)
     if record["data"]["name"] != "text":
         raise TrainError(f"'{run_dir}' is not a character model (it was trained on "
@@ -179,6 +184,7 @@ def _plot(
     from rnnc.train.runs import read_metrics, read_run
 
     run_dir = Path(run_dir)
+    _check_checkpoint(checkpoint)
     record = read_run(run_dir)
     if gates is None:
         path = output or run_dir / "curves.png"

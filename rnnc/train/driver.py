@@ -608,6 +608,12 @@ class TrainResult:
 
 
 def _prepare_dir(run_dir: Path) -> None:
+    from rnnc.cli import file_in_the_way
+
+    blocker = file_in_the_way(run_dir)
+    if blocker is not None:
+        raise TrainError(f"cannot write to the output folder '{run_dir}': '{blocker}' is a "
+                         "file, not a folder", hint="choose another folder with --out")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".rnnc-write-test"

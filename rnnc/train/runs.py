@@ -80,8 +80,10 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / RUN_RECORD
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TrainError(f"'{run_dir}' is not a run folder (it has no {RUN_RECORD})",
+    except (FileNotFoundError, NotADirectoryError):
+        what = "it is a file" if Path(run_dir).is_file() else \
+            f"it has no {RUN_RECORD}"
+        raise TrainError(f"'{run_dir}' is not a run folder ({what})",
                          hint="give the folder `rnnc train` wrote (default runs/<spec name>)"
                          ) from None
     except (OSError, ValueError) as err:
