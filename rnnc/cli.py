@@ -10,6 +10,7 @@ import contextlib
 import functools
 import json
 import os
+import signal
 import stat
 import sys
 import tempfile
@@ -20,7 +21,7 @@ from typing import Annotated, Any
 import typer
 
 from rnnc import __version__
-from rnnc.errors import RnncError
+from rnnc.errors import RnncError, Terminated, raise_terminated
 
 
 app = typer.Typer(
@@ -62,6 +63,12 @@ def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
+            # SIGTERM ends a command like Ctrl-C (temporary files removed, `train` saves a
+            # checkpoint), not at once with whatever it was writing left behind
+            previous = signal.signal(signal.SIGTERM, raise_terminated)
+        except ValueError:  # not the main thread
+            previous = None
+        try:
             return fn(*args, **kwargs)
         except RnncError as err:
             if _state["debug"]:
@@ -74,9 +81,13 @@ def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             fail(RnncError(f"out of memory: {detail}", None,
                            "`rnnc check SPEC` prints every parameter's shape; a smaller hidden "
                            "size, batch or window needs less"))
-        except KeyboardInterrupt:
-            typer.echo("interrupted", err=True)
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as err:
+            terminated = isinstance(err, Terminated)
+            typer.echo("terminated" if terminated else "interrupted", err=True)
+            raise typer.Exit(143 if terminated else 130) from None
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper
 

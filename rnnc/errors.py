@@ -130,6 +130,16 @@ class BackendError(RnncError):
     """A backend cannot be found or cannot compile what it was given."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a job scheduler stopping the job), raised like a Ctrl-C so that
+    everything a Ctrl-C cleans up or saves is cleaned up or saved; exit code 143."""
+
+
+def raise_terminated(signum, frame) -> None:
+    """A SIGTERM handler: raise :class:`Terminated`."""
+    raise Terminated
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str | None:
     """A 'did you mean' hint for an unknown name, or a list of the valid ones."""
     choices = sorted(set(choices))

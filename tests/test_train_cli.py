@@ -275,7 +275,13 @@ def test_resume_after_the_end_and_with_more_epochs(reber_run, tmp_path):
     assert len(records(run, "val")) == 7 and len(records(run, "test")) == 1
 
 
-def test_real_ctrl_c_saves_and_exits_130(tmp_path):
+@pytest.mark.parametrize(("sig", "code", "says"), [
+    (signal.SIGINT, 130, "interrupted at step"),
+    # SIGTERM (kill, a job scheduler) killed the run at once: no checkpoint, no message,
+    # every step since the last checkpoint lost
+    (signal.SIGTERM, 143, "terminated at step"),
+])
+def test_real_ctrl_c_or_sigterm_saves_and_exits(tmp_path, sig, code, says):
     spec = write(tmp_path / "r.rnn", REBER.format(cell="elman", epochs=500, extra=""))
     run = tmp_path / "run"
     proc = subprocess.Popen(
@@ -288,13 +294,48 @@ def test_real_ctrl_c_saves_and_exits_130(tmp_path):
         if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
             break
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, out + err
+    assert proc.returncode == code, out + err
     assert "Traceback" not in out + err
-    assert "checkpoint saved" in err and "--resume" in err
+    assert says in err and "checkpoint saved" in err and "--resume" in err
     step = len(records(run, "train"))
     assert latest_record(run)["step"] == step  # every logged step is in the checkpoint, none lost
+
+
+def test_sigterm_while_compiling_leaves_nothing_behind(tmp_path):
+    """SIGTERM before training starts (compiling, building the data) left the new run
+    folder behind, with the staging folder of the module in it."""
+    from rnnc.errors import raise_terminated
+    from rnnc.train import driver
+
+    spec = write(tmp_path / "r.rnn", REBER.format(cell="elman", epochs=1, extra=""))
+    real = driver.import_module_file
+
+    def killed_while_importing(path):
+        raise_terminated(signal.SIGTERM, None)
+
+    driver.import_module_file = killed_while_importing
+    try:
+        result = train(spec, tmp_path / "new" / "run", code=143)
+    finally:
+        driver.import_module_file = real
+    assert "terminated" in result.output
+    assert not (tmp_path / "new").exists()
+    out = tmp_path / "m.py"
+    from rnnc import cli
+
+    real_fdopen = cli.os.fdopen
+
+    def killed_while_writing(fd, *a, **k):
+        raise_terminated(signal.SIGTERM, None)
+
+    cli.os.fdopen = killed_while_writing
+    try:
+        result = rnnc("compile", spec, "-o", out, code=143)
+    finally:
+        cli.os.fdopen = real_fdopen
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.rnn"]
 
 
 # ------------------------------------------------------- eval, sample, plot

@@ -57,10 +57,11 @@ def _train(
     result = train(spec, opts, reporter)
     run_dir = result.run_dir
     if result.interrupted_at is not None:
-        typer.echo(f"interrupted at step {result.state.step}: checkpoint saved in "
+        how = "terminated" if result.terminated else "interrupted"
+        typer.echo(f"{how} at step {result.state.step}: checkpoint saved in "
                    f"{result.interrupted_at}", err=True)
         typer.echo(f"resume with: rnnc train {spec} --out {run_dir} --resume", err=True)
-        raise typer.Exit(130)
+        raise typer.Exit(143 if result.terminated else 130)
     if result.test is not None:
         parts = "  ".join(f"test_{k} {v:.4f}" for k, v in result.test.items())
         typer.echo(f"test ({result.state.step} steps, best epoch "

@@ -42,7 +42,14 @@ from rnnc import __version__
 from rnnc.data import Batch, Dataset, build_dataset, evaluate_outputs, iterate_batches
 from rnnc.data import stream_windows as _stream_windows
 from rnnc.data.core import zscore_inputs
-from rnnc.errors import BackendError, RnncError, TrainError, did_you_mean
+from rnnc.errors import (
+    BackendError,
+    RnncError,
+    Terminated,
+    TrainError,
+    did_you_mean,
+    raise_terminated,
+)
 from rnnc.ir.lower import Sizes, spec_hash, validate
 from rnnc.ir.nodes import Program
 from rnnc.spec import ast as A
@@ -352,7 +359,7 @@ class Trainer:
         self.devices = devices
         self.train_step = self._train_step(devices)
         self.best_params: dict[str, Any] | None = None
-        self.interrupted = False
+        self.interrupted: int | bool = False  # the signal that asked the loop to stop
         self.t0 = time.perf_counter()
         self.sample_cfg = c.train_cfg.get("sample") or {}
 
@@ -578,22 +585,26 @@ def can_sample(program: Program, ds: Dataset) -> bool:
 
 @contextlib.contextmanager
 def _sigint_to_flag(trainer: Trainer):
-    """The first Ctrl-C asks the loop to stop after the current step; a second one
-    interrupts at once (the state is still consistent: it is replaced as a whole)."""
+    """The first Ctrl-C (or SIGTERM) asks the loop to stop after the current step; a
+    second one interrupts at once (the state is still consistent: it is replaced as a
+    whole)."""
 
     def handler(signum, frame):
-        trainer.interrupted = True
+        trainer.interrupted = signum
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, raise_terminated)
 
     try:
         previous = signal.signal(signal.SIGINT, handler)
     except ValueError:  # not the main thread: Ctrl-C stays a plain KeyboardInterrupt
         yield
         return
+    previous_term = signal.signal(signal.SIGTERM, handler)
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, previous_term)
 
 
 # --------------------------------------------------------------- the command
@@ -605,6 +616,7 @@ class TrainResult:
     state: TrainState
     test: dict[str, float] | None
     interrupted_at: Path | None = None
+    terminated: bool = False  # interrupted by SIGTERM rather than Ctrl-C
 
 
 def _prepare_dir(run_dir: Path) -> None:
@@ -778,10 +790,12 @@ def train(spec_path: Path, opts: TrainOptions, reporter) -> TrainResult:
     try:
         try:
             state = trainer.run(state, log)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as err:
             trainer.reporter.stop()
             where = trainer.save(trainer.state)
-            return TrainResult(run_dir, trainer.state, None, interrupted_at=where)
+            terminated = isinstance(err, Terminated) or trainer.interrupted == signal.SIGTERM
+            return TrainResult(run_dir, trainer.state, None, interrupted_at=where,
+                               terminated=terminated)
         params = trainer.best_params if trainer.best_params is not None else state.params
         if split_size(c.dataset, "test") == 0:
             return TrainResult(run_dir, state, None)
