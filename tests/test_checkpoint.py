@@ -164,6 +164,24 @@ def test_missing_and_damaged(tmp_path):
     assert not ckpt.has_checkpoint(tmp_path)
 
 
+def test_newest_whole_checkpoint(tmp_path):
+    params, opt, _ = _arrays()
+    for step in (2, 10, 9):
+        ckpt.save_checkpoint(tmp_path, params, opt, None, _record(step), best=step == 2)
+    ckpt.save_checkpoint(tmp_path, params, opt, None, _record(9))  # step-00000009.1
+    assert ckpt.checkpoint_names(tmp_path) == ["step-00000009.1", "step-00000002"]
+    assert ckpt.load_newest(tmp_path)[0].path.name == "step-00000009.1"
+    (tmp_path / "step-00000009.1" / "opt_state.safetensors").write_bytes(b"")
+    cp, notes = ckpt.load_newest(tmp_path)
+    assert cp.step == 2 and len(notes) == 1 and "step-00000009.1' is damaged" in notes[0]
+    (tmp_path / "latest").unlink()
+    assert ckpt.holds_checkpoints(tmp_path) and not ckpt.has_checkpoint(tmp_path)
+    (tmp_path / "step-00000002" / "params.safetensors").write_bytes(b"")
+    with pytest.raises(TrainError, match="step-00000009.1' is damaged"):
+        ckpt.load_newest(tmp_path)
+    assert not ckpt.holds_checkpoints(tmp_path / "nowhere")
+
+
 @pytest.mark.parametrize("record, problem", [
     ([], "it holds list, not an object"),
     ({}, "it has no 'spec_sha256'"),

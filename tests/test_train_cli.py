@@ -251,6 +251,39 @@ def test_resume_equals_uninterrupted_run(reber_run, tmp_path, stop_at):
     _same_metrics(whole, part)
 
 
+@pytest.mark.parametrize(("damage", "from_step"), [
+    ("truncated", 12), ("deleted", 12), ("no pointer", 18)])  # "checkpoint every 4"
+def test_resume_from_the_newest_whole_checkpoint(reber_run, tmp_path, damage, from_step):
+    """The latest checkpoint damaged or deleted, or its pointer gone: --resume said "there
+    is no checkpoint to resume" (or "damaged: delete it", which led there), and `rnnc
+    train` without --force then replaced the run, deleting its whole best checkpoint."""
+    import shutil
+
+    spec, whole, _ = reber_run
+    part = tmp_path / "part"
+    train(spec, part, "--stop-after-steps", 18, code=130)
+    cp = part / "checkpoints"
+    latest = cp / (cp / "latest").read_text().strip()
+    best = cp / (cp / "best").read_text().strip()  # step 12 is saved twice: ...12.1
+    assert latest.name == "step-00000018" and best.name.startswith("step-00000012")
+    if damage == "truncated":
+        with open(latest / "params.safetensors", "r+b") as f:
+            f.truncate(10)
+    elif damage == "deleted":
+        shutil.rmtree(latest)
+    else:
+        (cp / "latest").unlink()
+    _assert_clean_error(train(spec, part, code=1), "already holds a trained run")
+    assert (best / "params.safetensors").is_file()
+    result = train(spec, part, "--resume")
+    assert "note: " in result.output and "resuming from step-000000" in result.output
+    assert f"resuming {part} at step {from_step} " in result.output
+    a, b = _final_params(whole), _final_params(part)
+    for k in a:
+        assert a[k].tobytes() == b[k].tobytes(), k
+    _same_metrics(whole, part)
+
+
 def test_resume_text_stream_with_dropout(text_run, tmp_path):
     spec, whole, _ = text_run
     part = tmp_path / "part"

@@ -682,9 +682,13 @@ def train(spec_path: Path, opts: TrainOptions, reporter) -> TrainResult:
     resume_from: ckpt.Checkpoint | None = None
     if opts.resume:
         record = read_run(run_dir) if (run_dir / RUN_RECORD).exists() else None
-        if record is None or not ckpt.has_checkpoint(run_dir / CHECKPOINTS):
+        if not ckpt.holds_checkpoints(run_dir / CHECKPOINTS):
             raise TrainError(f"there is no checkpoint to resume in '{run_dir}'",
                              hint="leave out --resume to start a new run")
+        if record is None:
+            raise TrainError(f"'{run_dir}' holds checkpoints but no {RUN_RECORD}: it cannot "
+                             "be resumed", hint="start over with --force, or train into "
+                                                "another folder with --out")
         if record["spec_sha256"] != sha:
             raise TrainError(
                 f"'{run_dir}' was trained from a different spec (sha256 "
@@ -702,12 +706,19 @@ def train(spec_path: Path, opts: TrainOptions, reporter) -> TrainResult:
                                  f"({getattr(before, key)}): refusing to resume",
                                  hint="resume with the same settings (only --epochs may change)")
         overrides = replace(before, epochs=overrides.epochs or before.epochs)
-        resume_from = ckpt.load_checkpoint(run_dir / CHECKPOINTS, "latest")
+        # the latest checkpoint, or where it is gone or damaged the newest whole one: from
+        # any of them the run goes on exactly as it would have
+        resume_from, skipped = ckpt.load_newest(run_dir / CHECKPOINTS)
+        for line in skipped:
+            reporter.note(f"note: {line}; resuming from {resume_from.path.name}, the newest "
+                          "whole checkpoint")
         if resume_from.record.get("spec_sha256") != sha:
             raise TrainError(f"the checkpoint in '{run_dir}' belongs to another spec",
                              hint="train into a new folder with --out")
     else:
-        if ckpt.has_checkpoint(run_dir / CHECKPOINTS) and not opts.force:
+        # any checkpoint, even one a damaged or deleted pointer no longer names: only
+        # --force replaces a run
+        if ckpt.holds_checkpoints(run_dir / CHECKPOINTS) and not opts.force:
             raise TrainError(f"'{run_dir}' already holds a trained run",
                              hint="continue it with --resume, start over with --force, or "
                                   "choose another folder with --out")
