@@ -677,6 +677,32 @@ def test_existing_run_is_not_overwritten(reber_run, tmp_path):
     assert _final_params(run).keys() == _final_params(whole).keys()
 
 
+def test_two_trainings_into_one_folder(reber_run, tmp_path):
+    """A second `rnnc train` into a folder another one was training into ran as well: it
+    deleted the first one's metrics and checkpoints (before the first checkpoint nothing
+    stopped it, and --resume/--force never did) and both wrote into the folder."""
+    fcntl = pytest.importorskip("fcntl")
+    import shutil
+
+    spec, whole, _ = reber_run
+    run = tmp_path / "run"
+    shutil.copytree(whole, run)
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with open(run / ".rnnc-lock", "a+") as held:  # as the other process holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        for extra in (("--force",), ("--resume", "--epochs", 7)):
+            _assert_clean_error(train(spec, run, *extra, code=1), "is in use",
+                                "another `rnnc train`")
+        new = tmp_path / "new"
+        new.mkdir()
+        with open(new / ".rnnc-lock", "a+") as other:
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _assert_clean_error(train(spec, new, code=1), "is in use")
+    after = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert after == before
+    train(spec, run, "--resume", "--epochs", 7)  # the lock ends with the process holding it
+
+
 def test_a_run_that_cannot_start_changes_no_folder(reber_run, tmp_path):
     import shutil
 

@@ -619,6 +619,41 @@ class TrainResult:
     terminated: bool = False  # interrupted by SIGTERM rather than Ctrl-C
 
 
+LOCK = ".rnnc-lock"
+
+
+@contextlib.contextmanager
+def _run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``run_dir`` (an flock on ``RUN_DIR/.rnnc-lock``, released
+    when the process ends, however it ends); TrainError if another process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # not on POSIX: no lock
+        yield
+        return
+    try:
+        f = open(run_dir / LOCK, "a+", encoding="utf-8")  # noqa: SIM115
+    except OSError as err:
+        raise TrainError(f"cannot write to the output folder '{run_dir}': "
+                         f"{err.strerror or err}", hint="choose another folder with --out"
+                         ) from None
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            who = f.read().strip() or "another process"
+            raise TrainError(f"'{run_dir}' is in use: another `rnnc train` ({who}) is "
+                             "training into it",
+                             hint="wait until it ends, or choose another folder with --out"
+                             ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}\n")
+        f.flush()
+        yield
+
+
 def _prepare_dir(run_dir: Path) -> None:
     from rnnc.cli import file_in_the_way
 
@@ -727,98 +762,100 @@ def train(spec_path: Path, opts: TrainOptions, reporter) -> TrainResult:
     # the outermost folder this run creates: removed again if the run cannot start
     created = next((p for p in reversed((run_dir, *run_dir.parents)) if not p.exists()), None)
     _prepare_dir(run_dir)
-
-    # Everything that can reject the spec, its data or the options happens before the
-    # folder is touched: a new run's module is built in a temporary folder, and a run
-    # replaced with --force is only deleted once its successor is ready to train.
-    # A resumed run's module is staged too: its data may have changed since (then the
-    # run folder is left exactly as it was).
-    spec = apply_overrides(original, overrides)
-    module_file = module_path(run_dir, backend)
-    staging = Path(tempfile.mkdtemp(dir=run_dir, prefix=".tmp-"))
-    try:
-        c = compile_for_training(spec, spec_path.parent, backend, staging / module_file.name)
-        if opts.resume:
-            check_same_data(record, c.dataset, run_dir)
-        trainer = Trainer(c, run_dir, reporter, sha, opts.stop_after_steps, opts.devices)
-        # a fresh run's parameters and updater state (too large for memory: stop here)
-        fresh = trainer.fresh_state() if resume_from is None else None
-        if not opts.resume:
-            _start_over(run_dir)
-        os.replace(staging / module_file.name, module_file)
-    except BaseException:
-        if created is not None:
-            shutil.rmtree(created, ignore_errors=True)
-        raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    from rnnc.cli import write_atomic
-
-    suffix = spec_path.suffix if spec_path.suffix in (".rnn", ".yaml", ".yml") else ".rnn"
-    write_atomic(run_dir / f"spec{suffix}", spec_path.read_bytes())
-    ds = c.dataset
-    write_atomic(run_dir / RUN_RECORD, json.dumps({
-        "spec": str(spec_path.resolve()), "spec_copy": f"spec{suffix}", "spec_sha256": sha,
-        "backend": backend, "module": module_path(run_dir, backend).name,
-        "base_dir": str(spec_path.parent.resolve()), "overrides": overrides.as_dict(),
-        "data": {"name": c.program.train.data[0], "options": ds.info.get("options"),
-                 "seed": c.program.train.seed, "sha256": ds.fingerprint()},
-        "sizes": {"n_in": ds.n_in, "n_out": ds.n_out, "task": ds.task},
-        "metric": ds.metric, "vocab": ds.vocab, "rnnc": __version__,
-    }, indent=1) + "\n")
-
-    if resume_from is not None:
-        state = trainer.state_from(resume_from)
-        if overrides.epochs is not None and state.finished == "epochs" \
-                and state.epoch < c.program.train.epochs:
-            state = replace(state, finished=None)
-        _trim_metrics(run_dir / METRICS, state.step)
-        if state.finished is not None:
-            reporter.note(f"the run in {run_dir} already finished ({state.finished}) at "
-                          f"epoch {state.epoch}, step {state.step}")
-            return TrainResult(run_dir, state, None)
-        reporter.note(f"resuming {run_dir} at step {state.step} (epoch {state.epoch + 1}, "
-                      f"batch {state.batch_index})")
-        best = ckpt.read_pointer(run_dir / CHECKPOINTS, "best")
-        if best is not None:
-            trainer.best_params = ckpt.load_checkpoint(run_dir / CHECKPOINTS, "best").params
-    else:
-        state = fresh
-    try:
-        metrics_file = open(run_dir / METRICS, "a", encoding="utf-8")  # noqa: SIM115
-    except OSError as err:
-        raise TrainError(f"cannot write '{run_dir / METRICS}': {err.strerror}") from None
-
-    def log(rec: dict[str, Any]) -> None:
+    # one `rnnc train` at a time in a run folder: a second one would delete and interleave
+    # the first one's checkpoints and metrics
+    with _run_lock(run_dir):
+        # Everything that can reject the spec, its data or the options happens before the
+        # folder is touched: a new run's module is built in a temporary folder, and a run
+        # replaced with --force is only deleted once its successor is ready to train.
+        # A resumed run's module is staged too: its data may have changed since (then the
+        # run folder is left exactly as it was).
+        spec = apply_overrides(original, overrides)
+        module_file = module_path(run_dir, backend)
+        staging = Path(tempfile.mkdtemp(dir=run_dir, prefix=".tmp-"))
         try:
-            metrics_file.write(json.dumps(rec) + "\n")
-            metrics_file.flush()
+            c = compile_for_training(spec, spec_path.parent, backend, staging / module_file.name)
+            if opts.resume:
+                check_same_data(record, c.dataset, run_dir)
+            trainer = Trainer(c, run_dir, reporter, sha, opts.stop_after_steps, opts.devices)
+            # a fresh run's parameters and updater state (too large for memory: stop here)
+            fresh = trainer.fresh_state() if resume_from is None else None
+            if not opts.resume:
+                _start_over(run_dir)
+            os.replace(staging / module_file.name, module_file)
+        except BaseException:
+            if created is not None:
+                shutil.rmtree(created, ignore_errors=True)
+            raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        from rnnc.cli import write_atomic
+
+        suffix = spec_path.suffix if spec_path.suffix in (".rnn", ".yaml", ".yml") else ".rnn"
+        write_atomic(run_dir / f"spec{suffix}", spec_path.read_bytes())
+        ds = c.dataset
+        write_atomic(run_dir / RUN_RECORD, json.dumps({
+            "spec": str(spec_path.resolve()), "spec_copy": f"spec{suffix}", "spec_sha256": sha,
+            "backend": backend, "module": module_path(run_dir, backend).name,
+            "base_dir": str(spec_path.parent.resolve()), "overrides": overrides.as_dict(),
+            "data": {"name": c.program.train.data[0], "options": ds.info.get("options"),
+                     "seed": c.program.train.seed, "sha256": ds.fingerprint()},
+            "sizes": {"n_in": ds.n_in, "n_out": ds.n_out, "task": ds.task},
+            "metric": ds.metric, "vocab": ds.vocab, "rnnc": __version__,
+        }, indent=1) + "\n")
+
+        if resume_from is not None:
+            state = trainer.state_from(resume_from)
+            if overrides.epochs is not None and state.finished == "epochs" \
+                    and state.epoch < c.program.train.epochs:
+                state = replace(state, finished=None)
+            _trim_metrics(run_dir / METRICS, state.step)
+            if state.finished is not None:
+                reporter.note(f"the run in {run_dir} already finished ({state.finished}) at "
+                              f"epoch {state.epoch}, step {state.step}")
+                return TrainResult(run_dir, state, None)
+            reporter.note(f"resuming {run_dir} at step {state.step} (epoch {state.epoch + 1}, "
+                          f"batch {state.batch_index})")
+            best = ckpt.read_pointer(run_dir / CHECKPOINTS, "best")
+            if best is not None:
+                trainer.best_params = ckpt.load_checkpoint(run_dir / CHECKPOINTS, "best").params
+        else:
+            state = fresh
+        try:
+            metrics_file = open(run_dir / METRICS, "a", encoding="utf-8")  # noqa: SIM115
         except OSError as err:
-            raise TrainError(f"cannot write '{run_dir / METRICS}': {err.strerror or err}",
-                             hint="check the free disk space and the folder's permissions"
-                             ) from None
+            raise TrainError(f"cannot write '{run_dir / METRICS}': {err.strerror}") from None
 
-    try:
+        def log(rec: dict[str, Any]) -> None:
+            try:
+                metrics_file.write(json.dumps(rec) + "\n")
+                metrics_file.flush()
+            except OSError as err:
+                raise TrainError(f"cannot write '{run_dir / METRICS}': {err.strerror or err}",
+                                 hint="check the free disk space and the folder's permissions"
+                                 ) from None
+
         try:
-            state = trainer.run(state, log)
-        except KeyboardInterrupt as err:
-            trainer.reporter.stop()
-            where = trainer.save(trainer.state)
-            terminated = isinstance(err, Terminated) or trainer.interrupted == signal.SIGTERM
-            return TrainResult(run_dir, trainer.state, None, interrupted_at=where,
-                               terminated=terminated)
-        params = trainer.best_params if trainer.best_params is not None else state.params
-        if split_size(c.dataset, "test") == 0:
-            return TrainResult(run_dir, state, None)
-        test = evaluate(c, params, "test")
-        log({"kind": "test", "step": state.step, "epoch": state.epoch,
-             **{f"test_{k}": v for k, v in test.items()}})
-    finally:
-        # a record that could not be written (a full disk) stays in the file's buffer,
-        # and closing would fail on it again: log has reported it already
-        with contextlib.suppress(OSError):
-            metrics_file.close()
-    return TrainResult(run_dir, state, test)
+            try:
+                state = trainer.run(state, log)
+            except KeyboardInterrupt as err:
+                trainer.reporter.stop()
+                where = trainer.save(trainer.state)
+                terminated = isinstance(err, Terminated) or trainer.interrupted == signal.SIGTERM
+                return TrainResult(run_dir, trainer.state, None, interrupted_at=where,
+                                   terminated=terminated)
+            params = trainer.best_params if trainer.best_params is not None else state.params
+            if split_size(c.dataset, "test") == 0:
+                return TrainResult(run_dir, state, None)
+            test = evaluate(c, params, "test")
+            log({"kind": "test", "step": state.step, "epoch": state.epoch,
+                 **{f"test_{k}": v for k, v in test.items()}})
+        finally:
+            # a record that could not be written (a full disk) stays in the file's buffer,
+            # and closing would fail on it again: log has reported it already
+            with contextlib.suppress(OSError):
+                metrics_file.close()
+        return TrainResult(run_dir, state, test)
 
 
 # --------------------------------------------------- reading a finished run

@@ -9,6 +9,7 @@ A run folder holds::
     metrics.jsonl        one JSON record per training step, per validation pass
                          and for the final test pass
     checkpoints/         see :mod:`rnnc.train.checkpoint`
+    .rnnc-lock           locked (flock) while an `rnnc train` trains into the folder
 """
 
 from __future__ import annotations
