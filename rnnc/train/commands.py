@@ -47,8 +47,8 @@ def _train(
     from rnnc.train.progress import QuietReporter, RichReporter
     from rnnc.train.runs import Overrides
 
-    if lr is not None and not lr > 0:
-        raise TrainError(f"--lr must be a positive number, not {lr}")
+    if lr is not None and not 0 < lr < float("inf"):  # also refuses NaN
+        raise TrainError(f"--lr must be a finite positive number, not {lr}")
     reporter = QuietReporter() if quiet else RichReporter()
     opts = TrainOptions(
         backend=backend, out=out, resume=resume, force=force, devices=devices,
