@@ -463,6 +463,26 @@ def test_plot_curves(reber_run, tmp_path):
     assert _is_png(out) and str(out) in result.output
 
 
+def test_plot_whatever_mplbackend_says(reber_run, tmp_path):
+    """An MPLBACKEND matplotlib does not know (set for a notebook, say) was a traceback
+    from matplotlib's import; the PNG is drawn with Agg anyway."""
+    out = tmp_path / "curves.png"
+    r = subprocess.run(
+        [sys.executable, "-c", "from rnnc.cli import main; main()", "plot", str(reber_run[1]),
+         "-o", str(out)], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "MPLBACKEND": "no_such_backend"})
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert _is_png(out)
+
+
+def test_plot_without_matplotlib(reber_run, tmp_path, monkeypatch):
+    for name in ("matplotlib", "matplotlib.pyplot"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if it were not installed
+    _assert_clean_error(rnnc("plot", reber_run[1], "-o", tmp_path / "c.png", code=1),
+                        "rnnc plot needs matplotlib", "pip install matplotlib")
+    assert not list(tmp_path.iterdir())
+
+
 def test_plot_gates(reber_run, tmp_path):
     out = tmp_path / "gates.png"
     result = rnnc("plot", reber_run[1], "--gates", "BTSSXXTVVE", "-o", out)
