@@ -166,6 +166,7 @@ def test_progress_bar_mode_runs(tmp_path):
     spec = write(tmp_path / "r.rnn", REBER.format(cell="elman", epochs=1, extra=""))
     result = rnnc("train", spec, "-b", BACKEND, "-o", tmp_path / "run")
     assert "epoch 1/1" in result.output and "test_loss" in result.output
+    assert "\n\n" not in result.output  # the bar left an empty line where it is not shown
 
 
 def test_early_stop(tmp_path):

@@ -91,6 +91,8 @@ class RichReporter(QuietReporter):
     def start(self, epochs: int, n_batches: int, keys: list[str], headline: str) -> None:
         super().start(epochs, n_batches, keys, headline)
         self.n_batches = n_batches
+        if not self.console.is_terminal:
+            return  # no bar in a log file (rich would leave an empty line there)
         self.progress = Progress(
             TextColumn("epoch {task.fields[epoch]}"),
             BarColumn(bar_width=24),
