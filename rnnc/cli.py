@@ -198,6 +198,10 @@ def ir(
     from rnnc.ir.printer import program_str
     from rnnc.spec import load_spec
 
+    if raw and (after is not None or disable):
+        raise RnncError("--raw is the IR before any pass: it does not go with "
+                        f"{'--after' if after is not None else '--disable'}", None,
+                        "leave out --raw, or the other option")
     program = lower(load_spec(spec), base_dir=str(spec.parent))
     if raw:
         program = optimize(program, disable=PIPELINE)

@@ -353,6 +353,14 @@ def test_expression_too_deep_to_parse(tmp_path, expr, suffix):
     assert "error: an expression is nested too deeply" in r.output
 
 
+@pytest.mark.parametrize("other", [["--after", "cse"], ["--disable", "cse"]])
+def test_ir_raw_with_a_pass_option(other):
+    """ir --raw --after/--disable printed the raw IR, the other option silently ignored."""
+    r = CliRunner().invoke(app, ["ir", str(ROOT / "specs" / "elman.rnn"), "--raw", *other])
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit)
+    assert f"error: --raw is the IR before any pass: it does not go with {other[0]}" in r.output
+
+
 @pytest.mark.parametrize("tol", ["-1", "0", "nan"])
 def test_gradcheck_refuses_a_meaningless_tolerance(tol):
     r = CliRunner().invoke(app, ["gradcheck", str(ROOT / "specs" / "elman.rnn"), "--tol", tol])
