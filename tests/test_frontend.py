@@ -361,6 +361,28 @@ def test_ir_raw_with_a_pass_option(other):
     assert f"error: --raw is the IR before any pass: it does not go with {other[0]}" in r.output
 
 
+@pytest.mark.parametrize("depth", [600, 100_000])
+def test_yaml_nested_too_deeply(tmp_path, depth):
+    """Deeply nested YAML lists were a RecursionError traceback (PyYAML's composer, or
+    the reader after it), and the error showed the whole line, however long."""
+    spec = tmp_path / "deep.yaml"
+    spec.write_text("model: " + "[" * depth + "]" * depth + "\n")
+    r = CliRunner().invoke(app, ["check", str(spec)])
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit)
+    assert "deep.yaml:1:1: error: invalid YAML: lists or mappings are nested too deeply" \
+        in r.output
+    assert max(len(line) for line in r.output.splitlines()[1:]) < 120  # the source line
+
+
+def test_an_error_in_a_very_long_line_shows_the_part_around_it():
+    from rnnc.errors import Source, Span
+
+    src = Source("f", "x" * 250 + "BAD" + "y" * 250)
+    shown = RnncError("m", Span(src, 1, 251, 254)).render().splitlines()
+    assert shown[1] == "  ..." + "x" * 20 + "BAD" + "y" * 77 + "..."
+    assert shown[2] == "  " + " " * 23 + "^^^"
+
+
 @pytest.mark.parametrize("tol", ["-1", "0", "nan"])
 def test_gradcheck_refuses_a_meaningless_tolerance(tol):
     r = CliRunner().invoke(app, ["gradcheck", str(ROOT / "specs" / "elman.rnn"), "--tol", tol])
