@@ -448,6 +448,25 @@ def test_sample(text_run):
         _assert_clean_error(bad, "the temperature must be a finite number > 0")
 
 
+def test_sample_interrupted_keeps_the_text_so_far(text_run, monkeypatch):
+    """The sample was printed only once whole: a Ctrl-C during a long one lost it all."""
+    from rnnc.train import sampling
+
+    _, run, _ = text_run
+    real, calls = sampling.next_distribution, []
+
+    def interrupted_at_the_sixth(probs, temperature):
+        calls.append(1)
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        return real(probs, temperature)
+
+    monkeypatch.setattr(sampling, "next_distribution", interrupted_at_the_sixth)
+    result = rnnc("sample", run, "--prime", "the ", "--length", 1000, code=130)
+    text = result.output.removesuffix("\ninterrupted\n")  # the sample may hold newlines
+    assert text.startswith("the ") and len(text) == 4 + 5
+
+
 def test_sample_needs_a_character_model(reber_run):
     result = rnnc("sample", reber_run[1], "--prime", "B", code=1)
     assert "not a character model" in result.output

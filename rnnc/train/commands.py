@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -133,9 +134,20 @@ def _sample(
     if prime is None:
         prime = (c.train_cfg.get("sample") or {}).get("prime") or (
             "\n" if "\n" in vocab else vocab[0])
-    text = sample_text(c.module, cp.params, vocab, prime, length, temperature,
-                       np.random.default_rng(seed), c.program.train.dtype)
-    typer.echo(prime + text)
+    # printed as it is drawn: a long sample shows progress, and a Ctrl-C keeps what is out
+    started = []
+
+    def emit(text: str) -> None:
+        started.append(True)
+        typer.echo(text, nl=False)
+        sys.stdout.flush()
+
+    try:
+        sample_text(c.module, cp.params, vocab, prime, length, temperature,
+                    np.random.default_rng(seed), c.program.train.dtype, emit=emit)
+    finally:
+        if started:
+            typer.echo("")
 
 
 _EXAMPLE = re.compile(r"^(train|val|test):(\d+)$")
