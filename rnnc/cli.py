@@ -235,15 +235,56 @@ def fmt(
     from rnnc.spec.printer import to_text, to_yaml
 
     parsed = load_spec(spec)
-    target = to or SYNTAXES.get(spec.suffix.lower(), "yaml")
+    own = SYNTAXES.get(spec.suffix.lower(), "yaml")
+    target = to or own
     if target not in ("yaml", "rnn"):
         raise SpecError(f"unknown syntax '{target}'", None, "use --to yaml or --to rnn")
+    if in_place and output is not None:
+        raise SpecError("--in-place rewrites SPEC: it does not go with -o", None,
+                        "give one of them")
+    if in_place and target != own:  # YAML in a .rnn file no longer loads
+        raise SpecError(f"--in-place keeps {spec.name} in its own syntax ({own}), not --to "
+                        f"{target}", None, f"write the {target} form to a file of its own: "
+                        f"-o {spec.with_suffix('.' + target).name}")
     text = to_yaml(parsed) if target == "yaml" else to_text(parsed)
     dest = spec if in_place else output
+    if dest is not None and own == "yaml" and _same_file(dest, spec):
+        comments = _yaml_comments(spec.read_text(encoding="utf-8"))
+        if comments:  # the YAML printer has nowhere to put them
+            raise SpecError(f"rewriting {spec.name} would drop its {comments} comment "
+                            f"line{'s' if comments > 1 else ''}: the canonical YAML form "
+                            "keeps no comments", None,
+                            "print it (rnnc fmt SPEC) or write it to another file with -o")
     if dest is not None:
         write_atomic(dest, text)
     else:
         typer.echo(text, nl=False)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and a.samefile(b))
+    except OSError:
+        return False
+
+
+def _yaml_comments(text: str) -> int:
+    """How many lines of a YAML text hold a comment (a ``#`` outside every scalar)."""
+    import yaml
+
+    scalars = []
+    try:
+        for tok in yaml.scan(text, Loader=yaml.SafeLoader):
+            if isinstance(tok, yaml.ScalarToken):
+                scalars.append((tok.start_mark.index, tok.end_mark.index))
+    except yaml.YAMLError:
+        return 0
+    lines = set()
+    for i, ch in enumerate(text):
+        if ch == "#" and (i == 0 or text[i - 1] in " \t\r\n") and \
+                not any(a <= i < b for a, b in scalars):
+            lines.add(text.count("\n", 0, i))
+    return len(lines)
 
 
 @app.command()

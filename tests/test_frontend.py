@@ -287,6 +287,34 @@ def test_fmt_cli_converts(tmp_path):
     assert parse_spec(out.read_text(), "m.rnn") == load_spec(ROOT / "specs" / "char_mgu.rnn")
 
 
+def test_fmt_in_place_loses_nothing(tmp_path):
+    """fmt -i of a YAML spec silently dropped its comments (the canonical YAML form has
+    none), and fmt --to yaml -i x.rnn wrote YAML into the .rnn file, which then no
+    longer loaded; -i -o ignored -o."""
+    commented = tmp_path / "c.yaml"
+    original = (ROOT / "specs" / "embedded_reber_lstm.yaml").read_text()
+    assert original.startswith("# ")
+    commented.write_text(original)
+    for args in (["-i"], ["-o", str(commented)]):
+        r = CliRunner().invoke(app, ["fmt", str(commented), *args])
+        assert r.exit_code == 1 and isinstance(r.exception, SystemExit)
+        assert "would drop its" in r.output and "comment lines" in r.output
+    assert commented.read_text() == original
+    plain = tmp_path / "p.yaml"
+    r = CliRunner().invoke(app, ["fmt", str(commented), "-o", str(plain)])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["fmt", str(plain), "-i"])  # no comments: rewritten
+    assert r.exit_code == 0, r.output
+    text = tmp_path / "x.rnn"
+    text.write_text((ROOT / "specs" / "elman.rnn").read_text())
+    for args, says in ((["--to", "yaml", "-i"], "keeps x.rnn in its own syntax (rnn)"),
+                       (["-i", "-o", str(tmp_path / "y.rnn")], "does not go with -o")):
+        r = CliRunner().invoke(app, ["fmt", str(text), *args])
+        assert r.exit_code == 1 and says in r.output, r.output
+    assert text.read_text() == (ROOT / "specs" / "elman.rnn").read_text()
+    assert not (tmp_path / "y.rnn").exists()
+
+
 @pytest.mark.parametrize("command", ["compile", "fmt"])
 def test_output_path_that_is_a_folder(tmp_path, command):
     r = CliRunner().invoke(app, [command, str(ROOT / "specs" / "elman.rnn"), "-o", str(tmp_path)])
