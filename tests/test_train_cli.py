@@ -925,6 +925,17 @@ def test_a_file_where_a_run_folder_belongs(tmp_path):
     assert spec.read_text() == REBER.format(cell="elman", epochs=1, extra="")
 
 
+def test_a_jax_module_without_jax(reber_run, tmp_path, monkeypatch):
+    """train --backend jax, or eval of a JAX run, where JAX is not installed: a
+    ModuleNotFoundError traceback."""
+    spec = write(tmp_path / "r.rnn", REBER.format(cell="elman", epochs=1, extra=""))
+    monkeypatch.setitem(sys.modules, "jax", None)  # as if it were not installed
+    _assert_clean_error(rnnc("train", spec, "-b", "jax", "-o", tmp_path / "run", "-q",
+                             code=1),
+                        "model_jax.py needs jax, which is not installed", "rnnc[jax]")
+    assert not (tmp_path / "run").exists()
+
+
 def test_other_bad_options(tmp_path):
     spec = write(tmp_path / "r.rnn", REBER.format(
         cell="elman", epochs=1, extra="early_stop metric reber_acc patience 2"))

@@ -23,7 +23,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from rnnc.errors import RnncError, TrainError
+from rnnc.errors import BackendError, RnncError, TrainError
 from rnnc.ir.lower import Sizes
 from rnnc.spec import ast as A
 from rnnc.train.hostmem import keep_freed_memory
@@ -58,13 +58,19 @@ def import_module_file(path: Path) -> ModuleType:
         raise TrainError(f"cannot import the generated module '{path}'")
     module = importlib.util.module_from_spec(spec)
     keep_freed_memory()  # before the module allocates (see rnnc/train/hostmem.py)
-    if _is_jax_module(path):
-        from rnnc.backends.jax.cache import enable_compilation_cache
-
-        enable_compilation_cache()  # before the module's first computation
     sys.modules[name] = module  # some libraries (dataclasses, pickle) look modules up here
     try:
+        if _is_jax_module(path):
+            from rnnc.backends.jax.cache import enable_compilation_cache
+
+            enable_compilation_cache()  # before the module's first computation
         spec.loader.exec_module(module)
+    except ModuleNotFoundError as err:  # JAX not installed (a JAX run, --backend jax)
+        sys.modules.pop(name, None)
+        what = err.name or "a module it needs"
+        raise BackendError(f"the generated module {Path(path).name} needs {what}, which is "
+                           "not installed", hint="install it (JAX: pip install 'rnnc[jax]'), or "
+                           "train with --backend numpy") from None
     except FileNotFoundError:
         sys.modules.pop(name, None)
         raise TrainError(f"the run's module '{path}' is missing",
