@@ -295,6 +295,14 @@ def test_resume_from_the_newest_whole_checkpoint(reber_run, tmp_path, damage, fr
     _same_metrics(whole, part)
 
 
+def test_the_resume_command_can_be_pasted(tmp_path):
+    """The printed resume command left paths with spaces unquoted."""
+    spec = write(tmp_path / "my spec.rnn", REBER.format(cell="elman", epochs=1, extra=""))
+    run = tmp_path / "my run"
+    result = train(spec, run, "--stop-after-steps", 2, code=130)
+    assert f"resume with: rnnc train '{spec}' --out '{run}' --resume" in result.output
+
+
 def test_resume_text_stream_with_dropout(text_run, tmp_path):
     spec, whole, _ = text_run
     part = tmp_path / "part"

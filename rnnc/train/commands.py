@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -61,7 +62,9 @@ def _train(
         how = "terminated" if result.terminated else "interrupted"
         typer.echo(f"{how} at step {result.state.step}: checkpoint saved in "
                    f"{result.interrupted_at}", err=True)
-        typer.echo(f"resume with: rnnc train {spec} --out {run_dir} --resume", err=True)
+        # a command to copy: paths with spaces or quotes are quoted for the shell
+        typer.echo(f"resume with: rnnc train {shlex.quote(str(spec))} --out "
+                   f"{shlex.quote(str(run_dir))} --resume", err=True)
         raise typer.Exit(143 if result.terminated else 130)
     if result.test is not None:
         parts = "  ".join(f"test_{k} {v:.4f}" for k, v in result.test.items())
