@@ -102,7 +102,15 @@ def file_in_the_way(folder: Path) -> Path | None:
 
 
 def umask() -> int:
-    """The process's umask (reading it means setting it: set it straight back)."""
+    """The process's umask: from /proc on Linux, else by setting it and straight back
+    (which other threads could see for that moment)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
