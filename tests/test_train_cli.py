@@ -295,6 +295,21 @@ def test_resume_from_the_newest_whole_checkpoint(reber_run, tmp_path, damage, fr
     _same_metrics(whole, part)
 
 
+def test_resume_with_fewer_epochs_than_done(reber_run, tmp_path):
+    """--resume --epochs N of a run already past epoch N said "resuming", trained nothing
+    and tested the unfinished epoch (and run.json kept the smaller --epochs)."""
+    spec, _, _ = reber_run
+    run = tmp_path / "run"
+    train(spec, run, "--stop-after-steps", 18, code=130)  # in epoch 2
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    _assert_clean_error(train(spec, run, "--resume", "--epochs", 1, code=1),
+                        "--epochs 1, but the run", "already in epoch 2")
+    after = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert after == before
+    result = train(spec, run, "--resume", "--epochs", 2)
+    assert "epoch 2/2" in result.output and "test_loss" in result.output
+
+
 def test_the_resume_command_can_be_pasted(tmp_path):
     """The printed resume command left paths with spaces unquoted."""
     spec = write(tmp_path / "my spec.rnn", REBER.format(cell="elman", epochs=1, extra=""))

@@ -761,6 +761,14 @@ def train(spec_path: Path, opts: TrainOptions, reporter) -> TrainResult:
         if resume_from.record.get("spec_sha256") != sha:
             raise TrainError(f"the checkpoint in '{run_dir}' belongs to another spec",
                              hint="train into a new folder with --out")
+        r, asked = resume_from.record, opts.overrides.epochs
+        if asked is not None and r["finished"] is None and (
+                r["epoch"] > asked or (r["epoch"] == asked and r["batch_index"] > 0)):
+            # it said "resuming" and trained nothing, then tested the unfinished epoch
+            raise TrainError(f"--epochs {asked}, but the run in '{run_dir}' is already in "
+                             f"epoch {r['epoch'] + 1}: there is nothing to resume",
+                             hint="give a larger --epochs to go on; `rnnc eval "
+                                  f"{run_dir} --checkpoint latest` evaluates it as it is")
     else:
         # any checkpoint, even one a damaged or deleted pointer no longer names: only
         # --force replaces a run
