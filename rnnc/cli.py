@@ -143,8 +143,9 @@ def write_atomic(path: Path, text: str | bytes) -> None:
         raise RnncError(f"cannot write '{path}': {err.strerror}", None,
                  "check that the folder exists and is writable") from None
     try:
-        with contextlib.suppress(OSError):  # a file system without permissions
-            os.fchmod(fd, new_file_mode(path))
+        if hasattr(os, "fchmod"):  # not on Windows before Python 3.13
+            with contextlib.suppress(OSError):  # a file system without permissions
+                os.fchmod(fd, new_file_mode(path))
         with os.fdopen(fd, "wb") as f:
             f.write(text.encode("utf-8") if isinstance(text, str) else text)
         os.replace(tmp, path)
