@@ -6,9 +6,12 @@ message and a non-zero exit; ``--debug`` shows the traceback instead.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import signal
+import stat
 import sys
 import tempfile
 from collections.abc import Callable
@@ -18,7 +21,7 @@ from typing import Annotated, Any
 import typer
 
 from rnnc import __version__
-from rnnc.errors import RnncError
+from rnnc.errors import RnncError, Terminated, raise_terminated
 
 
 app = typer.Typer(
@@ -60,6 +63,12 @@ def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
+            # SIGTERM ends a command like Ctrl-C (temporary files removed, `train` saves a
+            # checkpoint), not at once with whatever it was writing left behind
+            previous = signal.signal(signal.SIGTERM, raise_terminated)
+        except ValueError:  # not the main thread
+            previous = None
+        try:
             return fn(*args, **kwargs)
         except RnncError as err:
             if _state["debug"]:
@@ -72,11 +81,49 @@ def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             fail(RnncError(f"out of memory: {detail}", None,
                            "`rnnc check SPEC` prints every parameter's shape; a smaller hidden "
                            "size, batch or window needs less"))
-        except KeyboardInterrupt:
-            typer.echo("interrupted", err=True)
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as err:
+            terminated = isinstance(err, Terminated)
+            typer.echo("terminated" if terminated else "interrupted", err=True)
+            raise typer.Exit(143 if terminated else 130) from None
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper
+
+
+def file_in_the_way(folder: Path) -> Path | None:
+    """The file (not a folder) at ``folder`` or at one of its parents, if any: what makes
+    creating the folder fail with 'File exists' or 'Not a directory'."""
+    for p in (folder, *folder.parents):
+        if p.exists() or p.is_symlink():
+            return None if p.is_dir() else p
+    return None
+
+
+def umask() -> int:
+    """The process's umask: from /proc on Linux, else by setting it and straight back
+    (which other threads could see for that moment)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def new_file_mode(path: Path) -> int:
+    """The permissions a file written over ``path`` gets: those of the file it replaces,
+    else what the umask gives a new file (the temporary files written and renamed into
+    place start as 0600, readable by their owner only)."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return 0o666 & ~umask()
 
 
 def write_atomic(path: Path, text: str | bytes) -> None:
@@ -85,6 +132,10 @@ def write_atomic(path: Path, text: str | bytes) -> None:
     if path.is_dir():
         raise RnncError(f"cannot write '{path}': it is a folder", None,
                         "give the path of a file to write")
+    blocker = file_in_the_way(path.parent)
+    if blocker is not None:
+        raise RnncError(f"cannot write '{path}': '{blocker}' is a file, not a folder", None,
+                        "give a path in a folder")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -92,6 +143,9 @@ def write_atomic(path: Path, text: str | bytes) -> None:
         raise RnncError(f"cannot write '{path}': {err.strerror}", None,
                  "check that the folder exists and is writable") from None
     try:
+        if hasattr(os, "fchmod"):  # not on Windows before Python 3.13
+            with contextlib.suppress(OSError):  # a file system without permissions
+                os.fchmod(fd, new_file_mode(path))
         with os.fdopen(fd, "wb") as f:
             f.write(text.encode("utf-8") if isinstance(text, str) else text)
         os.replace(tmp, path)
@@ -153,6 +207,10 @@ def ir(
     from rnnc.ir.printer import program_str
     from rnnc.spec import load_spec
 
+    if raw and (after is not None or disable):
+        raise RnncError("--raw is the IR before any pass: it does not go with "
+                        f"{'--after' if after is not None else '--disable'}", None,
+                        "leave out --raw, or the other option")
     program = lower(load_spec(spec), base_dir=str(spec.parent))
     if raw:
         program = optimize(program, disable=PIPELINE)
@@ -186,15 +244,56 @@ def fmt(
     from rnnc.spec.printer import to_text, to_yaml
 
     parsed = load_spec(spec)
-    target = to or SYNTAXES.get(spec.suffix.lower(), "yaml")
+    own = SYNTAXES.get(spec.suffix.lower(), "yaml")
+    target = to or own
     if target not in ("yaml", "rnn"):
         raise SpecError(f"unknown syntax '{target}'", None, "use --to yaml or --to rnn")
+    if in_place and output is not None:
+        raise SpecError("--in-place rewrites SPEC: it does not go with -o", None,
+                        "give one of them")
+    if in_place and target != own:  # YAML in a .rnn file no longer loads
+        raise SpecError(f"--in-place keeps {spec.name} in its own syntax ({own}), not --to "
+                        f"{target}", None, f"write the {target} form to a file of its own: "
+                        f"-o {spec.with_suffix('.' + target).name}")
     text = to_yaml(parsed) if target == "yaml" else to_text(parsed)
     dest = spec if in_place else output
+    if dest is not None and own == "yaml" and _same_file(dest, spec):
+        comments = _yaml_comments(spec.read_text(encoding="utf-8"))
+        if comments:  # the YAML printer has nowhere to put them
+            raise SpecError(f"rewriting {spec.name} would drop its {comments} comment "
+                            f"line{'s' if comments > 1 else ''}: the canonical YAML form "
+                            "keeps no comments", None,
+                            "print it (rnnc fmt SPEC) or write it to another file with -o")
     if dest is not None:
         write_atomic(dest, text)
     else:
         typer.echo(text, nl=False)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and a.samefile(b))
+    except OSError:
+        return False
+
+
+def _yaml_comments(text: str) -> int:
+    """How many lines of a YAML text hold a comment (a ``#`` outside every scalar)."""
+    import yaml
+
+    scalars = []
+    try:
+        for tok in yaml.scan(text, Loader=yaml.SafeLoader):
+            if isinstance(tok, yaml.ScalarToken):
+                scalars.append((tok.start_mark.index, tok.end_mark.index))
+    except yaml.YAMLError:
+        return 0
+    lines = set()
+    for i, ch in enumerate(text):
+        if ch == "#" and (i == 0 or text[i - 1] in " \t\r\n") and \
+                not any(a <= i < b for a, b in scalars):
+            lines.add(text.count("\n", 0, i))
+    return len(lines)
 
 
 @app.command()

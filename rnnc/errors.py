@@ -59,6 +59,10 @@ class Span:
         return Span(self.source, self.line + dline, col, end)
 
 
+_SHOWN = 100
+"""The most characters of a source line an error shows."""
+
+
 class RnncError(Exception):
     """Base class of every user-facing error. Subclasses only name the category."""
 
@@ -94,8 +98,15 @@ class RnncError(Exception):
                 if self.span.end_column is not None and self.span.end_column > self.span.column:
                     width = self.span.end_column - self.span.column
                 width = max(1, min(width, len(src) - self.span.column + 1))
+                column = self.span.column
+                if len(src) > _SHOWN:  # a very long line: the part around the column
+                    start = max(0, min(column - 1 - 20, len(src) - _SHOWN))
+                    src = ("..." if start else "") + src[start:start + _SHOWN] + (
+                        "..." if start + _SHOWN < len(src) else "")
+                    column = column - start + (3 if start else 0)
+                    width = max(1, min(width, _SHOWN - (column - 1) + (3 if start else 0)))
                 lines.append(f"  {src}")
-                lines.append("  " + " " * (self.span.column - 1) + "^" * width)
+                lines.append("  " + " " * (column - 1) + "^" * width)
         else:
             lines.append(head)
         if self.hint:
@@ -128,6 +139,16 @@ class TrainError(RnncError):
 
 class BackendError(RnncError):
     """A backend cannot be found or cannot compile what it was given."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a job scheduler stopping the job), raised like a Ctrl-C so that
+    everything a Ctrl-C cleans up or saves is cleaned up or saved; exit code 143."""
+
+
+def raise_terminated(signum, frame) -> None:
+    """A SIGTERM handler: raise :class:`Terminated`."""
+    raise Terminated
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str | None:

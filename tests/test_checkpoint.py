@@ -73,6 +73,23 @@ def test_pointers_and_pruning(tmp_path):
     assert ckpt.read_pointer(tmp_path, "latest") == "step-00000003.1"
 
 
+def test_checkpoint_files_get_the_usual_permissions(tmp_path):
+    """A checkpoint folder was 0700 (mkdtemp), its safetensors files 0600: a run folder
+    shared with others could not be evaluated or resumed by them."""
+    import os
+    import stat
+
+    params, opt, stream = _arrays()
+    mask = os.umask(0o022)
+    try:
+        path = ckpt.save_checkpoint(tmp_path, params, opt, stream, _record(1), best=True)
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o755
+    for f in [*path.iterdir(), tmp_path / "latest", tmp_path / "best"]:
+        assert stat.S_IMODE(f.stat().st_mode) == 0o644, f.name
+
+
 def test_best_falls_back_to_latest(tmp_path):
     params, opt, _ = _arrays()
     ckpt.save_checkpoint(tmp_path, params, opt, None, _record(5))
@@ -94,6 +111,27 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(ckpt, "save_file", failing)
     with pytest.raises(TrainError, match="No space left"):
         ckpt.save_checkpoint(tmp_path, params, opt, None, _record(2))
+    monkeypatch.undo()
+    assert ckpt.load_checkpoint(tmp_path).step == 1
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == ["step-00000001"]
+
+
+def test_full_disk_in_safetensors_is_one_message(tmp_path, monkeypatch):
+    # safetensors reports a failed write as its own SafetensorError, not as an OSError
+    # (this was a traceback when a disk filled up at an epoch's checkpoint)
+    from safetensors import SafetensorError
+
+    params, opt, _ = _arrays()
+    ckpt.save_checkpoint(tmp_path, params, opt, None, _record(1))
+
+    def full(arrays, path):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device "
+                              "(os error 28)")
+
+    monkeypatch.setattr(ckpt, "save_file", full)
+    with pytest.raises(TrainError) as err:
+        ckpt.save_checkpoint(tmp_path, params, opt, None, _record(2))
+    assert err.value.message.endswith(": No space left on device (os error 28)")
     monkeypatch.undo()
     assert ckpt.load_checkpoint(tmp_path).step == 1
     assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == ["step-00000001"]
@@ -124,6 +162,24 @@ def test_missing_and_damaged(tmp_path):
     # a folder without its JSON record (written last) is not a checkpoint
     (path / ckpt.RECORD).unlink()
     assert not ckpt.has_checkpoint(tmp_path)
+
+
+def test_newest_whole_checkpoint(tmp_path):
+    params, opt, _ = _arrays()
+    for step in (2, 10, 9):
+        ckpt.save_checkpoint(tmp_path, params, opt, None, _record(step), best=step == 2)
+    ckpt.save_checkpoint(tmp_path, params, opt, None, _record(9))  # step-00000009.1
+    assert ckpt.checkpoint_names(tmp_path) == ["step-00000009.1", "step-00000002"]
+    assert ckpt.load_newest(tmp_path)[0].path.name == "step-00000009.1"
+    (tmp_path / "step-00000009.1" / "opt_state.safetensors").write_bytes(b"")
+    cp, notes = ckpt.load_newest(tmp_path)
+    assert cp.step == 2 and len(notes) == 1 and "step-00000009.1' is damaged" in notes[0]
+    (tmp_path / "latest").unlink()
+    assert ckpt.holds_checkpoints(tmp_path) and not ckpt.has_checkpoint(tmp_path)
+    (tmp_path / "step-00000002" / "params.safetensors").write_bytes(b"")
+    with pytest.raises(TrainError, match="step-00000009.1' is damaged"):
+        ckpt.load_newest(tmp_path)
+    assert not ckpt.holds_checkpoints(tmp_path / "nowhere")
 
 
 @pytest.mark.parametrize("record, problem", [

@@ -287,6 +287,34 @@ def test_fmt_cli_converts(tmp_path):
     assert parse_spec(out.read_text(), "m.rnn") == load_spec(ROOT / "specs" / "char_mgu.rnn")
 
 
+def test_fmt_in_place_loses_nothing(tmp_path):
+    """fmt -i of a YAML spec silently dropped its comments (the canonical YAML form has
+    none), and fmt --to yaml -i x.rnn wrote YAML into the .rnn file, which then no
+    longer loaded; -i -o ignored -o."""
+    commented = tmp_path / "c.yaml"
+    original = (ROOT / "specs" / "embedded_reber_lstm.yaml").read_text()
+    assert original.startswith("# ")
+    commented.write_text(original)
+    for args in (["-i"], ["-o", str(commented)]):
+        r = CliRunner().invoke(app, ["fmt", str(commented), *args])
+        assert r.exit_code == 1 and isinstance(r.exception, SystemExit)
+        assert "would drop its" in r.output and "comment lines" in r.output
+    assert commented.read_text() == original
+    plain = tmp_path / "p.yaml"
+    r = CliRunner().invoke(app, ["fmt", str(commented), "-o", str(plain)])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["fmt", str(plain), "-i"])  # no comments: rewritten
+    assert r.exit_code == 0, r.output
+    text = tmp_path / "x.rnn"
+    text.write_text((ROOT / "specs" / "elman.rnn").read_text())
+    for args, says in ((["--to", "yaml", "-i"], "keeps x.rnn in its own syntax (rnn)"),
+                       (["-i", "-o", str(tmp_path / "y.rnn")], "does not go with -o")):
+        r = CliRunner().invoke(app, ["fmt", str(text), *args])
+        assert r.exit_code == 1 and says in r.output, r.output
+    assert text.read_text() == (ROOT / "specs" / "elman.rnn").read_text()
+    assert not (tmp_path / "y.rnn").exists()
+
+
 @pytest.mark.parametrize("command", ["compile", "fmt"])
 def test_output_path_that_is_a_folder(tmp_path, command):
     r = CliRunner().invoke(app, [command, str(ROOT / "specs" / "elman.rnn"), "-o", str(tmp_path)])
@@ -294,6 +322,42 @@ def test_output_path_that_is_a_folder(tmp_path, command):
     assert isinstance(r.exception, SystemExit)  # a message, not a traceback
     assert f"error: cannot write '{tmp_path}': it is a folder" in r.output
     assert list(tmp_path.iterdir()) == [] and not list(tmp_path.parent.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("command", ["compile", "fmt"])
+def test_output_path_inside_a_file(tmp_path, command):
+    """-o through a file said 'cannot write ...: File exists' (or 'Not a directory')."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("keep me")
+    for out in (blocker / "m.py", blocker / "sub" / "m.py"):
+        r = CliRunner().invoke(app, [command, str(ROOT / "specs" / "elman.rnn"), "-o", str(out)])
+        assert r.exit_code == 1 and isinstance(r.exception, SystemExit)
+        assert f"'{blocker}' is a file, not a folder" in r.output
+    assert blocker.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("command", ["compile", "fmt"])
+def test_written_files_get_the_usual_permissions(tmp_path, command):
+    """Files written through a temporary file and a rename were left 0600 (mkstemp's
+    mode): a compiled module no one else could read, and `fmt -i` took a spec's group
+    and other permissions away."""
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    try:
+        out = tmp_path / "out"
+        r = CliRunner().invoke(app, [command, str(ROOT / "specs" / "elman.rnn"), "-o", str(out)])
+        assert r.exit_code == 0, r.output
+        assert stat.S_IMODE(out.stat().st_mode) == 0o644
+        spec = tmp_path / "e.rnn"
+        spec.write_text((ROOT / "specs" / "elman.rnn").read_text())
+        spec.chmod(0o664)
+        r = CliRunner().invoke(app, ["fmt", str(spec), "-i"])
+        assert r.exit_code == 0, r.output
+        assert stat.S_IMODE(spec.stat().st_mode) == 0o664  # kept as it was
+    finally:
+        os.umask(mask)
 
 
 @pytest.mark.parametrize("expr", [" + ".join(["x"] * 3000), "-" * 3000 + "x"])
@@ -315,6 +379,36 @@ def test_expression_too_deep_to_parse(tmp_path, expr, suffix):
     line = 3 if suffix == ".rnn" else 6
     assert f"deep{suffix}:{line}:" in r.output
     assert "error: an expression is nested too deeply" in r.output
+
+
+@pytest.mark.parametrize("other", [["--after", "cse"], ["--disable", "cse"]])
+def test_ir_raw_with_a_pass_option(other):
+    """ir --raw --after/--disable printed the raw IR, the other option silently ignored."""
+    r = CliRunner().invoke(app, ["ir", str(ROOT / "specs" / "elman.rnn"), "--raw", *other])
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit)
+    assert f"error: --raw is the IR before any pass: it does not go with {other[0]}" in r.output
+
+
+@pytest.mark.parametrize("depth", [600, 100_000])
+def test_yaml_nested_too_deeply(tmp_path, depth):
+    """Deeply nested YAML lists were a RecursionError traceback (PyYAML's composer, or
+    the reader after it), and the error showed the whole line, however long."""
+    spec = tmp_path / "deep.yaml"
+    spec.write_text("model: " + "[" * depth + "]" * depth + "\n")
+    r = CliRunner().invoke(app, ["check", str(spec)])
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit)
+    assert "deep.yaml:1:1: error: invalid YAML: lists or mappings are nested too deeply" \
+        in r.output
+    assert max(len(line) for line in r.output.splitlines()[1:]) < 120  # the source line
+
+
+def test_an_error_in_a_very_long_line_shows_the_part_around_it():
+    from rnnc.errors import Source, Span
+
+    src = Source("f", "x" * 250 + "BAD" + "y" * 250)
+    shown = RnncError("m", Span(src, 1, 251, 254)).render().splitlines()
+    assert shown[1] == "  ..." + "x" * 20 + "BAD" + "y" * 77 + "..."
+    assert shown[2] == "  " + " " * 23 + "^^^"
 
 
 @pytest.mark.parametrize("tol", ["-1", "0", "nan"])

@@ -1060,6 +1060,37 @@ def test_compilation_cache_location(monkeypatch, tmp_path):
         assert cache.cache_dir() is None and cache.enable_compilation_cache() is None
 
 
+def test_compilation_cache_that_cannot_be_written(monkeypatch, tmp_path):
+    """RNNC_JAX_CACHE naming a file, or a folder under one, or one that cannot be written
+    was a traceback from mkdir in every JAX command; an unwritable default location now
+    means no cache, an unwritable chosen one one error."""
+    import stat
+
+    from rnnc.backends.jax import cache
+    from rnnc.errors import BackendError
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    bad = [blocker, blocker / "sub"]
+    if not os.access(locked, os.W_OK):  # root may write anywhere
+        bad.append(locked)
+    for where in bad:
+        monkeypatch.setenv("RNNC_JAX_CACHE", str(where))
+        with pytest.raises(BackendError, match="cannot be used") as err:
+            cache.enable_compilation_cache()
+        assert "RNNC_JAX_CACHE=off" in err.value.hint
+        with pytest.raises(BackendError, match="cannot be used"):
+            cache.enable_compilation_cache(where)
+    monkeypatch.delenv("RNNC_JAX_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    if sys.platform.startswith("linux"):
+        assert cache.enable_compilation_cache() is None
+    assert blocker.read_text() == ""
+
+
 def test_compilation_cache_stores_programs(tmp_path):
     script = (
         "import sys\n"

@@ -163,10 +163,21 @@ def test_one_to_many_learns_to_unroll_a_sine_from_its_cue(tmp_path):
     assert test["test_mse"] < 0.1
 
 
+def test_epoch_lines_show_huge_values_in_scientific_notation():
+    """A diverging run's train_loss printed as 6477734797195214692650496032768.0000."""
+    from rnnc.train.progress import epoch_line
+
+    line = epoch_line({"epoch": 1, "step": 5, "train_loss": 6.4777e30, "val_loss": 2.5e-5,
+                       "val_mse": 0.25, "time": 1.0}, 3, ["val_loss", "val_mse"])
+    assert line == ("epoch 1/3  step 5  train_loss 6.48e+30  val_loss 2.50e-05  "
+                    "val_mse 0.2500  1.0s")
+
+
 def test_progress_bar_mode_runs(tmp_path):
     spec = write(tmp_path / "r.rnn", REBER.format(cell="elman", epochs=1, extra=""))
     result = rnnc("train", spec, "-b", BACKEND, "-o", tmp_path / "run")
     assert "epoch 1/1" in result.output and "test_loss" in result.output
+    assert "\n\n" not in result.output  # the bar left an empty line where it is not shown
 
 
 def test_early_stop(tmp_path):
@@ -262,6 +273,62 @@ def test_resume_equals_uninterrupted_run(reber_run, tmp_path, stop_at):
     _same_metrics(whole, part)
 
 
+@pytest.mark.parametrize(("damage", "from_step"), [
+    ("truncated", 12), ("deleted", 12), ("no pointer", 18)])  # "checkpoint every 4"
+def test_resume_from_the_newest_whole_checkpoint(reber_run, tmp_path, damage, from_step):
+    """The latest checkpoint damaged or deleted, or its pointer gone: --resume said "there
+    is no checkpoint to resume" (or "damaged: delete it", which led there), and `rnnc
+    train` without --force then replaced the run, deleting its whole best checkpoint."""
+    import shutil
+
+    spec, whole, _ = reber_run
+    part = tmp_path / "part"
+    train(spec, part, "--stop-after-steps", 18, code=130)
+    cp = part / "checkpoints"
+    latest = cp / (cp / "latest").read_text().strip()
+    best = cp / (cp / "best").read_text().strip()  # step 12 is saved twice: ...12.1
+    assert latest.name == "step-00000018" and best.name.startswith("step-00000012")
+    if damage == "truncated":
+        with open(latest / "params.safetensors", "r+b") as f:
+            f.truncate(10)
+    elif damage == "deleted":
+        shutil.rmtree(latest)
+    else:
+        (cp / "latest").unlink()
+    _assert_clean_error(train(spec, part, code=1), "already holds a trained run")
+    assert (best / "params.safetensors").is_file()
+    result = train(spec, part, "--resume")
+    assert "note: " in result.output and "resuming from step-000000" in result.output
+    assert f"resuming {part} at step {from_step} " in result.output
+    a, b = _final_params(whole), _final_params(part)
+    for k in a:
+        assert a[k].tobytes() == b[k].tobytes(), k
+    _same_metrics(whole, part)
+
+
+def test_resume_with_fewer_epochs_than_done(reber_run, tmp_path):
+    """--resume --epochs N of a run already past epoch N said "resuming", trained nothing
+    and tested the unfinished epoch (and run.json kept the smaller --epochs)."""
+    spec, _, _ = reber_run
+    run = tmp_path / "run"
+    train(spec, run, "--stop-after-steps", 18, code=130)  # in epoch 2
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    _assert_clean_error(train(spec, run, "--resume", "--epochs", 1, code=1),
+                        "--epochs 1, but the run", "already in epoch 2")
+    after = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert after == before
+    result = train(spec, run, "--resume", "--epochs", 2)
+    assert "epoch 2/2" in result.output and "test_loss" in result.output
+
+
+def test_the_resume_command_can_be_pasted(tmp_path):
+    """The printed resume command left paths with spaces unquoted."""
+    spec = write(tmp_path / "my spec.rnn", REBER.format(cell="elman", epochs=1, extra=""))
+    run = tmp_path / "my run"
+    result = train(spec, run, "--stop-after-steps", 2, code=130)
+    assert f"resume with: rnnc train '{spec}' --out '{run}' --resume" in result.output
+
+
 def test_resume_text_stream_with_dropout(text_run, tmp_path):
     spec, whole, _ = text_run
     part = tmp_path / "part"
@@ -286,7 +353,13 @@ def test_resume_after_the_end_and_with_more_epochs(reber_run, tmp_path):
     assert len(records(run, "val")) == 7 and len(records(run, "test")) == 1
 
 
-def test_real_ctrl_c_saves_and_exits_130(tmp_path):
+@pytest.mark.parametrize(("sig", "code", "says"), [
+    (signal.SIGINT, 130, "interrupted at step"),
+    # SIGTERM (kill, a job scheduler) killed the run at once: no checkpoint, no message,
+    # every step since the last checkpoint lost
+    (signal.SIGTERM, 143, "terminated at step"),
+])
+def test_real_ctrl_c_or_sigterm_saves_and_exits(tmp_path, sig, code, says):
     spec = write(tmp_path / "r.rnn", REBER.format(cell="elman", epochs=500, extra=""))
     run = tmp_path / "run"
     proc = subprocess.Popen(
@@ -299,13 +372,48 @@ def test_real_ctrl_c_saves_and_exits_130(tmp_path):
         if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
             break
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, out + err
+    assert proc.returncode == code, out + err
     assert "Traceback" not in out + err
-    assert "checkpoint saved" in err and "--resume" in err
+    assert says in err and "checkpoint saved" in err and "--resume" in err
     step = len(records(run, "train"))
     assert latest_record(run)["step"] == step  # every logged step is in the checkpoint, none lost
+
+
+def test_sigterm_while_compiling_leaves_nothing_behind(tmp_path):
+    """SIGTERM before training starts (compiling, building the data) left the new run
+    folder behind, with the staging folder of the module in it."""
+    from rnnc.errors import raise_terminated
+    from rnnc.train import driver
+
+    spec = write(tmp_path / "r.rnn", REBER.format(cell="elman", epochs=1, extra=""))
+    real = driver.import_module_file
+
+    def killed_while_importing(path):
+        raise_terminated(signal.SIGTERM, None)
+
+    driver.import_module_file = killed_while_importing
+    try:
+        result = train(spec, tmp_path / "new" / "run", code=143)
+    finally:
+        driver.import_module_file = real
+    assert "terminated" in result.output
+    assert not (tmp_path / "new").exists()
+    out = tmp_path / "m.py"
+    from rnnc import cli
+
+    real_fdopen = cli.os.fdopen
+
+    def killed_while_writing(fd, *a, **k):
+        raise_terminated(signal.SIGTERM, None)
+
+    cli.os.fdopen = killed_while_writing
+    try:
+        result = rnnc("compile", spec, "-o", out, code=143)
+    finally:
+        cli.os.fdopen = real_fdopen
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.rnn"]
 
 
 # ------------------------------------------------------- eval, sample, plot
@@ -372,6 +480,25 @@ def test_sample(text_run):
     for temperature in ("0", "-1", "nan", "inf"):
         bad = rnnc("sample", run, "--temperature", temperature, code=1)
         _assert_clean_error(bad, "the temperature must be a finite number > 0")
+
+
+def test_sample_interrupted_keeps_the_text_so_far(text_run, monkeypatch):
+    """The sample was printed only once whole: a Ctrl-C during a long one lost it all."""
+    from rnnc.train import sampling
+
+    _, run, _ = text_run
+    real, calls = sampling.next_distribution, []
+
+    def interrupted_at_the_sixth(probs, temperature):
+        calls.append(1)
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        return real(probs, temperature)
+
+    monkeypatch.setattr(sampling, "next_distribution", interrupted_at_the_sixth)
+    result = rnnc("sample", run, "--prime", "the ", "--length", 1000, code=130)
+    text = result.output.removesuffix("\ninterrupted\n")  # the sample may hold newlines
+    assert text.startswith("the ") and len(text) == 4 + 5
 
 
 def test_sample_needs_a_character_model(reber_run):
@@ -446,6 +573,26 @@ def test_plot_input_grads(reber_run, tmp_path):
     assert _is_png(out) and "test examples" in result.output
     result = rnnc("plot", reber_run[1], "--input-grads", "tset", code=1)
     assert "unknown split 'tset'" in result.output
+
+
+def test_plot_whatever_mplbackend_says(reber_run, tmp_path):
+    """An MPLBACKEND matplotlib does not know (set for a notebook, say) was a traceback
+    from matplotlib's import; the PNG is drawn with Agg anyway."""
+    out = tmp_path / "curves.png"
+    r = subprocess.run(
+        [sys.executable, "-c", "from rnnc.cli import main; main()", "plot", str(reber_run[1]),
+         "-o", str(out)], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "MPLBACKEND": "no_such_backend"})
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert _is_png(out)
+
+
+def test_plot_without_matplotlib(reber_run, tmp_path, monkeypatch):
+    for name in ("matplotlib", "matplotlib.pyplot"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if it were not installed
+    _assert_clean_error(rnnc("plot", reber_run[1], "-o", tmp_path / "c.png", code=1),
+                        "rnnc plot needs matplotlib", "pip install matplotlib")
+    assert not list(tmp_path.iterdir())
 
 
 def test_plot_gates(reber_run, tmp_path):
@@ -672,6 +819,32 @@ def test_existing_run_is_not_overwritten(reber_run, tmp_path):
     assert _final_params(run).keys() == _final_params(whole).keys()
 
 
+def test_two_trainings_into_one_folder(reber_run, tmp_path):
+    """A second `rnnc train` into a folder another one was training into ran as well: it
+    deleted the first one's metrics and checkpoints (before the first checkpoint nothing
+    stopped it, and --resume/--force never did) and both wrote into the folder."""
+    fcntl = pytest.importorskip("fcntl")
+    import shutil
+
+    spec, whole, _ = reber_run
+    run = tmp_path / "run"
+    shutil.copytree(whole, run)
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with open(run / ".rnnc-lock", "a+") as held:  # as the other process holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        for extra in (("--force",), ("--resume", "--epochs", 7)):
+            _assert_clean_error(train(spec, run, *extra, code=1), "is in use",
+                                "another `rnnc train`")
+        new = tmp_path / "new"
+        new.mkdir()
+        with open(new / ".rnnc-lock", "a+") as other:
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _assert_clean_error(train(spec, new, code=1), "is in use")
+    after = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert after == before
+    train(spec, run, "--resume", "--epochs", 7)  # the lock ends with the process holding it
+
+
 def test_a_run_that_cannot_start_changes_no_folder(reber_run, tmp_path):
     import shutil
 
@@ -692,12 +865,36 @@ def test_a_run_that_cannot_start_changes_no_folder(reber_run, tmp_path):
         assert not (tmp_path / "new").exists()
     # a good spec still replaces the run, and nothing of the old one is left behind
     for stale in ("spec.yaml", "model_other.py", "curves.png"):
-        (run / stale).write_text("old run", encoding="utf-8")
+        (run / stale).write_text("# Generated by rnnc: old run", encoding="utf-8")
     train(spec, run, "--force")
     assert not list(run.glob(".tmp-*"))
     left = {p.name for p in run.iterdir()}
     assert not left & {"spec.yaml", "model_other.py", "curves.png"}, left
     assert {"run.json", "metrics.jsonl", "checkpoints", spec.with_stem("spec").name} <= left
+
+
+def test_training_into_a_folder_that_is_not_a_run(tmp_path):
+    """`--out .` in a project folder deleted the project's checkpoints/ folder, its
+    metrics.jsonl, spec.yaml, curves.png and every model_*.py (model_utils.py...),
+    without --force: starting over cleaned the folder as if it were an old run."""
+    spec = write(tmp_path / "r.rnn", REBER.format(cell="elman", epochs=1, extra=""))
+    project = tmp_path / "project"
+    (project / "checkpoints").mkdir(parents=True)
+    mine = {"checkpoints/torch.pt": "weights", "spec.yaml": "a: 1",
+            "model_utils.py": "print('mine')", "notes.txt": "x"}
+    for name, text in mine.items():
+        write(project / name, text)
+    for extra in ((), ("--force",)):
+        _assert_clean_error(train(spec, project, *extra, code=1), "is not a run folder",
+                            "would replace its checkpoints, spec.yaml")
+    (project / "checkpoints" / "torch.pt").unlink()
+    (project / "checkpoints").rmdir()
+    (project / "spec.yaml").unlink()
+    train(spec, project)  # nothing of the user's in the way now
+    train(spec, project, "--force")  # a run now: started over, the user's files kept
+    for name in ("model_utils.py", "notes.txt"):
+        assert (project / name).read_text() == mine[name]
+    assert (project / "run.json").is_file() and len(records(project, "test")) == 1
 
 
 def test_a_model_too_large_for_memory(reber_run, tmp_path):
@@ -731,6 +928,106 @@ def test_unwritable_output_folder(tmp_path):
     _assert_clean_error(result, "cannot write to the output folder")
 
 
+class _FullAfter:
+    """A text file whose writes fail with ENOSPC after ``n`` of them (a disk filling up)."""
+
+    def __init__(self, f, n):
+        self.f, self.n = f, n
+
+    def write(self, s):
+        self.n -= 1
+        if self.n < 0:
+            raise OSError(28, "No space left on device")
+        return self.f.write(s)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
+class _Reporter:
+    """A reporter that records whether its progress display was stopped."""
+
+    shows_samples = False
+
+    def __init__(self):
+        self.live = False
+
+    def start(self, *a):
+        self.live = True
+
+    def stop(self):
+        self.live = False
+
+    def __getattr__(self, name):
+        return lambda *a, **k: None
+
+
+def test_a_full_disk_while_training_is_one_error(tmp_path, monkeypatch):
+    """metrics.jsonl that cannot be written was a traceback (OSError); an error in the
+    middle of training (here, or a checkpoint that cannot be written) left the progress
+    bar running: the terminal's cursor hidden and the error printed on the bar's line."""
+    import builtins
+
+    from rnnc.train import driver
+    from rnnc.train.driver import TrainOptions
+
+    spec = write(tmp_path / "r.rnn", REBER.format(cell="elman", epochs=2, extra=""))
+
+    def full_open(path, mode="r", *a, **k):
+        f = builtins.open(path, mode, *a, **k)
+        return _FullAfter(f, 5) if Path(path).name == "metrics.jsonl" else f
+
+    monkeypatch.setattr(driver, "open", full_open, raising=False)
+    _assert_clean_error(train(spec, tmp_path / "run", code=1), "cannot write",
+                        "metrics.jsonl", "No space left on device")
+    reporter = _Reporter()
+    with pytest.raises(RnncError, match="No space left"):
+        driver.train(spec, TrainOptions(backend=BACKEND, out=tmp_path / "run2"), reporter)
+    assert not reporter.live
+    monkeypatch.undo()
+
+    def no_checkpoint(*a, **k):
+        raise RnncError("cannot write a checkpoint")
+
+    monkeypatch.setattr(driver.ckpt, "save_checkpoint", no_checkpoint)
+    reporter = _Reporter()
+    with pytest.raises(RnncError, match="cannot write a checkpoint"):
+        driver.train(spec, TrainOptions(backend=BACKEND, out=tmp_path / "run3"), reporter)
+    assert not reporter.live
+
+
+def test_a_checkpoint_name_that_is_not_best_or_latest(text_run):
+    """sample and plot --gates said "no checkpoint in RUN" (train first) for a misspelt
+    --checkpoint; eval already said which names there are."""
+    _, run, _ = text_run
+    for args in (("sample", run), ("plot", run, "--gates", "the"), ("eval", run)):
+        _assert_clean_error(rnnc(*args, "--checkpoint", "lates", code=1),
+                            "unknown checkpoint 'lates'", "best or latest")
+
+
+def test_a_file_where_a_run_folder_belongs(tmp_path):
+    """eval SPEC said "cannot read 'SPEC/run.json': [Errno 20] Not a directory"; train
+    --out FILE said "...: File exists"."""
+    spec = write(tmp_path / "r.rnn", REBER.format(cell="elman", epochs=1, extra=""))
+    for command in ("eval", "sample", "plot"):
+        _assert_clean_error(rnnc(command, spec, code=1),
+                            f"'{spec}' is not a run folder (it is a file)")
+    for out in (spec, spec / "run"):
+        _assert_clean_error(train(spec, out, code=1), f"'{spec}' is a file, not a folder")
+    assert spec.read_text() == REBER.format(cell="elman", epochs=1, extra="")
+
+
+def test_a_jax_module_without_jax(reber_run, tmp_path, monkeypatch):
+    """train --backend jax, or eval of a JAX run, where JAX is not installed: a
+    ModuleNotFoundError traceback."""
+    spec = write(tmp_path / "r.rnn", REBER.format(cell="elman", epochs=1, extra=""))
+    monkeypatch.setitem(sys.modules, "jax", None)  # as if it were not installed
+    _assert_clean_error(rnnc("train", spec, "-b", "jax", "-o", tmp_path / "run", "-q",
+                             code=1),
+                        "model_jax.py needs jax, which is not installed", "rnnc[jax]")
+    assert not (tmp_path / "run").exists()
+
+
 def test_other_bad_options(tmp_path):
     spec = write(tmp_path / "r.rnn", REBER.format(
         cell="elman", epochs=1, extra="early_stop metric reber_acc patience 2"))
@@ -739,8 +1036,9 @@ def test_other_bad_options(tmp_path):
     spec = write(tmp_path / "r2.rnn", REBER.format(cell="elman", epochs=1, extra=""))
     result = train(spec, tmp_path / "run2", "--devices", 2, code=1)
     assert result.exit_code == 1 and "--devices 2" in result.output
-    result = train(spec, tmp_path / "run3", "--lr", -1, code=1)
-    _assert_clean_error(result, "--lr must be a positive number")
+    for lr in (-1, "inf", "nan"):  # inf trained on and stopped at the first step with NaN
+        result = train(spec, tmp_path / "run3", "--lr", lr, code=1)
+        _assert_clean_error(result, "--lr must be a finite positive number")
     notrain = write(tmp_path / "n.rnn", "model m {\n  layer elman(hidden: 3)\n}\n")
     _assert_clean_error(train(notrain, tmp_path / "run4", code=1), "no train block")
     result = rnnc("eval", tmp_path / "nothing", code=1)

@@ -55,11 +55,36 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path | No
     where = cache_dir(path)
     if where is None:
         return None
+    problem = _unusable(where)
+    if problem is not None:
+        if path is None and os.environ.get(ENV) is None:
+            return None  # the default place cannot hold a cache: compile without one
+        from rnnc.errors import BackendError
+
+        given = f"{ENV}={os.environ[ENV]}" if path is None else f"'{where}'"
+        raise BackendError(f"the JAX compilation cache folder ({given}) cannot be used: "
+                           f"{problem}", hint=f"point {ENV} at a folder you can write to, or "
+                                              f"set {ENV}=off to compile without a cache")
     import jax
 
-    where.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(where))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     # -1: no minimum size, and no filesystem-specific override of it
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
     return where
+
+
+def _unusable(where: Path) -> str | None:
+    """Why ``where`` cannot hold the cache (created if need be), or None."""
+    for p in (where, *where.parents):
+        if p.exists():
+            if not p.is_dir():
+                return f"'{p}' is a file, not a folder"
+            break
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        return err.strerror or str(err)
+    if not os.access(where, os.W_OK | os.X_OK):
+        return "the folder is not writable"
+    return None

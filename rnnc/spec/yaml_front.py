@@ -227,6 +227,16 @@ def _param(r: _Reader, name: str, node: yaml.Node, span: Span) -> A.ParamDecl:
 
 def parse_yaml(text: str, name: str = "<spec>") -> A.Spec:
     """Parse a YAML spec into the AST."""
+    try:
+        return _parse_yaml(text, name)
+    except RecursionError:  # PyYAML composes, and the reader walks, nodes recursively
+        raise SpecSyntaxError("invalid YAML: lists or mappings are nested too deeply",
+                              Span(Source(name, text), 1, 1),
+                              "a spec nests a few levels; look for unclosed brackets"
+                              ) from None
+
+
+def _parse_yaml(text: str, name: str) -> A.Spec:
     source = Source(name, text)
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)

@@ -21,6 +21,7 @@ until the new one is whole. Folders no pointer names are then removed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -96,10 +97,20 @@ def save_checkpoint(folder: Path, params: dict[str, Any], opt_state: dict[str, A
         raise TrainError(f"cannot write checkpoints to '{folder}': {err.strerror}",
                          hint="check that the run folder is writable") from None
     try:
-        save_file(_numpy(params), str(tmp / "params.safetensors"))
-        save_file(_numpy(opt_state), str(tmp / "opt_state.safetensors"))
-        if stream_state is not None:
-            save_file(_numpy(stream_state), str(tmp / "stream.safetensors"))
+        # mkdtemp makes a folder only its owner can read, safetensors files only its owner
+        # can read: give both what the umask gives new folders and files, like the rest
+        # of the run folder
+        from rnnc.cli import umask
+
+        mask = umask()
+        with contextlib.suppress(OSError):
+            tmp.chmod(0o777 & ~mask)
+        arrays = {"params": params, "opt_state": opt_state, "stream": stream_state}
+        for what, values in arrays.items():
+            if values is not None:
+                save_file(_numpy(values), str(tmp / f"{what}.safetensors"))
+                with contextlib.suppress(OSError):
+                    (tmp / f"{what}.safetensors").chmod(0o666 & ~mask)
         record = dict(record, format=FORMAT)
         (tmp / RECORD).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n",
                                   encoding="utf-8")
@@ -110,8 +121,11 @@ def save_checkpoint(folder: Path, params: dict[str, Any], opt_state: dict[str, A
         os.rename(tmp, folder / name)
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(err, OSError):
-            raise TrainError(f"cannot write a checkpoint to '{folder}': {err.strerror or err}",
+        if isinstance(err, OSError | SafetensorError):
+            # safetensors reports a failed write (a full disk) as a SafetensorError:
+            # "Error while serializing: I/O error: No space left on device (os error 28)"
+            why = getattr(err, "strerror", None) or str(err).split("I/O error: ")[-1]
+            raise TrainError(f"cannot write a checkpoint to '{folder}': {why}",
                              hint="check the free disk space and the folder's permissions"
                              ) from None
         raise
@@ -135,6 +149,62 @@ def has_checkpoint(folder: Path) -> bool:
     return read_pointer(Path(folder), "latest") is not None
 
 
+def _step_of(name: str) -> tuple[int, int]:
+    """``step-00000120`` -> (120, 0), ``step-00000120.1`` -> (120, 1); (-1, 0) otherwise."""
+    base, _, again = name[len("step-"):].partition(".")
+    try:
+        return int(base), int(again or 0)
+    except ValueError:
+        return -1, 0
+
+
+def checkpoint_names(folder: Path) -> list[str]:
+    """Every checkpoint folder (one with its record) in ``folder``, newest first, the one
+    ``latest`` names before all others."""
+    folder = Path(folder)
+    try:
+        names = [e.name for e in folder.iterdir() if e.name.startswith("step-")
+                 and (e / RECORD).is_file()]
+    except OSError:
+        return []
+    names.sort(key=_step_of, reverse=True)
+    latest = read_pointer(folder, "latest")
+    if latest in names:
+        names.remove(latest)
+        names.insert(0, latest)
+    return names
+
+
+def holds_checkpoints(folder: Path) -> bool:
+    """Whether ``folder`` holds any checkpoint, even one no pointer names any more."""
+    return bool(checkpoint_names(folder))
+
+
+def load_newest(folder: Path) -> tuple[Checkpoint, list[str]]:
+    """The checkpoint ``latest`` names or, where it is missing or damaged, the newest whole
+    one (for ``--resume``), and a line for every one passed over; TrainError if none
+    loads."""
+    folder = Path(folder)
+    skipped: list[str] = []
+    latest = read_pointer(folder, "latest")
+    first_error: TrainError | None = None
+    for name in checkpoint_names(folder):
+        try:
+            cp = load_checkpoint_at(folder / name)
+        except TrainError as err:
+            first_error = first_error or err
+            skipped.append(err.message)
+            continue
+        if latest is None and not skipped:
+            skipped.append("the 'latest' pointer names no checkpoint")
+        return cp, skipped
+    if first_error is not None:
+        raise first_error
+    raise TrainError(f"no checkpoint in '{folder.parent}'" + (
+        "" if latest is None else f" ('latest' names {latest})"),
+        hint="train first: rnnc train SPEC --out RUN_DIR")
+
+
 def load_checkpoint(folder: Path, which: str = "latest") -> Checkpoint:
     """Load the checkpoint a pointer (``latest`` or ``best``) names.
 
@@ -147,7 +217,11 @@ def load_checkpoint(folder: Path, which: str = "latest") -> Checkpoint:
     if name is None:
         raise TrainError(f"no checkpoint in '{folder.parent}'",
                          hint="train first: rnnc train SPEC --out RUN_DIR")
-    path = folder / name
+    return load_checkpoint_at(folder / name)
+
+
+def load_checkpoint_at(path: Path) -> Checkpoint:
+    """Load the checkpoint folder ``path``; TrainError if it is damaged."""
     try:
         record = json.loads((path / RECORD).read_text(encoding="utf-8"))
         params = load_file(str(path / "params.safetensors"))

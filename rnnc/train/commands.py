@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -47,8 +49,8 @@ def _train(
     from rnnc.train.progress import QuietReporter, RichReporter
     from rnnc.train.runs import Overrides
 
-    if lr is not None and not lr > 0:
-        raise TrainError(f"--lr must be a positive number, not {lr}")
+    if lr is not None and not 0 < lr < float("inf"):  # also refuses NaN
+        raise TrainError(f"--lr must be a finite positive number, not {lr}")
     reporter = QuietReporter() if quiet else RichReporter()
     opts = TrainOptions(
         backend=backend, out=out, resume=resume, force=force, devices=devices,
@@ -57,15 +59,23 @@ def _train(
     result = train(spec, opts, reporter)
     run_dir = result.run_dir
     if result.interrupted_at is not None:
-        typer.echo(f"interrupted at step {result.state.step}: checkpoint saved in "
+        how = "terminated" if result.terminated else "interrupted"
+        typer.echo(f"{how} at step {result.state.step}: checkpoint saved in "
                    f"{result.interrupted_at}", err=True)
-        typer.echo(f"resume with: rnnc train {spec} --out {run_dir} --resume", err=True)
-        raise typer.Exit(130)
+        # a command to copy: paths with spaces or quotes are quoted for the shell
+        typer.echo(f"resume with: rnnc train {shlex.quote(str(spec))} --out "
+                   f"{shlex.quote(str(run_dir))} --resume", err=True)
+        raise typer.Exit(143 if result.terminated else 130)
     if result.test is not None:
         parts = "  ".join(f"test_{k} {v:.4f}" for k, v in result.test.items())
         typer.echo(f"test ({result.state.step} steps, best epoch "
                    f"{result.state.best_epoch}): {parts}")
     typer.echo(f"run folder: {run_dir}")
+
+
+def _check_checkpoint(checkpoint: str) -> None:
+    if checkpoint not in ("best", "latest"):
+        raise TrainError(f"unknown checkpoint '{checkpoint}'", hint="use best or latest")
 
 
 def _eval(
@@ -81,8 +91,7 @@ def _eval(
     if split not in ("train", "val", "test"):
         raise TrainError(f"unknown split '{split}'",
                          hint=did_you_mean(split, ["train", "val", "test"]))
-    if checkpoint not in ("best", "latest"):
-        raise TrainError(f"unknown checkpoint '{checkpoint}'", hint="use best or latest")
+    _check_checkpoint(checkpoint)
     record, c = open_run(run_dir)
     cp = load_run_checkpoint(run_dir, record, c, checkpoint)
     if data_changed(record, c.dataset):
@@ -113,6 +122,7 @@ def _sample(
     from rnnc.train.runs import read_run
     from rnnc.train.sampling import sample_text
 
+    _check_checkpoint(checkpoint)
     record = read_run(run_dir)
     if record["data"]["name"] != "text":
         raise TrainError(f"'{run_dir}' is not a character model (it was trained on "
@@ -127,9 +137,20 @@ def _sample(
     if prime is None:
         prime = (c.train_cfg.get("sample") or {}).get("prime") or (
             "\n" if "\n" in vocab else vocab[0])
-    text = sample_text(c.module, cp.params, vocab, prime, length, temperature,
-                       np.random.default_rng(seed), c.program.train.dtype)
-    typer.echo(prime + text)
+    # printed as it is drawn: a long sample shows progress, and a Ctrl-C keeps what is out
+    started = []
+
+    def emit(text: str) -> None:
+        started.append(True)
+        typer.echo(text, nl=False)
+        sys.stdout.flush()
+
+    try:
+        sample_text(c.module, cp.params, vocab, prime, length, temperature,
+                    np.random.default_rng(seed), c.program.train.dtype, emit=emit)
+    finally:
+        if started:
+            typer.echo("")
 
 
 _EXAMPLE = re.compile(r"^(train|val|test):(\d+)$")
@@ -187,6 +208,7 @@ def _plot(
     from rnnc.train.runs import read_metrics, read_run
 
     run_dir = Path(run_dir)
+    _check_checkpoint(checkpoint)
     record = read_run(run_dir)
     if gates is not None and input_grads is not None:
         raise TrainError("--gates and --input-grads draw different figures",

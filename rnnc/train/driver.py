@@ -42,7 +42,14 @@ from rnnc import __version__
 from rnnc.data import Batch, Dataset, build_dataset, evaluate_outputs, iterate_batches
 from rnnc.data import stream_windows as _stream_windows
 from rnnc.data.core import zscore_inputs
-from rnnc.errors import BackendError, RnncError, TrainError, did_you_mean
+from rnnc.errors import (
+    BackendError,
+    RnncError,
+    Terminated,
+    TrainError,
+    did_you_mean,
+    raise_terminated,
+)
 from rnnc.ir.lower import Sizes, spec_hash, validate
 from rnnc.ir.nodes import Program
 from rnnc.spec import ast as A
@@ -369,7 +376,7 @@ class Trainer:
         self.devices = devices
         self.train_step = self._train_step(devices)
         self.best_params: dict[str, Any] | None = None
-        self.interrupted = False
+        self.interrupted: int | bool = False  # the signal that asked the loop to stop
         self.t0 = time.perf_counter()
         self.sample_cfg = c.train_cfg.get("sample") or {}
 
@@ -503,29 +510,33 @@ class Trainer:
         if self.rule.key not in keys:
             keys.append(self.rule.key)
         self.reporter.start(self.plan.epochs, n_batches, keys, self.ds.metric)
-        with _sigint_to_flag(self):
-            while self.state.epoch < self.plan.epochs and self.state.finished is None:
-                if self.interrupted:  # Ctrl-C during the validation pass
-                    raise KeyboardInterrupt
-                st = self.state
-                self.reporter.epoch_start(st.epoch, st.batch_index)
-                for b in self.batches(st.epoch, st.batch_index):
-                    try:
-                        self.state, m = self.step(self.state, b)
-                    except NonFinite as bad:
-                        self._non_finite(float(bad.args[0]))
-                    st = self.state
-                    log({"kind": "train", "step": st.step, "epoch": st.epoch + 1, **m})
-                    self.reporter.step(st, m)
-                    if sample_every and st.step % sample_every == 0:
-                        self.reporter.sample(st.step, self.sample(st.params, st.step))
-                    if every and st.step % every == 0:
-                        self.save(st)
-                    if self.interrupted or (self.stop_after is not None
-                                            and st.step >= self.stop_after):
+        # whatever ends the loop (an error included), the progress bar goes: a live bar
+        # left behind hides the terminal's cursor and garbles the error's line
+        try:
+            with _sigint_to_flag(self):
+                while self.state.epoch < self.plan.epochs and self.state.finished is None:
+                    if self.interrupted:  # Ctrl-C during the validation pass
                         raise KeyboardInterrupt
-                self.end_epoch(log)
-        self.reporter.stop()
+                    st = self.state
+                    self.reporter.epoch_start(st.epoch, st.batch_index)
+                    for b in self.batches(st.epoch, st.batch_index):
+                        try:
+                            self.state, m = self.step(self.state, b)
+                        except NonFinite as bad:
+                            self._non_finite(float(bad.args[0]))
+                        st = self.state
+                        log({"kind": "train", "step": st.step, "epoch": st.epoch + 1, **m})
+                        self.reporter.step(st, m)
+                        if sample_every and st.step % sample_every == 0:
+                            self.reporter.sample(st.step, self.sample(st.params, st.step))
+                        if every and st.step % every == 0:
+                            self.save(st)
+                        if self.interrupted or (self.stop_after is not None
+                                                and st.step >= self.stop_after):
+                            raise KeyboardInterrupt
+                    self.end_epoch(log)
+        finally:
+            self.reporter.stop()
         return self.state
 
     def end_epoch(self, log) -> None:
@@ -591,22 +602,26 @@ def can_sample(program: Program, ds: Dataset) -> bool:
 
 @contextlib.contextmanager
 def _sigint_to_flag(trainer: Trainer):
-    """The first Ctrl-C asks the loop to stop after the current step; a second one
-    interrupts at once (the state is still consistent: it is replaced as a whole)."""
+    """The first Ctrl-C (or SIGTERM) asks the loop to stop after the current step; a
+    second one interrupts at once (the state is still consistent: it is replaced as a
+    whole)."""
 
     def handler(signum, frame):
-        trainer.interrupted = True
+        trainer.interrupted = signum
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, raise_terminated)
 
     try:
         previous = signal.signal(signal.SIGINT, handler)
     except ValueError:  # not the main thread: Ctrl-C stays a plain KeyboardInterrupt
         yield
         return
+    previous_term = signal.signal(signal.SIGTERM, handler)
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, previous_term)
 
 
 # --------------------------------------------------------------- the command
@@ -618,9 +633,51 @@ class TrainResult:
     state: TrainState
     test: dict[str, float] | None
     interrupted_at: Path | None = None
+    terminated: bool = False  # interrupted by SIGTERM rather than Ctrl-C
+
+
+LOCK = ".rnnc-lock"
+
+
+@contextlib.contextmanager
+def _run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``run_dir`` (an flock on ``RUN_DIR/.rnnc-lock``, released
+    when the process ends, however it ends); TrainError if another process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # not on POSIX: no lock
+        yield
+        return
+    try:
+        f = open(run_dir / LOCK, "a+", encoding="utf-8")  # noqa: SIM115
+    except OSError as err:
+        raise TrainError(f"cannot write to the output folder '{run_dir}': "
+                         f"{err.strerror or err}", hint="choose another folder with --out"
+                         ) from None
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            who = f.read().strip() or "another process"
+            raise TrainError(f"'{run_dir}' is in use: another `rnnc train` ({who}) is "
+                             "training into it",
+                             hint="wait until it ends, or choose another folder with --out"
+                             ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}\n")
+        f.flush()
+        yield
 
 
 def _prepare_dir(run_dir: Path) -> None:
+    from rnnc.cli import file_in_the_way
+
+    blocker = file_in_the_way(run_dir)
+    if blocker is not None:
+        raise TrainError(f"cannot write to the output folder '{run_dir}': '{blocker}' is a "
+                         "file, not a folder", hint="choose another folder with --out")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".rnnc-write-test"
@@ -644,9 +701,20 @@ def _start_over(run_dir: Path) -> None:
             shutil.rmtree(p)
         elif p.exists():
             p.unlink()
-    for p in [run_dir / name for name in _REPLACED] + list(run_dir.glob("model_*.py")):
+    # modules of other backends: only those rnnc generated (not a model_utils.py of
+    # the user's in a run folder that is also a project folder)
+    modules = [p for p in run_dir.glob("model_*.py") if _generated(p)]
+    for p in [run_dir / name for name in _REPLACED] + modules:
         if p.is_file():
             p.unlink()
+
+
+def _generated(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.readline().startswith("# Generated by rnnc")
+    except OSError:
+        return False
 
 
 def _trim_metrics(path: Path, step: int) -> None:
@@ -677,9 +745,13 @@ def train(spec_path: Path, opts: TrainOptions, reporter) -> TrainResult:
     resume_from: ckpt.Checkpoint | None = None
     if opts.resume:
         record = read_run(run_dir) if (run_dir / RUN_RECORD).exists() else None
-        if record is None or not ckpt.has_checkpoint(run_dir / CHECKPOINTS):
+        if not ckpt.holds_checkpoints(run_dir / CHECKPOINTS):
             raise TrainError(f"there is no checkpoint to resume in '{run_dir}'",
                              hint="leave out --resume to start a new run")
+        if record is None:
+            raise TrainError(f"'{run_dir}' holds checkpoints but no {RUN_RECORD}: it cannot "
+                             "be resumed", hint="start over with --force, or train into "
+                                                "another folder with --out")
         if record["spec_sha256"] != sha:
             raise TrainError(
                 f"'{run_dir}' was trained from a different spec (sha256 "
@@ -697,99 +769,140 @@ def train(spec_path: Path, opts: TrainOptions, reporter) -> TrainResult:
                                  f"({getattr(before, key)}): refusing to resume",
                                  hint="resume with the same settings (only --epochs may change)")
         overrides = replace(before, epochs=overrides.epochs or before.epochs)
-        resume_from = ckpt.load_checkpoint(run_dir / CHECKPOINTS, "latest")
+        # the latest checkpoint, or where it is gone or damaged the newest whole one: from
+        # any of them the run goes on exactly as it would have
+        resume_from, skipped = ckpt.load_newest(run_dir / CHECKPOINTS)
+        for line in skipped:
+            reporter.note(f"note: {line}; resuming from {resume_from.path.name}, the newest "
+                          "whole checkpoint")
         if resume_from.record.get("spec_sha256") != sha:
             raise TrainError(f"the checkpoint in '{run_dir}' belongs to another spec",
                              hint="train into a new folder with --out")
+        r, asked = resume_from.record, opts.overrides.epochs
+        if asked is not None and r["finished"] is None and (
+                r["epoch"] > asked or (r["epoch"] == asked and r["batch_index"] > 0)):
+            # it said "resuming" and trained nothing, then tested the unfinished epoch
+            raise TrainError(f"--epochs {asked}, but the run in '{run_dir}' is already in "
+                             f"epoch {r['epoch'] + 1}: there is nothing to resume",
+                             hint="give a larger --epochs to go on; `rnnc eval "
+                                  f"{run_dir} --checkpoint latest` evaluates it as it is")
     else:
-        if ckpt.has_checkpoint(run_dir / CHECKPOINTS) and not opts.force:
+        # any checkpoint, even one a damaged or deleted pointer no longer names: only
+        # --force replaces a run
+        if ckpt.holds_checkpoints(run_dir / CHECKPOINTS) and not opts.force:
             raise TrainError(f"'{run_dir}' already holds a trained run",
                              hint="continue it with --resume, start over with --force, or "
                                   "choose another folder with --out")
     if backend is None:
         backend = default_backend()
+    # a folder that is not a run (--out . in a project, say) is trained into only where
+    # that replaces none of its files: starting over deletes a run's checkpoints/,
+    # metrics.jsonl, spec copies, plots and model_*.py, which there would be the user's
+    is_run = (run_dir / RUN_RECORD).is_file() or ckpt.holds_checkpoints(run_dir / CHECKPOINTS)
+    if not opts.resume and not is_run:
+        names = (CHECKPOINTS, METRICS, *_REPLACED, module_path(run_dir, backend).name)
+        clash = [n for n in names if (run_dir / n).exists() or (run_dir / n).is_symlink()]
+        if clash:
+            raise TrainError(f"'{run_dir}' is not a run folder, and training into it would "
+                             f"replace its {', '.join(clash)}",
+                             hint="choose a new or empty folder with --out")
     # the outermost folder this run creates: removed again if the run cannot start
     created = next((p for p in reversed((run_dir, *run_dir.parents)) if not p.exists()), None)
     _prepare_dir(run_dir)
+    # one `rnnc train` at a time in a run folder: a second one would delete and interleave
+    # the first one's checkpoints and metrics
+    with _run_lock(run_dir):
+        # Everything that can reject the spec, its data or the options happens before the
+        # folder is touched: a new run's module is built in a temporary folder, and a run
+        # replaced with --force is only deleted once its successor is ready to train.
+        # A resumed run's module is staged too: its data may have changed since (then the
+        # run folder is left exactly as it was).
+        spec = apply_overrides(original, overrides)
+        module_file = module_path(run_dir, backend)
+        staging = Path(tempfile.mkdtemp(dir=run_dir, prefix=".tmp-"))
+        try:
+            c = compile_for_training(spec, spec_path.parent, backend, staging / module_file.name)
+            if opts.resume:
+                check_same_data(record, c.dataset, run_dir)
+            trainer = Trainer(c, run_dir, reporter, sha, opts.stop_after_steps, opts.devices)
+            # a fresh run's parameters and updater state (too large for memory: stop here)
+            fresh = trainer.fresh_state() if resume_from is None else None
+            if not opts.resume and is_run:
+                _start_over(run_dir)
+            os.replace(staging / module_file.name, module_file)
+        except BaseException:
+            if created is not None:
+                shutil.rmtree(created, ignore_errors=True)
+            raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        from rnnc.cli import write_atomic
 
-    # Everything that can reject the spec, its data or the options happens before the
-    # folder is touched: a new run's module is built in a temporary folder, and a run
-    # replaced with --force is only deleted once its successor is ready to train.
-    # A resumed run's module is staged too: its data may have changed since (then the
-    # run folder is left exactly as it was).
-    spec = apply_overrides(original, overrides)
-    module_file = module_path(run_dir, backend)
-    staging = Path(tempfile.mkdtemp(dir=run_dir, prefix=".tmp-"))
-    try:
-        c = compile_for_training(spec, spec_path.parent, backend, staging / module_file.name)
-        if opts.resume:
-            check_same_data(record, c.dataset, run_dir)
-        trainer = Trainer(c, run_dir, reporter, sha, opts.stop_after_steps, opts.devices)
-        # a fresh run's parameters and updater state (too large for memory: stop here)
-        fresh = trainer.fresh_state() if resume_from is None else None
-        if not opts.resume:
-            _start_over(run_dir)
-        os.replace(staging / module_file.name, module_file)
-    except BaseException:
-        if created is not None:
-            shutil.rmtree(created, ignore_errors=True)
-        raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    from rnnc.cli import write_atomic
+        suffix = spec_path.suffix if spec_path.suffix in (".rnn", ".yaml", ".yml") else ".rnn"
+        write_atomic(run_dir / f"spec{suffix}", spec_path.read_bytes())
+        ds = c.dataset
+        write_atomic(run_dir / RUN_RECORD, json.dumps({
+            "spec": str(spec_path.resolve()), "spec_copy": f"spec{suffix}", "spec_sha256": sha,
+            "backend": backend, "module": module_path(run_dir, backend).name,
+            "base_dir": str(spec_path.parent.resolve()), "overrides": overrides.as_dict(),
+            "data": {"name": c.program.train.data[0], "options": ds.info.get("options"),
+                     "seed": c.program.train.seed, "sha256": ds.fingerprint()},
+            "sizes": {"n_in": ds.n_in, "n_out": ds.n_out, "task": ds.task},
+            "metric": ds.metric, "vocab": ds.vocab, "rnnc": __version__,
+        }, indent=1) + "\n")
 
-    suffix = spec_path.suffix if spec_path.suffix in (".rnn", ".yaml", ".yml") else ".rnn"
-    write_atomic(run_dir / f"spec{suffix}", spec_path.read_bytes())
-    ds = c.dataset
-    write_atomic(run_dir / RUN_RECORD, json.dumps({
-        "spec": str(spec_path.resolve()), "spec_copy": f"spec{suffix}", "spec_sha256": sha,
-        "backend": backend, "module": module_path(run_dir, backend).name,
-        "base_dir": str(spec_path.parent.resolve()), "overrides": overrides.as_dict(),
-        "data": {"name": c.program.train.data[0], "options": ds.info.get("options"),
-                 "seed": c.program.train.seed, "sha256": ds.fingerprint()},
-        "sizes": {"n_in": ds.n_in, "n_out": ds.n_out, "task": ds.task},
-        "metric": ds.metric, "vocab": ds.vocab, "rnnc": __version__,
-    }, indent=1) + "\n")
+        if resume_from is not None:
+            state = trainer.state_from(resume_from)
+            if overrides.epochs is not None and state.finished == "epochs" \
+                    and state.epoch < c.program.train.epochs:
+                state = replace(state, finished=None)
+            _trim_metrics(run_dir / METRICS, state.step)
+            if state.finished is not None:
+                reporter.note(f"the run in {run_dir} already finished ({state.finished}) at "
+                              f"epoch {state.epoch}, step {state.step}")
+                return TrainResult(run_dir, state, None)
+            reporter.note(f"resuming {run_dir} at step {state.step} (epoch {state.epoch + 1}, "
+                          f"batch {state.batch_index})")
+            best = ckpt.read_pointer(run_dir / CHECKPOINTS, "best")
+            if best is not None:
+                trainer.best_params = ckpt.load_checkpoint(run_dir / CHECKPOINTS, "best").params
+        else:
+            state = fresh
+        try:
+            metrics_file = open(run_dir / METRICS, "a", encoding="utf-8")  # noqa: SIM115
+        except OSError as err:
+            raise TrainError(f"cannot write '{run_dir / METRICS}': {err.strerror}") from None
 
-    if resume_from is not None:
-        state = trainer.state_from(resume_from)
-        if overrides.epochs is not None and state.finished == "epochs" \
-                and state.epoch < c.program.train.epochs:
-            state = replace(state, finished=None)
-        _trim_metrics(run_dir / METRICS, state.step)
-        if state.finished is not None:
-            reporter.note(f"the run in {run_dir} already finished ({state.finished}) at "
-                          f"epoch {state.epoch}, step {state.step}")
-            return TrainResult(run_dir, state, None)
-        reporter.note(f"resuming {run_dir} at step {state.step} (epoch {state.epoch + 1}, "
-                      f"batch {state.batch_index})")
-        best = ckpt.read_pointer(run_dir / CHECKPOINTS, "best")
-        if best is not None:
-            trainer.best_params = ckpt.load_checkpoint(run_dir / CHECKPOINTS, "best").params
-    else:
-        state = fresh
-    try:
-        metrics_file = open(run_dir / METRICS, "a", encoding="utf-8")  # noqa: SIM115
-    except OSError as err:
-        raise TrainError(f"cannot write '{run_dir / METRICS}': {err.strerror}") from None
-    with metrics_file:
         def log(rec: dict[str, Any]) -> None:
-            metrics_file.write(json.dumps(rec) + "\n")
-            metrics_file.flush()
+            try:
+                metrics_file.write(json.dumps(rec) + "\n")
+                metrics_file.flush()
+            except OSError as err:
+                raise TrainError(f"cannot write '{run_dir / METRICS}': {err.strerror or err}",
+                                 hint="check the free disk space and the folder's permissions"
+                                 ) from None
 
         try:
-            state = trainer.run(state, log)
-        except KeyboardInterrupt:
-            trainer.reporter.stop()
-            where = trainer.save(trainer.state)
-            return TrainResult(run_dir, trainer.state, None, interrupted_at=where)
-        params = trainer.best_params if trainer.best_params is not None else state.params
-        if split_size(c.dataset, "test") == 0:
-            return TrainResult(run_dir, state, None)
-        test = evaluate(c, params, "test")
-        log({"kind": "test", "step": state.step, "epoch": state.epoch,
-             **{f"test_{k}": v for k, v in test.items()}})
-    return TrainResult(run_dir, state, test)
+            try:
+                state = trainer.run(state, log)
+            except KeyboardInterrupt as err:
+                trainer.reporter.stop()
+                where = trainer.save(trainer.state)
+                terminated = isinstance(err, Terminated) or trainer.interrupted == signal.SIGTERM
+                return TrainResult(run_dir, trainer.state, None, interrupted_at=where,
+                                   terminated=terminated)
+            params = trainer.best_params if trainer.best_params is not None else state.params
+            if split_size(c.dataset, "test") == 0:
+                return TrainResult(run_dir, state, None)
+            test = evaluate(c, params, "test")
+            log({"kind": "test", "step": state.step, "epoch": state.epoch,
+                 **{f"test_{k}": v for k, v in test.items()}})
+        finally:
+            # a record that could not be written (a full disk) stays in the file's buffer,
+            # and closing would fail on it again: log has reported it already
+            with contextlib.suppress(OSError):
+                metrics_file.close()
+        return TrainResult(run_dir, state, test)
 
 
 # --------------------------------------------------- reading a finished run

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +12,21 @@ from rnnc.errors import TrainError
 
 
 def _pyplot():
-    import matplotlib
+    # PNGs are drawn with Agg whatever the environment says: an MPLBACKEND naming a
+    # backend matplotlib does not know (set for a notebook or another tool) made its
+    # import fail with a traceback
+    saved = os.environ.pop("MPLBACKEND", None)
+    try:
+        import matplotlib
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
+        matplotlib.use("Agg", force=True)
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        raise TrainError(f"rnnc plot needs matplotlib, which does not import: {err}",
+                         hint="pip install matplotlib") from None
+    finally:
+        if saved is not None:
+            os.environ["MPLBACKEND"] = saved
     return plt
 
 

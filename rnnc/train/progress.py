@@ -21,7 +21,9 @@ def fmt(value: Any) -> str:
     if isinstance(value, float):
         if math.isnan(value):
             return "nan"
-        return f"{value:.4f}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
+        if value == 0 or 1e-3 <= abs(value) < 1e6 or math.isinf(value):
+            return f"{value:.4f}"
+        return f"{value:.2e}"  # 1.23e-05, 6.48e+30 (not 31 digits)
     return str(value)
 
 
@@ -89,6 +91,8 @@ class RichReporter(QuietReporter):
     def start(self, epochs: int, n_batches: int, keys: list[str], headline: str) -> None:
         super().start(epochs, n_batches, keys, headline)
         self.n_batches = n_batches
+        if not self.console.is_terminal:
+            return  # no bar in a log file (rich would leave an empty line there)
         self.progress = Progress(
             TextColumn("epoch {task.fields[epoch]}"),
             BarColumn(bar_width=24),

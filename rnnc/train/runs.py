@@ -9,6 +9,7 @@ A run folder holds::
     metrics.jsonl        one JSON record per training step, per validation pass
                          and for the final test pass
     checkpoints/         see :mod:`rnnc.train.checkpoint`
+    .rnnc-lock           locked (flock) while an `rnnc train` trains into the folder
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from rnnc.errors import RnncError, TrainError
+from rnnc.errors import BackendError, RnncError, TrainError
 from rnnc.ir.lower import Sizes
 from rnnc.spec import ast as A
 from rnnc.train.hostmem import keep_freed_memory
@@ -57,13 +58,19 @@ def import_module_file(path: Path) -> ModuleType:
         raise TrainError(f"cannot import the generated module '{path}'")
     module = importlib.util.module_from_spec(spec)
     keep_freed_memory()  # before the module allocates (see rnnc/train/hostmem.py)
-    if _is_jax_module(path):
-        from rnnc.backends.jax.cache import enable_compilation_cache
-
-        enable_compilation_cache()  # before the module's first computation
     sys.modules[name] = module  # some libraries (dataclasses, pickle) look modules up here
     try:
+        if _is_jax_module(path):
+            from rnnc.backends.jax.cache import enable_compilation_cache
+
+            enable_compilation_cache()  # before the module's first computation
         spec.loader.exec_module(module)
+    except ModuleNotFoundError as err:  # JAX not installed (a JAX run, --backend jax)
+        sys.modules.pop(name, None)
+        what = err.name or "a module it needs"
+        raise BackendError(f"the generated module {Path(path).name} needs {what}, which is "
+                           "not installed", hint="install it (JAX: pip install 'rnnc[jax]'), or "
+                           "train with --backend numpy") from None
     except FileNotFoundError:
         sys.modules.pop(name, None)
         raise TrainError(f"the run's module '{path}' is missing",
@@ -80,8 +87,10 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / RUN_RECORD
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TrainError(f"'{run_dir}' is not a run folder (it has no {RUN_RECORD})",
+    except (FileNotFoundError, NotADirectoryError):
+        what = "it is a file" if Path(run_dir).is_file() else \
+            f"it has no {RUN_RECORD}"
+        raise TrainError(f"'{run_dir}' is not a run folder ({what})",
                          hint="give the folder `rnnc train` wrote (default runs/<spec name>)"
                          ) from None
     except (OSError, ValueError) as err:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -35,8 +35,12 @@ def next_distribution(probs: np.ndarray, temperature: float) -> np.ndarray:
 
 def sample_text(module: Any, params: dict[str, Any], vocab: Sequence[str], prime: str,
                 length: int, temperature: float, rng: np.random.Generator,
-                dtype: str = "float32") -> str:
-    """``length`` characters following ``prime`` (which is fed first, state carried)."""
+                dtype: str = "float32", emit: Callable[[str], Any] | None = None) -> str:
+    """``length`` characters following ``prime`` (which is fed first, state carried).
+
+    ``emit``, if given, is called with the prime once it is read, then with each
+    character as it is drawn (``rnnc sample`` prints as it goes: a Ctrl-C keeps the text
+    so far)."""
     if not prime:
         raise TrainError("the prime is empty", hint="give at least one character: --prime 'T'")
     if not (0 < temperature < math.inf):  # also refuses NaN
@@ -46,10 +50,14 @@ def sample_text(module: Any, params: dict[str, Any], vocab: Sequence[str], prime
     probs = None
     for tok in ids:
         probs, state = module.step(params, np.array([tok], dtype=np.int32), state)
+    if emit is not None:
+        emit(prime)
     out = []
     for _ in range(length):
         p = next_distribution(np.asarray(probs)[0], temperature)
         tok = int(rng.choice(len(p), p=p))
         out.append(vocab[tok])
+        if emit is not None:
+            emit(vocab[tok])
         probs, state = module.step(params, np.array([tok], dtype=np.int32), state)
     return "".join(out)
