@@ -419,6 +419,19 @@ def test_sigterm_while_compiling_leaves_nothing_behind(tmp_path):
 # ------------------------------------------------------- eval, sample, plot
 
 
+def test_eval_json_is_strict_json_for_a_diverged_model(reber_run, monkeypatch):
+    """A metric that is not finite (a diverged model) printed as NaN, which jq and
+    JavaScript refuse; it is null, the finite ones as they are."""
+    from rnnc.train import driver
+
+    monkeypatch.setattr(driver, "evaluate", lambda c, params, split: {
+        "loss": float("nan"), "cross_entropy": float("inf"), "accuracy": 0.25})
+    out = rnnc("eval", reber_run[1], "--json").output
+    assert "NaN" not in out and "Infinity" not in out
+    data = json.loads(out, parse_constant=lambda c: pytest.fail(f"non-standard JSON {c}"))
+    assert data["metrics"] == {"loss": None, "cross_entropy": None, "accuracy": 0.25}
+
+
 def test_eval_reports_the_best_checkpoint(reber_run):
     spec, run, _ = reber_run
     result = rnnc("eval", run, "--json")

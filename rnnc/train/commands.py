@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import shlex
 import sys
@@ -100,8 +101,10 @@ def _eval(
                    "trained; these metrics are for the data as it is now", err=True)
     metrics = evaluate(c, cp.params, split)
     if as_json:
+        # strict JSON (jq, JavaScript): a non-finite metric (a diverged model) is null
+        finite = {k: v if math.isfinite(v) else None for k, v in metrics.items()}
         typer.echo(json.dumps({"split": split, "checkpoint": cp.path.name, "step": cp.step,
-                               "metrics": metrics}, indent=2))
+                               "metrics": finite}, indent=2, allow_nan=False))
         return
     typer.echo(f"{split} split, checkpoint {cp.path.name} (step {cp.step}):")
     for k, v in metrics.items():
