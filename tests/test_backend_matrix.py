@@ -731,3 +731,37 @@ def test_no_valid_step_is_loss_zero(backend, tmp_dir):
     _, _, _, metrics = mod.train_step(params, mod.init_opt_state(params), xs, ys, None,
                                       np.array([0, 0]))
     assert float(metrics["loss"]) == 0.0 and float(metrics["grad_norm"]) == 0.0
+
+
+LAST_CASES = ["custom_cell+linear_last", "bidirectional_sum+residual+last", "backward+last",
+              "bptt_k1<k2+last", "bptt_k1<k2+backward+last"]
+
+
+@pytest.mark.parametrize("case_id", LAST_CASES)
+@pytest.mark.parametrize("backend", ["numpy", "jax"])
+def test_a_row_of_length_0_has_no_last_step(backend, case_id, tmp_dir):
+    """A last head read a row of length 0 at t = -1 (the padded step T - 1), so its padding
+    changed the loss (and the JAX full-BPTT path counted the row where the truncated one
+    did not). It reads zeros and does not count: the loss and gradients are those of the
+    other rows alone, whatever the padding holds."""
+    if not backend_available(backend):
+        pytest.skip(f"backend {backend} is not available")
+    mod = module(backend, case_id, tmp_dir)
+    params = mod.init_params(0, "float64")
+    rng = np.random.default_rng(5)
+    xs, ys = inputs_and_targets(mod, rng, 3, 6)
+    lengths = np.array([6, 0, 4])
+    loss, grads, _ = mod.loss_and_grad(params, xs, ys, lengths=lengths)
+    keep = [0, 2]
+    ref_loss, ref_grads, _ = mod.loss_and_grad(params, xs[keep], ys[keep], lengths=lengths[keep])
+    close(loss, ref_loss, "loss")
+    close_dicts(grads, ref_grads, "grads")
+    other, _ = inputs_and_targets(mod, rng, 3, 6)
+    xs2 = np.array(xs)
+    xs2[1] = np.asarray(other)[1]  # other padding in the empty row
+    close(mod.loss_and_grad(params, xs2, ys, lengths=lengths)[0], loss, "loss, other padding")
+    out, _ = mod.forward(params, xs, lengths=lengths)
+    b = np.asarray(params["head.b"])
+    if mod.MODEL["head"]["kind"] == "softmax":
+        b = np.exp(b - b.max()) / np.exp(b - b.max()).sum()
+    close(np.asarray(out)[1], b, "forward of the empty row: the head of zeros")

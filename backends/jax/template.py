@@ -470,18 +470,25 @@ def _scan_objective(params, enc, ys, state, valid, resets, drop, lengths, detach
 
 # --- section: last ---
 def _last(top, lengths):
-    """Each row's output at its last valid step, t = lengths[b] - 1: (B, n)."""
+    """Each row's output at its last valid step, t = lengths[b] - 1: (B, n); zeros for a
+    row of length 0, which has no last step."""
     if lengths is None:
         return top[-1]
-    return top[lengths - 1, jnp.arange(top.shape[1])]
+    h = top[jnp.maximum(lengths - 1, 0), jnp.arange(top.shape[1])]
+    return jnp.where((lengths > 0)[:, None], h, jnp.zeros_like(h))
 
 
 # --- section: objective_last ---
 def _scan_objective(params, enc, ys, state, valid, resets, drop, lengths, detach_every=None):
-    """Mean loss over the rows (each scored at its last valid step), and the final state."""
+    """Mean loss over the rows (each scored at its last valid step; a row of length 0 does
+    not count), and the final state."""
     top, final, _ = _layers(params, enc, state, valid, resets, drop, detach_every, vjp=True)
-    h = _last(_dropout(top, drop, "output"), lengths)
-    return jnp.sum(_losses(params, h, ys)) / max(h.shape[0], 1), final
+    losses = _losses(params, _last(_dropout(top, drop, "output"), lengths), ys)  # (B,)
+    if lengths is None:
+        return jnp.sum(losses) / max(losses.shape[0], 1), final
+    present = lengths > 0
+    total = jnp.sum(jnp.where(present, losses, jnp.zeros_like(losses)))
+    return total / jnp.maximum(jnp.sum(present), 1).astype(losses.dtype), final
 
 
 # --- section: objective_full ---

@@ -359,8 +359,9 @@ class NumpyEmitter(ModuleEmitterBase):
             out.append(f"{I1}out = _head_output(_matmul(z, W.T) + b)")
             out.append(f"{I1}return np.ascontiguousarray(np.swapaxes(out, 0, 1)), final")
         else:
-            out.append(f"{I1}t_last, rows = _last_index(T, B, lengths)")
-            out.append(f"{I1}return _head_output(z[t_last, rows] @ W.T + b), final")
+            out.append(f"{I1}t_last, rows, present = _last_index(T, B, lengths)")
+            out.append(f"{I1}z_last = np.where(present[:, None], z[t_last, rows], 0)")
+            out.append(f"{I1}return _head_output(z_last @ W.T + b), final")
         return out
 
     def step_fn(self) -> list[str]:
@@ -436,13 +437,15 @@ class NumpyEmitter(ModuleEmitterBase):
                        '"head.b": dlogits.sum(axis=(0, 1))}')
             out.append(f"{I1}dz = _matmul(dlogits, W)  # the adjoint of the head's input")
         else:
-            out.append(f"{I1}t_last, rows = _last_index(T, B, lengths)")
-            out.append(f"{I1}z_last = z[t_last, rows]  # each row's last valid step")
+            out.append(f"{I1}t_last, rows, present = _last_index(T, B, lengths)")
+            out.append(f"{I1}# each row's last valid step (zeros for a row of length 0)")
+            out.append(f"{I1}z_last = np.where(present[:, None], z[t_last, rows], 0)")
             out.append(f"{I1}logits = z_last @ W.T + b")
+            out.append(f"{I1}weight = present.astype(dtype)  # a row of length 0 does not count")
             out += call(f"{I1}loss, dlogits = _head_loss",
                         ["logits", "np.asarray(ys)" if h.kind == "softmax"
-                         else "np.asarray(ys, dtype=dtype)", "np.ones(B, dtype=dtype)",
-                         "float(max(B, 1))"])
+                         else "np.asarray(ys, dtype=dtype)", "weight",
+                         "max(float(weight.sum()), 1.0)"])
             out.append(f'{I1}grads = {{"head.W": dlogits.T @ z_last, '
                        '"head.b": dlogits.sum(axis=0)}')
             out.append(f"{I1}dz = np.zeros_like(z)  # the adjoint of the head's input")

@@ -163,9 +163,13 @@ def _is_bias(name):
 
 
 def _last_index(T, B, lengths):
-    """(t, b) index arrays of each row's last valid step, t = lengths[b] - 1."""
-    t = np.full(B, T - 1) if lengths is None else np.asarray(lengths) - 1
-    return t, np.arange(B)
+    """(t, b, present): index arrays of each row's last valid step, t = lengths[b] - 1, and
+    present (B,), False for a row of length 0: it has no last step, reads zeros (t = 0 is
+    only a placeholder) and its loss does not count."""
+    if lengths is None:
+        return np.full(B, T - 1), np.arange(B), np.ones(B, dtype=bool)
+    lengths = np.asarray(lengths)
+    return np.maximum(lengths - 1, 0), np.arange(B), lengths > 0
 
 
 # --- section: softmax ---

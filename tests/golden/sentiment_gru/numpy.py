@@ -291,9 +291,13 @@ def _is_bias(name):
 
 
 def _last_index(T, B, lengths):
-    """(t, b) index arrays of each row's last valid step, t = lengths[b] - 1."""
-    t = np.full(B, T - 1) if lengths is None else np.asarray(lengths) - 1
-    return t, np.arange(B)
+    """(t, b, present): index arrays of each row's last valid step, t = lengths[b] - 1, and
+    present (B,), False for a row of length 0: it has no last step, reads zeros (t = 0 is
+    only a placeholder) and its loss does not count."""
+    if lengths is None:
+        return np.full(B, T - 1), np.arange(B), np.ones(B, dtype=bool)
+    lengths = np.asarray(lengths)
+    return np.maximum(lengths - 1, 0), np.arange(B), lengths > 0
 
 
 def _check_inputs(xs, ys=None, state=None, lengths=None, resets=None, ids=False, step=False):
@@ -689,8 +693,9 @@ def forward(params, xs, state=None, lengths=None, resets=None):
     m = _masks(B, T, lengths, resets, dtype)
     z, final = _layers_forward(params, _encode(params, xs, dtype), state, m)
     W, b = params["head.W"], params["head.b"]
-    t_last, rows = _last_index(T, B, lengths)
-    return _head_output(z[t_last, rows] @ W.T + b), final
+    t_last, rows, present = _last_index(T, B, lengths)
+    z_last = np.where(present[:, None], z[t_last, rows], 0)
+    return _head_output(z_last @ W.T + b), final
 
 
 def step(params, x_t, state=None):
@@ -729,10 +734,12 @@ def loss_and_grad(
     z, final = _layers_forward(params, x0, state, m, drop, tapes)
     # the head and the loss, a mean over the valid steps
     W, b = params["head.W"], params["head.b"]
-    t_last, rows = _last_index(T, B, lengths)
-    z_last = z[t_last, rows]  # each row's last valid step
+    t_last, rows, present = _last_index(T, B, lengths)
+    # each row's last valid step (zeros for a row of length 0)
+    z_last = np.where(present[:, None], z[t_last, rows], 0)
     logits = z_last @ W.T + b
-    loss, dlogits = _head_loss(logits, np.asarray(ys), np.ones(B, dtype=dtype), float(max(B, 1)))
+    weight = present.astype(dtype)  # a row of length 0 does not count
+    loss, dlogits = _head_loss(logits, np.asarray(ys), weight, max(float(weight.sum()), 1.0))
     grads = {"head.W": dlogits.T @ z_last, "head.b": dlogits.sum(axis=0)}
     dz = np.zeros_like(z)  # the adjoint of the head's input
     dz[t_last, rows] = dlogits @ W
