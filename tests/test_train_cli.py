@@ -465,6 +465,38 @@ def test_eval_of_text_reads_the_split_as_one_stream(text_run):
     assert test["test_loss"] == pytest.approx(got["loss"], rel=1e-12)
 
 
+def test_eval_of_text_keeps_no_earlier_windows_outputs(text_run, monkeypatch):
+    """The stream is scored window by window: a window's (1, window, V) probabilities are
+    dropped once scored (all kept, a long split's outputs and their float64 logs took tens
+    of bytes per character and class: 7 GB for 2M characters of 200 classes)."""
+    import weakref
+
+    from safetensors.numpy import load_file
+
+    from rnnc.train.driver import evaluate, open_run
+
+    _, run, _ = text_run
+    _, c = open_run(run)
+    cp = run / "checkpoints"
+    params = load_file(str(cp / (cp / "best").read_text().strip() / "params.safetensors"))
+    forward, seen = c.module.forward, []
+
+    def tracked(*args, **kwargs):
+        # the output two windows back must be gone by now
+        assert all(ref() is None for ref in seen[:-1]), "earlier windows' outputs are kept"
+        ys, state = forward(*args, **kwargs)
+        ys = np.array(ys)  # a NumPy array the caller owns (JAX arrays: a host copy)
+        seen.append(weakref.ref(ys))
+        return ys, state
+
+    monkeypatch.setattr(c.module, "forward", tracked)
+    got = evaluate(c, params, "val")
+    assert len(seen) >= 3
+    monkeypatch.setattr(c.module, "forward", forward)
+    want = json.loads(rnnc("eval", run, "--split", "val", "--json").output)["metrics"]
+    assert got == pytest.approx(want, rel=1e-12)
+
+
 def test_sample(text_run):
     spec, run, _ = text_run
     result = rnnc("sample", run, "--prime", "the ", "--length", 40, "--temperature", 0.5,

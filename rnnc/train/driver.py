@@ -240,6 +240,7 @@ def evaluate(c: Compiled, params: dict[str, Any], split: str) -> dict[str, float
 def _evaluate(c: Compiled, params: dict[str, Any], split: str) -> dict[str, float]:
     ds, module, plan = c.dataset, c.module, c.program.train
     outputs, parts = [], []
+    are = "probs" if c.program.model.head.kind == "softmax" else "auto"
     if is_text(ds):
         # the split as one stream from its start (every character after the first is
         # predicted once, with all the context before it, as the state is carried and
@@ -249,18 +250,27 @@ def _evaluate(c: Compiled, params: dict[str, Any], split: str) -> dict[str, floa
         if len(ds.stream[split]) < 2:
             raise TrainError(f"the {split} split is empty",
                              hint="give it a share with the dataset's split option")
-        state = None
+        # the metrics are means over the predicted characters: each window's are summed,
+        # weighted by its count, and its outputs dropped (kept, a long split's (N, V)
+        # probabilities and their float64 logs took tens of bytes per character and class)
+        state, sums, count = None, {}, 0
         for b in stream_windows(ds, split, 1, window, plan.reset):
             ys, state = module.forward(params, b.x, state, b.lengths, b.resets)
-            outputs.append(np.asarray(ys))
-            parts.append(b)
-    else:
-        data = ds.split(split)
-        for b in iterate_batches(data, EVAL_BATCH, None):
-            x, _ = _as_model_input(b, plan.dtype)
-            ys, _ = module.forward(params, x, None, b.lengths)
-            outputs.append(np.asarray(ys))
-            parts.append(b)
+            n = int(np.sum(b.lengths))
+            for k, v in evaluate_outputs(ds.metric, np.asarray(ys), b, outputs_are=are).items():
+                sums[k] = sums.get(k, 0.0) + v * n
+            count += n
+        metrics = {k: v / count for k, v in sums.items()}
+        if "rmse" in metrics:
+            metrics["rmse"] = math.sqrt(metrics["mse"])
+        loss = metrics["mse"] if ds.metric == "mse" else metrics["cross_entropy"]
+        return {"loss": loss, **metrics}
+    data = ds.split(split)
+    for b in iterate_batches(data, EVAL_BATCH, None):
+        x, _ = _as_model_input(b, plan.dtype)
+        ys, _ = module.forward(params, x, None, b.lengths)
+        outputs.append(np.asarray(ys))
+        parts.append(b)
     if not parts:
         raise TrainError(f"the {split} split is empty",
                          hint="give it a share with the dataset's split option")
@@ -269,7 +279,6 @@ def _evaluate(c: Compiled, params: dict[str, Any], split: str) -> dict[str, floa
                   lengths=np.concatenate([b.lengths for b in parts]),
                   legal=None if parts[0].legal is None else
                   np.concatenate([b.legal for b in parts]))
-    are = "probs" if c.program.model.head.kind == "softmax" else "auto"
     metrics = evaluate_outputs(ds.metric, out, whole, outputs_are=are)
     loss = metrics["mse"] if ds.metric == "mse" else metrics["cross_entropy"]
     return {"loss": loss, **metrics}
