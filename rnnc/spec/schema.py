@@ -251,10 +251,23 @@ def _from_defaults(defaults: dict[str, Any]) -> Fields:
     return Fields(fields)
 
 
+# Updater settings whose every value out of range poisons the parameters with NaN: eps 0
+# divides 0 by 0 wherever a gradient is exactly 0 (the input weights of a character or
+# token absent from a batch), a negative accumulator takes the square root of it.
+_UPDATER_RANGES = {"eps": Num(lo=0.0, lo_open=True), "initial_accumulator": Num(lo=0.0)}
+
+
 def _updaters() -> dict[str, Type]:
     from rnnc.backends.numpy.runtime_optim import UPDATER_DEFAULTS
 
-    return {k: _from_defaults(v) for k, v in UPDATER_DEFAULTS.items()}
+    out: dict[str, Type] = {}
+    for name, defaults in UPDATER_DEFAULTS.items():
+        fields = _from_defaults(defaults)
+        for k, t in _UPDATER_RANGES.items():
+            if k in fields.fields:
+                fields.fields[k] = (t, fields.fields[k][1])
+        out[name] = fields
+    return out
 
 
 def _schedules() -> dict[str, Type]:
