@@ -781,3 +781,23 @@ def test_zscore_inputs_uses_train_statistics_and_keeps_padding():
     np.testing.assert_allclose(z.test.x[:, 0], (ds.test.x[:, 0] - mean) / std)
     tokens = build_dataset("reber", {"n": 20}, seed=0)
     assert zscore_inputs(tokens) is tokens
+
+
+def test_cross_entropy_of_probabilities_logs_only_the_targets():
+    """Probabilities are scored at the targets only: no float64 copy and log of every
+    class (that took 24 bytes per step and class more than the outputs themselves)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(2000), size=(1, 500)).astype(np.float32)
+    probs[0, 0] = 0.0  # a target of probability 0 counts as 1e-12
+    y = rng.integers(0, 2000, size=(1, 500))
+    want = -np.log(np.maximum(probs[0, np.arange(500), y[0]].astype(np.float64), 1e-12)).mean()
+    tracemalloc.start()
+    try:
+        got = cross_entropy(probs, y, outputs_are="probs")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert got == pytest.approx(want, rel=1e-12)
+    assert peak < probs.nbytes // 4

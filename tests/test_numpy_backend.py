@@ -386,6 +386,30 @@ def test_step_matches_forward():
         np.testing.assert_allclose(state[k], final[k], rtol=1e-12, atol=1e-14)
 
 
+def test_onehot_encoding_allocates_no_vocab_by_vocab_matrix():
+    """A one-hot input is written in place: np.eye(vocab)[ids] allocated vocab^2 floats
+    per call (100 MB per forward, per sampled character, at V = 5,000; 10 GB at 50,000)."""
+    import tracemalloc
+
+    V = 3000
+    m = module_of(spec("elman(hidden: 2)", inp=f"onehot(vocab: {V})"), n_in=V)
+    params = m.init_params(0)
+    xs = np.array([[0, V - 1, 7]])
+    probs, _ = m.forward(params, xs)  # warm
+    tracemalloc.start()
+    try:
+        got, _ = m.forward(params, xs)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < V * V * 4 // 8, f"peak {peak} bytes for 3 tokens"
+    np.testing.assert_array_equal(got, probs)
+    x = m._encode(params, xs, np.float32)
+    assert x.shape == (3, 1, V) and x.dtype == np.float32
+    np.testing.assert_array_equal(x.argmax(-1)[:, 0], xs[0])
+    assert x.sum() == 3
+
+
 def test_step_refuses_bidirectional_models():
     m = module_of(MODELS["bidir-sum"])
     with pytest.raises(NotImplementedError, match="bidirectional"):

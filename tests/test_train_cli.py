@@ -478,6 +478,76 @@ def test_eval_of_text_reads_the_split_as_one_stream(text_run):
     assert test["test_loss"] == pytest.approx(got["loss"], rel=1e-12)
 
 
+def test_eval_of_text_keeps_no_earlier_windows_outputs(text_run, monkeypatch):
+    """The stream is scored window by window: a window's (1, window, V) probabilities are
+    dropped once scored (all kept, a long split's outputs and their float64 logs took tens
+    of bytes per character and class: 7 GB for 2M characters of 200 classes)."""
+    import weakref
+
+    from safetensors.numpy import load_file
+
+    from rnnc.train.driver import evaluate, open_run
+
+    _, run, _ = text_run
+    _, c = open_run(run)
+    cp = run / "checkpoints"
+    params = load_file(str(cp / (cp / "best").read_text().strip() / "params.safetensors"))
+    forward, seen = c.module.forward, []
+
+    def tracked(*args, **kwargs):
+        # the output two windows back must be gone by now
+        assert all(ref() is None for ref in seen[:-1]), "earlier windows' outputs are kept"
+        ys, state = forward(*args, **kwargs)
+        ys = np.array(ys)  # a NumPy array the caller owns (JAX arrays: a host copy)
+        seen.append(weakref.ref(ys))
+        return ys, state
+
+    monkeypatch.setattr(c.module, "forward", tracked)
+    got = evaluate(c, params, "val")
+    assert len(seen) >= 3
+    monkeypatch.setattr(c.module, "forward", forward)
+    want = json.loads(rnnc("eval", run, "--split", "val", "--json").output)["metrics"]
+    assert got == pytest.approx(want, rel=1e-12)
+
+
+@pytest.mark.parametrize("batch", [4, 7])
+def test_eval_of_sequences_scores_batch_by_batch(reber_run, monkeypatch, batch):
+    """Sequence splits too are scored batch by batch (no (N, T, V) outputs of the whole
+    split kept): the weighted means equal the metrics of all the outputs at once, the
+    per-sequence reber_string_accuracy included, whatever the batch size."""
+    import weakref
+
+    from safetensors.numpy import load_file
+
+    from rnnc.data import evaluate_outputs, iterate_batches
+    from rnnc.train import driver
+
+    _, run, _ = reber_run
+    _, c = driver.open_run(run)
+    cp = run / "checkpoints"
+    params = load_file(str(cp / (cp / "best").read_text().strip() / "params.safetensors"))
+    data = c.dataset.split("val")
+    probs, _ = c.module.forward(params, data.x, None, data.lengths)
+    want = evaluate_outputs(c.dataset.metric, np.asarray(probs), data, outputs_are="probs")
+    forward, seen = c.module.forward, []
+
+    def tracked(*args, **kwargs):
+        assert all(ref() is None for ref in seen[:-1]), "earlier batches' outputs are kept"
+        ys, state = forward(*args, **kwargs)
+        ys = np.array(ys)
+        seen.append(weakref.ref(ys))
+        return ys, state
+
+    monkeypatch.setattr(c.module, "forward", tracked)
+    monkeypatch.setattr(driver, "EVAL_BATCH", batch)
+    got = driver.evaluate(c, params, "val")
+    assert len(seen) == len(list(iterate_batches(data, batch, None))) >= 3
+    assert set(got) == {"loss", *want}
+    for k, v in want.items():
+        assert got[k] == pytest.approx(v, rel=1e-6, abs=1e-12), k  # float32 forward
+    assert got["loss"] == got["cross_entropy"]
+
+
 def test_sample(text_run):
     spec, run, _ = text_run
     result = rnnc("sample", run, "--prime", "the ", "--length", 40, "--temperature", 0.5,

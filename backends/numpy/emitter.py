@@ -247,7 +247,11 @@ class NumpyEmitter(ModuleEmitterBase):
         if enc.kind == "onehot":
             out += docstring(f"The encoded input, time-major (T, B, {enc.size}): one-hot "
                              "vectors of the token ids.", I1)
-            out.append(f"{I1}return np.eye({enc.vocab}, dtype=dtype)[np.asarray(xs).T]")
+            # written in place: indexing np.eye(vocab) built a vocab x vocab matrix per call
+            out.append(f"{I1}ids = np.asarray(xs).T")
+            out.append(f"{I1}x = np.zeros(ids.shape + ({enc.vocab},), dtype=dtype)")
+            out.append(f"{I1}np.put_along_axis(x, ids[..., None], 1, axis=-1)")
+            out.append(f"{I1}return x")
         elif enc.kind == "embedding":
             out += docstring(f"The encoded input, time-major (T, B, {enc.size}): rows of "
                              "the embedding input.E.", I1)

@@ -105,8 +105,14 @@ def cross_entropy(outputs: Any, y: Any, lengths: Any = None, outputs_are: str = 
     if y.size and (y.min() < 0 or y.max() >= outputs.shape[-1]):
         raise DataError(f"cross_entropy: targets range over {y.min()}..{y.max()}, but the "
                         f"outputs have {outputs.shape[-1]} classes")
-    logp = log_probabilities(outputs, outputs_are)
-    nll = -np.take_along_axis(logp, y[..., None].astype(np.int64), -1)[..., 0]
+    picked = y[..., None].astype(np.int64)
+    if outputs_are == "probs":
+        # only the targets' probabilities are needed: picked before the float64 log
+        # (not a float64 copy and log of every class)
+        p = np.take_along_axis(outputs, picked, -1)[..., 0]
+        nll = -log_probabilities(p[..., None], "probs")[..., 0]
+    else:
+        nll = -np.take_along_axis(log_probabilities(outputs, outputs_are), picked, -1)[..., 0]
     if y.ndim == 1:
         return float(nll.mean()) if len(y) else math.nan
     return _masked_mean(nll, step_mask(lengths, *y.shape))

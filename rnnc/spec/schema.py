@@ -46,6 +46,7 @@ class Num(Type):
     lo: float | None = None
     hi: float | None = None
     lo_open: bool = False
+    hi_open: bool = False
     auto: bool = False  # also accepts the word `auto`
 
     def describe(self) -> str:
@@ -64,8 +65,9 @@ class Num(Type):
         if self.lo is not None and (v < self.lo or (self.lo_open and v == self.lo)):
             op = ">" if self.lo_open else ">="
             raise SpecError(f"{where} must be {op} {self.lo}, not {v}", _span(node))
-        if self.hi is not None and v > self.hi:
-            raise SpecError(f"{where} must be <= {self.hi}, not {v}", _span(node))
+        if self.hi is not None and (v > self.hi or (self.hi_open and v == self.hi)):
+            op = "<" if self.hi_open else "<="
+            raise SpecError(f"{where} must be {op} {self.hi}, not {v}", _span(node))
         return float(v) if not self.integer else int(v)
 
     def json(self):
@@ -73,7 +75,7 @@ class Num(Type):
         if self.lo is not None:
             t["exclusiveMinimum" if self.lo_open else "minimum"] = self.lo
         if self.hi is not None:
-            t["maximum"] = self.hi
+            t["exclusiveMaximum" if self.hi_open else "maximum"] = self.hi
         return {"anyOf": [t, {"const": "auto"}]} if self.auto else t
 
 
@@ -251,10 +253,26 @@ def _from_defaults(defaults: dict[str, Any]) -> Fields:
     return Fields(fields)
 
 
+# Updater settings whose every value out of range poisons the parameters with NaN: eps 0
+# divides 0 by 0 wherever a gradient is exactly 0 (the input weights of a character or
+# token absent from a batch), a negative accumulator takes the square root of it, and
+# b1 or b2 = 1 divides by the bias correction 1 - b^t = 0.
+_UPDATER_RANGES = {"eps": Num(lo=0.0, lo_open=True), "initial_accumulator": Num(lo=0.0),
+                   "b1": Num(lo=0.0, hi=1.0, hi_open=True),
+                   "b2": Num(lo=0.0, hi=1.0, hi_open=True)}
+
+
 def _updaters() -> dict[str, Type]:
     from rnnc.backends.numpy.runtime_optim import UPDATER_DEFAULTS
 
-    return {k: _from_defaults(v) for k, v in UPDATER_DEFAULTS.items()}
+    out: dict[str, Type] = {}
+    for name, defaults in UPDATER_DEFAULTS.items():
+        fields = _from_defaults(defaults)
+        for k, t in _UPDATER_RANGES.items():
+            if k in fields.fields:
+                fields.fields[k] = (t, fields.fields[k][1])
+        out[name] = fields
+    return out
 
 
 def _schedules() -> dict[str, Type]:

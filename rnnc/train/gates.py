@@ -65,7 +65,9 @@ def _encode(program: Program, params: Mapping[str, np.ndarray], xs: np.ndarray,
         ids = np.asarray(xs, dtype=np.int64)
         if ids.size and (ids.min() < 0 or ids.max() >= enc.vocab):
             raise TrainError(f"token ids must lie in 0..{enc.vocab - 1}")
-        return np.eye(enc.vocab, dtype=dtype)[ids]
+        x = np.zeros(ids.shape + (enc.vocab,), dtype=dtype)
+        np.put_along_axis(x, ids[..., None], 1, axis=-1)
+        return x
     if enc.kind == "embedding":
         return np.asarray(params["input.E"], dtype=dtype)[np.asarray(xs, dtype=np.int64)]
     return np.asarray(xs, dtype=dtype)

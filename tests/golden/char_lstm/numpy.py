@@ -609,7 +609,10 @@ def lstm_backward_invariant(k, acc):
 
 def _encode(params, xs, dtype):
     """The encoded input, time-major (T, B, 65): one-hot vectors of the token ids."""
-    return np.eye(65, dtype=dtype)[np.asarray(xs).T]
+    ids = np.asarray(xs).T
+    x = np.zeros(ids.shape + (65,), dtype=dtype)
+    np.put_along_axis(x, ids[..., None], 1, axis=-1)
+    return x
 
 
 def _dropout_masks(rng, B, T, dtype):
