@@ -584,6 +584,34 @@ def test_sample_interrupted_keeps_the_text_so_far(text_run, monkeypatch):
     assert text.startswith("the ") and len(text) == 4 + 5
 
 
+def test_sampling_prepares_the_parameters_once():
+    """sample_text gives step what the module's prepare_step made of the parameters, made
+    once per sample (a JAX module's step re-laid out its weights for every character);
+    a module without prepare_step (NumPy; one compiled before it) gets them as they are."""
+    from rnnc.train.sampling import sample_text
+
+    class Module:
+        def __init__(self, prepares):
+            self.prepared, self.seen = [], []
+            if prepares:
+                self.prepare_step = lambda params: self.prepared.append(params) or ("ready",)
+
+        def initial_state(self, batch, dtype):
+            return {"h": np.zeros((batch, 1))}
+
+        def step(self, params, x_t, state):
+            self.seen.append(params)
+            return np.full((1, 3), 1 / 3), state
+
+    params = {"head.W": np.zeros((3, 1))}
+    for prepares, want in ((True, ("ready",)), (False, params)):
+        m = Module(prepares)
+        text = sample_text(m, params, "abc", "ab", 5, 1.0, np.random.default_rng(0))
+        assert len(text) == 5 and len(m.seen) == 2 + 5
+        assert all(p is want or p == want for p in m.seen)
+        assert m.prepared == ([params] if prepares else [])
+
+
 def test_sample_needs_a_character_model(reber_run):
     result = rnnc("sample", reber_run[1], "--prime", "B", code=1)
     assert "not a character model" in result.output

@@ -40,6 +40,7 @@ L1 = L2 = 0.0
 _LAZY: tuple = ()
 BIDIRECTIONAL = False
 LAYERS: dict = {}
+CELLS: dict = {}
 
 
 def _encode(params, xs, dtype):
@@ -435,10 +436,68 @@ def _vjp_sequence(cell):
     return seq
 
 
+class StepParams:
+    """Parameters made ready for step(), once (prepare_step): each layer's invariants
+    (its fused gate weights and biases) and the transpose of every weight matrix, laid
+    out as its own array. A jitted step otherwise rebuilds the invariants and, on CPU,
+    transposes and copies every matrix a product reads (x @ W.T, h @ U.T, the head's
+    h @ W.T) on every call: a (4H, V) and a (V, H) copy per character at vocabulary V.
+    """
+
+    def __init__(self, params, inv, laid):
+        self.params, self.inv, self.laid = params, inv, laid
+
+    def view(self):
+        """Inside step: the parameters by name, matrices as _Laid, and the invariants."""
+        return _StepView(self)
+
+
+class _Laid:
+    """A matrix whose transpose is laid out already: .T is that array (a product
+    x @ W.T reads it as it is); used any other way, it is the matrix itself."""
+
+    def __init__(self, a, t):
+        self.a, self.t = a, t
+        self.shape, self.dtype, self.ndim = a.shape, a.dtype, a.ndim
+
+    @property
+    def T(self):  # noqa: N802 (the array attribute it stands in for)
+        return self.t
+
+    def __getitem__(self, index):
+        return self.a[index]
+
+    def __jax_array__(self):
+        return self.a
+
+
+class _StepView(dict):
+    """StepParams inside step: a dict of the parameters (matrices as _Laid) whose
+    `inv` holds each layer's invariants by prefix ("layer1.")."""
+
+    def __init__(self, sp):
+        def laid(key, a):
+            return _Laid(a, sp.laid[key]) if key in sp.laid else a
+
+        super().__init__({k: laid(k, a) for k, a in sp.params.items()})
+        self.inv = {
+            prefix: {k: laid(prefix + k, a) for k, a in inv.items()}
+            for prefix, inv in sp.inv.items()
+        }
+
+
+jax.tree_util.register_pytree_node(
+    StepParams, lambda s: ((s.params, s.inv, s.laid), None), lambda _, kids: StepParams(*kids)
+)
+
+
 def _step_direction(cell, params, prefix, x, state):
     """One step of one direction of a layer: (output (B, m), next state)."""
     p = {name: params[prefix + name] for name in cell["params"]}
-    inv = cell["invariant"](p) if cell["invariant"] is not None else {}
+    if isinstance(params, _StepView):  # prepare_step made them
+        inv = params.inv[prefix]
+    else:
+        inv = cell["invariant"](p) if cell["invariant"] is not None else {}
     hx = cell["hoisted"](p, inv, x) if cell["hoisted"] is not None else {}
     carry = tuple(state[prefix + name] for name in cell["states"])
     y, new = cell["step"](p, inv, hx, x, *carry)
@@ -614,6 +673,14 @@ class _Tokens:
     def times(self, table):
         """These vectors times table (n, m): its rows, taken lazily."""
         return _Rows(table, self.ids)
+
+    def __getitem__(self, t):
+        """The vectors at time t (step() of prepare_step's parameters reads them)."""
+        return _Tokens(self.ids[t], self.n, self.dtype)
+
+    def __matmul__(self, table):
+        """These vectors times table (n, m), at once: its rows (_take_rows)."""
+        return _take_rows(table, self.ids)
 
 
 def _take_rows(table, ids):
@@ -845,12 +912,34 @@ def step(params, x_t, state=None):
     """One time step for streaming inference: (y_t, next state); no dropout.
 
     x_t: (B,) token ids or (B, F) features. y_t: probabilities (softmax head) or values.
+    `params` may be what prepare_step(params) gave (faster, the same results).
     """
     _check_inputs(x_t, state=state, step=True)
+    prepared = isinstance(params, StepParams)
+    if prepared:
+        params = params.view()
     dtype = params["head.W"].dtype
     state = _state_in(state, x_t.shape[0], dtype)
-    h, state = _layers_step(params, _encode(params, x_t[:, None], dtype)[0], state)
+    lazy = prepared and _LAZY and not next(iter(CELLS.values()))["reads_x"]
+    encode = _encode_for_training if lazy else _encode
+    h, state = _layers_step(params, encode(params, x_t[:, None], dtype)[0], state)
     return _predict(params, h), state
+
+
+@jax.jit
+def prepare_step(params):
+    """`params` made ready for step(): pass the result in their place, as often as you
+    like (sampling: once per parameter set, then one step per character). The results
+    are step(params, ...)'s; it holds the parameters and about as much again (the
+    invariants and the transposed matrices)."""
+    inv, laid = {}, {}
+    for layer, cell in CELLS.items():
+        prefix = layer + "."
+        p = {name: params[prefix + name] for name in cell["params"]}
+        inv[prefix] = cell["invariant"](p) if cell["invariant"] is not None else {}
+        laid.update({prefix + k: a.T for k, a in inv[prefix].items() if jnp.ndim(a) == 2})
+    laid.update({k: a.T for k, a in params.items() if a.ndim == 2})
+    return StepParams(dict(params), inv, laid)
 
 
 # --- section: step_backward ---
