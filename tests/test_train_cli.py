@@ -424,7 +424,7 @@ def test_eval_json_is_strict_json_for_a_diverged_model(reber_run, monkeypatch):
     JavaScript refuse; it is null, the finite ones as they are."""
     from rnnc.train import driver
 
-    monkeypatch.setattr(driver, "evaluate", lambda c, params, split: {
+    monkeypatch.setattr(driver, "evaluate", lambda c, params, split, progress=None: {
         "loss": float("nan"), "cross_entropy": float("inf"), "accuracy": 0.25})
     out = rnnc("eval", reber_run[1], "--json").output
     assert "NaN" not in out and "Infinity" not in out
@@ -508,6 +508,92 @@ def test_eval_of_text_keeps_no_earlier_windows_outputs(text_run, monkeypatch):
     monkeypatch.setattr(c.module, "forward", forward)
     want = json.loads(rnnc("eval", run, "--split", "val", "--json").output)["metrics"]
     assert got == pytest.approx(want, rel=1e-12)
+
+
+class _EvalRecorder:
+    def __init__(self):
+        self.calls = []
+
+    def eval_start(self, split, total):
+        self.calls.append(("start", split, total))
+
+    def eval_step(self):
+        self.calls.append("step")
+
+    def eval_end(self):
+        self.calls.append("end")
+
+
+@pytest.mark.parametrize("which", ["text_run", "reber_run"])
+def test_evaluation_reports_its_progress(which, request, monkeypatch):
+    """Validating a large text showed nothing until it was done: evaluate tells the
+    reporter how many windows (batches) there are and each one done, and ends the bar
+    when it is stopped too; the rich reporter shows it as a bar ("evaluating val") in
+    place of the epoch's, or a bar of its own after training; --quiet shows none."""
+    import io
+
+    from rich.console import Console
+    from safetensors.numpy import load_file
+
+    from rnnc.train import driver
+    from rnnc.train.progress import QuietReporter, RichReporter
+
+    _, run, _ = request.getfixturevalue(which)
+    _, c = driver.open_run(run)
+    cp = run / "checkpoints"
+    params = load_file(str(cp / (cp / "best").read_text().strip() / "params.safetensors"))
+    monkeypatch.setattr(driver, "EVAL_BATCH", 7)  # several batches of sequences
+    forward, calls = c.module.forward, []
+    monkeypatch.setattr(c.module, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    rec = _EvalRecorder()
+    got = driver.evaluate(c, params, "val", progress=rec)
+    total = driver.eval_batches(c, "val")
+    assert total == len(calls) >= 2
+    assert rec.calls == [("start", "val", total)] + ["step"] * total + ["end"]
+    assert got == driver.evaluate(c, params, "val")
+
+    def stopped(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(c.module, "forward", stopped)
+    rec = _EvalRecorder()
+    with pytest.raises(KeyboardInterrupt):
+        driver.evaluate(c, params, "test", progress=rec)
+    assert rec.calls[-1] == "end"
+    monkeypatch.setattr(c.module, "forward", forward)
+
+    from rich.progress import Progress
+
+    tasks = {}  # what the bars held: [description, total, advanced]
+    add_task, advance = Progress.add_task, Progress.advance
+
+    def added(self, description, **kw):
+        task = add_task(self, description, **kw)
+        tasks[id(self), task] = [description, kw.get("total"), 0]
+        return task
+
+    def advanced(self, task, n=1):
+        tasks[id(self), task][2] += n
+        return advance(self, task, n)
+
+    monkeypatch.setattr(Progress, "add_task", added)
+    monkeypatch.setattr(Progress, "advance", advanced)
+    rich = RichReporter()
+    rich.console = Console(file=io.StringIO(), force_terminal=True, width=120)
+    rich.start(1, 3, ["val_loss"], "accuracy")
+    rich.epoch_start(0, 0)
+    driver.evaluate(c, params, "val", progress=rich)  # while training: in the epoch's place
+    assert rich.progress is not None and rich.eval_task is None
+    assert rich.progress.tasks[0].visible  # the epoch's bar is back
+    rich.stop()
+    driver.evaluate(c, params, "test", progress=rich)  # after training: a bar of its own
+    assert rich.progress is None
+    test_total = driver.eval_batches(c, "test")
+    assert sorted(tasks.values()) == sorted([["epoch 1/1", 3, 0], ["evaluating val", total, total],
+                                             ["evaluating test", test_total, test_total]])
+    quiet = io.StringIO()
+    driver.evaluate(c, params, "val", progress=QuietReporter(out=quiet))
+    assert quiet.getvalue() == ""
 
 
 @pytest.mark.parametrize("batch", [4, 7])

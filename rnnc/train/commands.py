@@ -84,10 +84,13 @@ def _eval(
     split: Annotated[str, typer.Option(help="test, val or train.")] = "test",
     checkpoint: Annotated[str, typer.Option(help="best or latest.")] = "best",
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="No progress bar while it evaluates.")] = False,
 ) -> None:
     """Metrics of a run's best (or latest) checkpoint on a split."""
     from rnnc.errors import did_you_mean
     from rnnc.train.driver import data_changed, evaluate, load_run_checkpoint, open_run
+    from rnnc.train.progress import QuietReporter, RichReporter
 
     if split not in ("train", "val", "test"):
         raise TrainError(f"unknown split '{split}'",
@@ -99,7 +102,8 @@ def _eval(
         path = c.dataset.info.get("path")
         typer.echo(f"note: the data ({path or 'the dataset'}) changed since '{run_dir}' was "
                    "trained; these metrics are for the data as it is now", err=True)
-    metrics = evaluate(c, cp.params, split)
+    # a bar on stderr where that is a terminal (never in the printed metrics)
+    metrics = evaluate(c, cp.params, split, progress=QuietReporter() if quiet else RichReporter())
     if as_json:
         # strict JSON (jq, JavaScript): a non-finite metric (a diverged model) is null
         finite = {k: v if math.isfinite(v) else None for k, v in metrics.items()}

@@ -31,7 +31,7 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -231,13 +231,35 @@ def stream_windows(ds: Dataset, split: str, batch: int, window: int, reset: str,
     return _stream_windows(ds.stream[split], batch, window, starts, start)
 
 
-def evaluate(c: Compiled, params: dict[str, Any], split: str) -> dict[str, float]:
-    """Loss and metrics of ``params`` on a split (``{"loss": ..., <metric>: ...}``)."""
+def evaluate(c: Compiled, params: dict[str, Any], split: str,
+             progress: Any = None) -> dict[str, float]:
+    """Loss and metrics of ``params`` on a split (``{"loss": ..., <metric>: ...}``).
+
+    ``progress`` (a reporter of rnnc.train.progress) is told the number of batches
+    (windows of a text) and each one done: a large split shows how far it has got."""
     with np.errstate(all="ignore"):
-        return _evaluate(c, params, split)
+        if progress is None:
+            return _evaluate(c, params, split, lambda: None)
+        progress.eval_start(split, eval_batches(c, split))
+        try:
+            return _evaluate(c, params, split, progress.eval_step)
+        finally:
+            progress.eval_end()
 
 
-def _evaluate(c: Compiled, params: dict[str, Any], split: str) -> dict[str, float]:
+def eval_batches(c: Compiled, split: str) -> int:
+    """How many forward calls ``evaluate`` makes on a split."""
+    ds = c.dataset
+    if is_text(ds):
+        from rnnc.data import num_stream_windows
+
+        n = len(ds.stream[split])
+        return num_stream_windows(n, 1, window_length(c.program, ds)) if n >= 2 else 0
+    return -(-len(ds.split(split)) // EVAL_BATCH)
+
+
+def _evaluate(c: Compiled, params: dict[str, Any], split: str,
+              advance: Callable[[], Any]) -> dict[str, float]:
     ds, module, plan = c.dataset, c.module, c.program.train
     scores = _Scores(ds.metric, "probs" if c.program.model.head.kind == "softmax" else "auto")
     if is_text(ds):
@@ -253,11 +275,13 @@ def _evaluate(c: Compiled, params: dict[str, Any], split: str) -> dict[str, floa
         for b in stream_windows(ds, split, 1, window, plan.reset):
             ys, state = module.forward(params, b.x, state, b.lengths, b.resets)
             scores.add(ys, b)
+            advance()
     else:
         for b in iterate_batches(ds.split(split), EVAL_BATCH, None):
             x, _ = _as_model_input(b, plan.dtype)
             ys, _ = module.forward(params, x, None, b.lengths)
             scores.add(ys, b)
+            advance()
     if not scores.batches:
         raise TrainError(f"the {split} split is empty",
                          hint="give it a share with the dataset's split option")
@@ -570,7 +594,8 @@ class Trainer:
 
     def end_epoch(self, log) -> None:
         st = self.state
-        val = {f"val_{k}": v for k, v in evaluate(self.c, st.params, "val").items()}
+        val = {f"val_{k}": v
+               for k, v in evaluate(self.c, st.params, "val", progress=self.reporter).items()}
         train_loss = st.epoch_loss / st.epoch_tokens if st.epoch_tokens else math.nan
         record = {"kind": "val", "step": st.step, "epoch": st.epoch + 1,
                   "train_loss": train_loss, **val,
