@@ -381,6 +381,45 @@ def test_real_ctrl_c_or_sigterm_saves_and_exits(tmp_path, sig, code, says):
     assert latest_record(run)["step"] == step  # every logged step is in the checkpoint, none lost
 
 
+@pytest.mark.parametrize(("terminated", "code", "says"), [
+    (False, 130, "interrupted during the test evaluation"),
+    (True, 143, "terminated during the test evaluation"),
+])
+def test_stopped_during_the_test_evaluation(tmp_path, monkeypatch, terminated, code, says):
+    """Ctrl-C or SIGTERM during the final test evaluation: training finished and is saved,
+    and the run says how to get the test figures (`rnnc eval`). It used to end with a
+    bare "interrupted" and no test record, and `--resume` then said the run had finished
+    and never evaluated the test split (nor kept a finished run's test record)."""
+    from rnnc.errors import Terminated
+    from rnnc.train import driver
+
+    spec = write(tmp_path / "r.rnn", REBER.format(cell="elman", epochs=2, extra=""))
+    run = tmp_path / "run"
+    real = driver.evaluate
+
+    def stopped_on_test(c, params, split, progress=None):
+        if split == "test":
+            raise Terminated if terminated else KeyboardInterrupt
+        return real(c, params, split, progress)
+
+    monkeypatch.setattr(driver, "evaluate", stopped_on_test)
+    result = train(spec, run, code=code)
+    assert says in result.output and "training finished at step" in result.output
+    assert f"rnnc eval {run}" in result.output and "--resume" in result.output
+    assert records(run, "test") == [] and len(records(run, "val")) == 2
+    assert latest_record(run)["finished"] == "epochs"
+    monkeypatch.setattr(driver, "evaluate", real)
+    got = json.loads(rnnc("eval", run, "--json").output)
+    assert got["split"] == "test" and got["metrics"]["loss"] > 0
+    result = train(spec, run, "--resume")
+    assert "already finished" in result.output and "test_loss" in result.output
+    (test,) = records(run, "test")
+    assert test["test_loss"] == pytest.approx(got["metrics"]["loss"], rel=1e-6)
+    result = train(spec, run, "--resume")  # nothing left to do, and the record stays
+    assert "already finished" in result.output and "test_loss" not in result.output
+    assert records(run, "test") == [test] and len(records(run, "val")) == 2
+
+
 def test_sigterm_while_compiling_leaves_nothing_behind(tmp_path):
     """SIGTERM before training starts (compiling, building the data) left the new run
     folder behind, with the staging folder of the module in it."""

@@ -67,6 +67,14 @@ def _train(
         typer.echo(f"resume with: rnnc train {shlex.quote(str(spec))} --out "
                    f"{shlex.quote(str(run_dir))} --resume", err=True)
         raise typer.Exit(143 if result.terminated else 130)
+    if result.test_interrupted:
+        how = "terminated" if result.terminated else "interrupted"
+        typer.echo(f"{how} during the test evaluation: training finished at step "
+                   f"{result.state.step} and is saved in {run_dir}", err=True)
+        typer.echo(f"the test figures: rnnc eval {shlex.quote(str(run_dir))} (or resume with: "
+                   f"rnnc train {shlex.quote(str(spec))} --out {shlex.quote(str(run_dir))} "
+                   "--resume, which evaluates it and records it in the run)", err=True)
+        raise typer.Exit(143 if result.terminated else 130)
     if result.test is not None:
         parts = "  ".join(f"test_{k} {v:.4f}" for k, v in result.test.items())
         typer.echo(f"test ({result.state.step} steps, best epoch "
