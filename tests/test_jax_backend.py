@@ -672,8 +672,8 @@ def test_feature_major_is_chosen_for_wide_recurrent_products(
     monkeypatch.setitem(mod.FEATURE_MAJOR, jax.default_backend(), True)
     (v,) = [c["vjp"] for c in mod.CELLS.values()]
     for batch in (1, train, train + 1, 4096):
-        assert mod._loop_layout(v, "step", batch, training=False)[0] is v["feature_major"]
-        assert (mod._loop_layout(v, "step", batch)[0] is not None) == (0 < batch <= train)
+        assert mod._feature_major(v, batch, training=False) is v["feature_major"]
+        assert (mod._feature_major(v, batch) is not None) == (0 < batch <= train)
     # which loops run, seen from the step functions traced: feature-major up to the limit
     traced = []
     for key in ("step", "backward_step"):
@@ -689,6 +689,44 @@ def test_feature_major_is_chosen_for_wide_recurrent_products(
         traced.clear()
         close_results(mod.loss_and_grad(params, xs, xs), bm.loss_and_grad(params, xs, xs))
         assert traced == (["step", "backward_step"] if batch <= train else []), batch
+
+
+@pytest.mark.parametrize("cpu_asks", [True, False])
+def test_loop_layout_follows_the_platform_the_arrays_are_on(cpu_asks, tmp_dir, monkeypatch):
+    """The layout was chosen from jax.default_backend() while tracing: on a GPU host, a
+    train step on CPU-committed parameters ran the GPU's choice. Now it is the platform
+    the program is lowered for (jax.lax.platform_dependent), here a CPU on a host made to
+    look like a GPU one (the default backend "gpu", a CUDA backend besides the CPU): the
+    CPU's choice, in forward, loss_and_grad and train_step, with the same numbers."""
+    import re
+
+    import jax
+
+    text = tbptt_spec(3, 3, layers=1).replace("lstm(hidden: 3)", "lstm(hidden: 512)").replace(
+        "  bptt k1 3 k2 3\n", "")
+    # a fresh module: jit keeps a trace (and the choice made in it) per function
+    mod = import_source(emit(text, 4, 4), tmp_dir, "rnnc_jax_platform")
+    bm = load(emit(text, 4, 4, layout="batch"), tmp_dir)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(mod, "_platforms", lambda: frozenset({"cpu", "gpu"}))
+    monkeypatch.setitem(mod.FEATURE_MAJOR, "cpu", cpu_asks)
+    monkeypatch.setitem(mod.FEATURE_MAJOR, "gpu", not cpu_asks)
+    params = jax.device_put(mod.init_params(1, "float64"), jax.devices("cpu")[0])
+    xs = np.random.default_rng(0).integers(0, 4, (2, 3))
+
+    def lowered(fn, *args):
+        hlo = jax.jit(fn).lower(*args).compile().as_text()
+        return bool(re.search(r"feature_major_loops", hlo))
+
+    assert lowered(lambda p: mod.forward(p, xs), params) == cpu_asks
+    assert lowered(lambda p: mod.loss_and_grad(p, xs, xs), params) == cpu_asks
+    opt = mod.init_opt_state(params)
+    assert lowered(lambda p, o: mod.train_step(p, o, xs, xs)[:2], params, opt) == cpu_asks
+    close(mod.forward(params, xs)[0], bm.forward(params, xs)[0], what="forward")
+    close_results(mod.loss_and_grad(params, xs, xs), bm.loss_and_grad(params, xs, xs))
+    got, want = mod.train_step(params, opt, xs, xs), bm.train_step(params, opt, xs, xs)
+    for k in want[0]:
+        close(got[0][k], want[0][k], what=f"train_step {k}")
 
 
 def test_token_ids_need_a_one_hot_input_read_through_matmuls(tmp_dir):

@@ -827,6 +827,7 @@ class ModuleEmitter(ModuleEmitterBase):
             "import functools\n"
             "import gc\n\n"
             "import jax\n"
+            "import jax.extend.backend\n"
             "import jax.numpy as jnp\n"
             "import numpy as np\n"
             "from jax.sharding import Mesh, NamedSharding, PartitionSpec\n\n"
