@@ -517,6 +517,105 @@ def test_npz_load_and_infer(tmp_path):
     assert ds.task == "classify_last" and ds.n_out == 5 and ds.metric == "accuracy"
 
 
+def _npz_reference(x, y, lengths, fractions, seed):
+    """What build_npz gave before it read features block by block and split in place:
+    float64 copies with padded steps zeroed, cut by split_examples."""
+    from rnnc.data.core import Split, make_rngs, split_examples
+
+    x = x.astype(np.float64) if x.ndim == 3 else x.astype(np.int32)
+    y = y.astype(np.float64) if y.dtype.kind == "f" else y.astype(np.int32)
+    pad = np.arange(x.shape[1])[None, :] >= lengths[:, None]
+    x[pad] = 0
+    if y.ndim >= 2:
+        y[pad] = 0
+    _, split_rng = make_rngs(seed, 2)
+    return split_examples(Split(x=x, y=y, lengths=lengths.astype(np.int32)), fractions,
+                          split_rng, "npz")
+
+
+@pytest.mark.parametrize("kind", ["float32", ">f4", "float16", "float64", "fortran", "tokens",
+                                  "regress_step"])
+def test_npz_splits_are_unchanged_by_the_low_memory_load(tmp_path, kind, monkeypatch):
+    """Features read block by block into float64 (blocks smaller than a row, and not a
+    whole number of them) and the splits reordered in place give the arrays the whole-file
+    load and split_examples' copies gave, whatever the file's dtype and order."""
+    from rnnc.data import files
+
+    monkeypatch.setattr(files, "_BLOCK_BYTES", 100)
+    rng = np.random.default_rng(3)
+    n, t = 37, 5
+    lengths = rng.integers(1, t + 1, n)
+    x = rng.normal(size=(n, t, 3)).astype(kind if kind not in ("fortran", "tokens",
+                                                              "regress_step") else "f4")
+    if kind == "fortran":
+        x = np.asfortranarray(x)
+    if kind == "tokens":
+        x = rng.integers(0, 6, (n, t))
+    y = rng.normal(size=(n, t, 2)) if kind == "regress_step" else rng.integers(0, 4, n)
+    np.savez(tmp_path / "d.npz", x=x, y=y, lengths=lengths)
+    ds = build_dataset("npz", {"path": "d.npz", "split": [0.6, 0.25, 0.15]}, 7,
+                       base_dir=tmp_path)
+    want = _npz_reference(x, y, lengths, [0.6, 0.25, 0.15], 7)
+    for got, ref in zip(ds.splits.values(), want, strict=True):
+        for a, b in ((got.x, ref.x), (got.y, ref.y), (got.lengths, ref.lengths)):
+            assert a.dtype == b.dtype and a.shape == b.shape
+            np.testing.assert_array_equal(a, b)
+
+
+def test_npz_features_load_without_copies(tmp_path, monkeypatch):
+    """Loading float32 features peaked at ~5x the file's size (the file's bytes, the
+    float32 array, its float64 copy, a copy to zero the padding, the splits' copies);
+    now at about the float64 array's size (traced allocations, blocks of 64 KB)."""
+    import hashlib
+    import json
+    import tracemalloc
+
+    from rnnc.data import files
+
+    monkeypatch.setattr(files, "_BLOCK_BYTES", 1 << 16)
+    rng = np.random.default_rng(0)
+    n, t, f = 400, 50, 50
+    x = rng.standard_normal((n, t, f), dtype=np.float32)
+    np.savez(tmp_path / "big.npz", x=x, y=np.arange(n) % 3, lengths=rng.integers(1, t + 1, n))
+    float64_bytes = x.size * 8
+    del x
+    tracemalloc.start()
+    try:
+        ds = build_dataset("npz", {"path": "big.npz"}, 0, base_dir=tmp_path)
+        fingerprint = ds.fingerprint()  # what a run records: it copied every array too
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert sum(len(s) for s in ds.splits.values()) == n
+    assert peak < 1.3 * float64_bytes, peak / float64_bytes
+    # the fingerprint hashes the same bytes as before (runs recorded it)
+    h = hashlib.sha256()
+    h.update(json.dumps([ds.task, ds.input, ds.n_in, ds.n_out, ds.vocab]).encode("utf-8"))
+    for split in ds.splits.values():
+        for a in (split.x, split.y, split.lengths, split.resets):
+            if a is None:
+                h.update(b"-")
+                continue
+            a = np.ascontiguousarray(a)
+            h.update(f"{a.dtype.str}{a.shape}".encode())
+            h.update(a.tobytes())
+    assert fingerprint == h.hexdigest()
+
+
+def test_permute_rows_in_place():
+    from rnnc.data.core import permute_rows
+
+    rng = np.random.default_rng(1)
+    for n in (0, 1, 2, 9, 50):
+        a = rng.normal(size=(n, 3))
+        index = rng.permutation(n)
+        index[: n // 3] = np.sort(index[: n // 3]) if n else index[:0]  # some fixed points
+        index = np.argsort(np.argsort(index))  # still a permutation
+        want = a[index]
+        permute_rows(a, index)
+        np.testing.assert_array_equal(a, want)
+
+
 @pytest.mark.parametrize("arrays, options, message", [
     ({"x": np.zeros((4, 3), int)}, {}, "has no array 'y'"),
     ({"y": np.zeros(4, int)}, {}, "has no array 'x'"),

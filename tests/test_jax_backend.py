@@ -672,8 +672,8 @@ def test_feature_major_is_chosen_for_wide_recurrent_products(
     monkeypatch.setitem(mod.FEATURE_MAJOR, jax.default_backend(), True)
     (v,) = [c["vjp"] for c in mod.CELLS.values()]
     for batch in (1, train, train + 1, 4096):
-        assert mod._loop_layout(v, "step", batch, training=False)[0] is v["feature_major"]
-        assert (mod._loop_layout(v, "step", batch)[0] is not None) == (0 < batch <= train)
+        assert mod._feature_major(v, batch, training=False) is v["feature_major"]
+        assert (mod._feature_major(v, batch) is not None) == (0 < batch <= train)
     # which loops run, seen from the step functions traced: feature-major up to the limit
     traced = []
     for key in ("step", "backward_step"):
@@ -689,6 +689,44 @@ def test_feature_major_is_chosen_for_wide_recurrent_products(
         traced.clear()
         close_results(mod.loss_and_grad(params, xs, xs), bm.loss_and_grad(params, xs, xs))
         assert traced == (["step", "backward_step"] if batch <= train else []), batch
+
+
+@pytest.mark.parametrize("cpu_asks", [True, False])
+def test_loop_layout_follows_the_platform_the_arrays_are_on(cpu_asks, tmp_dir, monkeypatch):
+    """The layout was chosen from jax.default_backend() while tracing: on a GPU host, a
+    train step on CPU-committed parameters ran the GPU's choice. Now it is the platform
+    the program is lowered for (jax.lax.platform_dependent), here a CPU on a host made to
+    look like a GPU one (the default backend "gpu", a CUDA backend besides the CPU): the
+    CPU's choice, in forward, loss_and_grad and train_step, with the same numbers."""
+    import re
+
+    import jax
+
+    text = tbptt_spec(3, 3, layers=1).replace("lstm(hidden: 3)", "lstm(hidden: 512)").replace(
+        "  bptt k1 3 k2 3\n", "")
+    # a fresh module: jit keeps a trace (and the choice made in it) per function
+    mod = import_source(emit(text, 4, 4), tmp_dir, "rnnc_jax_platform")
+    bm = load(emit(text, 4, 4, layout="batch"), tmp_dir)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(mod, "_platforms", lambda: frozenset({"cpu", "gpu"}))
+    monkeypatch.setitem(mod.FEATURE_MAJOR, "cpu", cpu_asks)
+    monkeypatch.setitem(mod.FEATURE_MAJOR, "gpu", not cpu_asks)
+    params = jax.device_put(mod.init_params(1, "float64"), jax.devices("cpu")[0])
+    xs = np.random.default_rng(0).integers(0, 4, (2, 3))
+
+    def lowered(fn, *args):
+        hlo = jax.jit(fn).lower(*args).compile().as_text()
+        return bool(re.search(r"feature_major_loops", hlo))
+
+    assert lowered(lambda p: mod.forward(p, xs), params) == cpu_asks
+    assert lowered(lambda p: mod.loss_and_grad(p, xs, xs), params) == cpu_asks
+    opt = mod.init_opt_state(params)
+    assert lowered(lambda p, o: mod.train_step(p, o, xs, xs)[:2], params, opt) == cpu_asks
+    close(mod.forward(params, xs)[0], bm.forward(params, xs)[0], what="forward")
+    close_results(mod.loss_and_grad(params, xs, xs), bm.loss_and_grad(params, xs, xs))
+    got, want = mod.train_step(params, opt, xs, xs), bm.train_step(params, opt, xs, xs)
+    for k in want[0]:
+        close(got[0][k], want[0][k], what=f"train_step {k}")
 
 
 def test_token_ids_need_a_one_hot_input_read_through_matmuls(tmp_dir):
@@ -825,6 +863,74 @@ def test_step_matches_forward(tmp_dir):
         close(y, probs[:, t], what=f"step {t}")
     for k in final:
         close(state[k], final[k], what=k)
+
+
+def _step_inputs(mod, rng, b):
+    inp = mod.MODEL["input"]
+    if inp["kind"] == "dense":
+        return rng.normal(size=(b, inp["size"]))
+    return rng.integers(0, inp["vocab"], b).astype(np.int32)
+
+
+def test_prepared_step_gives_the_step_results(tmp_dir):
+    """step(prepare_step(params), ...) gives step(params, ...)'s outputs and states, for
+    every spec in specs/ that can step (one-hot inputs as token ids, embeddings, dense
+    features, stacked, residual, gated-feedback and custom cells), and for a first
+    residual layer fed token ids."""
+    from rnnc.compiler import compile_file
+
+    specs = sorted(
+        p for p in (ROOT / "specs").rglob("*")
+        if p.suffix in (".rnn", ".yaml") and not {"lib", "data"} & set(p.parts)
+    )
+    residual = emit(
+        "model m {\n  input onehot(vocab: 7)\n  layer lstm(hidden: 7, residual: true)\n"
+        "  layer gru(hidden: 7)\n  head softmax per_step\n}\n", 7, 7
+    )
+    assert "x = y + _dense(x)" in residual
+    sources = [(path.stem, compile_file(path.relative_to(ROOT), "jax")) for path in specs]
+    stepped = 0
+    for name, source in sources + [("residual", residual)]:
+        mod = load(source, tmp_dir)
+        params = mod.init_params(3, "float64")
+        try:
+            mod.step(params, _step_inputs(mod, np.random.default_rng(0), 2))
+        except NotImplementedError:  # a layer runs backward in time
+            continue
+        prepared = mod.prepare_step(params)
+        rng = np.random.default_rng(1)
+        a = b = mod.initial_state(2, "float64")
+        for t in range(3):
+            x = _step_inputs(mod, rng, 2)
+            ya, a = mod.step(params, x, a)
+            yb, b = mod.step(prepared, x, b)
+            close(yb, ya, rtol=1e-12, what=f"{name} step {t}")
+            for k in a:
+                close(b[k], a[k], rtol=1e-12, what=f"{name} step {t} {k}")
+        stepped += 1
+    assert stepped > 30
+
+
+def test_prepared_step_lays_out_no_weights_per_call(tmp_dir):
+    """A jitted step reading the parameters as they are transposes and copies every
+    matrix its products read, and rebuilds the fused gate weights, on every call (a
+    character model at V = 5000 sampled at 4-9 ms a character, most of it copying the
+    (4H, V) input and (V, H) head weights). Given prepare_step's result, the compiled
+    step has only its products (a one-hot input read as the rows it picks)."""
+    import re
+
+    text = tbptt_spec(3, 3, layers=1).split("train")[0].replace("vocab: 4", "vocab: 40")
+    mod = load(emit(text, 40, 40), tmp_dir)
+    params = mod.init_params(0)
+    x, state = np.array([3], np.int32), mod.initial_state(1)
+
+    def ops(p):
+        hlo = mod.step.lower(p, x, state).compile().as_text()
+        return set(re.findall(r"= \S+ (transpose|copy|concatenate)\(", hlo))
+
+    assert ops(params)  # what the plain step does on every call
+    assert ops(mod.prepare_step(params)) == set()
+    assert mod.prepare_step(params).params["head.W"] is not None
 
 
 def test_train_step_with_optax(tmp_dir):

@@ -381,6 +381,45 @@ def test_real_ctrl_c_or_sigterm_saves_and_exits(tmp_path, sig, code, says):
     assert latest_record(run)["step"] == step  # every logged step is in the checkpoint, none lost
 
 
+@pytest.mark.parametrize(("terminated", "code", "says"), [
+    (False, 130, "interrupted during the test evaluation"),
+    (True, 143, "terminated during the test evaluation"),
+])
+def test_stopped_during_the_test_evaluation(tmp_path, monkeypatch, terminated, code, says):
+    """Ctrl-C or SIGTERM during the final test evaluation: training finished and is saved,
+    and the run says how to get the test figures (`rnnc eval`). It used to end with a
+    bare "interrupted" and no test record, and `--resume` then said the run had finished
+    and never evaluated the test split (nor kept a finished run's test record)."""
+    from rnnc.errors import Terminated
+    from rnnc.train import driver
+
+    spec = write(tmp_path / "r.rnn", REBER.format(cell="elman", epochs=2, extra=""))
+    run = tmp_path / "run"
+    real = driver.evaluate
+
+    def stopped_on_test(c, params, split, progress=None):
+        if split == "test":
+            raise Terminated if terminated else KeyboardInterrupt
+        return real(c, params, split, progress)
+
+    monkeypatch.setattr(driver, "evaluate", stopped_on_test)
+    result = train(spec, run, code=code)
+    assert says in result.output and "training finished at step" in result.output
+    assert f"rnnc eval {run}" in result.output and "--resume" in result.output
+    assert records(run, "test") == [] and len(records(run, "val")) == 2
+    assert latest_record(run)["finished"] == "epochs"
+    monkeypatch.setattr(driver, "evaluate", real)
+    got = json.loads(rnnc("eval", run, "--json").output)
+    assert got["split"] == "test" and got["metrics"]["loss"] > 0
+    result = train(spec, run, "--resume")
+    assert "already finished" in result.output and "test_loss" in result.output
+    (test,) = records(run, "test")
+    assert test["test_loss"] == pytest.approx(got["metrics"]["loss"], rel=1e-6)
+    result = train(spec, run, "--resume")  # nothing left to do, and the record stays
+    assert "already finished" in result.output and "test_loss" not in result.output
+    assert records(run, "test") == [test] and len(records(run, "val")) == 2
+
+
 def test_sigterm_while_compiling_leaves_nothing_behind(tmp_path):
     """SIGTERM before training starts (compiling, building the data) left the new run
     folder behind, with the staging folder of the module in it."""
@@ -424,7 +463,7 @@ def test_eval_json_is_strict_json_for_a_diverged_model(reber_run, monkeypatch):
     JavaScript refuse; it is null, the finite ones as they are."""
     from rnnc.train import driver
 
-    monkeypatch.setattr(driver, "evaluate", lambda c, params, split: {
+    monkeypatch.setattr(driver, "evaluate", lambda c, params, split, progress=None: {
         "loss": float("nan"), "cross_entropy": float("inf"), "accuracy": 0.25})
     out = rnnc("eval", reber_run[1], "--json").output
     assert "NaN" not in out and "Infinity" not in out
@@ -510,6 +549,92 @@ def test_eval_of_text_keeps_no_earlier_windows_outputs(text_run, monkeypatch):
     assert got == pytest.approx(want, rel=1e-12)
 
 
+class _EvalRecorder:
+    def __init__(self):
+        self.calls = []
+
+    def eval_start(self, split, total):
+        self.calls.append(("start", split, total))
+
+    def eval_step(self):
+        self.calls.append("step")
+
+    def eval_end(self):
+        self.calls.append("end")
+
+
+@pytest.mark.parametrize("which", ["text_run", "reber_run"])
+def test_evaluation_reports_its_progress(which, request, monkeypatch):
+    """Validating a large text showed nothing until it was done: evaluate tells the
+    reporter how many windows (batches) there are and each one done, and ends the bar
+    when it is stopped too; the rich reporter shows it as a bar ("evaluating val") in
+    place of the epoch's, or a bar of its own after training; --quiet shows none."""
+    import io
+
+    from rich.console import Console
+    from safetensors.numpy import load_file
+
+    from rnnc.train import driver
+    from rnnc.train.progress import QuietReporter, RichReporter
+
+    _, run, _ = request.getfixturevalue(which)
+    _, c = driver.open_run(run)
+    cp = run / "checkpoints"
+    params = load_file(str(cp / (cp / "best").read_text().strip() / "params.safetensors"))
+    monkeypatch.setattr(driver, "EVAL_BATCH", 7)  # several batches of sequences
+    forward, calls = c.module.forward, []
+    monkeypatch.setattr(c.module, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    rec = _EvalRecorder()
+    got = driver.evaluate(c, params, "val", progress=rec)
+    total = driver.eval_batches(c, "val")
+    assert total == len(calls) >= 2
+    assert rec.calls == [("start", "val", total)] + ["step"] * total + ["end"]
+    assert got == driver.evaluate(c, params, "val")
+
+    def stopped(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(c.module, "forward", stopped)
+    rec = _EvalRecorder()
+    with pytest.raises(KeyboardInterrupt):
+        driver.evaluate(c, params, "test", progress=rec)
+    assert rec.calls[-1] == "end"
+    monkeypatch.setattr(c.module, "forward", forward)
+
+    from rich.progress import Progress
+
+    tasks = {}  # what the bars held: [description, total, advanced]
+    add_task, advance = Progress.add_task, Progress.advance
+
+    def added(self, description, **kw):
+        task = add_task(self, description, **kw)
+        tasks[id(self), task] = [description, kw.get("total"), 0]
+        return task
+
+    def advanced(self, task, n=1):
+        tasks[id(self), task][2] += n
+        return advance(self, task, n)
+
+    monkeypatch.setattr(Progress, "add_task", added)
+    monkeypatch.setattr(Progress, "advance", advanced)
+    rich = RichReporter()
+    rich.console = Console(file=io.StringIO(), force_terminal=True, width=120)
+    rich.start(1, 3, ["val_loss"], "accuracy")
+    rich.epoch_start(0, 0)
+    driver.evaluate(c, params, "val", progress=rich)  # while training: in the epoch's place
+    assert rich.progress is not None and rich.eval_task is None
+    assert rich.progress.tasks[0].visible  # the epoch's bar is back
+    rich.stop()
+    driver.evaluate(c, params, "test", progress=rich)  # after training: a bar of its own
+    assert rich.progress is None
+    test_total = driver.eval_batches(c, "test")
+    assert sorted(tasks.values()) == sorted([["epoch 1/1", 3, 0], ["evaluating val", total, total],
+                                             ["evaluating test", test_total, test_total]])
+    quiet = io.StringIO()
+    driver.evaluate(c, params, "val", progress=QuietReporter(out=quiet))
+    assert quiet.getvalue() == ""
+
+
 @pytest.mark.parametrize("batch", [4, 7])
 def test_eval_of_sequences_scores_batch_by_batch(reber_run, monkeypatch, batch):
     """Sequence splits too are scored batch by batch (no (N, T, V) outputs of the whole
@@ -582,6 +707,34 @@ def test_sample_interrupted_keeps_the_text_so_far(text_run, monkeypatch):
     result = rnnc("sample", run, "--prime", "the ", "--length", 1000, code=130)
     text = result.output.removesuffix("\ninterrupted\n")  # the sample may hold newlines
     assert text.startswith("the ") and len(text) == 4 + 5
+
+
+def test_sampling_prepares_the_parameters_once():
+    """sample_text gives step what the module's prepare_step made of the parameters, made
+    once per sample (a JAX module's step re-laid out its weights for every character);
+    a module without prepare_step (NumPy; one compiled before it) gets them as they are."""
+    from rnnc.train.sampling import sample_text
+
+    class Module:
+        def __init__(self, prepares):
+            self.prepared, self.seen = [], []
+            if prepares:
+                self.prepare_step = lambda params: self.prepared.append(params) or ("ready",)
+
+        def initial_state(self, batch, dtype):
+            return {"h": np.zeros((batch, 1))}
+
+        def step(self, params, x_t, state):
+            self.seen.append(params)
+            return np.full((1, 3), 1 / 3), state
+
+    params = {"head.W": np.zeros((3, 1))}
+    for prepares, want in ((True, ("ready",)), (False, params)):
+        m = Module(prepares)
+        text = sample_text(m, params, "abc", "ab", 5, 1.0, np.random.default_rng(0))
+        assert len(text) == 5 and len(m.seen) == 2 + 5
+        assert all(p is want or p == want for p in m.seen)
+        assert m.prepared == ([params] if prepares else [])
 
 
 def test_sample_needs_a_character_model(reber_run):

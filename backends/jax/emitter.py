@@ -723,7 +723,12 @@ class ModuleEmitter(ModuleEmitterBase):
                 )
             )
             lines.append("    new.update(s)")
-            lines.append("    x = y + x" if layer.residual else "    x = y")
+            if layer.residual:
+                # step() of prepare_step's parameters gives a first layer token ids (_Tokens)
+                first = self.lazy_tokens and layer is self.model.layers[0]
+                lines.append("    x = y + _dense(x)" if first else "    x = y + x")
+            else:
+                lines.append("    x = y")
         lines.append("    return x, new")
         return "\n".join(lines)
 
@@ -822,6 +827,7 @@ class ModuleEmitter(ModuleEmitterBase):
             "import functools\n"
             "import gc\n\n"
             "import jax\n"
+            "import jax.extend.backend\n"
             "import jax.numpy as jnp\n"
             "import numpy as np\n"
             "from jax.sharding import Mesh, NamedSharding, PartitionSpec\n\n"

@@ -18,6 +18,7 @@ import functools
 import gc
 
 import jax
+import jax.extend.backend
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -40,6 +41,7 @@ L1 = L2 = 0.0
 _LAZY: tuple = ()
 BIDIRECTIONAL = False
 LAYERS: dict = {}
+CELLS: dict = {}
 
 
 def _encode(params, xs, dtype):
@@ -206,16 +208,29 @@ def _run_direction(
     p = {name: params[prefix + name] for name in cell["params"]}
     carry0 = tuple(state[prefix + name] for name in cell["states"])
     names = [prefix + name for name in cell["states"]]
-    if vjp and cell.get("vjp") is not None and not collect:
-        seq = _vjp_sequence(cell)
-        ys, final = seq(p, xs, carry0, valid, resets, reverse, detach_every)
-        return ys, dict(zip(names, final, strict=True)), {}
     batch = carry0[0].shape[0]
-    fm = cell.get("vjp") is not None and _loop_layout(cell["vjp"], "step", batch, False)[0]
+    args = (p, xs, carry0, valid, resets)
+    if vjp and cell.get("vjp") is not None and not collect:
+
+        def sequence(feature_major):
+            seq = _vjp_sequence(cell, feature_major)
+            return lambda *a: seq(*a, reverse, detach_every)
+
+        if _feature_major(cell["vjp"], batch) is None:
+            ys, final = sequence(False)(*args)
+        else:
+            ys, final = _by_platform(args, sequence(True), sequence(False))
+        return ys, dict(zip(names, final, strict=True)), {}
+    fm = cell.get("vjp") is not None and _feature_major(cell["vjp"], batch, False) is not None
     if fm and not collect and detach_every is None:
-        # the feature-major step, as a plain (differentiable) scan
-        run = _vjp_sequence(cell).run
-        ys, final, _, _ = run(p, xs, carry0, valid, resets, reverse, training=False)
+
+        def feature_major(*a):  # the feature-major step, as a plain (differentiable) scan
+            return _vjp_sequence(cell, True).run(*a, reverse)[:2]
+
+        def batch_major(p, xs, carry0, valid, resets):
+            return _scan_direction(cell, p, _dense(xs), carry0, valid, resets, reverse, None, False)
+
+        ys, final = _by_platform(args, feature_major, batch_major)
         return ys, dict(zip(names, final, strict=True)), {}
     xs = _dense(xs)
     out, final = _scan_direction(cell, p, xs, carry0, valid, resets, reverse, detach_every, collect)
@@ -276,18 +291,61 @@ _VJP_SEQUENCES = {}
 _BATCH_SPLIT = [1]
 
 
-def _loop_layout(v, fn, batch, training=True):
-    """(the cell's feature-major entry or None, its step function `fn` to run): the
-    feature-major pair where the module has one, FEATURE_MAJOR asks for it here, and,
-    for the training objectives, the batch (per device, under train_step's mesh) is at
-    most the entry's "train_max_batch" (0: forward only; None: any batch)."""
+def _feature_major(v, batch, training=True):
+    """The cell's feature-major entry (v["feature_major"]) where the module has one and
+    the batch allows it, else None: for the training objectives, the batch (per device,
+    under train_step's mesh) must be at most its "train_max_batch" (0: forward only;
+    None: any batch). Whether the platform asks for it is _by_platform's part."""
     fm = v.get("feature_major")
-    if fm is None or not FEATURE_MAJOR.get(jax.default_backend(), False):
-        return None, v[fn]
+    if fm is None:
+        return None
     limit = fm["train_max_batch"]
     if training and limit is not None and -(-batch // _BATCH_SPLIT[0]) > limit:
-        return None, v[fn]
-    return fm, fm[fn]
+        return None
+    return fm
+
+
+# The names jax.lax.platform_dependent knows a FEATURE_MAJOR platform by.
+_PLATFORM_NAMES = {"gpu": ("cuda", "rocm")}
+
+
+def _platforms():
+    """The platforms this process computes on, as FEATURE_MAJOR names them ("cpu",
+    "gpu", "tpu"): jax.extend.backend.backends(), a CUDA or ROCm backend as "gpu"."""
+    names = set()
+    for key, backend in jax.extend.backend.backends().items():
+        for name in (key, getattr(backend, "platform", key)):
+            names.add("gpu" if name in ("cuda", "rocm") else name)
+    return frozenset(names)
+
+
+def _by_platform(args, feature_major, batch_major):
+    """feature_major(*args) on a platform FEATURE_MAJOR asks the feature-major loops for,
+    batch_major(*args) on the others (each returns the same shapes).
+
+    The platform is the one the computation runs on: that of its arrays, or of the mesh,
+    known when the traced program is lowered for it (jax.lax.platform_dependent), not
+    while it traces (a trace does not see where its arrays are; jax.default_backend() is
+    only where uncommitted ones go: a train step on CPU-committed parameters on a GPU
+    host ran the GPU's batch-major loops). Where every platform this process has makes
+    the same choice (a host with a CPU only, the usual case), that choice is made here
+    and one layout is traced; else both are, and the lowering keeps its platform's.
+    """
+    choices = {FEATURE_MAJOR.get(name, False) for name in _platforms()}
+
+    def scoped(*a):  # named in the program (profiles; the op names of its HLO)
+        with jax.named_scope("feature_major_loops"):
+            return feature_major(*a)
+
+    if choices == {True}:
+        return scoped(*args)
+    if True not in choices:
+        return batch_major(*args)
+    branches = {}
+    for key, yes in FEATURE_MAJOR.items():
+        for name in _PLATFORM_NAMES.get(key, (key,)):
+            branches[name] = scoped if yes else batch_major
+    return jax.lax.platform_dependent(*args, **branches, default=batch_major)
 
 
 class _Layout:
@@ -321,8 +379,9 @@ class _Layout:
         return value.column_reader() if self.fm else value.at
 
 
-def _vjp_sequence(cell):
-    """The cell's run over a whole sequence as a jax.custom_vjp (built once per cell).
+def _vjp_sequence(cell, feature_major=False):
+    """The cell's run over a whole sequence as a jax.custom_vjp (built once per cell and
+    layout: its loops feature-major, from the cell's "feature_major" entry, or not).
 
     seq(p, xs, carry0, valid, resets, reverse, detach_every) -> (outputs, final state).
     Its forward pass saves only what the cell's backward step reads; its backward pass
@@ -330,13 +389,15 @@ def _vjp_sequence(cell):
     gradient one matmul over all the steps after the loop (vjp["backward_hoisted"]).
     """
     v = cell["vjp"]
-    if v["step"] in _VJP_SEQUENCES:
-        return _VJP_SEQUENCES[v["step"]]
+    key = (v["step"], feature_major)
+    if key in _VJP_SEQUENCES:
+        return _VJP_SEQUENCES[key]
+    fm = v["feature_major"] if feature_major else None
+    layout = _Layout(fm)
 
-    def run(p, xs, carry0, valid, resets, reverse, training=True):
+    def run(p, xs, carry0, valid, resets, reverse):
         k = v["prepare"](p, xs)
-        fm, step = _loop_layout(v, "step", carry0[0].shape[0], training)
-        layout = _Layout(fm)
+        step = (fm or v)["step"]
 
         read = {name: layout.reader(k[name]) for name in v["time"]}
 
@@ -380,8 +441,7 @@ def _vjp_sequence(cell):
         k, saved, valid, resets, xs = residuals
         dys, dfinal = cotangents
         lazy_x = isinstance(xs, _LAZY)  # token ids: no input adjoint to return
-        fm, backward_step = _loop_layout(v, "backward_step", dys.shape[1])
-        layout = _Layout(fm)
+        backward_step = (fm or v)["backward_step"]
         if fm:  # the weights the backward step multiplies transposed, made once
             k = dict(k, **{f"{w}.T": k[w].T for w in fm["transposed"]})
 
@@ -431,14 +491,72 @@ def _vjp_sequence(cell):
 
     seq.defvjp(seq_fwd, seq_bwd)
     seq.run = run
-    _VJP_SEQUENCES[v["step"]] = seq
+    _VJP_SEQUENCES[key] = seq
     return seq
+
+
+class StepParams:
+    """Parameters made ready for step(), once (prepare_step): each layer's invariants
+    (its fused gate weights and biases) and the transpose of every weight matrix, laid
+    out as its own array. A jitted step otherwise rebuilds the invariants and, on CPU,
+    transposes and copies every matrix a product reads (x @ W.T, h @ U.T, the head's
+    h @ W.T) on every call: a (4H, V) and a (V, H) copy per character at vocabulary V.
+    """
+
+    def __init__(self, params, inv, laid):
+        self.params, self.inv, self.laid = params, inv, laid
+
+    def view(self):
+        """Inside step: the parameters by name, matrices as _Laid, and the invariants."""
+        return _StepView(self)
+
+
+class _Laid:
+    """A matrix whose transpose is laid out already: .T is that array (a product
+    x @ W.T reads it as it is); used any other way, it is the matrix itself."""
+
+    def __init__(self, a, t):
+        self.a, self.t = a, t
+        self.shape, self.dtype, self.ndim = a.shape, a.dtype, a.ndim
+
+    @property
+    def T(self):  # noqa: N802 (the array attribute it stands in for)
+        return self.t
+
+    def __getitem__(self, index):
+        return self.a[index]
+
+    def __jax_array__(self):
+        return self.a
+
+
+class _StepView(dict):
+    """StepParams inside step: a dict of the parameters (matrices as _Laid) whose
+    `inv` holds each layer's invariants by prefix ("layer1.")."""
+
+    def __init__(self, sp):
+        def laid(key, a):
+            return _Laid(a, sp.laid[key]) if key in sp.laid else a
+
+        super().__init__({k: laid(k, a) for k, a in sp.params.items()})
+        self.inv = {
+            prefix: {k: laid(prefix + k, a) for k, a in inv.items()}
+            for prefix, inv in sp.inv.items()
+        }
+
+
+jax.tree_util.register_pytree_node(
+    StepParams, lambda s: ((s.params, s.inv, s.laid), None), lambda _, kids: StepParams(*kids)
+)
 
 
 def _step_direction(cell, params, prefix, x, state):
     """One step of one direction of a layer: (output (B, m), next state)."""
     p = {name: params[prefix + name] for name in cell["params"]}
-    inv = cell["invariant"](p) if cell["invariant"] is not None else {}
+    if isinstance(params, _StepView):  # prepare_step made them
+        inv = params.inv[prefix]
+    else:
+        inv = cell["invariant"](p) if cell["invariant"] is not None else {}
     hx = cell["hoisted"](p, inv, x) if cell["hoisted"] is not None else {}
     carry = tuple(state[prefix + name] for name in cell["states"])
     y, new = cell["step"](p, inv, hx, x, *carry)
@@ -614,6 +732,14 @@ class _Tokens:
     def times(self, table):
         """These vectors times table (n, m): its rows, taken lazily."""
         return _Rows(table, self.ids)
+
+    def __getitem__(self, t):
+        """The vectors at time t (step() of prepare_step's parameters reads them)."""
+        return _Tokens(self.ids[t], self.n, self.dtype)
+
+    def __matmul__(self, table):
+        """These vectors times table (n, m), at once: its rows (_take_rows)."""
+        return _take_rows(table, self.ids)
 
 
 def _take_rows(table, ids):
@@ -845,12 +971,34 @@ def step(params, x_t, state=None):
     """One time step for streaming inference: (y_t, next state); no dropout.
 
     x_t: (B,) token ids or (B, F) features. y_t: probabilities (softmax head) or values.
+    `params` may be what prepare_step(params) gave (faster, the same results).
     """
     _check_inputs(x_t, state=state, step=True)
+    prepared = isinstance(params, StepParams)
+    if prepared:
+        params = params.view()
     dtype = params["head.W"].dtype
     state = _state_in(state, x_t.shape[0], dtype)
-    h, state = _layers_step(params, _encode(params, x_t[:, None], dtype)[0], state)
+    lazy = prepared and _LAZY and not next(iter(CELLS.values()))["reads_x"]
+    encode = _encode_for_training if lazy else _encode
+    h, state = _layers_step(params, encode(params, x_t[:, None], dtype)[0], state)
     return _predict(params, h), state
+
+
+@jax.jit
+def prepare_step(params):
+    """`params` made ready for step(): pass the result in their place, as often as you
+    like (sampling: once per parameter set, then one step per character). The results
+    are step(params, ...)'s; it holds the parameters and about as much again (the
+    invariants and the transposed matrices)."""
+    inv, laid = {}, {}
+    for layer, cell in CELLS.items():
+        prefix = layer + "."
+        p = {name: params[prefix + name] for name in cell["params"]}
+        inv[prefix] = cell["invariant"](p) if cell["invariant"] is not None else {}
+        laid.update({prefix + k: a.T for k, a in inv[prefix].items() if jnp.ndim(a) == 2})
+    laid.update({k: a.T for k, a in params.items() if a.ndim == 2})
+    return StepParams(dict(params), inv, laid)
 
 
 # --- section: step_backward ---

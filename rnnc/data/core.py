@@ -21,7 +21,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -132,7 +132,7 @@ class Dataset:
                 continue
             a = np.ascontiguousarray(a)
             h.update(f"{a.dtype.str}{a.shape}".encode())
-            h.update(a.tobytes())
+            h.update(a.reshape(-1).view(np.uint8))  # its bytes, not a copy (tobytes)
         return h.hexdigest()
 
     def summary(self) -> str:
@@ -318,6 +318,48 @@ def split_examples(data: Split, fractions: Sequence[float], rng: np.random.Gener
         data.take(np.sort(order[b:]))
 
 
+def split_examples_in_place(data: Split, fractions: Sequence[float],
+                            rng: np.random.Generator, dataset: str) -> tuple[Split, Split, Split]:
+    """:func:`split_examples`' splits (the same examples, in the same order, from the same
+    ``rng``), made by reordering ``data``'s arrays in place: each split is a view of one
+    part of them, and no second copy of a large dataset is made. ``data`` is consumed."""
+    n = len(data)
+    counts = split_counts(n, fractions)
+    check_split_counts(counts, fractions, n, dataset)
+    order = rng.permutation(n)
+    a, b = counts[0], counts[0] + counts[1]
+    index = np.concatenate([np.sort(order[:a]), np.sort(order[a:b]), np.sort(order[b:])])
+    arrays = [data.x, data.y, data.lengths, data.legal, data.resets]
+    for arr in arrays:
+        if arr is not None:
+            permute_rows(arr, index)
+    parts = []
+    for part in (slice(0, a), slice(a, b), slice(b, n)):
+        x, y, lengths, legal, resets = (None if arr is None else arr[part] for arr in arrays)
+        parts.append(Split(x=x, y=y, lengths=lengths, legal=legal, resets=resets))
+    return parts[0], parts[1], parts[2]
+
+
+def permute_rows(a: np.ndarray, index: np.ndarray) -> None:
+    """``a[:] = a[index]`` for a permutation ``index`` of its rows, one cycle of the
+    permutation at a time through a one-row buffer (no copy of ``a``)."""
+    done = index == np.arange(len(index))
+    row = np.empty_like(a[:1])
+    for start in np.flatnonzero(~done):
+        if done[start]:
+            continue
+        row[0] = a[start]
+        j = start
+        while True:
+            done[j] = True
+            k = index[j]
+            if k == start:
+                a[j] = row[0]
+                break
+            a[j] = a[k]
+            j = k
+
+
 def make_rngs(seed: int, count: int) -> list[np.random.Generator]:
     """``count`` independent generators derived from ``seed`` (data, split, ...)."""
     return [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(count)]
@@ -325,6 +367,22 @@ def make_rngs(seed: int, count: int) -> list[np.random.Generator]:
 
 # ---------------------------------------------------------------------------
 # Files
+
+
+def open_file(path: Path, what: str) -> BinaryIO:
+    """``path`` opened for reading bytes; the errors of :func:`read_file_bytes`."""
+    try:
+        return open(path, "rb")  # noqa: SIM115 (the caller closes it)
+    except FileNotFoundError:
+        raise DataError(f"{what} file not found: {path}",
+                        hint="relative paths are resolved against the spec file's folder"
+                        ) from None
+    except IsADirectoryError:
+        raise DataError(f"{what} path is a folder, not a file: {path}",
+                        hint="give the path of a file") from None
+    except OSError as exc:
+        raise DataError(f"cannot read {what} file {path}: {exc.strerror or exc}",
+                        hint="check the file's permissions") from None
 
 
 def read_file_bytes(path: Path, what: str) -> bytes:

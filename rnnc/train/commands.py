@@ -67,6 +67,14 @@ def _train(
         typer.echo(f"resume with: rnnc train {shlex.quote(str(spec))} --out "
                    f"{shlex.quote(str(run_dir))} --resume", err=True)
         raise typer.Exit(143 if result.terminated else 130)
+    if result.test_interrupted:
+        how = "terminated" if result.terminated else "interrupted"
+        typer.echo(f"{how} during the test evaluation: training finished at step "
+                   f"{result.state.step} and is saved in {run_dir}", err=True)
+        typer.echo(f"the test figures: rnnc eval {shlex.quote(str(run_dir))} (or resume with: "
+                   f"rnnc train {shlex.quote(str(spec))} --out {shlex.quote(str(run_dir))} "
+                   "--resume, which evaluates it and records it in the run)", err=True)
+        raise typer.Exit(143 if result.terminated else 130)
     if result.test is not None:
         parts = "  ".join(f"test_{k} {v:.4f}" for k, v in result.test.items())
         typer.echo(f"test ({result.state.step} steps, best epoch "
@@ -84,10 +92,13 @@ def _eval(
     split: Annotated[str, typer.Option(help="test, val or train.")] = "test",
     checkpoint: Annotated[str, typer.Option(help="best or latest.")] = "best",
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="No progress bar while it evaluates.")] = False,
 ) -> None:
     """Metrics of a run's best (or latest) checkpoint on a split."""
     from rnnc.errors import did_you_mean
     from rnnc.train.driver import data_changed, evaluate, load_run_checkpoint, open_run
+    from rnnc.train.progress import QuietReporter, RichReporter
 
     if split not in ("train", "val", "test"):
         raise TrainError(f"unknown split '{split}'",
@@ -99,7 +110,8 @@ def _eval(
         path = c.dataset.info.get("path")
         typer.echo(f"note: the data ({path or 'the dataset'}) changed since '{run_dir}' was "
                    "trained; these metrics are for the data as it is now", err=True)
-    metrics = evaluate(c, cp.params, split)
+    # a bar on stderr where that is a terminal (never in the printed metrics)
+    metrics = evaluate(c, cp.params, split, progress=QuietReporter() if quiet else RichReporter())
     if as_json:
         # strict JSON (jq, JavaScript): a non-finite metric (a diverged model) is null
         finite = {k: v if math.isfinite(v) else None for k, v in metrics.items()}

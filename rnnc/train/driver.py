@@ -31,7 +31,7 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -231,13 +231,35 @@ def stream_windows(ds: Dataset, split: str, batch: int, window: int, reset: str,
     return _stream_windows(ds.stream[split], batch, window, starts, start)
 
 
-def evaluate(c: Compiled, params: dict[str, Any], split: str) -> dict[str, float]:
-    """Loss and metrics of ``params`` on a split (``{"loss": ..., <metric>: ...}``)."""
+def evaluate(c: Compiled, params: dict[str, Any], split: str,
+             progress: Any = None) -> dict[str, float]:
+    """Loss and metrics of ``params`` on a split (``{"loss": ..., <metric>: ...}``).
+
+    ``progress`` (a reporter of rnnc.train.progress) is told the number of batches
+    (windows of a text) and each one done: a large split shows how far it has got."""
     with np.errstate(all="ignore"):
-        return _evaluate(c, params, split)
+        if progress is None:
+            return _evaluate(c, params, split, lambda: None)
+        progress.eval_start(split, eval_batches(c, split))
+        try:
+            return _evaluate(c, params, split, progress.eval_step)
+        finally:
+            progress.eval_end()
 
 
-def _evaluate(c: Compiled, params: dict[str, Any], split: str) -> dict[str, float]:
+def eval_batches(c: Compiled, split: str) -> int:
+    """How many forward calls ``evaluate`` makes on a split."""
+    ds = c.dataset
+    if is_text(ds):
+        from rnnc.data import num_stream_windows
+
+        n = len(ds.stream[split])
+        return num_stream_windows(n, 1, window_length(c.program, ds)) if n >= 2 else 0
+    return -(-len(ds.split(split)) // EVAL_BATCH)
+
+
+def _evaluate(c: Compiled, params: dict[str, Any], split: str,
+              advance: Callable[[], Any]) -> dict[str, float]:
     ds, module, plan = c.dataset, c.module, c.program.train
     scores = _Scores(ds.metric, "probs" if c.program.model.head.kind == "softmax" else "auto")
     if is_text(ds):
@@ -253,11 +275,13 @@ def _evaluate(c: Compiled, params: dict[str, Any], split: str) -> dict[str, floa
         for b in stream_windows(ds, split, 1, window, plan.reset):
             ys, state = module.forward(params, b.x, state, b.lengths, b.resets)
             scores.add(ys, b)
+            advance()
     else:
         for b in iterate_batches(ds.split(split), EVAL_BATCH, None):
             x, _ = _as_model_input(b, plan.dtype)
             ys, _ = module.forward(params, x, None, b.lengths)
             scores.add(ys, b)
+            advance()
     if not scores.batches:
         raise TrainError(f"the {split} split is empty",
                          hint="give it a share with the dataset's split option")
@@ -570,7 +594,8 @@ class Trainer:
 
     def end_epoch(self, log) -> None:
         st = self.state
-        val = {f"val_{k}": v for k, v in evaluate(self.c, st.params, "val").items()}
+        val = {f"val_{k}": v
+               for k, v in evaluate(self.c, st.params, "val", progress=self.reporter).items()}
         train_loss = st.epoch_loss / st.epoch_tokens if st.epoch_tokens else math.nan
         record = {"kind": "val", "step": st.step, "epoch": st.epoch + 1,
                   "train_loss": train_loss, **val,
@@ -663,6 +688,9 @@ class TrainResult:
     test: dict[str, float] | None
     interrupted_at: Path | None = None
     terminated: bool = False  # interrupted by SIGTERM rather than Ctrl-C
+    # training finished and is saved, but Ctrl-C or SIGTERM stopped the test evaluation:
+    # `rnnc eval` (or `rnnc train --resume`) gives the figures
+    test_interrupted: bool = False
 
 
 LOCK = ".rnnc-lock"
@@ -746,8 +774,9 @@ def _generated(path: Path) -> bool:
         return False
 
 
-def _trim_metrics(path: Path, step: int) -> None:
-    """Drop the records a resumed run will write again (after the checkpoint's step)."""
+def _trim_metrics(path: Path, step: int, keep_test: bool = False) -> None:
+    """Drop the records a resumed run will write again (after the checkpoint's step, and
+    the test record unless ``keep_test``: a finished run writes no other)."""
     from rnnc.cli import write_atomic
 
     if not path.exists():
@@ -758,9 +787,23 @@ def _trim_metrics(path: Path, step: int) -> None:
             rec = json.loads(line)
         except ValueError:
             continue
-        if rec.get("kind") != "test" and rec.get("step", 0) <= step:
+        if rec.get("step", 0) <= step and (keep_test or rec.get("kind") != "test"):
             keep.append(line)
     write_atomic(path, "".join(line + "\n" for line in keep))
+
+
+def _has_test_record(path: Path) -> bool:
+    """Whether the metrics file holds a test record (a finished run evaluated the test
+    split; one stopped during that evaluation has none)."""
+    if not path.exists():
+        return False
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("kind") == "test":
+                return True
+        except (ValueError, AttributeError):
+            continue
+    return False
 
 
 def train(spec_path: Path, opts: TrainOptions, reporter) -> TrainResult:
@@ -885,16 +928,21 @@ def train(spec_path: Path, opts: TrainOptions, reporter) -> TrainResult:
             if overrides.epochs is not None and state.finished == "epochs" \
                     and state.epoch < c.program.train.epochs:
                 state = replace(state, finished=None)
-            _trim_metrics(run_dir / METRICS, state.step)
-            if state.finished is not None:
-                reporter.note(f"the run in {run_dir} already finished ({state.finished}) at "
-                              f"epoch {state.epoch}, step {state.step}")
-                return TrainResult(run_dir, state, None)
-            reporter.note(f"resuming {run_dir} at step {state.step} (epoch {state.epoch + 1}, "
-                          f"batch {state.batch_index})")
+            # a finished run writes no more records but its test one: its records stay
+            _trim_metrics(run_dir / METRICS, state.step, keep_test=state.finished is not None)
             best = ckpt.read_pointer(run_dir / CHECKPOINTS, "best")
             if best is not None:
                 trainer.best_params = ckpt.load_checkpoint(run_dir / CHECKPOINTS, "best").params
+            if state.finished is not None:
+                reporter.note(f"the run in {run_dir} already finished ({state.finished}) at "
+                              f"epoch {state.epoch}, step {state.step}")
+                if split_size(c.dataset, "test") == 0 or _has_test_record(run_dir / METRICS):
+                    return TrainResult(run_dir, state, None)
+                # stopped during its test evaluation (Ctrl-C, SIGTERM): that alone is left
+                reporter.note("its test evaluation did not finish: evaluating the test split")
+            else:
+                reporter.note(f"resuming {run_dir} at step {state.step} (epoch "
+                              f"{state.epoch + 1}, batch {state.batch_index})")
         else:
             state = fresh
         try:
@@ -913,7 +961,8 @@ def train(spec_path: Path, opts: TrainOptions, reporter) -> TrainResult:
 
         try:
             try:
-                state = trainer.run(state, log)
+                if state.finished is None:
+                    state = trainer.run(state, log)
             except KeyboardInterrupt as err:
                 trainer.reporter.stop()
                 where = trainer.save(trainer.state)
@@ -923,7 +972,14 @@ def train(spec_path: Path, opts: TrainOptions, reporter) -> TrainResult:
             params = trainer.best_params if trainer.best_params is not None else state.params
             if split_size(c.dataset, "test") == 0:
                 return TrainResult(run_dir, state, None)
-            test = evaluate(c, params, "test")
+            # Training is over and saved (its last checkpoint is the finished state): a
+            # Ctrl-C or SIGTERM here leaves the run whole, without its test record, which
+            # `rnnc eval` or `rnnc train --resume` gives
+            try:
+                test = evaluate(c, params, "test", progress=reporter)
+            except KeyboardInterrupt as err:
+                return TrainResult(run_dir, state, None, terminated=isinstance(err, Terminated),
+                                   test_interrupted=True)
             log({"kind": "test", "step": state.step, "epoch": state.epoch,
                  **{f"test_{k}": v for k, v in test.items()}})
         finally:

@@ -70,6 +70,15 @@ class QuietReporter:
     def note(self, text: str) -> None:
         print(text, file=self.out, flush=True)
 
+    def eval_start(self, split: str, total: int) -> None:
+        """An evaluation of ``split`` begins: ``total`` batches (windows of a text)."""
+
+    def eval_step(self) -> None:
+        """One batch of the evaluation done."""
+
+    def eval_end(self) -> None:
+        """The evaluation is over (or was stopped)."""
+
     def stop(self) -> None:
         pass
 
@@ -85,43 +94,81 @@ class RichReporter(QuietReporter):
         self.console = Console(stderr=True, highlight=False)
         self.progress: Progress | None = None
         self.task = None
+        self.eval_task = None
+        self.own_progress = False  # the bar was started for an evaluation alone
         self.n_batches = 0
         self.last_metric = ""
+        self.last_step = "-"
+
+    def _bar(self) -> Progress:
+        # a task's description is its label ("epoch 3/10", "val", "test"), its `info`
+        # what follows the count (step, loss, metric and tokens/s while training)
+        return Progress(
+            TextColumn("{task.description}"),
+            BarColumn(bar_width=24),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
+        )
 
     def start(self, epochs: int, n_batches: int, keys: list[str], headline: str) -> None:
         super().start(epochs, n_batches, keys, headline)
         self.n_batches = n_batches
         if not self.console.is_terminal:
             return  # no bar in a log file (rich would leave an empty line there)
-        self.progress = Progress(
-            TextColumn("epoch {task.fields[epoch]}"),
-            BarColumn(bar_width=24),
-            MofNCompleteColumn(),
-            TextColumn("step {task.fields[step]}"),
-            TextColumn("loss {task.fields[loss]}"),
-            TextColumn("{task.fields[metric]}"),
-            TextColumn("{task.fields[tps]} tok/s"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=self.console,
-            transient=True,
-        )
+        self.progress = self._bar()
         self.progress.start()
+
+    def _train_info(self, loss: str = "-", tps: str = "-") -> str:
+        return "  ".join(p for p in (f"step {self.last_step}", f"loss {loss}",
+                                     self.last_metric, f"{tps} tok/s") if p)
 
     def epoch_start(self, epoch: int, done: int) -> None:
         if self.progress is None:
             return
         if self.task is not None:
             self.progress.remove_task(self.task)
+        self.last_step = "-"
         self.task = self.progress.add_task(
-            "train", total=self.n_batches, completed=done, epoch=f"{epoch + 1}/{self.epochs}",
-            step="-", loss="-", metric=self.last_metric, tps="-")
+            f"epoch {epoch + 1}/{self.epochs}", total=self.n_batches, completed=done,
+            info=self._train_info())
 
     def step(self, state, metrics: dict[str, float]) -> None:
         if self.progress is None or self.task is None:
             return
-        self.progress.update(self.task, advance=1, step=state.step, loss=fmt(metrics["loss"]),
-                             tps=f"{metrics['tokens_per_s']:.0f}", metric=self.last_metric)
+        self.last_step = str(state.step)
+        self.progress.update(self.task, advance=1, info=self._train_info(
+            fmt(metrics["loss"]), f"{metrics['tokens_per_s']:.0f}"))
+
+    def eval_start(self, split: str, total: int) -> None:
+        """A bar for the evaluation: in place of the epoch's while training, else its own
+        (the final test evaluation, `rnnc eval`)."""
+        if not self.console.is_terminal:
+            return
+        self.own_progress = self.progress is None
+        if self.own_progress:
+            self.progress = self._bar()
+            self.progress.start()
+        if self.task is not None:
+            self.progress.update(self.task, visible=False)
+        self.eval_task = self.progress.add_task(f"evaluating {split}", total=total, info="")
+
+    def eval_step(self) -> None:
+        if self.progress is not None and self.eval_task is not None:
+            self.progress.advance(self.eval_task)
+
+    def eval_end(self) -> None:
+        if self.progress is None or self.eval_task is None:
+            return
+        self.progress.remove_task(self.eval_task)
+        self.eval_task = None
+        if self.task is not None:
+            self.progress.update(self.task, visible=True)
+        if self.own_progress:
+            self.stop()
 
     def sample(self, step: int, text: str) -> None:
         self.console.print(f"[dim]sample at step {step}:[/dim]")
@@ -147,3 +194,5 @@ class RichReporter(QuietReporter):
             self.progress.stop()
             self.progress = None
             self.task = None
+            self.eval_task = None
+            self.own_progress = False

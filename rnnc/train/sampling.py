@@ -46,6 +46,11 @@ def sample_text(module: Any, params: dict[str, Any], vocab: Sequence[str], prime
     if not (0 < temperature < math.inf):  # also refuses NaN
         raise TrainError(f"the temperature must be a finite number > 0, not {temperature}")
     ids = encode_prime(prime, vocab)
+    # a JAX module's step otherwise lays out the weights again for every character
+    # (modules compiled before prepare_step existed lack it; NumPy modules do not need it)
+    prepare = getattr(module, "prepare_step", None)
+    if prepare is not None:
+        params = prepare(params)
     state = module.initial_state(1, dtype)
     probs = None
     for tok in ids:
