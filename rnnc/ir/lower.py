@@ -993,6 +993,12 @@ def _layers(spec: A.Spec, model_cfg: dict, train_cfg: dict | None, in_size: int)
                         "a number" if isinstance(d, int | float) else "a name or string")
                 raise SpecError(f"option '{k}' of cell '{cname}' must be {kind}, not {val!r}",
                                 ks or cspan, f"the default is {_show(d)}")
+            if isinstance(d, str) and d in ACTIVATIONS and val not in ACTIVATIONS:
+                # an activation option: refused here, at the layer that sets it, not inside
+                # the cell's equations (for a library cell, a file the user did not write)
+                raise SpecError(f"option '{k}' of cell '{cname}' is '{val}', which is not an "
+                                "activation", getattr(v, "span", None) or ks or cspan,
+                                did_you_mean(val, ACTIVATIONS))
             copts[k] = val
         name = lo["name"] or f"layer{i + 1}"
         check_identifier(name, "layer name", cspan)
