@@ -24,6 +24,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 
 # Stand-ins for the module-specific definitions the emitter writes (never pasted).
+DTYPE = "float32"
 PARAM_SHAPES: dict = {}
 PARAM_INITS: dict = {}
 STATE_SHAPES: dict = {}
@@ -132,7 +133,7 @@ def _init_array(rng, kind, args, shape, fan_in, fan_out):
     raise ValueError(f"unknown initialiser {kind!r}")
 
 
-def init_params(seed=0, dtype="float32"):
+def init_params(seed=0, dtype=DTYPE):
     """Fresh parameters {name: array}, drawn in PARAM_SHAPES order from one NumPy generator.
 
     Values are drawn on the host (so they equal the NumPy backend's for the same seed),
@@ -147,7 +148,7 @@ def init_params(seed=0, dtype="float32"):
     return params
 
 
-def initial_state(batch, dtype="float32"):
+def initial_state(batch, dtype=DTYPE):
     """The zero state {"<layer>.<state>": (batch, size)}."""
     return {name: jnp.zeros((batch,) + shape, dtype=dtype) for name, shape in STATE_SHAPES.items()}
 
