@@ -892,12 +892,13 @@ def _needs_data(model_cfg: dict) -> bool:
                       hopts.get("size"))
 
 
-def _auto(value: Any, from_data: int | None, what: str, span: Span | None) -> int:
+def _auto(value: Any, from_data: int | None, what: str, span: Span | None, how: str) -> int:
+    """A size that may be `auto`; `how` is the spec text that gives it as a number."""
     if value != "auto":
         return int(value)
     if from_data is None:
         raise SpecError(f"{what} is auto, but there is no dataset to take it from", span,
-                        f"give {what} as a number, or add a train block with data")
+                        f"give it as a number, `{how}`, or add a train block with data")
     return int(from_data)
 
 
@@ -912,12 +913,15 @@ def _input(model_cfg: dict, sizes: Sizes, spec: A.Spec) -> InputEncoding:
         raise SpecError(f"the dataset gives feature vectors, but the input is {kind}", span,
                         "write `input dense(features: auto)`")
     if kind == "onehot":
-        v = _auto(opts["vocab"], sizes.n_in, "the input vocabulary", span)
+        v = _auto(opts["vocab"], sizes.n_in, "the input vocabulary", span,
+                  "input onehot(vocab: N)")
         return InputEncoding("onehot", vocab=v, size=v)
     if kind == "embedding":
-        v = _auto(opts["vocab"], sizes.n_in, "the input vocabulary", span)
+        v = _auto(opts["vocab"], sizes.n_in, "the input vocabulary", span,
+                  f"input embedding(vocab: N, dim: {opts['dim']})")
         return InputEncoding("embedding", vocab=v, size=opts["dim"])
-    f = _auto(opts["features"], sizes.n_in, "the input feature count", span)
+    f = _auto(opts["features"], sizes.n_in, "the input feature count", span,
+              "input dense(features: N)")
     return InputEncoding("dense", size=f, normalize=opts["normalize"])
 
 
@@ -925,7 +929,8 @@ def _head(model_cfg: dict, sizes: Sizes, spec: A.Spec, width: int) -> Head:
     kind, opts = model_cfg["head"]
     span = spec.model.key_span("head")
     n = opts.get("classes", opts.get("size"))
-    out = _auto(n, sizes.n_out, "the head's output size", span)
+    out = _auto(n, sizes.n_out, "the head's output size", span,
+                f"head {kind}(at: {opts['at']}, {'classes' if kind == 'softmax' else 'size'}: N)")
     if sizes.task is not None:
         want = {"softmax": "classify", "linear": "regress"}[kind]
         if not sizes.task.startswith(want):
