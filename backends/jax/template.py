@@ -871,6 +871,11 @@ def make_mesh(n_devices=None):
     """
     devices = jax.devices()
     if n_devices is not None:
+        if not 1 <= n_devices <= len(devices):
+            raise ValueError(
+                f"make_mesh: n_devices must be in 1..{len(devices)} (the devices JAX "
+                f"sees), got {n_devices}"
+            )
         devices = devices[:n_devices]
     return Mesh(np.array(devices), ("data",))
 
@@ -887,6 +892,14 @@ def shard_batch(mesh, *arrays):
 
     The batch must be divisible by the number of devices in the mesh.
     """
+    n = int(mesh.shape["data"])
+    if jax.process_count() == 1:
+        for a in arrays:
+            if a is not None and (np.ndim(a) == 0 or np.shape(a)[0] % n):
+                raise ValueError(
+                    f"shard_batch: an array of shape {np.shape(a)}: the batch (axis 0) must "
+                    f"be a multiple of the mesh's {n} devices"
+                )
     sharding = NamedSharding(mesh, PartitionSpec("data"))
     return tuple(None if a is None else _put(a, sharding) for a in arrays)
 
