@@ -618,3 +618,15 @@ def test_check_shows_how_each_update_is_made():
     r = CliRunner().invoke(app, ["check", str(ROOT / "specs" / "clip_none.rnn")])
     assert "  update  nesterov(lr: 0.05, momentum: 0.9); no clipping; state reset per sequence" in (
         r.output)
+
+
+@pytest.mark.parametrize("name", ["elman.rnn", "embedded_reber_lstm.yaml", "char_mgu.yaml"])
+@pytest.mark.parametrize("comments", [True, False])
+def test_syntax_of_another_extension_is_sniffed_past_comments(name, comments):
+    """A spec piped in or saved as .txt: its syntax is read from its first line of code.
+    A leading comment made every such .rnn file YAML, and a YAML file starting `model:`
+    was taken for the text language (each a parse error on a valid spec)."""
+    text = (ROOT / "specs" / name).read_text(encoding="utf-8")
+    if not comments:
+        text = "\n".join(ln for ln in text.splitlines() if not ln.startswith("#"))
+    assert parse_spec(text, "spec.txt") == parse_spec(text, name)
