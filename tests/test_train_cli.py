@@ -856,7 +856,21 @@ def test_resume_refuses_a_changed_spec(reber_run, tmp_path):
     _assert_clean_error(result, "different spec", "refusing to resume")
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
     result = train(spec, run, "--resume", "--batch", 8, code=1)
-    _assert_clean_error(result, "--batch differs")
+    _assert_clean_error(result, "--batch 8 differs from the run's batch 16 (the spec's)")
+    result = train(spec, run, "--resume", "--lr", 0.1, code=1)
+    _assert_clean_error(result, "--lr 0.1 differs from the run's lr 0.03 (the spec's)")
+
+
+def test_resume_takes_the_settings_the_run_was_trained_with(reber_run, tmp_path):
+    """--resume --batch 16 of a run trained with the spec's batch 16 (no --batch) was refused
+    as 'differs from the interrupted run's (None)': the values it trained with are compared."""
+    import shutil
+
+    spec, whole, _ = reber_run
+    run = tmp_path / "run"
+    shutil.copytree(whole, run)
+    result = train(spec, run, "--resume", "--batch", 16, "--seed", 0, "--lr", 0.03)
+    assert "error" not in result.output and "already finished" in result.output
 
 
 def test_data_that_changed_since_training(tmp_path):

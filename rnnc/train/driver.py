@@ -763,6 +763,16 @@ def _trim_metrics(path: Path, step: int) -> None:
     write_atomic(path, "".join(line + "\n" for line in keep))
 
 
+def _batch_seed_lr(spec: A.Spec, overrides: Overrides) -> dict[str, Any]:
+    """The batch, seed and learning rate a run of `spec` with these overrides trains with."""
+    from rnnc.backends.numpy.runtime_optim import UPDATER_DEFAULTS
+
+    _, cfg = validate(apply_overrides(spec, overrides))
+    name, opts = cfg["updater"]
+    lr = (opts or {}).get("lr", UPDATER_DEFAULTS[name]["lr"])
+    return {"batch": cfg["batch"], "seed": cfg["seed"], "lr": lr}
+
+
 def train(spec_path: Path, opts: TrainOptions, reporter) -> TrainResult:
     """``rnnc train``: compile, train, evaluate; returns where things are."""
     spec_path = Path(spec_path)
@@ -791,11 +801,13 @@ def train(spec_path: Path, opts: TrainOptions, reporter) -> TrainResult:
                              hint=f"resume with --backend {record['backend']}")
         backend = record["backend"]
         before = Overrides.from_dict(record.get("overrides"))
+        was = _batch_seed_lr(original, before)
         for key in ("batch", "seed", "lr"):
             now = getattr(overrides, key)
-            if now is not None and now != getattr(before, key):
-                raise TrainError(f"--{key} differs from the interrupted run's "
-                                 f"({getattr(before, key)}): refusing to resume",
+            if now is not None and now != was[key]:
+                source = f"--{key}" if getattr(before, key) is not None else "the spec's"
+                raise TrainError(f"--{key} {now:g} differs from the run's {key} {was[key]:g} "
+                                 f"({source}): refusing to resume",
                                  hint="resume with the same settings (only --epochs may change)")
         overrides = replace(before, epochs=overrides.epochs or before.epochs)
         # the latest checkpoint, or where it is gone or damaged the newest whole one: from
