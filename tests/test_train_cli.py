@@ -1271,3 +1271,22 @@ def test_a_float64_spec_trains_in_float64_with_jax(tmp_path):
             for key, value in a.items():
                 if key not in ("kind", "time", "tokens_per_s"):
                     assert b[key] == pytest.approx(value, rel=1e-9, abs=1e-12), (kind, key)
+
+
+@pytest.mark.parametrize(("old", "new", "says"), [
+    ('prime "the "', 'prime "Zebra"',
+     "the sample prime's character 'Z' (position 0) is not in the model's vocabulary"),
+    ("lstm(hidden: 10)", "lstm(hidden: 10, direction: bidirectional)",
+     "cannot be sampled: a bidirectional layer needs the whole sequence"),
+], ids=["prime_not_in_vocabulary", "bidirectional"])
+def test_a_sample_line_that_cannot_print_is_refused_before_training(tmp_path, old, new, says):
+    """`sample ... prime "Zebra"` trained `every` steps and then stopped the run with the
+    prime's error (and never, without a progress display: -q); a bidirectional model's
+    sample line was silently never printed. Both are now an error at the line, before any
+    step, and the folder holds no run."""
+    write(tmp_path / "corpus.txt", CORPUS)
+    spec = write(tmp_path / "chars.rnn", TEXT.replace(old, new))
+    run = tmp_path / "run"
+    result = train(spec, run, code=1)
+    _assert_clean_error(result, says, "chars.rnn:", "sample every 6")
+    assert not run.exists()

@@ -408,6 +408,31 @@ class Trainer:
         self.interrupted: int | bool = False  # the signal that asked the loop to stop
         self.t0 = time.perf_counter()
         self.sample_cfg = c.train_cfg.get("sample") or {}
+        if c.train_cfg.get("sample"):
+            self._check_sample_line()
+
+    def _check_sample_line(self) -> None:
+        """A `sample` line that could never print (a model `step` cannot run, a prime with
+        characters the data lacks) is refused before training, at the line, not at the
+        first sample after `every` steps of work (or never, silently)."""
+        from rnnc.train.sampling import encode_prime
+
+        span = self.c.spec.train.key_span("sample")
+        m = self.c.program.model
+        why = ("the data is not text" if not is_text(self.ds) or self.ds.vocab is None else
+               "a bidirectional layer needs the whole sequence"
+               if any(layer.bidirectional for layer in m.layers) else
+               "the head is not a per-step softmax"
+               if m.head.at != "per_step" or m.head.kind != "softmax" else None)
+        if why is not None:
+            raise TrainError(f"`sample` prints text from a character model, and this one "
+                             f"cannot be sampled: {why}", span, "remove the sample line")
+        prime = self.sample_cfg.get("prime")
+        if prime:
+            try:
+                encode_prime(prime, self.ds.vocab, "the sample prime")
+            except TrainError as err:
+                raise TrainError(err.message, span, err.hint) from None
 
     def _train_step(self, devices: int):
         if devices == 1:
