@@ -771,6 +771,27 @@ def _initialiser(e: A.Expr, env: dict[str, Any], pname: str) -> tuple[str, tuple
     return (_INIT_ALIASES.get(name, name), values)
 
 
+def _compared_strings(cdef: A.CellDef) -> dict[str, set[str]]:
+    """{option: the string literals the cell's conditions compare it with (== or !=)}."""
+    found: dict[str, set[str]] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, A.BinOp) and node.op in ("==", "!="):
+            for a, b in ((node.left, node.right), (node.right, node.left)):
+                if isinstance(a, A.Ref) and isinstance(b, A.Str):
+                    found.setdefault(a.name, set()).add(b.value)
+        if isinstance(node, tuple | list):
+            for item in node:
+                walk(item)
+        elif hasattr(node, "__dataclass_fields__"):
+            for name in node.__dataclass_fields__:
+                if name != "span":
+                    walk(getattr(node, name))
+
+    walk(cdef)
+    return found
+
+
 def _whole(v: Any) -> Any:
     """A number computed in floats shown as the spec wrote it: 3.0 as 3, 2.5 as 2.5."""
     return int(v) if isinstance(v, float) and math.isfinite(v) and v.is_integer() else v
@@ -998,6 +1019,15 @@ def _layers(spec: A.Spec, model_cfg: dict, train_cfg: dict | None, in_size: int)
                         "a number" if isinstance(d, int | float) else "a name or string")
                 raise SpecError(f"option '{k}' of cell '{cname}' must be {kind}, not {val!r}",
                                 ks or cspan, f"the default is {_show(d)}")
+            known = _compared_strings(cdef).get(k)
+            if isinstance(d, str) and known and val not in known | {d}:
+                # a string option that picks a branch: a value no branch tests would
+                # silently take the `else` branch of every condition
+                choices = sorted(known | {d})
+                raise SpecError(f"option '{k}' of cell '{cname}' is {val!r}, which the cell "
+                                f"does not know", getattr(v, "span", None) or ks or cspan,
+                                did_you_mean(val, choices)
+                                or "use one of " + ", ".join(map(repr, choices)))
             if isinstance(d, str) and d in ACTIVATIONS and val not in ACTIVATIONS:
                 # an activation option: refused here, at the layer that sets it, not inside
                 # the cell's equations (for a library cell, a file the user did not write)
