@@ -1020,9 +1020,10 @@ def _layers(spec: A.Spec, model_cfg: dict, train_cfg: dict | None, in_size: int)
                 raise SpecError(f"option '{k}' of cell '{cname}' must be {kind}, not {val!r}",
                                 ks or cspan, f"the default is {_show(d)}")
             known = _compared_strings(cdef).get(k)
-            if isinstance(d, str) and known and val not in known | {d}:
-                # a string option that picks a branch: a value no branch tests would
-                # silently take the `else` branch of every condition
+            if isinstance(d, str) and d not in ACTIVATIONS and known and \
+                    val not in known | {d}:
+                # a string option that picks a branch (not an activation, which may also be
+                # tested): a value no branch tests would take the `else` of every condition
                 choices = sorted(known | {d})
                 raise SpecError(f"option '{k}' of cell '{cname}' is {val!r}, which the cell "
                                 f"does not know", getattr(v, "span", None) or ks or cspan,
