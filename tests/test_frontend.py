@@ -389,6 +389,15 @@ def test_ir_raw_with_a_pass_option(other):
     assert f"error: --raw is the IR before any pass: it does not go with {other[0]}" in r.output
 
 
+def test_ir_after_a_disabled_pass():
+    """ir --after cse --disable cse printed an IR as if after cse, the pass never run."""
+    r = CliRunner().invoke(app, ["ir", str(ROOT / "specs" / "elman.rnn"), "--after", "cse",
+                                 "--disable", "cse"])
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit)
+    assert "error: --after cse shows the IR after that pass, which --disable turns off" \
+        in r.output
+
+
 @pytest.mark.parametrize("depth", [600, 100_000])
 def test_yaml_nested_too_deeply(tmp_path, depth):
     """Deeply nested YAML lists were a RecursionError traceback (PyYAML's composer, or
