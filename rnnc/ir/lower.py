@@ -1060,7 +1060,10 @@ def _layers(spec: A.Spec, model_cfg: dict, train_cfg: dict | None, in_size: int)
         if residual and layer.output_size != size:
             raise ShapeError(
                 f"layer '{name}' is residual but its output has size {layer.output_size} and "
-                f"its input {size}", cspan, "residual layers need hidden equal to their input")
+                f"its input {size}", cspan, "residual layers need hidden equal to their input"
+                + (" (`stack residual` makes every layer residual, the first too: set "
+                   "`residual: true` on the later layers instead)"
+                   if model_cfg["stack"] == "residual" and not lo["residual"] else ""))
         out.append(layer)
         size = layer.output_size
     return out
