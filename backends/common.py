@@ -165,6 +165,15 @@ class ModuleEmitterBase:
     def spec_data(self) -> Any:
         return plain(self.program.spec_data if self.program.spec_data is not None else {})
 
+    def dtype(self) -> str:
+        """The spec's ``dtype`` (the generated module's ``DTYPE``, default float32)."""
+        if self.train is not None:
+            return self.train.dtype
+        spec = self.spec_data()
+        if isinstance(spec, dict) and isinstance(spec.get("model"), dict):
+            return spec["model"].get("dtype", "float32")
+        return "float32"
+
     def param_fans(self, p: Param) -> tuple[Any, Any]:
         """``(fan_in, fan_out)`` of PARAM_INITS (the spec's, else None)."""
         return p.fan if p.fan is not None else (None, None)

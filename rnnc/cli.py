@@ -211,6 +211,9 @@ def ir(
         raise RnncError("--raw is the IR before any pass: it does not go with "
                         f"{'--after' if after is not None else '--disable'}", None,
                         "leave out --raw, or the other option")
+    if after is not None and after in (disable or ()):
+        raise RnncError(f"--after {after} shows the IR after that pass, which --disable "
+                        "turns off", None, "leave out one of them")
     program = lower(load_spec(spec), base_dir=str(spec.parent))
     if raw:
         program = optimize(program, disable=PIPELINE)

@@ -389,6 +389,15 @@ def test_ir_raw_with_a_pass_option(other):
     assert f"error: --raw is the IR before any pass: it does not go with {other[0]}" in r.output
 
 
+def test_ir_after_a_disabled_pass():
+    """ir --after cse --disable cse printed an IR as if after cse, the pass never run."""
+    r = CliRunner().invoke(app, ["ir", str(ROOT / "specs" / "elman.rnn"), "--after", "cse",
+                                 "--disable", "cse"])
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit)
+    assert "error: --after cse shows the IR after that pass, which --disable turns off" \
+        in r.output
+
+
 @pytest.mark.parametrize("depth", [600, 100_000])
 def test_yaml_nested_too_deeply(tmp_path, depth):
     """Deeply nested YAML lists were a RecursionError traceback (PyYAML's composer, or
@@ -618,3 +627,15 @@ def test_check_shows_how_each_update_is_made():
     r = CliRunner().invoke(app, ["check", str(ROOT / "specs" / "clip_none.rnn")])
     assert "  update  nesterov(lr: 0.05, momentum: 0.9); no clipping; state reset per sequence" in (
         r.output)
+
+
+@pytest.mark.parametrize("name", ["elman.rnn", "embedded_reber_lstm.yaml", "char_mgu.yaml"])
+@pytest.mark.parametrize("comments", [True, False])
+def test_syntax_of_another_extension_is_sniffed_past_comments(name, comments):
+    """A spec piped in or saved as .txt: its syntax is read from its first line of code.
+    A leading comment made every such .rnn file YAML, and a YAML file starting `model:`
+    was taken for the text language (each a parse error on a valid spec)."""
+    text = (ROOT / "specs" / name).read_text(encoding="utf-8")
+    if not comments:
+        text = "\n".join(ln for ln in text.splitlines() if not ln.startswith("#"))
+    assert parse_spec(text, "spec.txt") == parse_spec(text, name)

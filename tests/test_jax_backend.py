@@ -1218,3 +1218,17 @@ def test_compilation_cache_stores_programs(tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == str(tmp_path / "c")
     assert any(p.is_file() for p in (tmp_path / "c").rglob("*"))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_init_params_and_initial_state_default_to_the_spec_dtype(dtype, tmp_dir):
+    """The contract (docs/generated-module.md): `init_params(seed=0, dtype=DTYPE)`, DTYPE the
+    spec's dtype, in both backends. The JAX module's default was the literal "float32", so a
+    `dtype float64` spec's module made float32 parameters unless the caller said otherwise."""
+    text = ("model m {\n  input dense(features: 2)\n  layer elman(hidden: 3)\n"
+            f"  head linear last\n  dtype {dtype}\n}}\n")
+    mod = load(emit(text, 2, 1), tmp_dir)
+    assert mod.DTYPE == dtype
+    assert all(v.dtype == dtype for v in mod.init_params().values())
+    assert all(v.dtype == dtype for v in mod.initial_state(2).values())
+    assert mod.init_params(0, "float32")["head.W"].dtype == "float32"

@@ -155,3 +155,49 @@ def test_data_parallel_layout_follows_the_per_device_batch(tmp_path):
         timeout=600,
     )
     assert r.returncode == 0 and r.stdout.startswith("ok"), r.stdout + r.stderr
+
+
+ERRORS_SCRIPT = textwrap.dedent("""
+    import sys
+
+    import numpy as np
+
+    sys.path.insert(0, sys.argv[1])
+    import dp_jax as m
+
+    def message(f):
+        try:
+            f()
+        except ValueError as e:
+            return str(e)
+        raise AssertionError("no ValueError")
+
+    mesh = m.make_mesh(4)
+    params = m.init_params(0)
+    opt = m.init_opt_state(params)
+    xs = np.zeros((6, 3), int)
+    got = message(lambda: m.train_step(params, opt, xs, xs, mesh=mesh))
+    assert "must be a multiple of the mesh's 4 devices" in got and "(6, 3)" in got, got
+    got = message(lambda: m.shard_batch(mesh, xs))
+    assert "must be a multiple of the mesh's 4 devices" in got, got
+    for n in (0, 5):
+        got = message(lambda: m.make_mesh(n))
+        assert f"n_devices must be in 1..4 (the devices JAX sees), got {n}" in got, got
+    print("ok")
+""")
+
+
+def test_mesh_errors_are_one_value_error(tmp_path):
+    """A batch that does not split over the mesh was XLA's IndivisibleError from deep in
+    device_put, and make_mesh(5) on four devices quietly made a mesh of four: now one
+    ValueError each, naming the batch or the device count."""
+    from rnnc.backends.jax.emitter import emit
+
+    program = build(parse_spec(SPEC, "dp.rnn"), Sizes(6, 6))
+    (tmp_path / "dp_jax.py").write_text(emit(program))
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count=4 {xla_flags.fast_compile()}"
+    env["JAX_PLATFORMS"] = "cpu"
+    r = subprocess.run([sys.executable, "-c", ERRORS_SCRIPT, str(tmp_path)],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0 and r.stdout.startswith("ok"), r.stdout + r.stderr

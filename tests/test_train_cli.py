@@ -1009,7 +1009,21 @@ def test_resume_refuses_a_changed_spec(reber_run, tmp_path):
     _assert_clean_error(result, "different spec", "refusing to resume")
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
     result = train(spec, run, "--resume", "--batch", 8, code=1)
-    _assert_clean_error(result, "--batch differs")
+    _assert_clean_error(result, "--batch 8 differs from the run's batch 16 (the spec's)")
+    result = train(spec, run, "--resume", "--lr", 0.1, code=1)
+    _assert_clean_error(result, "--lr 0.1 differs from the run's lr 0.03 (the spec's)")
+
+
+def test_resume_takes_the_settings_the_run_was_trained_with(reber_run, tmp_path):
+    """--resume --batch 16 of a run trained with the spec's batch 16 (no --batch) was refused
+    as 'differs from the interrupted run's (None)': the values it trained with are compared."""
+    import shutil
+
+    spec, whole, _ = reber_run
+    run = tmp_path / "run"
+    shutil.copytree(whole, run)
+    result = train(spec, run, "--resume", "--batch", 16, "--seed", 0, "--lr", 0.03)
+    assert "error" not in result.output and "already finished" in result.output
 
 
 def test_data_that_changed_since_training(tmp_path):
@@ -1410,3 +1424,22 @@ def test_a_float64_spec_trains_in_float64_with_jax(tmp_path):
             for key, value in a.items():
                 if key not in ("kind", "time", "tokens_per_s"):
                     assert b[key] == pytest.approx(value, rel=1e-9, abs=1e-12), (kind, key)
+
+
+@pytest.mark.parametrize(("old", "new", "says"), [
+    ('prime "the "', 'prime "Zebra"',
+     "the sample prime's character 'Z' (position 0) is not in the model's vocabulary"),
+    ("lstm(hidden: 10)", "lstm(hidden: 10, direction: bidirectional)",
+     "cannot be sampled: a bidirectional layer needs the whole sequence"),
+], ids=["prime_not_in_vocabulary", "bidirectional"])
+def test_a_sample_line_that_cannot_print_is_refused_before_training(tmp_path, old, new, says):
+    """`sample ... prime "Zebra"` trained `every` steps and then stopped the run with the
+    prime's error (and never, without a progress display: -q); a bidirectional model's
+    sample line was silently never printed. Both are now an error at the line, before any
+    step, and the folder holds no run."""
+    write(tmp_path / "corpus.txt", CORPUS)
+    spec = write(tmp_path / "chars.rnn", TEXT.replace(old, new))
+    run = tmp_path / "run"
+    result = train(spec, run, code=1)
+    _assert_clean_error(result, says, "chars.rnn:", "sample every 6")
+    assert not run.exists()

@@ -25,6 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 
 # Stand-ins for the module-specific definitions the emitter writes (never pasted).
+DTYPE = "float32"
 PARAM_SHAPES: dict = {}
 PARAM_INITS: dict = {}
 STATE_SHAPES: dict = {}
@@ -134,7 +135,7 @@ def _init_array(rng, kind, args, shape, fan_in, fan_out):
     raise ValueError(f"unknown initialiser {kind!r}")
 
 
-def init_params(seed=0, dtype="float32"):
+def init_params(seed=0, dtype=DTYPE):
     """Fresh parameters {name: array}, drawn in PARAM_SHAPES order from one NumPy generator.
 
     Values are drawn on the host (so they equal the NumPy backend's for the same seed),
@@ -149,7 +150,7 @@ def init_params(seed=0, dtype="float32"):
     return params
 
 
-def initial_state(batch, dtype="float32"):
+def initial_state(batch, dtype=DTYPE):
     """The zero state {"<layer>.<state>": (batch, size)}."""
     return {name: jnp.zeros((batch,) + shape, dtype=dtype) for name, shape in STATE_SHAPES.items()}
 
@@ -1018,6 +1019,11 @@ def make_mesh(n_devices=None):
     """
     devices = jax.devices()
     if n_devices is not None:
+        if not 1 <= n_devices <= len(devices):
+            raise ValueError(
+                f"make_mesh: n_devices must be in 1..{len(devices)} (the devices JAX "
+                f"sees), got {n_devices}"
+            )
         devices = devices[:n_devices]
     return Mesh(np.array(devices), ("data",))
 
@@ -1034,6 +1040,14 @@ def shard_batch(mesh, *arrays):
 
     The batch must be divisible by the number of devices in the mesh.
     """
+    n = int(mesh.shape["data"])
+    if jax.process_count() == 1:
+        for a in arrays:
+            if a is not None and (np.ndim(a) == 0 or np.shape(a)[0] % n):
+                raise ValueError(
+                    f"shard_batch: an array of shape {np.shape(a)}: the batch (axis 0) must "
+                    f"be a multiple of the mesh's {n} devices"
+                )
     sharding = NamedSharding(mesh, PartitionSpec("data"))
     return tuple(None if a is None else _put(a, sharding) for a in arrays)
 

@@ -219,12 +219,7 @@ class NumpyEmitter(ModuleEmitterBase):
         spec = self.spec_data()
         out += literal(spec, "SPEC = ")
         out.append(f"SPEC_SHA256 = {py_str(self.program.spec_hash)}")
-        dtype = "float32"
-        if isinstance(spec, dict) and isinstance(spec.get("model"), dict):
-            dtype = spec["model"].get("dtype", dtype)
-        if t is not None:
-            dtype = t.dtype
-        out.append(f"DTYPE = {py_str(dtype)}")
+        out.append(f"DTYPE = {py_str(self.dtype())}")
         out += literal(self.param_shapes(), "PARAM_SHAPES = ")
         out += literal(self.param_inits(), "PARAM_INITS = ")
         out += literal(self.state_shapes(), "STATE_SHAPES = ")

@@ -771,6 +771,27 @@ def _initialiser(e: A.Expr, env: dict[str, Any], pname: str) -> tuple[str, tuple
     return (_INIT_ALIASES.get(name, name), values)
 
 
+def _compared_strings(cdef: A.CellDef) -> dict[str, set[str]]:
+    """{option: the string literals the cell's conditions compare it with (== or !=)}."""
+    found: dict[str, set[str]] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, A.BinOp) and node.op in ("==", "!="):
+            for a, b in ((node.left, node.right), (node.right, node.left)):
+                if isinstance(a, A.Ref) and isinstance(b, A.Str):
+                    found.setdefault(a.name, set()).add(b.value)
+        if isinstance(node, tuple | list):
+            for item in node:
+                walk(item)
+        elif hasattr(node, "__dataclass_fields__"):
+            for name in node.__dataclass_fields__:
+                if name != "span":
+                    walk(getattr(node, name))
+
+    walk(cdef)
+    return found
+
+
 def _whole(v: Any) -> Any:
     """A number computed in floats shown as the spec wrote it: 3.0 as 3, 2.5 as 2.5."""
     return int(v) if isinstance(v, float) and math.isfinite(v) and v.is_integer() else v
@@ -892,12 +913,13 @@ def _needs_data(model_cfg: dict) -> bool:
                       hopts.get("size"))
 
 
-def _auto(value: Any, from_data: int | None, what: str, span: Span | None) -> int:
+def _auto(value: Any, from_data: int | None, what: str, span: Span | None, how: str) -> int:
+    """A size that may be `auto`; `how` is the spec text that gives it as a number."""
     if value != "auto":
         return int(value)
     if from_data is None:
         raise SpecError(f"{what} is auto, but there is no dataset to take it from", span,
-                        f"give {what} as a number, or add a train block with data")
+                        f"give it as a number, `{how}`, or add a train block with data")
     return int(from_data)
 
 
@@ -912,12 +934,15 @@ def _input(model_cfg: dict, sizes: Sizes, spec: A.Spec) -> InputEncoding:
         raise SpecError(f"the dataset gives feature vectors, but the input is {kind}", span,
                         "write `input dense(features: auto)`")
     if kind == "onehot":
-        v = _auto(opts["vocab"], sizes.n_in, "the input vocabulary", span)
+        v = _auto(opts["vocab"], sizes.n_in, "the input vocabulary", span,
+                  "input onehot(vocab: N)")
         return InputEncoding("onehot", vocab=v, size=v)
     if kind == "embedding":
-        v = _auto(opts["vocab"], sizes.n_in, "the input vocabulary", span)
+        v = _auto(opts["vocab"], sizes.n_in, "the input vocabulary", span,
+                  f"input embedding(vocab: N, dim: {opts['dim']})")
         return InputEncoding("embedding", vocab=v, size=opts["dim"])
-    f = _auto(opts["features"], sizes.n_in, "the input feature count", span)
+    f = _auto(opts["features"], sizes.n_in, "the input feature count", span,
+              "input dense(features: N)")
     return InputEncoding("dense", size=f, normalize=opts["normalize"])
 
 
@@ -925,7 +950,8 @@ def _head(model_cfg: dict, sizes: Sizes, spec: A.Spec, width: int) -> Head:
     kind, opts = model_cfg["head"]
     span = spec.model.key_span("head")
     n = opts.get("classes", opts.get("size"))
-    out = _auto(n, sizes.n_out, "the head's output size", span)
+    out = _auto(n, sizes.n_out, "the head's output size", span,
+                f"head {kind}(at: {opts['at']}, {'classes' if kind == 'softmax' else 'size'}: N)")
     if sizes.task is not None:
         want = {"softmax": "classify", "linear": "regress"}[kind]
         if not sizes.task.startswith(want):
@@ -993,6 +1019,22 @@ def _layers(spec: A.Spec, model_cfg: dict, train_cfg: dict | None, in_size: int)
                         "a number" if isinstance(d, int | float) else "a name or string")
                 raise SpecError(f"option '{k}' of cell '{cname}' must be {kind}, not {val!r}",
                                 ks or cspan, f"the default is {_show(d)}")
+            known = _compared_strings(cdef).get(k)
+            if isinstance(d, str) and d not in ACTIVATIONS and known and \
+                    val not in known | {d}:
+                # a string option that picks a branch (not an activation, which may also be
+                # tested): a value no branch tests would take the `else` of every condition
+                choices = sorted(known | {d})
+                raise SpecError(f"option '{k}' of cell '{cname}' is {val!r}, which the cell "
+                                f"does not know", getattr(v, "span", None) or ks or cspan,
+                                did_you_mean(val, choices)
+                                or "use one of " + ", ".join(map(repr, choices)))
+            if isinstance(d, str) and d in ACTIVATIONS and val not in ACTIVATIONS:
+                # an activation option: refused here, at the layer that sets it, not inside
+                # the cell's equations (for a library cell, a file the user did not write)
+                raise SpecError(f"option '{k}' of cell '{cname}' is '{val}', which is not an "
+                                "activation", getattr(v, "span", None) or ks or cspan,
+                                did_you_mean(val, ACTIVATIONS))
             copts[k] = val
         name = lo["name"] or f"layer{i + 1}"
         check_identifier(name, "layer name", cspan)
@@ -1018,7 +1060,10 @@ def _layers(spec: A.Spec, model_cfg: dict, train_cfg: dict | None, in_size: int)
         if residual and layer.output_size != size:
             raise ShapeError(
                 f"layer '{name}' is residual but its output has size {layer.output_size} and "
-                f"its input {size}", cspan, "residual layers need hidden equal to their input")
+                f"its input {size}", cspan, "residual layers need hidden equal to their input"
+                + (" (`stack residual` makes every layer residual, the first too: set "
+                   "`residual: true` on the later layers instead)"
+                   if model_cfg["stack"] == "residual" and not lo["residual"] else ""))
         out.append(layer)
         size = layer.output_size
     return out

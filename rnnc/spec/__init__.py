@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from rnnc.errors import SpecError
@@ -15,8 +16,11 @@ def parse_spec(text: str, name: str = "<spec>", syntax: str | None = None) -> Sp
     """Parse spec text; the syntax comes from ``syntax`` or the name's extension."""
     if syntax is None:
         syntax = SYNTAXES.get(Path(name).suffix.lower())
-        if syntax is None:
-            syntax = "yaml" if not text.lstrip().startswith(("cell", "model", "train")) else "rnn"
+        if syntax is None:  # another extension: sniffed from the first line of code
+            code = [ln.strip() for ln in text.splitlines()
+                    if ln.strip() and not ln.lstrip().startswith("#")]
+            rnn = code and re.match(r"(cell|model|train)\b(?!\s*:)", code[0])
+            syntax = "rnn" if rnn else "yaml"
     if syntax == "rnn":
         from rnnc.spec.text import parse_text
 

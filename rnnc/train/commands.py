@@ -203,7 +203,8 @@ def _gate_input(c, record: dict, text: str, run_dir: Path) -> tuple[np.ndarray, 
 def _plot(
     run_dir: RunArg,
     output: Annotated[Path | None, typer.Option(
-        "-o", "--output", help="PNG to write (default: RUN_DIR/curves.png or gates.png).")
+        "-o", "--output",
+        help="PNG to write (default: RUN_DIR/curves.png, gates.png or input_grads.png).")
     ] = None,
     gates: Annotated[str | None, typer.Option(
         help="Plot every gate's activation over this input instead: a string of symbols "

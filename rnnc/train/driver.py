@@ -432,6 +432,31 @@ class Trainer:
         self.interrupted: int | bool = False  # the signal that asked the loop to stop
         self.t0 = time.perf_counter()
         self.sample_cfg = c.train_cfg.get("sample") or {}
+        if c.train_cfg.get("sample"):
+            self._check_sample_line()
+
+    def _check_sample_line(self) -> None:
+        """A `sample` line that could never print (a model `step` cannot run, a prime with
+        characters the data lacks) is refused before training, at the line, not at the
+        first sample after `every` steps of work (or never, silently)."""
+        from rnnc.train.sampling import encode_prime
+
+        span = self.c.spec.train.key_span("sample")
+        m = self.c.program.model
+        why = ("the data is not text" if not is_text(self.ds) or self.ds.vocab is None else
+               "a bidirectional layer needs the whole sequence"
+               if any(layer.bidirectional for layer in m.layers) else
+               "the head is not a per-step softmax"
+               if m.head.at != "per_step" or m.head.kind != "softmax" else None)
+        if why is not None:
+            raise TrainError(f"`sample` prints text from a character model, and this one "
+                             f"cannot be sampled: {why}", span, "remove the sample line")
+        prime = self.sample_cfg.get("prime")
+        if prime:
+            try:
+                encode_prime(prime, self.ds.vocab, "the sample prime")
+            except TrainError as err:
+                raise TrainError(err.message, span, err.hint) from None
 
     def _train_step(self, devices: int):
         if devices == 1:
@@ -806,6 +831,16 @@ def _has_test_record(path: Path) -> bool:
     return False
 
 
+def _batch_seed_lr(spec: A.Spec, overrides: Overrides) -> dict[str, Any]:
+    """The batch, seed and learning rate a run of `spec` with these overrides trains with."""
+    from rnnc.backends.numpy.runtime_optim import UPDATER_DEFAULTS
+
+    _, cfg = validate(apply_overrides(spec, overrides))
+    name, opts = cfg["updater"]
+    lr = (opts or {}).get("lr", UPDATER_DEFAULTS[name]["lr"])
+    return {"batch": cfg["batch"], "seed": cfg["seed"], "lr": lr}
+
+
 def train(spec_path: Path, opts: TrainOptions, reporter) -> TrainResult:
     """``rnnc train``: compile, train, evaluate; returns where things are."""
     spec_path = Path(spec_path)
@@ -834,11 +869,13 @@ def train(spec_path: Path, opts: TrainOptions, reporter) -> TrainResult:
                              hint=f"resume with --backend {record['backend']}")
         backend = record["backend"]
         before = Overrides.from_dict(record.get("overrides"))
+        was = _batch_seed_lr(original, before)
         for key in ("batch", "seed", "lr"):
             now = getattr(overrides, key)
-            if now is not None and now != getattr(before, key):
-                raise TrainError(f"--{key} differs from the interrupted run's "
-                                 f"({getattr(before, key)}): refusing to resume",
+            if now is not None and now != was[key]:
+                source = f"--{key}" if getattr(before, key) is not None else "the spec's"
+                raise TrainError(f"--{key} {now:g} differs from the run's {key} {was[key]:g} "
+                                 f"({source}): refusing to resume",
                                  hint="resume with the same settings (only --epochs may change)")
         overrides = replace(before, epochs=overrides.epochs or before.epochs)
         # the latest checkpoint, or where it is gone or damaged the newest whole one: from
