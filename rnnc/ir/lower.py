@@ -578,6 +578,15 @@ class _CellLowerer:
                 if eq.target in self.cdef.inputs or eq.target in state_names:
                     raise self.err(f"'{eq.target}' is an input or state; assign {eq.target}' "
                                    f"for the next step", eq.span)
+                # an equation named like an option or a declared parameter would hide it:
+                # the option's value (or the layer's setting of it) would be ignored
+                what = ("an option" if self.cdef.options.get(eq.target) is not None else
+                        "a parameter" if any(p.name == eq.target for p in self.cdef.params)
+                        else None)
+                if what is not None:
+                    raise self.err(f"'{eq.target}' is {what} of cell '{self.cdef.name}'; an "
+                                   "equation cannot also define it", eq.span,
+                                   "give the equation a name of its own")
             defined.add(key)
             v = self.lower(eq.expr)
             if eq.primed:
