@@ -618,3 +618,24 @@ def test_check_shows_how_each_update_is_made():
     r = CliRunner().invoke(app, ["check", str(ROOT / "specs" / "clip_none.rnn")])
     assert "  update  nesterov(lr: 0.05, momentum: 0.9); no clipping; state reset per sequence" in (
         r.output)
+
+
+def test_error_shows_the_parsers_line_and_a_caret_under_tabs():
+    """The source line shown is the one the parser counted: a U+2028 or form feed in a
+    .rnn comment is no line break to Lark (it showed the line above); YAML's own breaks
+    count in YAML. The caret keeps the line's tabs, so it stands under the column."""
+    body = ("model m {\n\tinput onehot(vocab: 5)\n\tlayer lstm(hidden: 0)\n"
+            "\thead softmax per_step\n}\n")
+    for junk in ("\u2028", "\x0c", "\x85"):
+        with pytest.raises(RnncError) as info:
+            build(parse_spec(f"# a{junk}b\n" + body, "x.rnn"))
+        lines = info.value.render().splitlines()
+        assert lines[0].startswith("x.rnn:4:21: error:"), lines[0]
+        assert lines[1] == "  \tlayer lstm(hidden: 0)"
+        assert lines[2] == "  \t" + " " * 19 + "^"
+    yaml_text = "# a\u2028# b\nmodel:\n  name: m\n  layers: 3\n"
+    with pytest.raises(RnncError) as info:
+        build(parse_spec(yaml_text, "x.yaml"))
+    lines = info.value.render().splitlines()
+    assert lines[0].startswith("x.yaml:5:"), lines[0]  # PyYAML counts U+2028 as a line break
+    assert lines[1] == "    layers: 3"

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from rnnc.errors import RnncError, Source, Span, SpecError, SpecSyntaxError
+from rnnc.errors import YAML_BREAK, RnncError, Source, Span, SpecError, SpecSyntaxError
 from rnnc.spec import ast as A
 from rnnc.spec.text import parse_expr
 
@@ -231,13 +231,13 @@ def parse_yaml(text: str, name: str = "<spec>") -> A.Spec:
         return _parse_yaml(text, name)
     except RecursionError:  # PyYAML composes, and the reader walks, nodes recursively
         raise SpecSyntaxError("invalid YAML: lists or mappings are nested too deeply",
-                              Span(Source(name, text), 1, 1),
+                              Span(Source(name, text, yaml=True), 1, 1),
                               "a spec nests a few levels; look for unclosed brackets"
                               ) from None
 
 
 def _parse_yaml(text: str, name: str) -> A.Spec:
-    source = Source(name, text)
+    source = Source(name, text, yaml=True)
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as err:
@@ -245,6 +245,13 @@ def _parse_yaml(text: str, name: str) -> A.Spec:
         span = Span(source, mark.line + 1, mark.column + 1) if mark else None
         raise SpecSyntaxError(f"invalid YAML: {err.problem or err.context}", span,
                               "check indentation, colons and quotes") from None
+    except yaml.reader.ReaderError as err:  # a control character: no mark, a position
+        before = YAML_BREAK.split(text[:err.position])
+        ch = chr(err.character) if isinstance(err.character, int) else err.character
+        raise SpecSyntaxError(f"invalid YAML: the character {ch!r} is not allowed",
+                              Span(source, len(before), len(before[-1]) + 1),
+                              "YAML allows no control characters other than tab and line "
+                              "breaks; remove it") from None
     except yaml.YAMLError as err:
         raise SpecSyntaxError(f"invalid YAML: {err}", None) from None
     if root is None:
