@@ -224,7 +224,7 @@ class _Builder(Transformer):
                 eqs.append(val)
         span = self._span(name_tok)
         return A.CellDef(
-            str(name_tok), tuple(inputs) or ("x",),
+            str(name_tok), tuple(inputs),
             A.CMap(tuple(opts), span, tuple(opt_spans)),
             tuple(states), tuple(params), output, tuple(eqs), span, output_span=output_span,
         )
@@ -351,6 +351,9 @@ class _Builder(Transformer):
     def string(self, items):
         tok = items[0]
         return A.CScalar(_unquote(str(tok)), self._span(tok))
+
+    def none(self, items):
+        return A.CScalar(None, self._span(items[0]))  # YAML's null
 
     def name(self, items):
         tok = items[0]
