@@ -144,7 +144,14 @@ class ShapeError(SpecError):
 
 
 class DataError(RnncError):
-    """A dataset file or its options are unusable."""
+    """A dataset file or its options are unusable. ``option`` names the dataset option at
+    fault, where one is (so the error can point at it in the spec)."""
+
+    option: str | None = None
+
+    def at_option(self, key: str) -> DataError:
+        self.option = key
+        return self
 
 
 class TrainError(RnncError):

@@ -147,6 +147,8 @@ class Dataset:
 
 
 def _describe(value: Any) -> str:
+    if value is None:
+        return "no value"
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
@@ -170,7 +172,8 @@ class Options:
         if hint is None and self.defaults.get(key) is not None:
             hint = f"the default is {key}: {self.defaults[key]!r}"
         return DataError(
-            f"option '{key}' of dataset '{self.dataset}' must be {expected}, got {got}", hint=hint)
+            f"option '{key}' of dataset '{self.dataset}' must be {expected}, got {got}",
+            hint=hint).at_option(key)
 
     def raw(self, key: str) -> Any:
         return self.values.get(key)

@@ -50,7 +50,7 @@ from rnnc.errors import (
     did_you_mean,
     raise_terminated,
 )
-from rnnc.ir.lower import Sizes, spec_hash, validate
+from rnnc.ir.lower import Sizes, data_error_span, spec_hash, validate
 from rnnc.ir.nodes import Program
 from rnnc.spec import ast as A
 from rnnc.spec import load_spec
@@ -139,7 +139,7 @@ def build_data(spec: A.Spec, train_cfg: dict[str, Any], base_dir: Path) -> Datas
     try:
         dataset = build_dataset(name, opts, train_cfg["seed"], base_dir=base_dir)
     except RnncError as err:
-        raise err.with_span(spec.train.key_span("data")) from None
+        raise err.with_span(data_error_span(spec, err)) from None
     model_cfg, _ = validate(spec)
     kind, enc = model_cfg["input"]
     if kind == "dense" and enc.get("normalize") == "zscore":
