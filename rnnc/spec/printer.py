@@ -124,8 +124,9 @@ def _need_name(k: Any, span: Any, what: str) -> None:
 def _entry_words(v: Any) -> str:
     """The words after an entry key (see the grammar's `entry` rule)."""
     if isinstance(v, A.CMap) and (len(v.items) != 1 or not isinstance(v.items[0][1], A.CMap)):
-        if all(isinstance(x, A.CScalar | A.CList) and _is_name(k) for k, x in v.items) \
-                and v.items:
+        # a pair's key is read as a word, where true and false are booleans
+        if all(isinstance(x, A.CScalar | A.CList) and _is_name(k) and k not in ("true", "false")
+               for k, x in v.items) and v.items:
             return " ".join(f"{k} {value_str(x)}" for k, x in v.items)
     return value_str(v)
 
