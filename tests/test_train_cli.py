@@ -773,6 +773,26 @@ def test_corpus_shorter_than_a_window(tmp_path):
 
 
 
+def test_a_batch_larger_than_the_text_allows(tmp_path):
+    """A batch of more parallel streams than the train text has characters failed in the
+    training loop, unlocated ('a stream of 13 tokens is too short for 64 parallel
+    streams'), and left a run folder with a run.json but no checkpoint behind."""
+    write(tmp_path / "short.txt", "hello world, this is text\n")
+    spec = write(tmp_path / "t.rnn", TEXT.replace(
+        'data text(path: "corpus.txt", window: 16, doc_separator: "\\n\\n")',
+        'data text(path: "short.txt", window: 4, split: [0.5, 0.25, 0.25])').replace(
+        "bptt k1 16", "bptt k1 4").replace("reset document", "").replace("batch 4", "batch 64"))
+    result = train(spec, tmp_path / "run", code=1)
+    _assert_clean_error(result, "t.rnn:14:9: error: the batch (64) is larger than the train "
+                        "part of the text allows: it has 12 characters", "at most 12")
+    assert result.output.count("error:") == 1
+    assert not (tmp_path / "run").exists()
+    result = train(spec, tmp_path / "run", "--batch", "13", code=1)
+    _assert_clean_error(result, "error: the batch (13) is larger")
+    assert not (tmp_path / "run").exists()
+    train(spec, tmp_path / "run", "--batch", "12", "--epochs", "1")
+
+
 @pytest.mark.parametrize(("input_", "data", "says"), [
     ("onehot(vocab: 2)", "adding(n: 60, length: 20)", "gives feature vectors"),
     ("dense(features: 7)", "reber(n: 60)", "gives token ids"),

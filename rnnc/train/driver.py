@@ -401,6 +401,15 @@ class Trainer:
                                  c.spec.train.key_span("data"),
                                  "training needs both: give each a share with the dataset's "
                                  "split option, e.g. split: [0.8, 0.1, 0.1]")
+        if is_text(self.ds) and split_size(self.ds, "train") < self.plan.batch:
+            # each of the batch's parallel streams needs a character and the next one
+            n = split_size(self.ds, "train")
+            batch = c.spec.train.get("batch")  # its span: None when --batch gave it
+            raise TrainError(
+                f"the batch ({self.plan.batch}) is larger than the train part of the text "
+                f"allows: it has {n} characters to predict, and each of the batch's parallel "
+                "streams needs at least one", getattr(batch, "span", None),
+                f"use a batch of at most {n}, or more text")
         self.dropout = uses_dropout(c.program)
         self.devices = devices
         self.train_step = self._train_step(devices)
