@@ -725,3 +725,31 @@ def test_fmt_to_rnn_writes_a_spec_that_reads_back_or_says_why_not(train):
     again = parse_spec(text, "s.rnn")
     assert again == spec
     assert to_text(again) == text
+
+
+def test_output_to_a_fifo_or_through_a_link_is_written_not_replaced(tmp_path):
+    """`-o` renamed a temporary file over its path: a FIFO or device (`-o /dev/null`; as
+    root that replaced /dev/null itself with a regular file) stopped being one, and a
+    symbolic link became a file while the file it named kept its old text."""
+    import os
+    import stat
+    import threading
+
+    spec = str(ROOT / "specs" / "elman.rnn")
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    r = CliRunner().invoke(app, ["fmt", spec, "-o", str(fifo)])
+    reader.join(timeout=30)
+    assert r.exit_code == 0, r.output
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert got and got[0].decode().startswith("# Elman network")
+    target = tmp_path / "real.rnn"
+    target.write_text("old\n", encoding="utf-8")
+    link = tmp_path / "link.rnn"
+    link.symlink_to(target.name)
+    r = CliRunner().invoke(app, ["fmt", spec, "-o", str(link)])
+    assert r.exit_code == 0, r.output
+    assert link.is_symlink() and target.read_text(encoding="utf-8").startswith("# Elman")
