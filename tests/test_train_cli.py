@@ -1146,6 +1146,10 @@ def test_other_bad_options(tmp_path):
     _assert_clean_error(train(notrain, tmp_path / "run4", code=1), "no train block")
     result = rnnc("eval", tmp_path / "nothing", code=1)
     _assert_clean_error(result, "not a run folder")
+    # --force was silently ignored beside --resume
+    result = train(spec, tmp_path / "run5", "--resume", "--force", code=1)
+    _assert_clean_error(result, "--resume continues the run in the folder and --force deletes")
+    assert not (tmp_path / "run5").exists()
 
 
 @pytest.mark.parametrize("damage", ["run.json", "checkpoint.json"])

@@ -52,6 +52,9 @@ def _train(
 
     if lr is not None and not 0 < lr < float("inf"):  # also refuses NaN
         raise TrainError(f"--lr must be a finite positive number, not {lr}")
+    if resume and force:  # --resume went on and --force was silently ignored
+        raise TrainError("--resume continues the run in the folder and --force deletes it: "
+                         "give one of them")
     reporter = QuietReporter() if quiet else RichReporter()
     opts = TrainOptions(
         backend=backend, out=out, resume=resume, force=force, devices=devices,
