@@ -27,7 +27,8 @@ _SAFE_TAGS = {
     "tag:yaml.org,2002:map",
 }
 
-_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+_DECIMAL = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+_NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
 
 CELL_KEYS = ("doc", "inputs", "options", "state", "params", "output", "equations")
 TOP_KEYS = ("cells", "model", "train")
@@ -44,6 +45,9 @@ class _Reader:
         return Span(self.source, m.line + 1, m.column + 1, end)
 
     def check_tag(self, node: yaml.Node) -> None:
+        if node.tag == "tag:yaml.org,2002:timestamp":  # `2001-01-01`: no tag written
+            raise SpecError(f"'{node.value}' is a date or time to YAML, which a spec does not "
+                            "take", self.span(node), "quote it for a string")
         if node.tag not in _SAFE_TAGS:
             raise SpecError(
                 f"YAML tag '{node.tag}' is not allowed in a spec", self.span(node),
@@ -68,8 +72,16 @@ class _Reader:
         if isinstance(node, yaml.SequenceNode):
             return A.CList(tuple(self.value(v) for v in node.value), span)
         value = self.loader.construct_object(node)
-        if isinstance(value, str) and node.style is None and _FLOAT.match(value):
-            value = float(value)  # YAML 1.1 reads `2e-3` as a string; a spec means a number
+        if isinstance(value, int | float) and not isinstance(value, bool) \
+                and node.tag in _NUMBER_TAGS and not _DECIMAL.match(node.value) \
+                and node.value.lower().lstrip("+-") not in (".inf", ".nan"):
+            # YAML 1.1 reads 0x10 as 16, 0o17 as 15, 1_000 as 1000 and 1:20 as 80 (base
+            # 60): in a spec such a number is far more likely a mistake than meant
+            raise SpecError(f"'{node.value}' is not a decimal number (YAML reads it as "
+                            f"{value!r})", span,
+                            f"write {value!r} in decimal, or quote it for a string")
+        if isinstance(value, str) and node.style is None and _DECIMAL.match(value):
+            value = float(value)  # YAML 1.1 reads `2e-3`, `-.5` as strings; a spec means numbers
         if isinstance(value, float) and not math.isfinite(value):
             raise SpecError(f"'{node.value}' is not a finite number", span,
                             "a spec's numbers must be finite: not .inf or .nan, and at most "
@@ -236,6 +248,47 @@ def parse_yaml(text: str, name: str = "<spec>") -> A.Spec:
                               ) from None
 
 
+MAX_VALUES = 100_000
+"""The most values a spec may hold once YAML's aliases are expanded (a few hundred is a
+large spec; nine lines of nested aliases make billions)."""
+
+
+def _check_aliases(r: _Reader, root: yaml.Node) -> None:
+    """SpecError where aliases make a value contain itself, or expand it to more than
+    MAX_VALUES values: reading the spec would recurse forever or take hours."""
+    size: dict[int, int] = {}
+    open_: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:  # post-order, iterative: the graph may be deep
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            open_.discard(key)
+            children = _children(node)
+            size[key] = 1 + sum(size[id(c)] for c in children)
+            if size[key] > MAX_VALUES:
+                raise SpecError(f"YAML aliases expand this value to more than {MAX_VALUES:,} "
+                                "values", r.span(node),
+                                "a spec is small: write the values out, or use fewer aliases")
+            continue
+        if key in size:
+            continue
+        if key in open_:
+            raise SpecError("a YAML alias makes this value contain itself", r.span(node),
+                            "an alias (*name) must not refer to a mapping or list around it")
+        open_.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in _children(node))
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [x for kv in node.value for x in kv]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
 def _parse_yaml(text: str, name: str) -> A.Spec:
     source = Source(name, text, yaml=True)
     try:
@@ -257,6 +310,7 @@ def _parse_yaml(text: str, name: str) -> A.Spec:
     if root is None:
         raise SpecError("the spec is empty", Span(source, 1, 1), "a spec needs a `model:` block")
     r = _Reader(source)
+    _check_aliases(r, root)
     cells: list[A.CellDef] = []
     model = train = None
     for key, v, kspan in r.mapping(root, "a spec"):
