@@ -30,6 +30,18 @@ _SAFE_TAGS = {
 _DECIMAL = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 _NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
 
+def _as_written(text: str, value: int | float) -> bool:
+    """Whether YAML's number ``value`` is what ``text`` says in decimal (``.inf`` and
+    ``.nan`` count: they have an error of their own)."""
+    if text.lower().lstrip("+-") in (".inf", ".nan"):
+        return True
+    if not _DECIMAL.match(text):
+        return False
+    if isinstance(value, int):
+        return text.lstrip("+-").isdigit() and int(text) == value
+    return float(text) == value
+
+
 CELL_KEYS = ("doc", "inputs", "options", "state", "params", "output", "equations")
 TOP_KEYS = ("cells", "model", "train")
 
@@ -73,10 +85,9 @@ class _Reader:
             return A.CList(tuple(self.value(v) for v in node.value), span)
         value = self.loader.construct_object(node)
         if isinstance(value, int | float) and not isinstance(value, bool) \
-                and node.tag in _NUMBER_TAGS and not _DECIMAL.match(node.value) \
-                and node.value.lower().lstrip("+-") not in (".inf", ".nan"):
-            # YAML 1.1 reads 0x10 as 16, 0o17 as 15, 1_000 as 1000 and 1:20 as 80 (base
-            # 60): in a spec such a number is far more likely a mistake than meant
+                and node.tag in _NUMBER_TAGS and not _as_written(node.value, value):
+            # YAML 1.1 reads 0x10 as 16, 017 as 15 (octal), 1_000 as 1000 and 1:20 as 80
+            # (base 60): in a spec such a number is far more likely a mistake than meant
             raise SpecError(f"'{node.value}' is not a decimal number (YAML reads it as "
                             f"{value!r})", span,
                             f"write {value!r} in decimal, or quote it for a string")
