@@ -209,7 +209,11 @@ def _cell(r: _Reader, name: str, node: yaml.Node, name_span: Span) -> A.CellDef:
             for pname, pv, pspan in r.mapping(v, "params"):
                 params.append(_param(r, pname, pv, pspan))
         elif key == "output":
-            output, output_span = r.names(v, "output")[0]
+            names = r.names(v, "output")
+            if len(names) != 1:  # `output: [h, c]` took h and dropped the rest
+                raise SpecError(f"a cell has one output, not {len(names)}", r.span(v),
+                                "name one state or equation: output: h")
+            output, output_span = names[0]
         elif key == "equations":
             for target, ev, espan in r.mapping(v, "equations"):
                 primed = target.endswith("'")
