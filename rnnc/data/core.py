@@ -146,6 +146,11 @@ class Dataset:
 # Options
 
 
+MAX_COUNT = 2**31 - 1
+"""The largest integer a dataset option takes (a count, a length, a window): larger ones
+overflow NumPy's sizes long before any machine could hold the data."""
+
+
 def _describe(value: Any) -> str:
     if value is None:
         return "no value"
@@ -196,6 +201,8 @@ class Options:
         value = int(value)
         if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
             raise self.error(key, "an integer" + bounds)
+        if maximum is None and value > MAX_COUNT:  # n: 1e30 was an OverflowError in NumPy
+            raise self.error(key, f"an integer{bounds} and at most {MAX_COUNT}")
         return value
 
     def number(self, key: str, minimum: float | None = None) -> float:
