@@ -688,6 +688,20 @@ def test_plot_gates(reber_run, tmp_path):
     assert "the --gates text's character 'Q' (position 2)" in result.output
 
 
+def test_plot_gates_text_for_a_model_of_bare_token_ids(tmp_path):
+    """A one-hot model of npz token ids has no symbols to feed: the error said it reads
+    feature vectors."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.integers(0, 4, (20, 6)), y=rng.integers(0, 3, (20, 6)))
+    spec = write(tmp_path / "n.rnn", "model m {\n  input onehot(vocab: auto)\n"
+                 "  layer lstm(hidden: 3)\n  head softmax per_step\n}\n"
+                 'train {\n  data npz(path: "d.npz")\n  epochs 1\n  batch 4\n}\n')
+    train(spec, tmp_path / "run")
+    result = rnnc("plot", tmp_path / "run", "--gates", "abc", code=1)
+    assert "reads token ids that have no symbols" in result.output
+    assert "feature vectors" not in result.output
+
+
 def test_plot_gates_of_a_gateless_cell(tmp_path):
     spec = write(tmp_path / "r.rnn", REBER.format(cell="elman", epochs=1, extra=""))
     train(spec, tmp_path / "run")
