@@ -753,3 +753,26 @@ def test_output_to_a_fifo_or_through_a_link_is_written_not_replaced(tmp_path):
     r = CliRunner().invoke(app, ["fmt", spec, "-o", str(link)])
     assert r.exit_code == 0, r.output
     assert link.is_symlink() and target.read_text(encoding="utf-8").startswith("# Elman")
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="no /dev/zero")
+def test_a_device_is_no_spec_or_data_file(tmp_path):
+    """check /dev/zero (or a text dataset on /dev/urandom) read until memory ran out."""
+    r = CliRunner().invoke(app, ["check", "/dev/zero"])
+    assert r.exit_code == 1 and "spec file '/dev/zero' is a device, not a file" in r.output
+    spec = tmp_path / "s.rnn"
+    spec.write_text("model m {\n  input onehot(vocab: auto)\n  layer elman(hidden: 3)\n"
+                    "  head softmax per_step\n}\n"
+                    'train {\n  data text(path: "/dev/zero")\n}\n', encoding="utf-8")
+    r = CliRunner().invoke(app, ["check", str(spec)])
+    assert r.exit_code == 1 and "s.rnn:7:3: error: text path is a device, not a file" in r.output
+
+
+def test_a_spec_without_a_suffix_that_starts_with_comments():
+    """A .rnn text under a name without a suffix (`rnnc check <(cat spec.rnn)`) was read as
+    YAML when its first line was a comment."""
+    text = (ROOT / "specs" / "elman.rnn").read_text(encoding="utf-8")
+    assert text.startswith("#")
+    assert parse_spec(text, "/dev/fd/63") == parse_spec(text, "x.rnn")
+    yaml_text = (ROOT / "specs" / "lstm.yaml").read_text(encoding="utf-8")
+    assert parse_spec(yaml_text, "/dev/fd/63") == parse_spec(yaml_text, "x.yaml")

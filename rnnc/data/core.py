@@ -339,6 +339,11 @@ def make_rngs(seed: int, count: int) -> list[np.random.Generator]:
 
 def read_file_bytes(path: Path, what: str) -> bytes:
     """The bytes of ``path``; :class:`DataError` if it is missing or unreadable."""
+    from rnnc.spec import endless_device
+
+    if endless_device(path):  # /dev/zero or /dev/urandom: reading never ends
+        raise DataError(f"{what} path is a device, not a file: {path}",
+                        hint="give the path of a file")
     try:
         return path.read_bytes()
     except FileNotFoundError:
