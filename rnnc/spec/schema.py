@@ -34,6 +34,16 @@ def _span(node: Any):
     return getattr(node, "span", None)
 
 
+def shown(v: Any) -> str:
+    """A spec's scalar as the spec writes it: true/false, none for YAML's null (an empty
+    value; Python's True and None meant nothing to a user of `epochs: yes`)."""
+    if v is None:
+        return "none (no value)"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return repr(v)
+
+
 def _scalar(node: Any, where: str, what: str) -> Any:
     if not isinstance(node, CScalar):
         raise SpecError(f"{where} must be {what}", _span(node))
@@ -61,7 +71,7 @@ class Num(Type):
             return "auto"
         ok_type = isinstance(v, int) if self.integer else isinstance(v, int | float)
         if isinstance(v, bool) or not ok_type:
-            raise SpecError(f"{where} must be {self.describe()}, not {v!r}", _span(node))
+            raise SpecError(f"{where} must be {self.describe()}, not {shown(v)}", _span(node))
         if self.lo is not None and (v < self.lo or (self.lo_open and v == self.lo)):
             op = ">" if self.lo_open else ">="
             raise SpecError(f"{where} must be {op} {self.lo}, not {v}", _span(node))
@@ -84,7 +94,7 @@ class Bool(Type):
     def validate(self, node, where):
         v = _scalar(node, where, "true or false")
         if not isinstance(v, bool):
-            raise SpecError(f"{where} must be true or false, not {v!r}", _span(node))
+            raise SpecError(f"{where} must be true or false, not {shown(v)}", _span(node))
         return v
 
     def json(self):
@@ -96,7 +106,7 @@ class Str(Type):
     def validate(self, node, where):
         v = _scalar(node, where, "a string")
         if not isinstance(v, str):
-            raise SpecError(f"{where} must be a string, not {v!r}", _span(node))
+            raise SpecError(f"{where} must be a string, not {shown(v)}", _span(node))
         return v
 
     def json(self):
@@ -110,7 +120,7 @@ class Enum(Type):
     def validate(self, node, where):
         v = _scalar(node, where, "one of " + ", ".join(self.choices))
         if v not in self.choices:
-            raise SpecError(f"{where} must be one of {', '.join(self.choices)}, not {v!r}",
+            raise SpecError(f"{where} must be one of {', '.join(self.choices)}, not {shown(v)}",
                             _span(node), did_you_mean(str(v), self.choices))
         return v
 
