@@ -269,7 +269,18 @@ def _from_defaults(defaults: dict[str, Any]) -> Fields:
 # b1 or b2 = 1 divides by the bias correction 1 - b^t = 0.
 _UPDATER_RANGES = {"eps": Num(lo=0.0, lo_open=True), "initial_accumulator": Num(lo=0.0),
                    "b1": Num(lo=0.0, hi=1.0, hi_open=True),
-                   "b2": Num(lo=0.0, hi=1.0, hi_open=True)}
+                   "b2": Num(lo=0.0, hi=1.0, hi_open=True),
+                   # lr -1 climbed the loss (as --lr refuses), momentum -5 or rmsprop's
+                   # decay 2 diverged or gave NaN at the second step
+                   "lr": Num(lo=0.0, lo_open=True),
+                   "momentum": Num(lo=0.0, hi=1.0, hi_open=True),
+                   "decay": Num(lo=0.0, hi=1.0, hi_open=True)}
+
+# Schedule settings: every 0 divided by zero (a ZeroDivisionError traceback from the
+# NumPy module, NaN from JAX's), a negative warmup made the learning rate negative
+_SCHEDULE_RANGES = {"every": Num(lo=0.0, lo_open=True), "warmup": Num(lo=0.0),
+                    "total": Num(lo=0.0, lo_open=True), "decay": Num(lo=0.0, lo_open=True),
+                    "factor": Num(lo=0.0, lo_open=True), "min_lr": Num(lo=0.0)}
 
 
 def _updaters() -> dict[str, Type]:
@@ -288,7 +299,14 @@ def _updaters() -> dict[str, Type]:
 def _schedules() -> dict[str, Type]:
     from rnnc.backends.numpy.runtime_optim import SCHEDULE_DEFAULTS
 
-    return {k: _from_defaults(v) for k, v in SCHEDULE_DEFAULTS.items()}
+    out: dict[str, Type] = {}
+    for name, defaults in SCHEDULE_DEFAULTS.items():
+        fields = _from_defaults(defaults)
+        for k, t in _SCHEDULE_RANGES.items():
+            if k in fields.fields:
+                fields.fields[k] = (t, fields.fields[k][1])
+        out[name] = fields
+    return out
 
 
 def _datasets() -> dict[str, Type]:
