@@ -127,8 +127,27 @@ def new_file_mode(path: Path) -> int:
 
 
 def write_atomic(path: Path, text: str | bytes) -> None:
-    """Write a file via a temporary file and a rename: never a half-written file."""
+    """Write a file via a temporary file and a rename: never a half-written file.
+
+    A path that names a device, FIFO or socket (``-o /dev/null``, ``-o /dev/stdout``) is
+    written to, not replaced by a regular file (the rename did that, as root even to
+    /dev/null); a symbolic link to a file keeps the link and replaces the file it names."""
     path = Path(path)
+    data = text.encode("utf-8") if isinstance(text, str) else text
+    try:
+        st = path.stat()  # through links
+    except (OSError, ValueError):
+        st = None
+    if st is not None and not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):
+        try:
+            with open(path, "wb") as f:
+                f.write(data)
+        except OSError as err:
+            raise RnncError(f"cannot write '{path}': {err.strerror or err}", None,
+                            "give the path of a file to write") from None
+        return
+    if st is not None and path.is_symlink():
+        path = Path(os.path.realpath(path))
     if path.is_dir():
         raise RnncError(f"cannot write '{path}': it is a folder", None,
                         "give the path of a file to write")
@@ -147,7 +166,7 @@ def write_atomic(path: Path, text: str | bytes) -> None:
             with contextlib.suppress(OSError):  # a file system without permissions
                 os.fchmod(fd, new_file_mode(path))
         with os.fdopen(fd, "wb") as f:
-            f.write(text.encode("utf-8") if isinstance(text, str) else text)
+            f.write(data)
         os.replace(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)

@@ -16,6 +16,7 @@ for an ``RnncError`` (``--debug`` re-raises).
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -26,12 +27,23 @@ class Source:
 
     name: str
     text: str = field(repr=False, compare=False)
+    yaml: bool = field(default=False, repr=False, compare=False)
+    """Lines end where YAML ends them (also at a lone CR, NEL, U+2028 and U+2029), not
+    only at LF as in the text language's parser: so line N is the parser's line N."""
+
+    def lines(self) -> list[str]:
+        if self.yaml:
+            return YAML_BREAK.split(self.text)
+        return [ln.removesuffix("\r") for ln in self.text.split("\n")]
 
     def line(self, lineno: int) -> str:
-        lines = self.text.splitlines()
+        lines = self.lines()
         if 1 <= lineno <= len(lines):
             return lines[lineno - 1]
         return ""
+
+
+YAML_BREAK = re.compile("\r\n|[\r\n\x85\u2028\u2029]")
 
 
 @dataclass(frozen=True)
@@ -106,7 +118,9 @@ class RnncError(Exception):
                     column = column - start + (3 if start else 0)
                     width = max(1, min(width, _SHOWN - (column - 1) + (3 if start else 0)))
                 lines.append(f"  {src}")
-                lines.append("  " + " " * (column - 1) + "^" * width)
+                # tabs before the column stay tabs, so the caret lines up under them
+                pad = "".join(c if c == "\t" else " " for c in src[:column - 1])
+                lines.append("  " + pad.ljust(column - 1) + "^" * width)
         else:
             lines.append(head)
         if self.hint:
@@ -130,7 +144,14 @@ class ShapeError(SpecError):
 
 
 class DataError(RnncError):
-    """A dataset file or its options are unusable."""
+    """A dataset file or its options are unusable. ``option`` names the dataset option at
+    fault, where one is (so the error can point at it in the spec)."""
+
+    option: str | None = None
+
+    def at_option(self, key: str) -> DataError:
+        self.option = key
+        return self
 
 
 class TrainError(RnncError):

@@ -96,6 +96,17 @@ DRIFT_CELL = """cell drift(x) {
 }
 """
 
+# next states that no step instruction computes: the input itself, and a value hoisted
+# out of the loop whole (the step returned an undefined name `x`: NameError in both
+# backends' generated modules)
+PASS_CELL = """cell pass(x) {
+  state h, c
+  h' = tanh(W @ x)
+  c' = x
+  output c
+}
+"""
+
 # long names: generated lines that do not fit are split, never refused (the JAX backend
 # raised "line too long" for a fused product such as layer1_hidden_state_next_proj)
 LONG_CELL = """cell longnames(x) {
@@ -163,6 +174,10 @@ CASES = {
     ),
     "cell_reading_no_input": Case(
         model(["drift(hidden: 2)", "elman(hidden: 2)"], DENSE, cells=DRIFT_CELL), 3, 4
+    ),
+    "state_is_the_input": Case(
+        model(["pass(hidden: 3)", "elman(hidden: 2)"], DENSE, cells=PASS_CELL), 3, 4,
+        lengths=True, resets=True,
     ),
     "long_names_gated_feedback": Case(
         model(

@@ -125,6 +125,9 @@ def test_unknown_dataset_and_option():
     ("reber", {"min_length": 12, "max_length": 10}, "option 'max_length'"),
     ("adding", {"n": 5}, "too few for split"),
     ("adding", {"n": 1e300}, r"option 'n'.*must be an integer >= 1, got 1e\+300"),
+    # an OverflowError traceback in NumPy's sampling
+    ("embedded_reber", {"n": 10**30}, r"option 'n'.*>= 1 and at most 2147483647, got 1000"),
+    ("copy", {"delay": 2**63}, r"option 'delay'.*>= 1 and at most 2147483647"),
     ("text", {}, "dataset 'text' needs option 'path'"),
     ("csv", {"path": "x.csv"}, "dataset 'csv' needs option 'targets'"),
 ])
@@ -408,10 +411,13 @@ def test_text_errors(tmp_path):
     with pytest.raises(DataError, match="doc_separator"):
         build_dataset("text", {"path": "ok.txt", "doc_separator": ""}, 0, base_dir=tmp_path)
     # a huge window: one error at once (the hint's search for the size needed hung on
-    # float rounding for windows like 10**20)
-    with pytest.raises(DataError, match="a window of 100000000000000000000 needs") as err:
+    # float rounding for windows like 10**20; such a window is now beyond any option's
+    # largest integer, and one below it still gets the size it needs)
+    with pytest.raises(DataError, match="window.*at most 2147483647, got 10000000000000"):
         build_dataset("text", {"path": "ok.txt", "window": 10**20}, 0, base_dir=tmp_path)
-    assert "needs at least about 2e+21" in err.value.hint
+    with pytest.raises(DataError, match="a window of 2000000000 needs") as err:
+        build_dataset("text", {"path": "ok.txt", "window": 2 * 10**9}, 0, base_dir=tmp_path)
+    assert "it needs at least 40000000020" in err.value.hint
 
 
 # ---------------------------------------------------------------------------

@@ -639,3 +639,161 @@ def test_syntax_of_another_extension_is_sniffed_past_comments(name, comments):
     if not comments:
         text = "\n".join(ln for ln in text.splitlines() if not ln.startswith("#"))
     assert parse_spec(text, "spec.txt") == parse_spec(text, name)
+
+
+def test_error_shows_the_parsers_line_and_a_caret_under_tabs():
+    """The source line shown is the one the parser counted: a U+2028 or form feed in a
+    .rnn comment is no line break to Lark (it showed the line above); YAML's own breaks
+    count in YAML. The caret keeps the line's tabs, so it stands under the column."""
+    body = ("model m {\n\tinput onehot(vocab: 5)\n\tlayer lstm(hidden: 0)\n"
+            "\thead softmax per_step\n}\n")
+    for junk in ("\u2028", "\x0c", "\x85"):
+        with pytest.raises(RnncError) as info:
+            build(parse_spec(f"# a{junk}b\n" + body, "x.rnn"))
+        lines = info.value.render().splitlines()
+        assert lines[0].startswith("x.rnn:4:21: error:"), lines[0]
+        assert lines[1] == "  \tlayer lstm(hidden: 0)"
+        assert lines[2] == "  \t" + " " * 19 + "^"
+    yaml_text = "# a\u2028# b\nmodel:\n  name: m\n  layers: 3\n"
+    with pytest.raises(RnncError) as info:
+        build(parse_spec(yaml_text, "x.yaml"))
+    lines = info.value.render().splitlines()
+    assert lines[0].startswith("x.yaml:5:"), lines[0]  # PyYAML counts U+2028 as a line break
+    assert lines[1] == "    layers: 3"
+
+
+def test_fmt_to_rnn_keeps_a_null_and_refuses_what_it_cannot_write(tmp_path):
+    """YAML -> rnn printed a null as the string "none" (`doc_separator: ~` became the
+    separator "none"), wrote keys that are not names bare (`~ layers 0.2`, `layer lstm
+    {hidden "32}"`: text that does not parse) and a nameless model as `model {`. A null is
+    now `none` in the text language; what it cannot write is one located error, and
+    nothing is written."""
+    spec = parse_spec("model:\n  name: m\n  input: {onehot: {vocab: auto}}\n"
+                      "  layers: [{elman: {hidden: 4}}]\n  head: {softmax: per_step}\n"
+                      "train:\n  data: {text: {path: t.txt, doc_separator: ~}}\n"
+                      "  weird: {\"lstm {hidden\": \"32}\", n: null}\n", "s.yaml")
+    text = to_text(spec)
+    assert 'doc_separator: none' in text and '"none"' not in text
+    assert parse_spec(text, "s.rnn") == spec
+    assert to_data(parse_spec(text, "s.rnn"))["train"]["data"]["text"]["doc_separator"] is None
+    cases = {
+        "~: {layers: 0.2}": ("s.yaml:8:3", 'the train key, "~"'),
+        "\"h'\": 3": ("s.yaml:8:3", "the train key, \"h'\""),
+    }
+    base = ("model:\n  name: m\n  input: {onehot: {vocab: 5}}\n"
+            "  layers: [{elman: {hidden: 4}}]\n  head: {softmax: per_step}\n"
+            "train:\n  data: {reber: {n: 10}}\n")
+    for line, (where, what) in cases.items():
+        p = tmp_path / "s.yaml"
+        p.write_text(base + "  " + line + "\n", encoding="utf-8")
+        out = tmp_path / "s.rnn"
+        r = CliRunner().invoke(app, ["fmt", str(p), "--to", "rnn", "-o", str(out)])
+        assert r.exit_code == 1 and r.output.count("error:") == 1, r.output
+        assert f"{where}: error: {what}, cannot be written in the rnn syntax" in \
+            r.output.replace(str(tmp_path) + "/", ""), r.output
+        assert not out.exists()
+    nameless = parse_spec(base.replace("  name: m\n", ""), "s.yaml")
+    with pytest.raises(RnncError, match="a model without a name cannot be written"):
+        to_text(nameless)
+    bad_cell = parse_spec("cells:\n  c:\n    state: [h]\n    equations: {\"h'\": W @ x, "
+                          "\"a b\": x}\n" + base, "s.yaml")
+    with pytest.raises(RnncError, match='an equation of cell .c., "a b", cannot') as info:
+        to_text(bad_cell)
+    assert info.value.span.line == 4
+
+
+def test_a_cell_without_inputs_is_one_spec_in_both_syntaxes():
+    """`cell c()` read as `cell c(x)` while YAML's `inputs: []` is no input: fmt's YAML ->
+    rnn changed the spec. Both are now no input, refused when a layer uses the cell."""
+    rnn = ("cell c() {\n  state h\n  h' = tanh(W @ x)\n}\nmodel m {\n  input onehot(vocab: 5)\n"
+           "  layer c(hidden: 3)\n  head softmax(classes: 5, at: per_step)\n}\n")
+    spec = parse_spec(rnn, "s.rnn")
+    assert spec.cells[0].inputs == ()
+    assert parse_spec(to_yaml(spec), "s.yaml") == spec
+    assert parse_spec(to_text(spec), "s.rnn") == spec
+    with pytest.raises(RnncError, match="cell 'c' has 0 inputs"):
+        build(spec)
+
+
+_keys = st.one_of(st.sampled_from(["a", "n", "none", "init", "if", "true", "~", "h'", "x y",
+                                   "1", "lstm {hidden", "", "é", "_"]),
+                  st.text(max_size=6))
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**20, 10**20),
+                     st.floats(allow_nan=False, allow_infinity=False),
+                     st.sampled_from(["none", "auto", "true", "init", "a b", "", "x"]),
+                     st.text(max_size=6))
+_values = st.recursive(_scalars, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.dictionaries(_keys, inner, max_size=3)), max_leaves=8)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.dictionaries(_keys, _values, max_size=4))
+def test_fmt_to_rnn_writes_a_spec_that_reads_back_or_says_why_not(train):
+    """Property: any train block YAML can hold either prints as text that parses to the
+    same spec (and prints the same again), or is one located SpecError."""
+    import yaml
+
+    data = {"model": {"name": "m", "layers": [{"elman": {"hidden": 4}}]}, "train": train}
+    try:
+        spec = parse_spec(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), "s.yaml")
+    except RnncError:
+        return  # e.g. a float YAML cannot read back
+    try:
+        text = to_text(spec)
+    except RnncError as err:
+        assert err.span is not None and "cannot be written in the rnn syntax" in err.message
+        return
+    again = parse_spec(text, "s.rnn")
+    assert again == spec
+    assert to_text(again) == text
+
+
+def test_output_to_a_fifo_or_through_a_link_is_written_not_replaced(tmp_path):
+    """`-o` renamed a temporary file over its path: a FIFO or device (`-o /dev/null`; as
+    root that replaced /dev/null itself with a regular file) stopped being one, and a
+    symbolic link became a file while the file it named kept its old text."""
+    import os
+    import stat
+    import threading
+
+    spec = str(ROOT / "specs" / "elman.rnn")
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    r = CliRunner().invoke(app, ["fmt", spec, "-o", str(fifo)])
+    reader.join(timeout=30)
+    assert r.exit_code == 0, r.output
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert got and got[0].decode().startswith("# Elman network")
+    target = tmp_path / "real.rnn"
+    target.write_text("old\n", encoding="utf-8")
+    link = tmp_path / "link.rnn"
+    link.symlink_to(target.name)
+    r = CliRunner().invoke(app, ["fmt", spec, "-o", str(link)])
+    assert r.exit_code == 0, r.output
+    assert link.is_symlink() and target.read_text(encoding="utf-8").startswith("# Elman")
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="no /dev/zero")
+def test_a_device_is_no_spec_or_data_file(tmp_path):
+    """check /dev/zero (or a text dataset on /dev/urandom) read until memory ran out."""
+    r = CliRunner().invoke(app, ["check", "/dev/zero"])
+    assert r.exit_code == 1 and "spec file '/dev/zero' is a device, not a file" in r.output
+    spec = tmp_path / "s.rnn"
+    spec.write_text("model m {\n  input onehot(vocab: auto)\n  layer elman(hidden: 3)\n"
+                    "  head softmax per_step\n}\n"
+                    'train {\n  data text(path: "/dev/zero")\n}\n', encoding="utf-8")
+    r = CliRunner().invoke(app, ["check", str(spec)])
+    assert r.exit_code == 1 and "s.rnn:7:3: error: text path is a device, not a file" in r.output
+
+
+def test_a_spec_without_a_suffix_that_starts_with_comments():
+    """A .rnn text under a name without a suffix (`rnnc check <(cat spec.rnn)`) was read as
+    YAML when its first line was a comment."""
+    text = (ROOT / "specs" / "elman.rnn").read_text(encoding="utf-8")
+    assert text.startswith("#")
+    assert parse_spec(text, "/dev/fd/63") == parse_spec(text, "x.rnn")
+    yaml_text = (ROOT / "specs" / "lstm.yaml").read_text(encoding="utf-8")
+    assert parse_spec(yaml_text, "/dev/fd/63") == parse_spec(yaml_text, "x.yaml")

@@ -841,6 +841,20 @@ def test_plot_gates(reber_run, tmp_path):
     assert "the --gates text's character 'Q' (position 2)" in result.output
 
 
+def test_plot_gates_text_for_a_model_of_bare_token_ids(tmp_path):
+    """A one-hot model of npz token ids has no symbols to feed: the error said it reads
+    feature vectors."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.integers(0, 4, (20, 6)), y=rng.integers(0, 3, (20, 6)))
+    spec = write(tmp_path / "n.rnn", "model m {\n  input onehot(vocab: auto)\n"
+                 "  layer lstm(hidden: 3)\n  head softmax per_step\n}\n"
+                 'train {\n  data npz(path: "d.npz")\n  epochs 1\n  batch 4\n}\n')
+    train(spec, tmp_path / "run")
+    result = rnnc("plot", tmp_path / "run", "--gates", "abc", code=1)
+    assert "reads token ids that have no symbols" in result.output
+    assert "feature vectors" not in result.output
+
+
 def test_plot_gates_of_a_gateless_cell(tmp_path):
     spec = write(tmp_path / "r.rnn", REBER.format(cell="elman", epochs=1, extra=""))
     train(spec, tmp_path / "run")
@@ -924,6 +938,26 @@ def test_corpus_shorter_than_a_window(tmp_path):
     spec = _text_spec(tmp_path, 'text(path: "short.txt", window: 100)')
     _assert_clean_error(train(spec, tmp_path / "run", code=1), "corpus too short")
 
+
+
+def test_a_batch_larger_than_the_text_allows(tmp_path):
+    """A batch of more parallel streams than the train text has characters failed in the
+    training loop, unlocated ('a stream of 13 tokens is too short for 64 parallel
+    streams'), and left a run folder with a run.json but no checkpoint behind."""
+    write(tmp_path / "short.txt", "hello world, this is text\n")
+    spec = write(tmp_path / "t.rnn", TEXT.replace(
+        'data text(path: "corpus.txt", window: 16, doc_separator: "\\n\\n")',
+        'data text(path: "short.txt", window: 4, split: [0.5, 0.25, 0.25])').replace(
+        "bptt k1 16", "bptt k1 4").replace("reset document", "").replace("batch 4", "batch 64"))
+    result = train(spec, tmp_path / "run", code=1)
+    _assert_clean_error(result, "t.rnn:14:9: error: the batch (64) is larger than the train "
+                        "part of the text allows: it has 12 characters", "at most 12")
+    assert result.output.count("error:") == 1
+    assert not (tmp_path / "run").exists()
+    result = train(spec, tmp_path / "run", "--batch", "13", code=1)
+    _assert_clean_error(result, "error: the batch (13) is larger")
+    assert not (tmp_path / "run").exists()
+    train(spec, tmp_path / "run", "--batch", "12", "--epochs", "1")
 
 
 @pytest.mark.parametrize(("input_", "data", "says"), [
@@ -1293,6 +1327,10 @@ def test_other_bad_options(tmp_path):
     _assert_clean_error(train(notrain, tmp_path / "run4", code=1), "no train block")
     result = rnnc("eval", tmp_path / "nothing", code=1)
     _assert_clean_error(result, "not a run folder")
+    # --force was silently ignored beside --resume
+    result = train(spec, tmp_path / "run5", "--resume", "--force", code=1)
+    _assert_clean_error(result, "--resume continues the run in the folder and --force deletes")
+    assert not (tmp_path / "run5").exists()
 
 
 @pytest.mark.parametrize("damage", ["run.json", "checkpoint.json"])

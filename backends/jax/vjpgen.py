@@ -193,7 +193,7 @@ class VjpCellCode(CellCode):
             f"{self.fns['backward_step']} reads."
         )
         out += docstring(doc, I1)
-        self.load_reads(out, self.body, 'kt["{a}"]')
+        self.load_reads(out, [*self.body, self.step_returns()], 'kt["{a}"]')
         for ins in self.body:
             out += self.line(ins, self.STEP_OPS, self.comment(ins))
         nxt = dict(c.next_state)
@@ -231,7 +231,10 @@ class VjpCellCode(CellCode):
             "backward_invariant": self.fns["backward_invariant"],
             "time": tuple(
                 _ordered(
-                    a for i in [*self.body, *self.grad.body] for a in i.args if a in self.time_names
+                    a
+                    for i in [*self.body, self.step_returns(), *self.grad.body]
+                    for a in i.args
+                    if a in self.time_names
                 )
             ),
             "saved": tuple(self.saved),

@@ -27,6 +27,7 @@ and ``v @ W.T`` do not see.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from rnnc.ir.nodes import Cell, Instr
 from rnnc.ir.ops import ACT_FORWARD, ACT_GRAD, ACT_MATH, fmt_float, render
@@ -206,7 +207,7 @@ class CellCode:
                "Returns the next state and the output. A dict `tape` receives what "
                f"{self.fns['backward_step']}\nreads.")
         out += docstring(doc, I1)
-        self.load_reads(out, self.body, 'k["{a}"][t]')
+        self.load_reads(out, [*self.body, self.step_returns()], 'k["{a}"][t]')
         for ins in self.body:
             out += self.line(ins, self.STEP_OPS, self.comment(ins))
         if self.saved:
@@ -219,6 +220,14 @@ class CellCode:
             new += ","
         out.append(f"{I1}return ({new}), {self.nm(c.output)}")
         return out
+
+    def step_returns(self) -> _Reads:
+        """What a step returns or tapes, as a read: a next state, output or saved value no
+        step instruction computes or reads (`h' = x`; `h' = tanh(W @ x)`, all hoisted) is
+        loaded like an instruction's argument (it was an undefined name)."""
+        nxt = dict(self.cell.next_state)
+        return _Reads("return", (*(nxt[s] for s in self.states), self.cell.output,
+                                 *self.saved))
 
     def backward_step(self) -> list[str]:
         c, g = self.cell, self.grad
@@ -439,6 +448,13 @@ def _dict_return(items: list[str]) -> list[str]:
     if len(one) <= 100:
         return [one]
     return [f"{I1}return {{"] + [f"{I2}{i}," for i in items] + [f"{I1}}}"]
+
+
+class _Reads(NamedTuple):
+    """A stand-in instruction for :meth:`CellGen.load_reads`: only reads ``args``."""
+
+    op: str
+    args: tuple[str, ...]
 
 
 def _ordered(names) -> list[str]:

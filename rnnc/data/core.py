@@ -146,7 +146,14 @@ class Dataset:
 # Options
 
 
+MAX_COUNT = 2**31 - 1
+"""The largest integer a dataset option takes (a count, a length, a window): larger ones
+overflow NumPy's sizes long before any machine could hold the data."""
+
+
 def _describe(value: Any) -> str:
+    if value is None:
+        return "no value"
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
@@ -170,7 +177,8 @@ class Options:
         if hint is None and self.defaults.get(key) is not None:
             hint = f"the default is {key}: {self.defaults[key]!r}"
         return DataError(
-            f"option '{key}' of dataset '{self.dataset}' must be {expected}, got {got}", hint=hint)
+            f"option '{key}' of dataset '{self.dataset}' must be {expected}, got {got}",
+            hint=hint).at_option(key)
 
     def raw(self, key: str) -> Any:
         return self.values.get(key)
@@ -193,6 +201,8 @@ class Options:
         value = int(value)
         if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
             raise self.error(key, "an integer" + bounds)
+        if maximum is None and value > MAX_COUNT:  # n: 1e30 was an OverflowError in NumPy
+            raise self.error(key, f"an integer{bounds} and at most {MAX_COUNT}")
         return value
 
     def number(self, key: str, minimum: float | None = None) -> float:
@@ -387,6 +397,11 @@ def open_file(path: Path, what: str) -> BinaryIO:
 
 def read_file_bytes(path: Path, what: str) -> bytes:
     """The bytes of ``path``; :class:`DataError` if it is missing or unreadable."""
+    from rnnc.spec import endless_device
+
+    if endless_device(path):  # /dev/zero or /dev/urandom: reading never ends
+        raise DataError(f"{what} path is a device, not a file: {path}",
+                        hint="give the path of a file")
     try:
         return path.read_bytes()
     except FileNotFoundError:

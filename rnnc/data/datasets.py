@@ -108,7 +108,7 @@ def check_options(name: str, options: Mapping | None) -> dict[str, object]:
     for key in options:
         if key not in entry.defaults:
             raise DataError(f"unknown option '{key}' for dataset '{name}'",
-                            hint=did_you_mean(str(key), entry.defaults))
+                            hint=did_you_mean(str(key), entry.defaults)).at_option(key)
     merged = copy.deepcopy(entry.defaults)
     merged.update(options)
     return merged

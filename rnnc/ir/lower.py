@@ -578,6 +578,15 @@ class _CellLowerer:
                 if eq.target in self.cdef.inputs or eq.target in state_names:
                     raise self.err(f"'{eq.target}' is an input or state; assign {eq.target}' "
                                    f"for the next step", eq.span)
+                # an equation named like an option or a declared parameter would hide it:
+                # the option's value (or the layer's setting of it) would be ignored
+                what = ("an option" if self.cdef.options.get(eq.target) is not None else
+                        "a parameter" if any(p.name == eq.target for p in self.cdef.params)
+                        else None)
+                if what is not None:
+                    raise self.err(f"'{eq.target}' is {what} of cell '{self.cdef.name}'; an "
+                                   "equation cannot also define it", eq.span,
+                                   "give the equation a name of its own")
             defined.add(key)
             v = self.lower(eq.expr)
             if eq.primed:
@@ -873,8 +882,23 @@ def data_sizes(train: dict | None, spec: A.Spec, base_dir: str = ".") -> Sizes:
     try:
         ds = build_dataset(name, opts, train["seed"], base_dir=base_dir)
     except RnncError as err:
-        raise err.with_span(spec.train.key_span("data")) from None
+        raise err.with_span(data_error_span(spec, err)) from None
     return Sizes(ds.n_in, ds.n_out, ds.task, ds.input)
+
+
+def data_error_span(spec: A.Spec, err: Exception) -> Span | None:
+    """Where a dataset's error points in the spec: the option it names (its value, or its
+    key where the value has no place), else the `data` entry."""
+    here = spec.train.key_span("data") if spec.train is not None else None
+    option = getattr(err, "option", None)
+    data = spec.train.get("data") if spec.train is not None else None
+    if option is None or not isinstance(data, A.CMap) or len(data.items) != 1:
+        return here
+    opts = data.items[0][1]
+    if not isinstance(opts, A.CMap):
+        return here
+    value = opts.get(option)
+    return getattr(value, "span", None) or opts.key_span(option) or here
 
 
 def lower(spec: A.Spec, sizes: Sizes | None = None, base_dir: str = ".") -> Program:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from pathlib import Path
 
 from rnnc.errors import SpecError
@@ -16,11 +18,11 @@ def parse_spec(text: str, name: str = "<spec>", syntax: str | None = None) -> Sp
     """Parse spec text; the syntax comes from ``syntax`` or the name's extension."""
     if syntax is None:
         syntax = SYNTAXES.get(Path(name).suffix.lower())
-        if syntax is None:  # another extension: sniffed from the first line of code
-            code = [ln.strip() for ln in text.splitlines()
-                    if ln.strip() and not ln.lstrip().startswith("#")]
-            rnn = code and re.match(r"(cell|model|train)\b(?!\s*:)", code[0])
-            syntax = "rnn" if rnn else "yaml"
+        if syntax is None:
+            # the first line that is no comment (a .rnn file often starts with some)
+            first = next((ln.strip() for ln in text.lstrip("\ufeff").splitlines()
+                          if ln.strip() and not ln.lstrip().startswith("#")), "")
+            syntax = "rnn" if re.match(r"(cell|model|train)\b(?!\s*:)", first) else "yaml"
     if syntax == "rnn":
         from rnnc.spec.text import parse_text
 
@@ -32,9 +34,32 @@ def parse_spec(text: str, name: str = "<spec>", syntax: str | None = None) -> Sp
     raise SpecError(f"unknown spec syntax '{syntax}'", None, "use yaml or rnn")
 
 
+def endless_device(path: Path) -> bool:
+    """Whether ``path`` is a character or block device other than a terminal (/dev/zero,
+    /dev/urandom, a disk): reading it to its end takes forever or all the memory. FIFOs
+    (``<(cmd)``) and terminals end, and are read."""
+    try:
+        mode = path.stat().st_mode
+    except (OSError, ValueError):
+        return False
+    if not (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)):
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    except OSError:
+        return False  # reading it fails with its own error
+    try:
+        return not os.isatty(fd)
+    finally:
+        os.close(fd)
+
+
 def load_spec(path: str | Path) -> Spec:
     """Read and parse a spec file (``.yaml``/``.yml`` or ``.rnn``)."""
     p = Path(path)
+    if endless_device(p):  # /dev/zero: reading never ends
+        raise SpecError(f"spec file '{p}' is a device, not a file", None,
+                        "give the path of a .rnn or .yaml file")
     try:
         raw = p.read_bytes()
     except FileNotFoundError:

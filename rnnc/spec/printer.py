@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from rnnc.errors import SpecError
 from rnnc.spec import ast as A
 
 
@@ -74,8 +75,8 @@ def value_str(v: Any) -> str:
         x = v.value
         if isinstance(x, bool):
             return "true" if x else "false"
-        if x is None:
-            return '"none"'
+        if x is None:  # YAML's null (an empty value)
+            return "none"
         if isinstance(x, int | float):
             return repr(x) if isinstance(x, float) else str(x)
         if _BARE.match(x) and x not in _KEYWORDS - {"true", "false"} and x not in (
@@ -105,10 +106,27 @@ def _key_str(k: str) -> str:
     return k if _BARE.match(k) and k not in _KEYWORDS - {"init"} else json.dumps(k)
 
 
+def _is_name(k: str) -> bool:
+    """Whether the grammar reads ``k`` as a NAME (an entry's key, a word, a cell's name)."""
+    return bool(_BARE.match(k)) and k not in _KEYWORDS - {"true", "false"}
+
+
+def _need_name(k: Any, span: Any, what: str) -> None:
+    """SpecError unless ``k`` can stand where the text language takes a NAME: a YAML spec
+    can use any string there, the text language cannot (its printed form would not parse,
+    or would parse to another spec)."""
+    if not isinstance(k, str) or not _is_name(k):
+        raise SpecError(f"{what}, {json.dumps(k)}, cannot be written in the rnn syntax, which "
+                        "takes a name there (letters, digits and _, not a keyword)", span,
+                        "rename it, or keep the spec in YAML")
+
+
 def _entry_words(v: Any) -> str:
     """The words after an entry key (see the grammar's `entry` rule)."""
     if isinstance(v, A.CMap) and (len(v.items) != 1 or not isinstance(v.items[0][1], A.CMap)):
-        if all(isinstance(x, A.CScalar | A.CList) for _, x in v.items) and v.items:
+        # a pair's key is read as a word, where true and false are booleans
+        if all(isinstance(x, A.CScalar | A.CList) and _is_name(k) and k not in ("true", "false")
+               for k, x in v.items) and v.items:
             return " ".join(f"{k} {value_str(x)}" for k, x in v.items)
     return value_str(v)
 
@@ -122,6 +140,20 @@ def _line(span: Any) -> int | None:
 
 def _cell_text(c: A.CellDef) -> list[tuple[str, int | None]]:
     """The cell's lines, each with the source line it came from (None: not known)."""
+    _need_name(c.name, c.span, "the cell name")
+    for name in c.inputs:
+        _need_name(name, c.span, f"an input of cell '{c.name}'")
+    for (k, _), kspan in zip(c.options.items, c.options.key_spans or (c.span,) * len(
+            c.options.items), strict=False):
+        _need_name(k, kspan, f"an option of cell '{c.name}'")
+    for sd in c.states:
+        _need_name(sd.name, sd.span, f"a state of cell '{c.name}'")
+    for p in c.params:
+        _need_name(p.name, p.span, f"a parameter of cell '{c.name}'")
+    if c.output is not None:
+        _need_name(c.output, c.output_span, f"the output of cell '{c.name}'")
+    for eq in c.equations:
+        _need_name(eq.target, eq.span, f"an equation of cell '{c.name}'")
     lines = [(f"cell {c.name}({', '.join(c.inputs)}) {{", _line(c.span))]
     spans = c.options.key_spans or (None,) * len(c.options.items)
     for (k, v), kspan in zip(c.options.items, spans, strict=False):
@@ -211,14 +243,20 @@ def to_text(spec: A.Spec) -> str:
         if block is None:
             continue
         spans = block.key_spans or (None,) * len(block.items)
-        name = block.get("name") if kind == "model" else None
-        if isinstance(name, A.CScalar):
+        if kind == "model":
+            name = block.get("name")
+            if name is None:
+                raise SpecError("a model without a name cannot be written in the rnn syntax "
+                                "(`model NAME { ... }`)", block.span, "add `name: ...`")
+            _need_name(name.value if isinstance(name, A.CScalar) else None,
+                       getattr(name, "span", None) or block.span, "the model name")
             out.append((f"model {name.value} {{", _line(name.span)))
         else:
             out.append((kind + " {", spec.train_line if kind == "train" else None))
         for (k, v), kspan in zip(block.items, spans, strict=False):
             if kind == "model" and k == "name":
                 continue
+            _need_name(k, kspan or block.span, f"the {kind} key")
             if kind == "model" and k == "layers" and isinstance(v, A.CList):
                 for layer in v.items:
                     out.append((f"  layer {_entry_words(layer)}", _line(layer.span)))

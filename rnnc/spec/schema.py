@@ -34,6 +34,16 @@ def _span(node: Any):
     return getattr(node, "span", None)
 
 
+def shown(v: Any) -> str:
+    """A spec's scalar as the spec writes it: true/false, none for YAML's null (an empty
+    value; Python's True and None meant nothing to a user of `epochs: yes`)."""
+    if v is None:
+        return "none (no value)"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return repr(v)
+
+
 def _scalar(node: Any, where: str, what: str) -> Any:
     if not isinstance(node, CScalar):
         raise SpecError(f"{where} must be {what}", _span(node))
@@ -61,7 +71,7 @@ class Num(Type):
             return "auto"
         ok_type = isinstance(v, int) if self.integer else isinstance(v, int | float)
         if isinstance(v, bool) or not ok_type:
-            raise SpecError(f"{where} must be {self.describe()}, not {v!r}", _span(node))
+            raise SpecError(f"{where} must be {self.describe()}, not {shown(v)}", _span(node))
         if self.lo is not None and (v < self.lo or (self.lo_open and v == self.lo)):
             op = ">" if self.lo_open else ">="
             raise SpecError(f"{where} must be {op} {self.lo}, not {v}", _span(node))
@@ -84,7 +94,7 @@ class Bool(Type):
     def validate(self, node, where):
         v = _scalar(node, where, "true or false")
         if not isinstance(v, bool):
-            raise SpecError(f"{where} must be true or false, not {v!r}", _span(node))
+            raise SpecError(f"{where} must be true or false, not {shown(v)}", _span(node))
         return v
 
     def json(self):
@@ -96,7 +106,7 @@ class Str(Type):
     def validate(self, node, where):
         v = _scalar(node, where, "a string")
         if not isinstance(v, str):
-            raise SpecError(f"{where} must be a string, not {v!r}", _span(node))
+            raise SpecError(f"{where} must be a string, not {shown(v)}", _span(node))
         return v
 
     def json(self):
@@ -110,7 +120,7 @@ class Enum(Type):
     def validate(self, node, where):
         v = _scalar(node, where, "one of " + ", ".join(self.choices))
         if v not in self.choices:
-            raise SpecError(f"{where} must be one of {', '.join(self.choices)}, not {v!r}",
+            raise SpecError(f"{where} must be one of {', '.join(self.choices)}, not {shown(v)}",
                             _span(node), did_you_mean(str(v), self.choices))
         return v
 
@@ -259,7 +269,18 @@ def _from_defaults(defaults: dict[str, Any]) -> Fields:
 # b1 or b2 = 1 divides by the bias correction 1 - b^t = 0.
 _UPDATER_RANGES = {"eps": Num(lo=0.0, lo_open=True), "initial_accumulator": Num(lo=0.0),
                    "b1": Num(lo=0.0, hi=1.0, hi_open=True),
-                   "b2": Num(lo=0.0, hi=1.0, hi_open=True)}
+                   "b2": Num(lo=0.0, hi=1.0, hi_open=True),
+                   # lr -1 climbed the loss (as --lr refuses), momentum -5 or rmsprop's
+                   # decay 2 diverged or gave NaN at the second step
+                   "lr": Num(lo=0.0, lo_open=True),
+                   "momentum": Num(lo=0.0, hi=1.0, hi_open=True),
+                   "decay": Num(lo=0.0, hi=1.0, hi_open=True)}
+
+# Schedule settings: every 0 divided by zero (a ZeroDivisionError traceback from the
+# NumPy module, NaN from JAX's), a negative warmup made the learning rate negative
+_SCHEDULE_RANGES = {"every": Num(lo=0.0, lo_open=True), "warmup": Num(lo=0.0),
+                    "total": Num(lo=0.0, lo_open=True), "decay": Num(lo=0.0, lo_open=True),
+                    "factor": Num(lo=0.0, lo_open=True), "min_lr": Num(lo=0.0)}
 
 
 def _updaters() -> dict[str, Type]:
@@ -278,7 +299,14 @@ def _updaters() -> dict[str, Type]:
 def _schedules() -> dict[str, Type]:
     from rnnc.backends.numpy.runtime_optim import SCHEDULE_DEFAULTS
 
-    return {k: _from_defaults(v) for k, v in SCHEDULE_DEFAULTS.items()}
+    out: dict[str, Type] = {}
+    for name, defaults in SCHEDULE_DEFAULTS.items():
+        fields = _from_defaults(defaults)
+        for k, t in _SCHEDULE_RANGES.items():
+            if k in fields.fields:
+                fields.fields[k] = (t, fields.fields[k][1])
+        out[name] = fields
+    return out
 
 
 def _datasets() -> dict[str, Type]:

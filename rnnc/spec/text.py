@@ -14,7 +14,15 @@ import math
 from importlib import resources
 from typing import Any
 
-from lark import Lark, Token, Transformer, UnexpectedCharacters, UnexpectedInput, UnexpectedToken
+from lark import (
+    Lark,
+    Token,
+    Transformer,
+    UnexpectedCharacters,
+    UnexpectedInput,
+    UnexpectedToken,
+    v_args,
+)
 from lark.exceptions import UnexpectedEOF, VisitError
 
 from rnnc.errors import Source, Span, SpecError, SpecSyntaxError
@@ -101,6 +109,15 @@ def _expected_hint(expected: set[str]) -> str | None:
     return "expected " + ", ".join(names)
 
 
+def _lines(source: Source) -> list[str]:
+    """The source's lines, as the parser counts them, without the empty one after a final
+    newline."""
+    lines = source.lines()
+    if len(lines) > 1 and lines[-1] == "":
+        lines.pop()
+    return lines
+
+
 def _syntax_error(err: UnexpectedInput, source: Source) -> SpecSyntaxError:
     line = getattr(err, "line", None) or 1
     col = getattr(err, "column", None) or 1
@@ -112,7 +129,7 @@ def _syntax_error(err: UnexpectedInput, source: Source) -> SpecSyntaxError:
             "equations use names, numbers, + - * / @, ( ) and [ ]; comments start with #",
         )
     if isinstance(err, UnexpectedEOF):
-        lines = source.text.splitlines() or [""]
+        lines = _lines(source)
         return SpecSyntaxError(
             "unexpected end of input", Span(source, len(lines), len(lines[-1]) + 1),
             _expected_hint(set(err.expected)) or "a block or expression is not finished",
@@ -120,7 +137,7 @@ def _syntax_error(err: UnexpectedInput, source: Source) -> SpecSyntaxError:
     assert isinstance(err, UnexpectedToken)
     tok = err.token
     if tok.type == "$END":
-        lines = source.text.splitlines() or [""]
+        lines = _lines(source)
         return SpecSyntaxError(
             "unexpected end of input", Span(source, len(lines), len(lines[-1]) + 1),
             _expected_hint(set(err.expected)),
@@ -207,7 +224,7 @@ class _Builder(Transformer):
                 eqs.append(val)
         span = self._span(name_tok)
         return A.CellDef(
-            str(name_tok), tuple(inputs) or ("x",),
+            str(name_tok), tuple(inputs),
             A.CMap(tuple(opts), span, tuple(opt_spans)),
             tuple(states), tuple(params), output, tuple(eqs), span, output_span=output_span,
         )
@@ -276,8 +293,13 @@ class _Builder(Transformer):
         name_tok, *entries = items
         return self._block("model", name_tok, entries, name_tok)
 
-    def train(self, items):
-        return self._block("train", None, items, items[0][2] if items else None)
+    @v_args(meta=True)
+    def train(self, meta, items):
+        # the block's span is its `train` keyword (what 'train needs data' points at)
+        span = Span(self.source, meta.line, meta.column, meta.column + len("train")) \
+            if not meta.empty else None
+        kind, block = self._block("train", None, items, None)
+        return kind, dataclasses.replace(block, span=span)
 
     def entry(self, items):
         key, *words = items
@@ -297,6 +319,7 @@ class _Builder(Transformer):
         if pos:
             inner = pos[0] if len(pos) == 1 else A.CList(tuple(pos), span)
         else:
+            _once((k, kspan) for k, _, kspan in kw)
             inner = A.CMap(tuple((k, v) for k, v, _ in kw), span, tuple(s for _, _, s in kw))
         return A.CMap(((str(name), inner),), span, (span,))
 
@@ -312,12 +335,7 @@ class _Builder(Transformer):
     def map(self, items):
         kw = [a for a in items if a is not None]
         span = kw[0][2] if kw else None
-        seen = set()
-        for k, _, kspan in kw:
-            if k in seen:
-                raise SpecError(f"'{k}' is given twice in this mapping", kspan,
-                                "remove one of them")
-            seen.add(k)
+        _once((k, kspan) for k, _, kspan in kw)
         return A.CMap(tuple((k, v) for k, v, _ in kw), span, tuple(s for _, _, s in kw))
 
     def list(self, items):
@@ -333,6 +351,9 @@ class _Builder(Transformer):
     def string(self, items):
         tok = items[0]
         return A.CScalar(_unquote(str(tok)), self._span(tok))
+
+    def none(self, items):
+        return A.CScalar(None, self._span(items[0]))  # YAML's null
 
     def name(self, items):
         tok = items[0]
@@ -399,6 +420,16 @@ def _span_of(node: Any) -> Span | None:
     return getattr(node, "span", None)
 
 
+def _once(keys: Any) -> None:
+    """SpecError at the second of two equal keys (``(key, span)`` pairs) of one mapping:
+    `lstm(hidden: 3, hidden: 4)` or `clip norm 1 norm 2` would otherwise keep the last."""
+    seen = set()
+    for k, kspan in keys:
+        if k in seen:
+            raise SpecError(f"'{k}' is given twice in this mapping", kspan, "remove one of them")
+        seen.add(k)
+
+
 def _unquote(text: str) -> str:
     import json
 
@@ -413,6 +444,7 @@ def _words_to_value(words: list[Any], span: Span | None) -> Any:
     if len(words) % 2 == 0 and all(
         isinstance(w, A.CScalar) and isinstance(w.value, str) for w in words[::2]
     ):
+        _once((w.value, w.span) for w in words[::2])
         return A.CMap(
             tuple((w.value, v) for w, v in zip(words[::2], words[1::2], strict=True)),
             span, tuple(w.span for w in words[::2]),
@@ -427,10 +459,14 @@ def _words_to_value(words: list[Any], span: Span | None) -> Any:
         if isinstance(head, A.CMap) and len(head.items) == 1:
             (name, inner), = head.items
             if isinstance(inner, A.CMap):
+                spans = inner.key_spans or (None,) * len(inner.items)
+                _once([(k, s) for (k, _), s in zip(inner.items, spans, strict=True)]
+                      + [(k, s) for (k, _), s in zip(extra, extra_spans, strict=True)])
                 inner = A.CMap(inner.items + tuple(extra), inner.span,
                                inner.key_spans + tuple(extra_spans))
                 return A.CMap(((name, inner),), head.span, head.key_spans)
         if isinstance(head, A.CScalar) and isinstance(head.value, str):
+            _once(zip((k for k, _ in extra), extra_spans, strict=True))
             return A.CMap(((head.value, A.CMap(tuple(extra), head.span,
                                                   tuple(extra_spans))),), span, (head.span,))
     raise SpecError(

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from rnnc.errors import RnncError, Source, Span, SpecError, SpecSyntaxError
+from rnnc.errors import YAML_BREAK, RnncError, Source, Span, SpecError, SpecSyntaxError
 from rnnc.spec import ast as A
 from rnnc.spec.text import parse_expr
 
@@ -27,7 +27,20 @@ _SAFE_TAGS = {
     "tag:yaml.org,2002:map",
 }
 
-_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+_DECIMAL = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+_NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+
+def _as_written(text: str, value: int | float) -> bool:
+    """Whether YAML's number ``value`` is what ``text`` says in decimal (``.inf`` and
+    ``.nan`` count: they have an error of their own)."""
+    if text.lower().lstrip("+-") in (".inf", ".nan"):
+        return True
+    if not _DECIMAL.match(text):
+        return False
+    if isinstance(value, int):
+        return text.lstrip("+-").isdigit() and int(text) == value
+    return float(text) == value
+
 
 CELL_KEYS = ("doc", "inputs", "options", "state", "params", "output", "equations")
 TOP_KEYS = ("cells", "model", "train")
@@ -44,6 +57,9 @@ class _Reader:
         return Span(self.source, m.line + 1, m.column + 1, end)
 
     def check_tag(self, node: yaml.Node) -> None:
+        if node.tag == "tag:yaml.org,2002:timestamp":  # `2001-01-01`: no tag written
+            raise SpecError(f"'{node.value}' is a date or time to YAML, which a spec does not "
+                            "take", self.span(node), "quote it for a string")
         if node.tag not in _SAFE_TAGS:
             raise SpecError(
                 f"YAML tag '{node.tag}' is not allowed in a spec", self.span(node),
@@ -68,8 +84,15 @@ class _Reader:
         if isinstance(node, yaml.SequenceNode):
             return A.CList(tuple(self.value(v) for v in node.value), span)
         value = self.loader.construct_object(node)
-        if isinstance(value, str) and node.style is None and _FLOAT.match(value):
-            value = float(value)  # YAML 1.1 reads `2e-3` as a string; a spec means a number
+        if isinstance(value, int | float) and not isinstance(value, bool) \
+                and node.tag in _NUMBER_TAGS and not _as_written(node.value, value):
+            # YAML 1.1 reads 0x10 as 16, 017 as 15 (octal), 1_000 as 1000 and 1:20 as 80
+            # (base 60): in a spec such a number is far more likely a mistake than meant
+            raise SpecError(f"'{node.value}' is not a decimal number (YAML reads it as "
+                            f"{value!r})", span,
+                            f"write {value!r} in decimal, or quote it for a string")
+        if isinstance(value, str) and node.style is None and _DECIMAL.match(value):
+            value = float(value)  # YAML 1.1 reads `2e-3`, `-.5` as strings; a spec means numbers
         if isinstance(value, float) and not math.isfinite(value):
             raise SpecError(f"'{node.value}' is not a finite number", span,
                             "a spec's numbers must be finite: not .inf or .nan, and at most "
@@ -186,7 +209,11 @@ def _cell(r: _Reader, name: str, node: yaml.Node, name_span: Span) -> A.CellDef:
             for pname, pv, pspan in r.mapping(v, "params"):
                 params.append(_param(r, pname, pv, pspan))
         elif key == "output":
-            output, output_span = r.names(v, "output")[0]
+            names = r.names(v, "output")
+            if len(names) != 1:  # `output: [h, c]` took h and dropped the rest
+                raise SpecError(f"a cell has one output, not {len(names)}", r.span(v),
+                                "name one state or equation: output: h")
+            output, output_span = names[0]
         elif key == "equations":
             for target, ev, espan in r.mapping(v, "equations"):
                 primed = target.endswith("'")
@@ -231,13 +258,54 @@ def parse_yaml(text: str, name: str = "<spec>") -> A.Spec:
         return _parse_yaml(text, name)
     except RecursionError:  # PyYAML composes, and the reader walks, nodes recursively
         raise SpecSyntaxError("invalid YAML: lists or mappings are nested too deeply",
-                              Span(Source(name, text), 1, 1),
+                              Span(Source(name, text, yaml=True), 1, 1),
                               "a spec nests a few levels; look for unclosed brackets"
                               ) from None
 
 
+MAX_VALUES = 100_000
+"""The most values a spec may hold once YAML's aliases are expanded (a few hundred is a
+large spec; nine lines of nested aliases make billions)."""
+
+
+def _check_aliases(r: _Reader, root: yaml.Node) -> None:
+    """SpecError where aliases make a value contain itself, or expand it to more than
+    MAX_VALUES values: reading the spec would recurse forever or take hours."""
+    size: dict[int, int] = {}
+    open_: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:  # post-order, iterative: the graph may be deep
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            open_.discard(key)
+            children = _children(node)
+            size[key] = 1 + sum(size[id(c)] for c in children)
+            if size[key] > MAX_VALUES:
+                raise SpecError(f"YAML aliases expand this value to more than {MAX_VALUES:,} "
+                                "values", r.span(node),
+                                "a spec is small: write the values out, or use fewer aliases")
+            continue
+        if key in size:
+            continue
+        if key in open_:
+            raise SpecError("a YAML alias makes this value contain itself", r.span(node),
+                            "an alias (*name) must not refer to a mapping or list around it")
+        open_.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in _children(node))
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [x for kv in node.value for x in kv]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
 def _parse_yaml(text: str, name: str) -> A.Spec:
-    source = Source(name, text)
+    source = Source(name, text, yaml=True)
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as err:
@@ -245,11 +313,19 @@ def _parse_yaml(text: str, name: str) -> A.Spec:
         span = Span(source, mark.line + 1, mark.column + 1) if mark else None
         raise SpecSyntaxError(f"invalid YAML: {err.problem or err.context}", span,
                               "check indentation, colons and quotes") from None
+    except yaml.reader.ReaderError as err:  # a control character: no mark, a position
+        before = YAML_BREAK.split(text[:err.position])
+        ch = chr(err.character) if isinstance(err.character, int) else err.character
+        raise SpecSyntaxError(f"invalid YAML: the character {ch!r} is not allowed",
+                              Span(source, len(before), len(before[-1]) + 1),
+                              "YAML allows no control characters other than tab and line "
+                              "breaks; remove it") from None
     except yaml.YAMLError as err:
         raise SpecSyntaxError(f"invalid YAML: {err}", None) from None
     if root is None:
         raise SpecError("the spec is empty", Span(source, 1, 1), "a spec needs a `model:` block")
     r = _Reader(source)
+    _check_aliases(r, root)
     cells: list[A.CellDef] = []
     model = train = None
     for key, v, kspan in r.mapping(root, "a spec"):

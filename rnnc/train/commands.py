@@ -52,6 +52,9 @@ def _train(
 
     if lr is not None and not 0 < lr < float("inf"):  # also refuses NaN
         raise TrainError(f"--lr must be a finite positive number, not {lr}")
+    if resume and force:  # --resume went on and --force was silently ignored
+        raise TrainError("--resume continues the run in the folder and --force deletes it: "
+                         "give one of them")
     reporter = QuietReporter() if quiet else RichReporter()
     opts = TrainOptions(
         backend=backend, out=out, resume=resume, force=force, devices=devices,
@@ -191,7 +194,10 @@ def _gate_input(c, record: dict, text: str, run_dir: Path) -> tuple[np.ndarray, 
             [str(t) for t in range(n)]
         return x, labels
     if c.program.model.input.kind == "dense" or not vocab:
-        raise TrainError("this model reads feature vectors, not symbols",
+        # token ids without symbols (npz data) are no feature vectors
+        what = "reads feature vectors, not symbols" if c.program.model.input.kind == \
+            "dense" else "reads token ids that have no symbols (its data gives bare ids)"
+        raise TrainError(f"this model {what}: --gates '{text}' cannot be fed",
                          hint="pick an example of the dataset instead, e.g. --gates test:0")
     from rnnc.train.sampling import encode_prime
 

@@ -50,7 +50,7 @@ from rnnc.errors import (
     did_you_mean,
     raise_terminated,
 )
-from rnnc.ir.lower import Sizes, spec_hash, validate
+from rnnc.ir.lower import Sizes, data_error_span, spec_hash, validate
 from rnnc.ir.nodes import Program
 from rnnc.spec import ast as A
 from rnnc.spec import load_spec
@@ -139,7 +139,7 @@ def build_data(spec: A.Spec, train_cfg: dict[str, Any], base_dir: Path) -> Datas
     try:
         dataset = build_dataset(name, opts, train_cfg["seed"], base_dir=base_dir)
     except RnncError as err:
-        raise err.with_span(spec.train.key_span("data")) from None
+        raise err.with_span(data_error_span(spec, err)) from None
     model_cfg, _ = validate(spec)
     kind, enc = model_cfg["input"]
     if kind == "dense" and enc.get("normalize") == "zscore":
@@ -425,6 +425,15 @@ class Trainer:
                                  c.spec.train.key_span("data"),
                                  "training needs both: give each a share with the dataset's "
                                  "split option, e.g. split: [0.8, 0.1, 0.1]")
+        if is_text(self.ds) and split_size(self.ds, "train") < self.plan.batch:
+            # each of the batch's parallel streams needs a character and the next one
+            n = split_size(self.ds, "train")
+            batch = c.spec.train.get("batch")  # its span: None when --batch gave it
+            raise TrainError(
+                f"the batch ({self.plan.batch}) is larger than the train part of the text "
+                f"allows: it has {n} characters to predict, and each of the batch's parallel "
+                "streams needs at least one", getattr(batch, "span", None),
+                f"use a batch of at most {n}, or more text")
         self.dropout = uses_dropout(c.program)
         self.devices = devices
         self.train_step = self._train_step(devices)
