@@ -172,6 +172,14 @@ def raise_terminated(signum, frame) -> None:
     raise Terminated
 
 
+def in_syntax(span: Span | None, rnn: str, yaml: str) -> str:
+    """A hint in the syntax of the spec ``span`` is in: ``rnn`` for a ``.rnn`` file, ``yaml``
+    for a YAML one, both when the syntax is not known (no span)."""
+    if span is None or span.source is None:
+        return f"{rnn} (YAML: {yaml})"
+    return yaml if span.source.yaml else rnn
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str | None:
     """A 'did you mean' hint for an unknown name, or a list of the valid ones."""
     choices = sorted(set(choices))

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from rnnc.errors import RnncError, ShapeError, Span, SpecError, did_you_mean
+from rnnc.errors import RnncError, ShapeError, Span, SpecError, did_you_mean, in_syntax
 from rnnc.ir.nodes import (
     Cell,
     Head,
@@ -857,7 +857,8 @@ def validate(spec: A.Spec) -> tuple[dict, dict | None]:
         from rnnc.errors import Span as _S
 
         span = _S(spec.source, 1, 1) if spec.source else None
-        raise SpecError("the spec has no model block", span, "add `model NAME { ... }`")
+        raise SpecError("the spec has no model block", span,
+                        in_syntax(span, "add `model NAME { ... }`", "add a `model:` block"))
     model = MODEL.validate(spec.model, "model")
     layers = spec.model.get("layers")
     if layers is not None and not isinstance(layers, A.CList):
@@ -866,7 +867,9 @@ def validate(spec: A.Spec) -> tuple[dict, dict | None]:
                         "one `layer elman(hidden: 8)` line each in the text language")
     if not isinstance(layers, A.CList) or not layers.items:
         raise SpecError("the model has no layers", spec.model.key_span("layers")
-                        or spec.model.span, "add at least one `layer CELL(hidden: N)`")
+                        or spec.model.span, in_syntax(
+                            spec.model.span, "add at least one `layer CELL(hidden: N)`",
+                            "add at least one layer: `layers: [{CELL: {hidden: N}}]`"))
     train = TRAIN.validate(spec.train, "train") if spec.train is not None else None
     return model, train
 
@@ -953,10 +956,13 @@ def _input(model_cfg: dict, sizes: Sizes, spec: A.Spec) -> InputEncoding:
     if sizes.input is not None and (sizes.input == "tokens") != (kind != "dense"):
         if sizes.input == "tokens":
             raise SpecError(f"the dataset gives token ids, but the input is {kind}", span,
-                            "write `input onehot(vocab: auto)` or "
-                            "`input embedding(vocab: auto, dim: N)`")
+                            in_syntax(span, "write `input onehot(vocab: auto)` or "
+                                      "`input embedding(vocab: auto, dim: N)`",
+                                      "write `input: {onehot: {vocab: auto}}` or "
+                                      "`input: {embedding: {vocab: auto, dim: N}}`"))
         raise SpecError(f"the dataset gives feature vectors, but the input is {kind}", span,
-                        "write `input dense(features: auto)`")
+                        in_syntax(span, "write `input dense(features: auto)`",
+                                  "write `input: {dense: {features: auto}}`"))
     if kind == "onehot":
         v = _auto(opts["vocab"], sizes.n_in, "the input vocabulary", span,
                   "input onehot(vocab: N)")
@@ -985,7 +991,9 @@ def _head(model_cfg: dict, sizes: Sizes, spec: A.Spec, width: int) -> Head:
         if sizes.task.endswith("_last") != (opts["at"] == "last"):
             at = "last" if sizes.task.endswith("_last") else "per_step"
             raise SpecError(f"the dataset has targets {at.replace('_', ' ')}, but the head "
-                            f"is at {opts['at']}", span, f"write `head {kind} {at}`")
+                            f"is at {opts['at']}", span,
+                            in_syntax(span, f"write `head {kind} {at}`",
+                                      f"write `head: {{{kind}: {at}}}`"))
     return Head(kind, opts["at"], width, out)
 
 
@@ -1006,8 +1014,10 @@ def _layers(spec: A.Spec, model_cfg: dict, train_cfg: dict | None, in_size: int)
         if isinstance(node, A.CScalar) and isinstance(node.value, str):
             node = A.CMap(((node.value, A.CMap((), node.span)),), node.span, (node.span,))
         if not isinstance(node, A.CMap) or len(node.items) != 1:
-            raise SpecError("a layer is `CELL(hidden: N, ...)`", getattr(node, "span", None),
-                            "e.g. layer lstm(hidden: 128)")
+            nspan = getattr(node, "span", None)
+            raise SpecError("a layer is `CELL(hidden: N, ...)`", nspan,
+                            in_syntax(nspan, "e.g. `layer lstm(hidden: 128)`",
+                                      "e.g. `- lstm: {hidden: 128}`"))
         (cname, opts_node), = node.items
         cspan = node.key_span(cname)
         cdef = spec.cell(cname) or lib.get(cname)
@@ -1085,8 +1095,10 @@ def _layers(spec: A.Spec, model_cfg: dict, train_cfg: dict | None, in_size: int)
             raise ShapeError(
                 f"layer '{name}' is residual but its output has size {layer.output_size} and "
                 f"its input {size}", cspan, "residual layers need hidden equal to their input"
-                + (" (`stack residual` makes every layer residual, the first too: set "
-                   "`residual: true` on the later layers instead)"
+                + (in_syntax(cspan, " (`stack residual` makes every layer residual, the first "
+                             "too: set `residual: true` on the later layers instead)",
+                             " (`stack: residual` makes every layer residual, the first "
+                             "too: set `residual: true` on the later layers instead)")
                    if model_cfg["stack"] == "residual" and not lo["residual"] else ""))
         out.append(layer)
         size = layer.output_size

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from rnnc.errors import SpecError, did_you_mean
+from rnnc.errors import SpecError, did_you_mean, in_syntax
 from rnnc.spec.ast import CList, CMap, CScalar
 
 
@@ -184,7 +184,7 @@ class Fields(Type):
             if key not in out:
                 if default is REQUIRED:
                     raise SpecError(f"{where} needs '{key}'", _span(node),
-                                    f"add `{key}: ...` to {where}")
+                                    _add_hint(key, where, _span(node)))
                 out[key] = default
         return out
 
@@ -208,6 +208,16 @@ class Fields(Type):
 REQUIRED = object()
 
 
+def _add_hint(key: str, where: str, span) -> str:
+    """'add KEY' in the spec's syntax: a line of a `train { }` or `model NAME { }` block in
+    ``.rnn`` (`key: ...` is right in both syntaxes inside a value: `lstm(hidden: 8)`)."""
+    if where in ("train", "model"):
+        block = "train { }" if where == "train" else "model NAME { }"
+        return in_syntax(span, f"add `{key} ...` inside `{block}`",
+                         f"add `{key}: ...` to {where}")
+    return f"add `{key}: ...` to {where}"
+
+
 @dataclass
 class Choice(Type):
     """One of several named variants: ``{name: {options}}`` or a bare ``name``."""
@@ -226,9 +236,11 @@ class Choice(Type):
             (name, inner), = node.items
             kspan = node.key_span(name)
         else:
+            key = where.split('.')[-1]
             raise SpecError(
                 f"{where} must name one {self.what}", _span(node),
-                f"write `{where.split('.')[-1]}: NAME` or `{{NAME: {{option: value}}}}`",
+                in_syntax(_span(node), f"write `{key} NAME` or `{key} NAME(option: value)`",
+                          f"write `{key}: NAME` or `{key}: {{NAME: {{option: value}}}}`"),
             )
         if name not in variants:
             raise SpecError(f"unknown {self.what} '{name}'", kspan,

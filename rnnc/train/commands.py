@@ -145,7 +145,8 @@ def _sample(
     if record["data"]["name"] != "text":
         raise TrainError(f"'{run_dir}' is not a character model (it was trained on "
                          f"'{record['data']['name']}'); sample needs a text dataset",
-                         hint="train a spec with `data text(path: ...)`")
+                         hint="train a spec with `data text(path: ...)` "
+                         "(YAML: `data: {text: {path: ...}}`)")
     _, c = open_run(run_dir, with_data=False)
     m = c.program.model
     if any(layer.bidirectional for layer in m.layers) or m.head.at != "per_step":

@@ -153,11 +153,13 @@ def compile_for_training(spec: A.Spec, base_dir: Path, backend: str,
     from rnnc.compiler import build
 
     if spec.train is None:
-        from rnnc.errors import Span, SpecError
+        from rnnc.errors import Span, SpecError, in_syntax
 
         span = Span(spec.source, 1, 1) if spec.source else None
         raise SpecError("the spec has no train block", span,
-                        "add `train { data ...; epochs N }` to say how to train it")
+                        in_syntax(span, "add `train { data ...; epochs N }` to say how "
+                                  "to train it", "add a `train:` block with `data:` and "
+                                  "`epochs:` to say how to train it"))
     _, train_cfg = validate(spec)
     dataset = build_data(spec, train_cfg, base_dir)
     sizes = Sizes(dataset.n_in, dataset.n_out, dataset.task, dataset.input)
