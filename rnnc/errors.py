@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -75,6 +76,26 @@ _SHOWN = 100
 """The most characters of a source line an error shows."""
 
 
+_BREAKS = re.compile("[\r\x85\u2028\u2029]")
+"""Line breaks the text language's parser does not end a line at (a lone CR, ...)."""
+
+
+def _visible(src: str, column: int) -> tuple[str, int]:
+    """A source line as an error shows it, and the column in it: of a line with lone CRs
+    (or NEL, U+2028, U+2029) only the piece that holds the column; other control
+    characters (but tabs) as '?', so the terminal shows the line as it is in the file."""
+    start = 0
+    for m in _BREAKS.finditer(src):
+        if m.start() < column - 1:
+            start = m.end()
+        else:
+            src = src[:m.start()]
+            break
+    src = src[start:]
+    src = "".join("?" if unicodedata.category(c) == "Cc" and c != "\t" else c for c in src)
+    return src, column - start
+
+
 class RnncError(Exception):
     """Base class of every user-facing error. Subclasses only name the category."""
 
@@ -105,12 +126,12 @@ class RnncError(Exception):
         if self.span is not None:
             lines.append(f"{self.span}: {head}")
             src = self.span.source.line(self.span.line) if self.span.source else ""
+            src, column = _visible(src, self.span.column)
             if src.strip():
                 width = 1
                 if self.span.end_column is not None and self.span.end_column > self.span.column:
                     width = self.span.end_column - self.span.column
-                width = max(1, min(width, len(src) - self.span.column + 1))
-                column = self.span.column
+                width = max(1, min(width, len(src) - column + 1))
                 if len(src) > _SHOWN:  # a very long line: the part around the column
                     start = max(0, min(column - 1 - 20, len(src) - _SHOWN))
                     src = ("..." if start else "") + src[start:start + _SHOWN] + (

@@ -797,3 +797,16 @@ def test_a_spec_without_a_suffix_that_starts_with_comments():
     assert parse_spec(text, "/dev/fd/63") == parse_spec(text, "x.rnn")
     yaml_text = (ROOT / "specs" / "lstm.yaml").read_text(encoding="utf-8")
     assert parse_spec(yaml_text, "/dev/fd/63") == parse_spec(yaml_text, "x.yaml")
+
+
+def test_error_source_line_has_no_control_characters():
+    """A lone CR is no line break for the .rnn parser: the error shows only the piece of
+    the line its column is in; other control characters (an escape) show as '?'."""
+    from rnnc.errors import Source, Span, SpecError
+
+    src = Source("a.rnn", "x = 1\ry = \x1b[2Jfoo(\n")
+    rendered = SpecError("boom", Span(src, 1, 15, 18)).render()
+    assert "\r" not in rendered and "\x1b" not in rendered
+    assert rendered.splitlines()[1:3] == ["  y = ?[2Jfoo(", "          ^^^"]
+    rendered = SpecError("boom", Span(src, 1, 3)).render()
+    assert rendered.splitlines()[1:3] == ["  x = 1", "    ^"]

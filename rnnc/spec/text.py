@@ -126,6 +126,8 @@ def _syntax_error(err: UnexpectedInput, source: Source) -> SpecSyntaxError:
         return SpecSyntaxError(
             f"unexpected character {ch!r}",
             Span(source, line, col, col + 1),
+            "a lone CR (old Mac line endings) does not end a line in a .rnn file: save it "
+            "with LF or CRLF line endings" if ch == "\r" else
             "equations use names, numbers, + - * / @, ( ) and [ ]; comments start with #",
         )
     if isinstance(err, UnexpectedEOF):
