@@ -500,8 +500,27 @@ class _CellLowerer:
 
     def matmul(self, a: _Val, b: _Val, e: A.BinOp, text: str) -> _Val:
         if a.const is not None or a.name not in self.params:
+            decl = self.decls.get(a.text)
+            if decl is not None and decl.none:
+                n = decl.name
+                how = in_syntax(decl.span, f"`param {n} none`", "with no value (none)")
+                raise self.shape_err(
+                    f"'{n}' is declared {how}, which drops it (fixed at zero), so it "
+                    f"cannot be the matrix of '{text}'", e.span, in_syntax(
+                        decl.span, f"declare it `param {n}` (its shape is inferred from "
+                        f"'{text}') or `param {n}[ROWS, COLS]`, or remove the term",
+                        f"remove `{n}:` from params (its shape is inferred from '{text}') "
+                        f"or write `{n}: {{shape: [ROWS, COLS]}}` (an empty value or none "
+                        "drops it), or remove the term"))
+            if a.const is not None and not self.bias and _is_bias(a.text):
+                raise self.shape_err(
+                    f"'{a.text}' is dropped as a bias (the layer has `bias: false`), so it "
+                    f"cannot be the matrix of '{text}'", e.span,
+                    "name matrices other than b or b_*")
             raise self.shape_err(f"the left side of '@' must be a parameter matrix, not "
-                                 f"'{a.text}'", e.span, "write W @ v with W a parameter")
+                                 f"'{a.text}'", e.span,
+                                 "write W @ v with W a parameter (a name that is no state, "
+                                 "input or value; its shape is inferred from its use)")
         a = self.settle(a, "mat", e.span)
         if b.const is not None:
             return _Val(const=0.0, text=text) if b.const == 0 else self._bad_matmul(e)
