@@ -340,6 +340,11 @@ def compile(  # noqa: A001 - the command is called compile
         typer.echo(f"wrote {output} ({backend} backend)", err=True)
 
 
+GRADCHECK_MAX = 1000
+"""The most --steps and --batch of `rnnc gradcheck` (finite differences over float64
+batches of a few steps; 1000 already takes minutes, 10**20 would never end)."""
+
+
 @app.command()
 @handles_errors
 def gradcheck(
@@ -353,11 +358,14 @@ def gradcheck(
         typer.Option(
             "--steps",
             min=1,
+            max=GRADCHECK_MAX,
             help="Time steps of the random batch (default: 5, or enough for two of the "
-            "spec's truncated-BPTT windows, up to 64).",
+            f"spec's truncated-BPTT windows, up to 64; at most {GRADCHECK_MAX}).",
         ),
     ] = None,
-    batch: Annotated[int, typer.Option("--batch", min=1, help="Rows of the random batch.")] = 3,
+    batch: Annotated[int, typer.Option(
+        "--batch", min=1, max=GRADCHECK_MAX,
+        help=f"Rows of the random batch (at most {GRADCHECK_MAX}).")] = 3,
 ) -> None:
     """Compare a backend's gradients with central finite differences (float64, small sizes)."""
     from rnnc.gradcheck import gradcheck_spec

@@ -810,3 +810,20 @@ def test_error_source_line_has_no_control_characters():
     assert rendered.splitlines()[1:3] == ["  y = ?[2Jfoo(", "          ^^^"]
     rendered = SpecError("boom", Span(src, 1, 3)).render()
     assert rendered.splitlines()[1:3] == ["  x = 1", "    ^"]
+
+
+@pytest.mark.parametrize("args, option, bound", [
+    (["sample", "--length", "100000000000000000000", "runs/x"], "--length", "1000000"),
+    (["sample", "--length", "1000001", "runs/x"], "--length", "1000000"),
+    (["gradcheck", "--steps", "1001", "x.rnn"], "--steps", "1000"),
+    (["gradcheck", "--batch", "100000", "x.rnn"], "--batch", "1000"),
+])
+def test_cli_refuses_absurd_lengths_and_steps(args, option, bound):
+    """--length 10**20 sampled forever; the bounds are refused before anything is read,
+    and --help says them."""
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    assert option in result.output and bound in result.output
+    assert "Traceback" not in result.output
+    help_text = CliRunner().invoke(app, [args[0], "--help"]).output
+    assert bound in help_text.replace(",", "")

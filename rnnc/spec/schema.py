@@ -373,10 +373,19 @@ MODEL = Fields({
     "stack": "plain; residual (each layer adds its input); gated_feedback (Chung et al. 2015)",
 })
 
+INT_MAX = 2**31 - 1
+"""The largest count a train block takes (epochs, batch, bptt k1/k2, ...): larger ones are
+refused where the spec writes them, not left to overflow or run forever."""
+
+
+def _count(lo: int = 1) -> Num:
+    return Num(integer=True, lo=lo, hi=INT_MAX)
+
+
 TRAIN = Fields({
     "data": (Choice("dataset", _datasets), REQUIRED),
-    "bptt": (Fields({"k1": (Num(integer=True, lo=1), REQUIRED),
-                     "k2": (Num(integer=True, lo=1), None)}), None),
+    "bptt": (Fields({"k1": (_count(), REQUIRED),
+                     "k2": (_count(), None)}), None),
     "updater": (Choice("updater", _updaters), ("adam", None)),
     "schedule": (Choice("learning-rate schedule", _schedules), None),
     "clip": (Fields({"norm": (Num(lo=0.0, lo_open=True), None),
@@ -385,17 +394,17 @@ TRAIN = Fields({
     "l2": (Num(lo=0.0), 0.0),
     "dropout": (Fields({"input": (PROB, 0.0), "output": (PROB, 0.0), "layers": (PROB, 0.0)}),
                 None),
-    "epochs": (Num(integer=True, lo=1), 10),
-    "batch": (Num(integer=True, lo=1), 32),
+    "epochs": (_count(), 10),
+    "batch": (_count(), 32),
     "early_stop": (Fields({"metric": (Str(), "val_loss"),
-                           "patience": (Num(integer=True, lo=1), 3)}), None),
+                           "patience": (_count(), 3)}), None),
     "seed": (Num(integer=True, lo=0), 0),
     "reset": (Enum(("sequence", "document", "never")), "sequence"),
-    "sample": (Fields({"every": (Num(integer=True, lo=0), 0),
-                       "length": (Num(integer=True, lo=1), 200),
+    "sample": (Fields({"every": (_count(0), 0),
+                       "length": (_count(), 200),
                        "temperature": (Num(lo=0.0, lo_open=True), 1.0),
                        "prime": (Str(), "")}), None),
-    "checkpoint": (Fields({"every": (Num(integer=True, lo=0), 0)}), None),
+    "checkpoint": (Fields({"every": (_count(0), 0)}), None),
 }, doc={
     "bptt": "truncated BPTT: every k1 steps, backpropagate the last k1 losses k2 steps "
             "(k2 >= k1, default k2 = k1); absent: full BPTT",

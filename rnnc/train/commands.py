@@ -16,6 +16,10 @@ import typer
 from rnnc.errors import TrainError
 
 
+MAX_SAMPLE_LENGTH = 1_000_000
+"""The most characters `rnnc sample --length` generates (one at a time: a million takes
+minutes; 10**20 would never end)."""
+
 RunArg = Annotated[Path, typer.Argument(help="A run folder written by `rnnc train`.")]
 
 
@@ -129,7 +133,9 @@ def _eval(
 def _sample(
     run_dir: RunArg,
     prime: Annotated[str | None, typer.Option(help="Text to start from (fed first).")] = None,
-    length: Annotated[int, typer.Option(min=1, help="Characters to generate.")] = 200,
+    length: Annotated[int, typer.Option(
+        min=1, max=MAX_SAMPLE_LENGTH,
+        help=f"Characters to generate (at most {MAX_SAMPLE_LENGTH:,}).")] = 200,
     temperature: Annotated[float, typer.Option(
         help="Below 1: safer choices; above 1: more surprise.")] = 1.0,
     seed: Annotated[int, typer.Option(min=0, help="Sampling seed.")] = 0,
