@@ -213,8 +213,10 @@ def _add_hint(key: str, where: str, span) -> str:
     ``.rnn`` (`key: ...` is right in both syntaxes inside a value: `lstm(hidden: 8)`)."""
     if where in ("train", "model"):
         block = "train { }" if where == "train" else "model NAME { }"
-        return in_syntax(span, f"add `{key} ...` inside `{block}`",
-                         f"add `{key}: ...` to {where}")
+        rnn = f"add `{key} ...` inside `{block}`"
+        if key == "layers":  # one `layer` line each in the text language
+            rnn = f"add at least one `layer CELL(hidden: N)` line inside `{block}`"
+        return in_syntax(span, rnn, f"add `{key}: ...` to {where}")
     return f"add `{key}: ...` to {where}"
 
 
