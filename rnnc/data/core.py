@@ -402,18 +402,12 @@ def read_file_bytes(path: Path, what: str) -> bytes:
     if endless_device(path):  # /dev/zero or /dev/urandom: reading never ends
         raise DataError(f"{what} path is a device, not a file: {path}",
                         hint="give the path of a file")
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{what} file not found: {path}",
-                        hint="relative paths are resolved against the spec file's folder"
-                        ) from None
-    except IsADirectoryError:
-        raise DataError(f"{what} path is a folder, not a file: {path}",
-                        hint="give the path of a file") from None
-    except OSError as exc:
-        raise DataError(f"cannot read {what} file {path}: {exc.strerror or exc}",
-                        hint="check the file's permissions") from None
+    with open_file(path, what) as f:
+        try:
+            return f.read()
+        except OSError as exc:  # e.g. a folder on some systems, an I/O error mid-read
+            raise DataError(f"cannot read {what} file {path}: {exc.strerror or exc}",
+                            hint="check the file's permissions") from None
 
 
 def decode_utf8(data: bytes, path: Path, what: str) -> str:

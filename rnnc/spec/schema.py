@@ -297,30 +297,28 @@ _SCHEDULE_RANGES = {"every": Num(lo=0.0, lo_open=True), "warmup": Num(lo=0.0),
                     "factor": Num(lo=0.0, lo_open=True), "min_lr": Num(lo=0.0)}
 
 
-def _updaters() -> dict[str, Type]:
-    from rnnc.backends.numpy.runtime_optim import UPDATER_DEFAULTS
-
+def _with_ranges(defaults_by_name: dict[str, dict], ranges: dict[str, Type]) -> dict[str, Type]:
+    """Each name's option fields from its defaults, with the range checks of ``ranges``."""
     out: dict[str, Type] = {}
-    for name, defaults in UPDATER_DEFAULTS.items():
+    for name, defaults in defaults_by_name.items():
         fields = _from_defaults(defaults)
-        for k, t in _UPDATER_RANGES.items():
+        for k, t in ranges.items():
             if k in fields.fields:
                 fields.fields[k] = (t, fields.fields[k][1])
         out[name] = fields
     return out
+
+
+def _updaters() -> dict[str, Type]:
+    from rnnc.backends.numpy.runtime_optim import UPDATER_DEFAULTS
+
+    return _with_ranges(UPDATER_DEFAULTS, _UPDATER_RANGES)
 
 
 def _schedules() -> dict[str, Type]:
     from rnnc.backends.numpy.runtime_optim import SCHEDULE_DEFAULTS
 
-    out: dict[str, Type] = {}
-    for name, defaults in SCHEDULE_DEFAULTS.items():
-        fields = _from_defaults(defaults)
-        for k, t in _SCHEDULE_RANGES.items():
-            if k in fields.fields:
-                fields.fields[k] = (t, fields.fields[k][1])
-        out[name] = fields
-    return out
+    return _with_ranges(SCHEDULE_DEFAULTS, _SCHEDULE_RANGES)
 
 
 def _datasets() -> dict[str, Type]:
