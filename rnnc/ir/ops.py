@@ -87,7 +87,7 @@ ACT_GRAD: dict[str, str] = {
     "exp": "{g} * {y}",
     "log": "{g} * {xp}.exp(-{y})",  # 1 / x = e^-y
     "sqrt": "{g} * 0.5 / {y}",
-    "rsqrt": "-0.5 * {g} * {y} ** 3",  # -x^(-3/2) / 2 = -y^3 / 2
+    "rsqrt": "-0.5 * {g} * {y} * {y} * {y}",  # -x^(-3/2) / 2 = -y^3 / 2
     "elu": "{xp}.where({y} > 0.0, {g}, {g} * ({y} + 1.0))",  # e^x = y + 1 below 0
     "log_sigmoid": "-{g} * {xp}.expm1({y})",  # 1 - sigmoid(x) = 1 - e^y
 }
