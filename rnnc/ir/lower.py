@@ -486,7 +486,9 @@ class _CellLowerer:
         # a reduction (width 1) with anything else of width 1 stays one; with a full-width
         # value it is broadcast to that value's width by an explicit expand
         reduced = all(v.reduced for v in (a, b) if v.const is None)
-        if a.const is None and b.const is None and a.reduced != b.reduced:
+        full = b if a.reduced else a
+        if a.const is None and b.const is None and a.reduced != b.reduced and \
+                self.dims.size(full.dims[0]) != 1:
             if a.reduced:
                 a = self.expand(a, b, e.span)
             else:
@@ -617,7 +619,7 @@ class _CellLowerer:
         if v.const is not None:
             from rnnc.ir.ops import ACT_FORWARD
 
-            with np.errstate(over="ignore", invalid="ignore"):
+            with np.errstate(all="ignore"):
                 val = eval(ACT_FORWARD[fn].format(xp="np", a=repr(float(v.const))), {"np": np})
             return _Val(const=self._finite(float(val), expr_str(e), e.span), text=expr_str(e))
         if fn == "identity":
