@@ -129,7 +129,8 @@ TRIO_CELL = """cell trio(x) {
 
 # the layer-normalised LSTM of specs/layernorm_lstm.rnn (feature means, a width inferred
 # after its mean, sqrt), and a cell of the other new functions and reductions: a sum of a
-# width-1 state, a mean carried as a state, expands in the step and the hoisted section
+# width-1 state, a mean carried as a state, expands in the step and the hoisted section, a
+# mean of a parameter (computed once per call)
 LN_CELL = (ROOT / "specs" / "layernorm_lstm.rnn").read_text(encoding="utf-8").split(
     "\nmodel ")[0] + "\n"
 
@@ -137,7 +138,7 @@ FUNCS_CELL = """cell funcs(x) {
   state h, s[1]
   a = W @ x + U @ h
   p = softplus(a) + 0.5
-  h' = elu(a) * 0.5 + log_sigmoid(V @ h) + log(p) - sqrt(p) + rsqrt(p) * 0.1 + sum(s)
+  h' = elu(a) * 0.5 + log_sigmoid(V @ h) + log(p) - sqrt(p) + rsqrt(p) * 0.1 + sum(s) + mean(v) * v
   s' = mean(h') + sum(x) * 0.1 - s * 0.5
 }
 """

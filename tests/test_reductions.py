@@ -316,3 +316,30 @@ def test_layernorm_lstm_matches_pytorch(backend):
     np.testing.assert_allclose(np.asarray(grads["xs"]), x.grad.numpy(), **tol)
     np.testing.assert_allclose(np.asarray(grads["state/layer1.h"]), h0.grad.numpy(), **tol)
     np.testing.assert_allclose(np.asarray(grads["state/layer1.c"]), c0.grad.numpy(), **tol)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "jax"])
+def test_stepping_the_layernorm_lstm_gives_forward(backend):
+    """step (and, in JAX, step on prepare_step's parameters) one step at a time gives
+    forward's outputs and final state: the reductions of the hoisted input projection are
+    computed per step there."""
+    if backend == "jax":
+        jax = pytest.importorskip("jax")
+        jax.config.update("jax_enable_x64", True)
+    m = load_module(source_for(program_from_text(ln_model_text()), backend), "ln_step")
+    params = m.init_params(2, "float64")
+    rng = np.random.default_rng(4)
+    params = {k: np.asarray(v) + rng.normal(scale=0.3, size=np.shape(v)) for k, v in
+              params.items()}
+    xs = rng.normal(size=(2, 4, F))
+    ys, final = m.forward(params, xs)
+    stepped = [params] + ([m.prepare_step(params)] if hasattr(m, "prepare_step") else [])
+    for p in stepped:
+        state = None
+        for t in range(xs.shape[1]):
+            y, state = m.step(p, xs[:, t], state)
+            np.testing.assert_allclose(np.asarray(y), np.asarray(ys)[:, t], rtol=1e-12,
+                                       atol=1e-12)
+        for k in final:
+            np.testing.assert_allclose(np.asarray(state[k]), np.asarray(final[k]), rtol=1e-12,
+                                       atol=1e-12)
