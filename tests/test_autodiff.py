@@ -161,6 +161,8 @@ LIB_CASES = [
     ("elman", {"act": "hard_sigmoid"}),
     ("elman", {"act": "softplus"}),
     ("elman", {"act": "exp"}),
+    ("elman", {"act": "elu"}),
+    ("elman", {"act": "log_sigmoid"}),
     ("gru", {}),
     ("gru", {"reset": "before"}),
     ("gru", {"gate_act": "hard_sigmoid"}),
@@ -196,12 +198,25 @@ cell split(x) {
   r = z[3:5]
   h' = tanh([p, r] + W2 @ z[1:4])
 }
+cell ln(x) {
+  state h
+  zx = W @ x
+  xc = zx - mean(zx)
+  h' = tanh(g * xc / sqrt(mean(xc * xc) + 0.1) + U @ h + sum(h) * v)
+}
+cell funcs(x) {
+  state h, s[1]
+  a = W @ x + U @ h
+  p = softplus(a) + 0.5
+  h' = elu(a) * 0.5 + log_sigmoid(V @ h) + log(p) - sqrt(p) + rsqrt(p) * 0.1 + sum(s)
+  s' = mean(h') + sum(x) * 0.1 - s * 0.5
+}
 """
 
 
 def custom_cell(name: str) -> Cell:
     cdef = next(c for c in parse_text(CUSTOM, "custom.rnn").cells if c.name == name)
-    size = {"odd": 3, "split": 4}[name]
+    size = {"odd": 3, "split": 4, "ln": 4, "funcs": 3}[name]
     return lower_cell(cdef, {}, input_size=3, hidden=size)
 
 
@@ -222,7 +237,7 @@ def test_library_cell_backward_matches_finite_differences(name, opts, passes):
 
 
 @pytest.mark.parametrize("passes", [False, True], ids=["raw", "passes"])
-@pytest.mark.parametrize("name", ["odd", "split"])
+@pytest.mark.parametrize("name", ["odd", "split", "ln", "funcs"])
 def test_custom_cell_backward_matches_finite_differences(name, passes):
     cell = custom_cell(name)
     if passes:
@@ -238,7 +253,7 @@ def test_every_forward_op_has_a_rule():
     from rnnc.ir.ops import OPS
 
     forward_ops = {"const", "add", "sub", "mul", "div", "neg", "matmul", "act", "clip",
-                   "concat", "slice", "expand", "pconcat"}
+                   "concat", "slice", "expand", "sumf", "pconcat"}
     assert forward_ops <= set(OPS)
     assert set(GRAD_RULES) == forward_ops
 

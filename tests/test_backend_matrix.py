@@ -127,6 +127,22 @@ TRIO_CELL = """cell trio(x) {
 }
 """
 
+# the layer-normalised LSTM of specs/layernorm_lstm.rnn (feature means, a width inferred
+# after its mean, sqrt), and a cell of the other new functions and reductions: a sum of a
+# width-1 state, a mean carried as a state, expands in the step and the hoisted section, a
+# mean of a parameter (computed once per call)
+LN_CELL = (ROOT / "specs" / "layernorm_lstm.rnn").read_text(encoding="utf-8").split(
+    "\nmodel ")[0] + "\n"
+
+FUNCS_CELL = """cell funcs(x) {
+  state h, s[1]
+  a = W @ x + U @ h
+  p = softplus(a) + 0.5
+  h' = elu(a) * 0.5 + log_sigmoid(V @ h) + log(p) - sqrt(p) + rsqrt(p) * 0.1 + sum(s) + mean(v) * v
+  s' = mean(h') + sum(x) * 0.1 - s * 0.5
+}
+"""
+
 DENSE = "dense(features: 3)"
 LAST = "softmax(at: last, classes: 4)"
 
@@ -208,6 +224,29 @@ CASES = {
         ),
         5,
         4,
+    ),
+    # (eps 0.01: at 1e-5 the normalisation of a 3-wide cell is curved enough that central
+    # differences with a step of 1e-5 are off by ~1e-6 relative, converging as eps^2)
+    "layernorm_lstm_bidirectional+funcs": Case(
+        model(
+            ["ln_lstm(hidden: 3, direction: bidirectional, eps: 0.01)", "funcs(hidden: 3)"],
+            DENSE,
+            cells=LN_CELL + FUNCS_CELL,
+        ),
+        3,
+        4,
+        lengths=True,
+        resets=True,
+    ),
+    "funcs+layernorm_lstm_gated_feedback": Case(
+        model(
+            ["funcs(hidden: 3)", "ln_lstm(hidden: 2)"],
+            cells=LN_CELL + FUNCS_CELL,
+            extra="  stack gated_feedback\n",
+        ),
+        5,
+        4,
+        lengths=True,
     ),
     # structure
     # six states in one combined cell: the JAX step's signature and docstring summary

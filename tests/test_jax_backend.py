@@ -471,6 +471,18 @@ VJP_CASES = {
         "  head softmax(at: per_step, classes: 4)\n}\n",
         False,
     ),
+    # feature reductions (sumf, expands, a mean's division) in the hoisted section and the
+    # step, and the functions whose derivatives are written in their output
+    "layernorm": (
+        "cell ln(x) {\n  state h, c[2]\n  zx = W @ x\n  xc = zx - mean(zx)\n"
+        "  h' = tanh(g * xc / sqrt(mean(xc * xc) + 0.01) + b + U @ h + sum(c) * v)\n"
+        "  hv = h' + mean(v) * v\n"
+        "  cn = elu(W2 @ hv) + log_sigmoid(V @ c) - 0.1 * log(softplus(c) + 1.0)\n"
+        "  c' = cn * rsqrt(mean(cn * cn) + 1.0)\n}\n"
+        "model m {\n  input dense(features: 4)\n  layer ln(hidden: 3, direction: bidirectional)\n"
+        "  head linear(at: last, size: 2)\n}\n",
+        True,
+    ),
 }
 
 

@@ -52,7 +52,10 @@ INITIALISERS: dict[str, int] = {
 }
 _INIT_ALIASES = {"glorot_uniform": "xavier_uniform", "glorot_normal": "xavier_normal"}
 
-FUNCTIONS = set(ACTIVATIONS) | {"clip"}
+REDUCTIONS = ("sum", "mean")
+"""Feature reductions: a per-row value of width 1 (see :meth:`_CellLowerer.reduction`)."""
+
+FUNCTIONS = set(ACTIVATIONS) | {"clip"} | set(REDUCTIONS)
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -188,6 +191,7 @@ class _Val:
     dims: tuple[int, ...] = ()
     batched: bool = False
     text: str = ""  # source text, for error messages
+    reduced: bool = False  # width 1 by a feature reduction: broadcast in element-wise ops
 
 
 @dataclass
@@ -307,6 +311,7 @@ class _CellLowerer:
         return out
 
     _pending_dims: list[tuple[str, int]]
+    _widths: dict[str, int]  # const (the n of a mean) -> the dimension it is the size of
 
     def materialize(self, v: _Val, span: Span | None) -> str:
         """A named value for a scalar constant (only needed where an op has no other name)."""
@@ -478,7 +483,17 @@ class _CellLowerer:
             a = self.settle(a, "vec", e.span)
         if b.const is None:
             b = self.settle(b, "vec", e.span)
-        if a.const is None and b.const is None:
+        # a reduction (width 1) with anything else of width 1 stays one; with a full-width
+        # value it is broadcast to that value's width by an explicit expand
+        reduced = all(v.reduced for v in (a, b) if v.const is None)
+        full = b if a.reduced else a
+        if a.const is None and b.const is None and a.reduced != b.reduced and \
+                self.dims.size(full.dims[0]) != 1:
+            if a.reduced:
+                a = self.expand(a, b, e.span)
+            else:
+                b = self.expand(b, a, e.span)
+        elif a.const is None and b.const is None:
             if not self.dims.unify(a.dims[0], b.dims[0]):
                 raise self.shape_err(
                     f"'{a.text}' has shape {self.size_str(a)} but '{b.text}' has shape "
@@ -486,10 +501,46 @@ class _CellLowerer:
                     "element-wise operands must have the same size")
         vec = a if a.const is None else b
         batched = (a.const is None and a.batched) or (b.const is None and b.batched)
-        out = _Val(dims=vec.dims, batched=batched, text=text)
+        out = _Val(dims=vec.dims, batched=batched, text=text, reduced=reduced)
         names = (self.materialize(a, e.span), self.materialize(b, e.span))
         op = {"+": "add", "-": "sub", "*": "mul", "/": "div"}[e.op]
         return self.emit(op, names, out, e.span)
+
+    def expand(self, r: _Val, full: _Val, span: Span | None) -> _Val:
+        """The width-1 value ``r`` broadcast to the width of ``full`` (its ``n`` is set in
+        :meth:`finish` when that width is not known yet)."""
+        out = _Val(dims=full.dims, batched=r.batched, text=r.text)
+        return self.emit("expand", (r.name,), out, span, n=self.dims.size(full.dims[0]))
+
+    def reduction(self, fn: str, e: A.Call) -> _Val:
+        """``sum(v)`` / ``mean(v)`` over the features of ``v``: ``sumf`` (and a division by
+        the width), a value of width 1 that element-wise ops broadcast with an expand."""
+        if len(e.args) != 1:
+            raise self.err(f"{fn} takes one argument: {fn}(v)", e.span)
+        v = self.lower(e.args[0])
+        text = expr_str(e)
+        if v.const is not None:
+            raise self.err(f"{fn}({v.text}) reduces a constant, which has no features",
+                           e.span, f"{fn} takes a vector: a value computed from an input, a "
+                           "state or a parameter")
+        if v.kind == "mat":
+            raise self.shape_err(f"matrix '{v.text}' passed to {fn}", e.span,
+                                 f"{fn} reduces a vector over its features; write "
+                                 f"{fn}({v.text} @ v)")
+        v = self.settle(v, "vec", e.span)
+        out = _Val(dims=(self.dims.new(1),), batched=v.batched, text=f"sum({v.text})",
+                   reduced=True)
+        s = self.emit("sumf", (v.name,), out, span=e.span)
+        if fn == "sum":
+            s.text = text
+            return s
+        n = self.dims.size(v.dims[0])
+        c = self.emit("const", (), _Val(batched=False, text=f"|{v.text}|"), e.span,
+                      value=float(n) if n is not None else None)
+        if n is None:
+            self._widths[c.name] = v.dims[0]  # the width is set in finish
+        out = _Val(dims=(self.dims.new(1),), batched=v.batched, text=text, reduced=True)
+        return self.emit("div", (s.name, c.name), out, e.span)
 
     def _finite(self, value: float, text: str, span) -> float:
         """A constant folded at compile time, refused when it overflows (inf or nan)."""
@@ -546,6 +597,8 @@ class _CellLowerer:
         if fn not in FUNCTIONS:
             raise self.err(f"unknown function '{fn}'", e.span,
                            did_you_mean(fn, sorted(FUNCTIONS)))
+        if fn in REDUCTIONS:
+            return self.reduction(fn, e)
         if fn == "clip":
             if len(e.args) != 3:
                 raise self.err("clip takes 3 arguments: clip(v, lo, hi)", e.span)
@@ -566,7 +619,7 @@ class _CellLowerer:
         if v.const is not None:
             from rnnc.ir.ops import ACT_FORWARD
 
-            with np.errstate(over="ignore", invalid="ignore"):
+            with np.errstate(all="ignore"):
                 val = eval(ACT_FORWARD[fn].format(xp="np", a=repr(float(v.const))), {"np": np})
             return _Val(const=self._finite(float(val), expr_str(e), e.span), text=expr_str(e))
         if fn == "identity":
@@ -579,6 +632,7 @@ class _CellLowerer:
     # -- the cell
     def run(self) -> Cell:
         self._pending_dims = []
+        self._widths = {}
         self.aliases = {}
         defined: set[str] = set()
         state_names = [s.name for s in self.states]
@@ -668,6 +722,8 @@ class _CellLowerer:
         v.name = new
         self.vals[new] = v
         self._pending_dims = [(new if n == old else n, d) for n, d in self._pending_dims]
+        if old in self._widths:
+            self._widths[new] = self._widths.pop(old)
 
     def _typo_hint(self, used: set[str]) -> str | None:
         """A hint for a misspelt name, which became an undeclared parameter of unknown shape
@@ -704,6 +760,7 @@ class _CellLowerer:
         for i in instrs:
             if any(s is None for s in i.shape):
                 raise ShapeError(f"cannot infer the size of '{i.comment}'", i.span)
+        instrs = [self._settle_width(i, sizes) for i in instrs]
         return Cell(
             name=self.cdef.name,
             inputs=tuple(self.inputs),
@@ -714,6 +771,18 @@ class _CellLowerer:
             output=output,
             equations=tuple(self._equation_text(eq) for eq in self.cdef.equations),
         )
+
+    def _settle_width(self, ins: Instr, sizes: dict[str, int | None]) -> Instr:
+        """An expand's ``n`` and a mean's divisor, where the width was not known yet when
+        the equation was lowered (``mean(W @ x)`` before anything binds W's rows)."""
+        if ins.op == "expand" and ins.attr("n") is None and sizes[ins.name] is not None:
+            return replace(ins, attrs=attrs(n=sizes[ins.name]))
+        if ins.name in self._widths:
+            # known by now: the reduced value's own size was checked with every other
+            n = self.dims.size(self._widths[ins.name])
+            assert n is not None, ins
+            return replace(ins, attrs=attrs(value=float(n)))
+        return ins
 
     def _equation_text(self, eq: A.Equation) -> str:
         return f"{eq.target}{chr(39) if eq.primed else ''} = {expr_str(eq.expr)}"

@@ -25,6 +25,7 @@ clip       clip to ``[lo, hi]``            ``np.clip(a, lo, hi)``
 concat     feature-axis concatenation      ``np.concatenate([a, b], axis=-1)``
 slice      features ``lo:hi``              ``a[..., lo:hi]``
 expand     (…, 1) to (…, n) broadcast      ``np.broadcast_to(a, a.shape[:-1] + (n,))``
+sumf       sum over the features, (…, 1)   ``a.sum(axis=-1, keepdims=True)``
 pconcat    parameter concatenation         ``np.concatenate([W1, W2], axis=0)``
 =========  ==============================  =====================================
 
@@ -36,7 +37,6 @@ outer       ``sum over ... of g v^T``         ``_outer(g, v)`` (a helper)
 bsum        sum over batch/time axes          ``_bsum(g, ndim)``
 act_grad    ``g * fn'(x)`` from ``y = fn(x)``  ``g * (1.0 - y * y)`` (tanh) ...
 clip_grad   ``g`` where ``lo < y < hi``       ``g * ((y > lo) & (y < hi))``
-sumf        gradient of expand                ``g.sum(axis=-1, keepdims=True)``
 pad         gradient of a slice               ``_pad(g, lo, n - hi)``
 zeros       zeros shaped like ``a``           ``np.zeros_like(a)``
 ==========  ================================  =====================================
@@ -53,6 +53,7 @@ from rnnc.ir.nodes import Instr
 
 ACTIVATIONS = (
     "sigmoid", "tanh", "relu", "softsign", "hard_sigmoid", "identity", "softplus", "exp",
+    "log", "sqrt", "rsqrt", "elu", "log_sigmoid",
 )
 """Element-wise functions a spec may call, each with a derivative written in its output."""
 
@@ -66,6 +67,12 @@ ACT_FORWARD: dict[str, str] = {
     "identity": "{a}",
     "softplus": "{xp}.logaddexp({a}, 0.0)",
     "exp": "{xp}.exp({a})",
+    "log": "{xp}.log({a})",
+    "sqrt": "{xp}.sqrt({a})",
+    "rsqrt": "1.0 / {xp}.sqrt({a})",
+    # expm1 of min(x, 0): the branch not taken cannot overflow (nor make a nan gradient)
+    "elu": "{xp}.where({a} > 0.0, {a}, {xp}.expm1({xp}.minimum({a}, 0.0)))",
+    "log_sigmoid": "-{xp}.logaddexp(-{a}, 0.0)",
 }
 
 # f'(x) * g written with y = f(x) only, so the backward pass needs no pre-activation.
@@ -78,6 +85,11 @@ ACT_GRAD: dict[str, str] = {
     "identity": "{g}",
     "softplus": "{g} * (1.0 - {xp}.exp(-{y}))",
     "exp": "{g} * {y}",
+    "log": "{g} * {xp}.exp(-{y})",  # 1 / x = e^-y
+    "sqrt": "{g} * 0.5 / {y}",
+    "rsqrt": "-0.5 * {g} * {y} * {y} * {y}",  # -x^(-3/2) / 2 = -y^3 / 2
+    "elu": "{xp}.where({y} > 0.0, {g}, {g} * ({y} + 1.0))",  # e^x = y + 1 below 0
+    "log_sigmoid": "-{g} * {xp}.expm1({y})",  # 1 - sigmoid(x) = 1 - e^y
 }
 
 ACT_MATH: dict[str, str] = {
@@ -89,6 +101,11 @@ ACT_MATH: dict[str, str] = {
     "identity": "x",
     "softplus": "log(1 + e^x)",
     "exp": "e^x",
+    "log": "log x",
+    "sqrt": "√x",
+    "rsqrt": "1 / √x",
+    "elu": "x if x > 0 else e^x - 1",
+    "log_sigmoid": "log σ(x) = -log(1 + e^-x)",
 }
 
 

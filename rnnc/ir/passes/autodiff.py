@@ -28,9 +28,10 @@
 
 Each op has one gradient rule in :data:`GRAD_RULES`; the backward uses the
 backward-only ops of :mod:`rnnc.ir.ops` (``matmul_t``, ``outer``, ``bsum``,
-``act_grad``, ``clip_grad``, ``sumf``, ``pad``, ``zeros``) plus forward element-wise ops
-and ``slice``/``concat`` (a ``slice`` with attribute ``axis=0`` takes rows of a
-matrix: the gradient of ``pconcat``). Where every user of a value is a
+``act_grad``, ``clip_grad``, ``pad``, ``zeros``) plus forward element-wise ops,
+``expand`` and ``sumf`` (each the other's gradient) and ``slice``/``concat`` (a
+``slice`` with attribute ``axis=0`` takes rows of a matrix: the gradient of
+``pconcat``). Where every user of a value is a
 ``slice`` and the slices do not overlap (the split after a fused matmul), its
 adjoint is one ``concat`` of the slices' adjoints, not a sum of pads.
 
@@ -163,6 +164,13 @@ def _g_expand(b: _Builder, ins: Instr, g: str, j: int) -> str | None:
                   + b.through(ins))
 
 
+def _g_sumf(b: _Builder, ins: Instr, g: str, j: int) -> str | None:
+    # every feature of the operand gets the adjoint of its row's sum
+    n = b.fshape(ins.args[0])[0]
+    return b.emit("expand", (g,), (n,), "the sum's adjoint to each feature: " + b.through(ins),
+                  n=n)
+
+
 def _g_pconcat(b: _Builder, ins: Instr, g: str, j: int) -> str | None:
     lo = sum(b.fshape(a)[0] for a in ins.args[:j])
     shape = b.fshape(ins.args[j])
@@ -188,6 +196,7 @@ GRAD_RULES: dict[str, Rule] = {
     "concat": _g_concat,
     "slice": _g_slice,
     "expand": _g_expand,
+    "sumf": _g_sumf,
     "pconcat": _g_pconcat,
 }
 """One gradient rule per forward op, keyed like :data:`rnnc.ir.ops.OPS`."""
@@ -565,6 +574,8 @@ class IRMath:
             return "[" + ("; " if op == "pconcat" else ", ").join(a) + "]"
         if op == "expand":
             return a[0]  # a (..., 1) value broadcast over the features
+        if op == "sumf":
+            return f"sum({a[0]})"
         if op == "slice":
             part = self.fused_part(ins)
             return part if part else f"{a[0]}[{ins.attr('lo')}:{ins.attr('hi')}]"
