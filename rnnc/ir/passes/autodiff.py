@@ -65,7 +65,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from rnnc.ir.nodes import Cell, Instr, Shape
+from rnnc.ir.nodes import Cell, Instr, Shape, value_shape
 from rnnc.ir.ops import OPS, attrs, fmt_float
 
 
@@ -407,8 +407,16 @@ class _Builder:
     cur = BODY
 
 
-def autodiff(cell: Cell) -> CellGrad:
-    """The backward IR of ``cell`` (see the module docstring)."""
+def autodiff(cell: Cell, simplify: bool = True) -> CellGrad:
+    """The backward IR of ``cell`` (see the module docstring).
+
+    With ``simplify`` (the default, what both backends and ``rnnc ir --after autodiff``
+    use) the backward sections then go through :func:`~rnnc.ir.passes.cse.cse_grad`: an
+    adjoint expression the rules build twice (``d * xc`` from both operands of
+    ``xc * xc``) is computed once. (No dead-code pass follows: dropping a copy leaves nothing
+    dead, and in the library's and the tests' cells every instruction the rules emit
+    reaches an adjoint the backward hands on; ``tests/test_autodiff.py`` checks that.)
+    """
     b = _Builder(cell)
     # seeds: the adjoints flowing into the step from the next step and from above
     seeds: list[tuple[str, str]] = []
@@ -486,12 +494,34 @@ def autodiff(cell: Cell) -> CellGrad:
     partials = [(k, rename.get(a, a)) for k, a in partials]
     param_grads = [(k, rename.get(a, a)) for k, a in param_grads]
 
-    body_names = {i.name for i in body} | {s for s, _ in seeds}
+    grad = with_interface(CellGrad(
+        cell=cell, seeds=tuple(seeds), state_seeds=tuple(state_seeds),
+        output_seed=output_seed, body=tuple(body), state_grads=tuple(state_grads),
+        saved=(), stacked=(), exports=(), views=(),
+        hoisted=tuple(hoisted), input_grads=tuple(input_grads), partials=tuple(partials),
+        invariant=tuple(invariant), param_grads=tuple(param_grads),
+    ))
+    if simplify:
+        from rnnc.ir.passes.cse import cse_grad
+
+        grad = cse_grad(grad)
+    return grad
+
+
+def with_interface(grad: CellGrad) -> CellGrad:
+    """``grad`` with what its sections read across the loop recomputed from them: the
+    forward values the body reads per step (``saved``) and the hoisted section reads as
+    stacks (``stacked``), the body adjoints it reads as stacks (``exports``) and the
+    exports that are features of an exported concat (``views``)."""
+    cell, body, hoisted = grad.cell, grad.body, grad.hoisted
+    width = {i.name: i.shape[0] for i in body if i.shape}
+    width.update({s: value_shape(cell, v)[0] for s, v in grad.seeds})
+    body_names = {i.name for i in body} | {s for s, _ in grad.seeds}
     fwd_step = {v.name for v in cell.states} | {i.name for i in cell.body if i.batched}
     saved = _ordered(a for i in body for a in i.args if a in fwd_step)
     stacked = _ordered(a for i in hoisted for a in i.args if a in fwd_step)
     exports = _ordered([a for i in hoisted for a in i.args if a in body_names]
-                       + [a for _, a in input_grads if a in body_names])
+                       + [a for _, a in grad.input_grads if a in body_names])
     # an export that is part of an exported body concat is a slice of its stack
     views: list[tuple[str, str, int, int]] = []
     viewed: set[str] = set()
@@ -499,18 +529,12 @@ def autodiff(cell: Cell) -> CellGrad:
         if ins.op == "concat" and ins.name in exports:
             at = 0
             for a in ins.args:
-                n = b.fshape(a)[0]
+                n = width[a] if a in width else value_shape(cell, a)[0]
                 if a in exports and a not in viewed:
                     views.append((a, ins.name, at, at + n))
                     viewed.add(a)
                 at += n
-    return CellGrad(
-        cell=cell, seeds=tuple(seeds), state_seeds=tuple(state_seeds),
-        output_seed=output_seed, body=tuple(body), state_grads=tuple(state_grads),
-        saved=saved, stacked=stacked, exports=exports, views=tuple(views),
-        hoisted=tuple(hoisted), input_grads=tuple(input_grads), partials=tuple(partials),
-        invariant=tuple(invariant), param_grads=tuple(param_grads),
-    )
+    return replace(grad, saved=saved, stacked=stacked, exports=exports, views=tuple(views))
 
 
 def _ordered(names: Iterable[str]) -> tuple[str, ...]:

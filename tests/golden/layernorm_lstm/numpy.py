@@ -574,9 +574,8 @@ def ln_lstm_backward_step(k, tape, t, dh_next, dc_next, dy):
     d_t54 = d_t58 / 8.0  # back through sum(cc * cc) / 8
     d_t53 = np.broadcast_to(d_t54, d_t54.shape[:-1] + (8,))  # the sum's adjoint to each feature:...
     d_cc_1 = d_t53 * cc  # back through cc * cc
-    d_cc_2 = d_t53 * cc  # back through cc * cc
     d_cc_3 = d_t52 * g_c  # back through g_c * cc
-    d_cc_4 = d_cc_1 + d_cc_2  # sum over the uses of cc
+    d_cc_4 = d_cc_1 + d_cc_1  # sum over the uses of cc
     d_cc = d_cc_4 + d_cc_3  # sum over the uses of cc
     d_t50 = -d_cc  # back through cc = c' - sum(c') / 8
     d_t49 = d_t50.sum(axis=-1, keepdims=True)  # sum over the broadcast features: back through su...
@@ -602,9 +601,8 @@ def ln_lstm_backward_step(k, tape, t, dh_next, dc_next, dy):
     d_t26 = d_t30 / 32.0  # back through sum(hc * hc) / 32
     d_t25 = np.broadcast_to(d_t26, d_t26.shape[:-1] + (32,))  # the sum's adjoint to each feature...
     d_hc_1 = d_t25 * hc  # back through hc * hc
-    d_hc_2 = d_t25 * hc  # back through hc * hc
     d_hc_3 = d_t24 * g_h  # back through g_h * hc
-    d_hc_4 = d_hc_1 + d_hc_2  # sum over the uses of hc
+    d_hc_4 = d_hc_1 + d_hc_1  # sum over the uses of hc
     d_hc = d_hc_4 + d_hc_3  # sum over the uses of hc
     d_t22 = -d_hc  # back through hc = zh - sum(zh) / 32
     d_t21 = d_t22.sum(axis=-1, keepdims=True)  # sum over the broadcast features: back through su...
@@ -658,11 +656,10 @@ def ln_lstm_backward_hoisted(k, tape, s, e, acc, need_dx=True):
     d_t9 = d_t13 / 32.0  # back through sum(xc * xc) / 32
     d_t8 = np.broadcast_to(d_t9, d_t9.shape[:-1] + (32,))  # the sum's adjoint to each feature: b...
     d_xc_1 = d_t8 * xc  # back through xc * xc
-    d_xc_2 = d_t8 * xc  # back through xc * xc
     d_g_x = d_t7 * xc  # back through g_x * xc
     d_g_x_2 = d_g_x.sum(axis=(0, 1))  # dg_x: the sum over steps and rows
     d_xc_3 = d_t7 * g_x  # back through g_x * xc
-    d_xc_4 = d_xc_1 + d_xc_2  # sum over the uses of xc
+    d_xc_4 = d_xc_1 + d_xc_1  # sum over the uses of xc
     d_xc = d_xc_4 + d_xc_3  # sum over the uses of xc
     d_t5 = -d_xc  # back through xc = zx - sum(zx) / 32
     d_t4 = d_t5.sum(axis=-1, keepdims=True)  # sum over the broadcast features: back through sum(...
