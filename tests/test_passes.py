@@ -14,6 +14,7 @@ Each ``tests/fixtures/passes/<pass>.txt`` holds blocks::
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -153,3 +154,42 @@ model m {
     assert "layer2_ug_layer1" in got and "layer2_U_from_layer1" in got
     for name in PIPELINE:
         assert names((name,)) == got, name
+
+
+def _sum_terms(cell: Cell) -> dict[str, Counter]:
+    """Each ``add``'s terms: the values, not themselves sums, that it adds up."""
+    defs = {i.name: i for i in cell.instrs}
+
+    def terms(name: str) -> Counter:
+        ins = defs.get(name)
+        if ins is None or ins.op != "add":
+            return Counter([name])
+        return terms(ins.args[0]) + terms(ins.args[1])
+
+    return {i.name: terms(i.name) for i in cell.instrs if i.op == "add"}
+
+
+@pytest.mark.parametrize("spec", ["layernorm_lstm.rnn", "gated_feedback.rnn"])
+def test_reassociate_gives_no_value_other_terms(spec):
+    """The layer-normalised LSTM's ``z = nx + nh`` is regrouped as ``(nx + b_h) + U h``
+    terms: the partial sum ``nx + b_h`` used to be named ``nh`` (in `rnnc ir` and the
+    generated docstrings), which it is not; in a gated-feedback cell ``layer1_t2`` (the
+    gated sum of the layers' feedback) was reused for ``layer1_t1 + layer1_b + ...``. A
+    name kept after reassociate sums the same terms as before it; a regrouped partial sum
+    that matches no inner sum gets a name no value had (``t64``, ``layer1_t5``)."""
+    from rnnc.compiler import optimize
+    from rnnc.ir.lower import lower
+    from rnnc.spec import load_spec
+
+    path = Path(__file__).parent.parent / "specs" / spec
+    program = lower(load_spec(path), base_dir=str(path.parent))
+    for layer in optimize(program, until="fuse_gates").model.layers:
+        after = get_pass("reassociate")(layer.cell)
+        old, new = _sum_terms(layer.cell), _sum_terms(after)
+        names = {i.name for i in layer.cell.instrs}
+        assert new != old  # something was regrouped
+        for name, terms in new.items():
+            if name in names:
+                assert terms == old.get(name), name
+    if spec == "layernorm_lstm.rnn":
+        assert "nx" in new and "z" in new and "nh" not in new

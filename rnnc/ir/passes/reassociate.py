@@ -11,9 +11,14 @@ the same IR, so they still agree exactly.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 from rnnc.ir.nodes import Cell, Instr
+
+
+_TEMP = re.compile(r"^t\d+$")
+_PREFIXED_TEMP = re.compile(r"^(\w+_)t\d+$")
 
 
 def _levels(cell: Cell) -> dict[str, int]:
@@ -30,7 +35,10 @@ def reassociate(cell: Cell) -> Cell:
     """Regroup chains of ``add`` so the terms that do not read the state are summed first.
 
     Only chains whose inner sums have a single use are regrouped, and the
-    chain's root keeps its name.
+    chain's root keeps its name. A regrouped partial sum keeps the name of an inner
+    sum only if it adds up the same terms; otherwise it is a temporary (``tN``, or
+    ``layer1_tN`` for a gated-feedback cell's ``layer1_t4``), so no source name stands
+    for a value it is not (``nh = U h + b_h`` is not ``nx + b_h``).
 
     >>> from rnnc.ir.nodes import Cell, Instr, Param, Var
     >>> P = Param("W", (2, 2), ("zeros", ())), Param("b", (2,), ("zeros", ()))
@@ -39,7 +47,7 @@ def reassociate(cell: Cell) -> Cell:
     >>> t = Instr("t", "add", ("s", "b"), (2,), True)
     >>> c = Cell("c", (Var("x", 2),), (Var("h", 2),), P, (), (), (wx, s, t), (("h", "t"),), "t")
     >>> [f"{i.name}={i.op}{i.args}" for i in reassociate(c).body]
-    ["wx=matmul('W', 'x')", "s=add('wx', 'b')", "t=add('s', 'h')"]
+    ["wx=matmul('W', 'x')", "t1=add('wx', 'b')", "t=add('t1', 'h')"]
     """
     level = _levels(cell)
     uses = Counter(a for ins in cell.instrs for a in ins.args)
@@ -65,6 +73,22 @@ def reassociate(cell: Cell) -> Cell:
             inner.append(name)
         return chain(ins.args[0], False, inner) + chain(ins.args[1], False, inner)
 
+    def temp(root: str) -> str:
+        """A temporary's name no value has: ``t<n>``, or ``layer1_t<n>`` for a partial sum
+        of ``layer1_t4`` (a temporary of a layer in a gated-feedback cell)."""
+        m = _PREFIXED_TEMP.match(root)
+        prefix = m.group(1) if m else ""
+        n = 1 + max((int(k[len(prefix) + 1:]) for k in shape
+                     if k.startswith(prefix) and _TEMP.match(k[len(prefix):])), default=0)
+        return f"{prefix}t{n}"
+
+    def leaves(name: str, inner: list[str]) -> Counter[str]:
+        """The terms of the inner sum `name` (the chain's inner sums are in `inner`)."""
+        out: Counter[str] = Counter()
+        for a in defs[name].args:
+            out.update(leaves(a, inner) if a in inner else [a])
+        return out
+
     def rebuild(section: tuple[Instr, ...]) -> list[Instr]:
         out: list[Instr] = []
         for ins in section:
@@ -79,10 +103,22 @@ def reassociate(cell: Cell) -> Cell:
                 continue
             # the inner sums were emitted before the root: drop them, rebuild the chain here
             out = [i for i in out if i.name not in inner]
-            names = sorted(inner, key=position.__getitem__) + [ins.name]
+            # a partial sum keeps the name of an inner sum of the same terms (``nx`` in
+            # ``(nx + nh)`` regrouped as ``(nx + b_h) + U h``); otherwise it takes a
+            # temporary's name, never that of a named value it is not (``nh``)
+            spare = sorted(inner, key=position.__getitem__)
+            sums = {n: leaves(n, inner) for n in spare}
             acc = terms[order[0]]
-            for name, i in zip(names, order[1:], strict=True):
+            for k, i in enumerate(order[1:], start=2):
                 term = terms[i]
+                if k == len(terms):
+                    name = ins.name
+                else:
+                    want = Counter(terms[j] for j in order[:k])
+                    same = [n for n in spare if sums[n] == want]
+                    name = (same or [n for n in spare if _TEMP.match(n)] or [temp(ins.name)])[0]
+                    if name in spare:
+                        spare.remove(name)
                 shape[name] = shape[acc] or shape[term]
                 batched[name] = batched[acc] or batched[term]
                 out.append(Instr(name, "add", (acc, term), shape[name], batched[name], (),

@@ -9,10 +9,9 @@ Layer layer1: ln_lstm, 10 -> 8, forward.
     zx = W @ x
     xc = zx - sum(zx) / 32
     nx = g_x * xc / sqrt(sum(xc * xc) / 32 + 1e-05) + b_x
-    nh = nx + b_h
     zh = U @ h
     hc = zh - sum(zh) / 32
-    z = nh + g_h * hc / sqrt(sum(hc * hc) / 32 + 1e-05)
+    z = nx + b_h + g_h * hc / sqrt(sum(hc * hc) / 32 + 1e-05)
     i = sigmoid(z[0:8])
     f = sigmoid(z[8:16])
     g = tanh(z[16:24])
@@ -386,7 +385,7 @@ def ln_lstm_prepare(p, xs):
     t15 = np.broadcast_to(t14, t14.shape[:-1] + (32,))  # sqrt(sum(xc * xc) / 32 + 1e-05)
     t16 = t7 / t15  # g_x * xc / sqrt(sum(xc * xc) / 32 + 1e-05)
     nx = t16 + b_x  # nx = g_x * xc / sqrt(sum(xc * xc) / 32 + 1e-05) + b_x
-    nh = nx + b_h  # nh = nx + b_h
+    t64 = nx + b_h  # nx + b_h
     k = dict(p)
     k["x"] = xs
     k["zx"] = zx
@@ -403,7 +402,7 @@ def ln_lstm_prepare(p, xs):
     k["t15"] = t15
     k["t16"] = t16
     k["nx"] = nx
-    k["nh"] = nh
+    k["t64"] = t64
     return k
 
 
@@ -413,10 +412,9 @@ def ln_lstm_step(k, t, h, c, tape=None):
         zx = W @ x
         xc = zx - sum(zx) / 32
         nx = g_x * xc / sqrt(sum(xc * xc) / 32 + 1e-05) + b_x
-        nh = nx + b_h
         zh = U @ h
         hc = zh - sum(zh) / 32
-        z = nh + g_h * hc / sqrt(sum(hc * hc) / 32 + 1e-05)
+        z = nx + b_h + g_h * hc / sqrt(sum(hc * hc) / 32 + 1e-05)
         i = sigmoid(z[0:8])
         f = sigmoid(z[8:16])
         g = tanh(z[16:24])
@@ -430,7 +428,7 @@ def ln_lstm_step(k, t, h, c, tape=None):
     """
     U = k["U"]
     g_h = k["g_h"]
-    nh = k["nh"][t]
+    t64 = k["t64"][t]
     g_c = k["g_c"]
     b_c = k["b_c"]
     zh = h @ U.T  # zh = U @ h
@@ -446,7 +444,7 @@ def ln_lstm_step(k, t, h, c, tape=None):
     t31 = np.sqrt(t30)  # sqrt(sum(hc * hc) / 32 + 1e-05)
     t32 = np.broadcast_to(t31, t31.shape[:-1] + (32,))  # sqrt(sum(hc * hc) / 32 + 1e-05)
     t33 = t24 / t32  # g_h * hc / sqrt(sum(hc * hc) / 32 + 1e-05)
-    z = nh + t33  # z = nh + g_h * hc / sqrt(sum(hc * hc) / 32 + 1e-05)
+    z = t64 + t33  # z = nx + b_h + g_h * hc / sqrt(sum(hc * hc) / 32 + 1e-05)
     t36 = z[..., 0:8]  # z[0:8]
     i = 0.5 * (1.0 + np.tanh(0.5 * t36))  # i = sigmoid(z[0:8])
     t38 = z[..., 8:16]  # z[8:16]
