@@ -244,12 +244,20 @@ def test_overrides_rewrite_the_train_block():
 def test_trim_metrics(tmp_path):
     path = tmp_path / "metrics.jsonl"
     recs = [{"kind": "train", "step": s} for s in range(1, 6)]
-    recs.insert(3, {"kind": "val", "step": 3})
+    recs.insert(3, {"kind": "val", "step": 3, "epoch": 1})
     recs.append({"kind": "test", "step": 5})
     path.write_text("".join(json.dumps(r) + "\n" for r in recs) + '{"kind": "tr')
-    _trim_metrics(path, 3)
+    _trim_metrics(path, 3, 1)
     assert read_metrics(tmp_path) == [{"kind": "train", "step": 1}, {"kind": "train", "step": 2},
-                                      {"kind": "train", "step": 3}, {"kind": "val", "step": 3}]
+                                      {"kind": "train", "step": 3},
+                                      {"kind": "val", "step": 3, "epoch": 1}]
+    # a checkpoint of epoch 1's last step from before its validation (a stop while the
+    # epoch's checkpoint was written): the resumed run validates epoch 1 again
+    _trim_metrics(path, 3, 0)
+    assert read_metrics(tmp_path) == [{"kind": "train", "step": s} for s in (1, 2, 3)]
+    path.write_text('[1]\n5\n{"kind": "train", "step": 1}\n')  # JSON, but no records
+    _trim_metrics(path, 3, 0)
+    assert read_metrics(tmp_path) == [{"kind": "train", "step": 1}]
 
 
 @pytest.mark.parametrize("name", ["reber", "adding", "temporal_order"])

@@ -273,6 +273,35 @@ def test_resume_equals_uninterrupted_run(reber_run, tmp_path, stop_at):
     _same_metrics(whole, part)
 
 
+def test_resume_after_a_stop_during_an_epochs_checkpoint(reber_run, tmp_path, monkeypatch):
+    """A second Ctrl-C (or SIGTERM) while the checkpoint at an epoch's end was being
+    written (its validation record already logged): the run saved the state before that
+    epoch's end, --resume validated the epoch again and metrics.jsonl held its val record
+    twice (the same holds after a kill -9 there, from a `checkpoint every` at that step)."""
+    from rnnc.train.driver import Trainer
+
+    spec, whole, _ = reber_run
+    part = tmp_path / "part"
+    real = Trainer.save
+    stopped = []
+
+    def save(self, st, best=False, metrics=None):
+        if metrics and metrics["epoch"] == 2 and not stopped:
+            stopped.append(st.step)
+            raise KeyboardInterrupt  # before the checkpoint is whole
+        return real(self, st, best=best, metrics=metrics)
+
+    monkeypatch.setattr(Trainer, "save", save)
+    train(spec, part, code=130)
+    monkeypatch.undo()
+    assert stopped == [24] and len(records(part, "val")) == 2
+    train(spec, part, "--resume")
+    assert [r["epoch"] for r in records(part, "val")] == [1, 2, 3, 4, 5, 6]
+    _same_metrics(whole, part)
+    a, b = _final_params(whole), _final_params(part)
+    assert all(a[k].tobytes() == b[k].tobytes() for k in a)
+
+
 @pytest.mark.parametrize(("damage", "from_step"), [
     ("truncated", 12), ("deleted", 12), ("no pointer", 18)])  # "checkpoint every 4"
 def test_resume_from_the_newest_whole_checkpoint(reber_run, tmp_path, damage, from_step):

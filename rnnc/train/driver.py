@@ -810,9 +810,12 @@ def _generated(path: Path) -> bool:
         return False
 
 
-def _trim_metrics(path: Path, step: int, keep_test: bool = False) -> None:
-    """Drop the records a resumed run will write again (after the checkpoint's step, and
-    the test record unless ``keep_test``: a finished run writes no other)."""
+def _trim_metrics(path: Path, step: int, epoch: int, keep_test: bool = False) -> None:
+    """Drop the records a resumed run will write again: those after the checkpoint's
+    step, the validation records of epochs the checkpoint had not finished (``epoch``
+    done: a stop while an epoch's checkpoint was written leaves that epoch's record, at
+    the checkpoint's step, and the resumed run validates the epoch again), and the test
+    record unless ``keep_test`` (a finished run writes no other)."""
     from rnnc.cli import write_atomic
 
     if not path.exists():
@@ -823,7 +826,12 @@ def _trim_metrics(path: Path, step: int, keep_test: bool = False) -> None:
             rec = json.loads(line)
         except ValueError:
             continue
-        if rec.get("step", 0) <= step and (keep_test or rec.get("kind") != "test"):
+        if not isinstance(rec, dict):
+            continue
+        kind = rec.get("kind")
+        if kind == "val" and isinstance(rec.get("epoch"), int) and rec["epoch"] > epoch:
+            continue
+        if rec.get("step", 0) <= step and (keep_test or kind != "test"):
             keep.append(line)
     write_atomic(path, "".join(line + "\n" for line in keep))
 
@@ -977,7 +985,8 @@ def train(spec_path: Path, opts: TrainOptions, reporter) -> TrainResult:
                     and state.epoch < c.program.train.epochs:
                 state = replace(state, finished=None)
             # a finished run writes no more records but its test one: its records stay
-            _trim_metrics(run_dir / METRICS, state.step, keep_test=state.finished is not None)
+            _trim_metrics(run_dir / METRICS, state.step, state.epoch,
+                          keep_test=state.finished is not None)
             best = ckpt.read_pointer(run_dir / CHECKPOINTS, "best")
             if best is not None:
                 trainer.best_params = ckpt.load_checkpoint(run_dir / CHECKPOINTS, "best").params
