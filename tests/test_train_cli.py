@@ -1414,6 +1414,38 @@ def test_plot_without_metrics(tmp_path, reber_run):
     _assert_clean_error(rnnc("plot", run, code=1), "no metrics to plot")
 
 
+def test_metrics_lines_that_are_json_but_not_records(tmp_path, reber_run):
+    """A metrics.jsonl line that is JSON but no record (a list, a number, a step that is
+    a string: an edited or damaged file) was a traceback in `rnnc plot` (AttributeError,
+    TypeError) and in `rnnc train --resume` (trimming the records it writes again);
+    such lines are skipped like a half-written one."""
+    import shutil
+
+    spec, whole, _ = reber_run
+    run = tmp_path / "run"
+    shutil.copytree(whole, run)
+    good = (run / "metrics.jsonl").read_text()
+    for bad in ('[1, 2]', '7', 'null', '{"kind": "train", "step": "x", "loss": 1.0}',
+                '{"kind": "val", "step": 3, "epoch": 1, "val_loss": "high"}',
+                '{"kind": "train", "step": 3, "loss": [1]}'):
+        (run / "metrics.jsonl").write_text(good + bad + "\n")
+        rnnc("plot", run, "-o", tmp_path / "c.png")
+        assert _is_png(tmp_path / "c.png")
+    (run / "metrics.jsonl").write_bytes(good.encode() + b'{"kind": "tr\xe9\n')  # not UTF-8
+    rnnc("plot", run, "-o", tmp_path / "c.png")
+    (run / "metrics.jsonl").write_text('[1, 2]\n{"kind": "val", "step": "x"}\n')
+    _assert_clean_error(rnnc("plot", run, code=1), "no metrics to plot")
+    part = tmp_path / "part"
+    train(spec, part, "--stop-after-steps", 7, code=130)
+    with open(part / "metrics.jsonl", "ab") as f:
+        f.write(b'{"kind": "train", "step": "x"}\n[3]\n{"kind": "\xff"}\n')
+    train(spec, part, "--resume")
+    _same_metrics(whole, part)
+    with open(part / "metrics.jsonl", "ab") as f:  # a finished run: it looks for its test
+        f.write(b'\xff\n')
+    assert "already finished" in train(spec, part, "--resume").output
+
+
 def test_data_parallel_over_two_host_devices(tmp_path):
     """--devices 2 (JAX, two forced host devices) trains like one device."""
     from rnnc.train.driver import load_backend

@@ -62,6 +62,7 @@ from rnnc.train.runs import (
     Overrides,
     apply_overrides,
     import_module_file,
+    metrics_record,
     module_path,
     read_run,
 )
@@ -821,17 +822,14 @@ def _trim_metrics(path: Path, step: int, epoch: int, keep_test: bool = False) ->
     if not path.exists():
         return
     keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        rec = metrics_record(line)
+        if rec is None:
             continue
-        if not isinstance(rec, dict):
+        kind = rec["kind"]
+        if kind == "val" and rec.get("epoch", 0) > epoch:
             continue
-        kind = rec.get("kind")
-        if kind == "val" and isinstance(rec.get("epoch"), int) and rec["epoch"] > epoch:
-            continue
-        if rec.get("step", 0) <= step and (keep_test or kind != "test"):
+        if rec["step"] <= step and (keep_test or kind != "test"):
             keep.append(line)
     write_atomic(path, "".join(line + "\n" for line in keep))
 
@@ -841,12 +839,10 @@ def _has_test_record(path: Path) -> bool:
     split; one stopped during that evaluation has none)."""
     if not path.exists():
         return False
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line).get("kind") == "test":
-                return True
-        except (ValueError, AttributeError):
-            continue
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        rec = metrics_record(line)
+        if rec is not None and rec["kind"] == "test":
+            return True
     return False
 
 

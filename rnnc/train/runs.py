@@ -119,20 +119,47 @@ def record_problem(record: Any, keys: dict[str, type | tuple[type, ...]]) -> str
     return None
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """Every record of ``metrics.jsonl`` (a half-written last line is skipped)."""
-    path = Path(run_dir) / METRICS
-    out = []
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def metrics_record(line: str) -> dict[str, Any] | None:
+    """The record a line of ``metrics.jsonl`` holds, or None for a line that is none: a
+    half-written one, or JSON of another shape (an edited or damaged file), whose fields
+    would be a TypeError wherever records are read."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        rec = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(rec, dict) or rec.get("kind") not in ("train", "val", "test"):
+        return None
+    step, epoch = rec.get("step"), rec.get("epoch", 0)
+    if not (isinstance(step, int) and isinstance(epoch, int)) or isinstance(step, bool) \
+            or isinstance(epoch, bool):
+        return None
+    if rec["kind"] == "train" and not _is_number(rec.get("loss")):
+        return None
+    if rec["kind"] == "val" and not _is_number(rec.get("val_loss")):
+        return None
+    numbers = ("loss", "grad_norm", "lr", "tokens_per_s", "time", "train_loss")
+    if any(not _is_number(v) for k, v in rec.items()
+           if k in numbers or k.startswith(("val_", "test_"))):
+        return None
+    return rec
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """Every record of ``metrics.jsonl`` (a half-written line, or one that holds no
+    record, is skipped)."""
+    path = Path(run_dir) / METRICS
+    try:
+        # a line damaged into bytes that are not UTF-8 is skipped, not the whole file
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     except FileNotFoundError:
         return []
-    for line in lines:
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
+    except OSError as err:
+        raise TrainError(f"cannot read '{path}': {err}") from None
+    return [rec for rec in map(metrics_record, lines) if rec is not None]
 
 
 # ---------------------------------------------------------------- overrides
