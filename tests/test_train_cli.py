@@ -1257,6 +1257,36 @@ class _FullAfter:
         return getattr(self.f, name)
 
 
+def test_a_file_size_limit_leaves_no_half_written_metrics_line(tmp_path):
+    """A write of metrics.jsonl that fails part-way (a full disk, a file size limit: here
+    `ulimit -f`, RLIMIT_FSIZE) was one error, but left the record's first bytes as a
+    half-written last line: the file now ends with its last whole record."""
+    import resource
+
+    spec = write(tmp_path / "r.rnn", REBER.format(cell="elman", epochs=1, extra=""))
+    module = tmp_path / "m.py"
+    rnnc("compile", spec, "-b", BACKEND, "-o", module)
+    limit = module.stat().st_size + 8192  # the module, checkpoints and run.json fit
+    spec = write(spec, REBER.format(cell="elman", epochs=limit // 1000 + 5, extra=""))
+    run = tmp_path / "run"
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "rnnc", "train", str(spec), "-b", BACKEND, "-o", str(run),
+         "-q"], capture_output=True, text=True, preexec_fn=limited, timeout=600)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "cannot write" in proc.stderr and "metrics.jsonl" in proc.stderr
+    text = (run / "metrics.jsonl").read_text()
+    assert text.endswith("\n")
+    for line in text.splitlines():
+        json.loads(line)
+    train(spec, run, "--resume")  # no limit now
+    assert len(records(run, "test")) == 1
+
+
 class _Reporter:
     """A reporter that records whether its progress display was stopped."""
 

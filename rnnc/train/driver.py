@@ -999,18 +999,27 @@ def train(spec_path: Path, opts: TrainOptions, reporter) -> TrainResult:
         else:
             state = fresh
         try:
-            metrics_file = open(run_dir / METRICS, "a", encoding="utf-8")  # noqa: SIM115
+            # unbuffered: each record is written at once, and a write that fails part-way
+            # (a full disk) is cut off again (below), never left as a half-written line
+            metrics_file = open(run_dir / METRICS, "ab", buffering=0)  # noqa: SIM115
+            whole = metrics_file.seek(0, os.SEEK_END)  # bytes of whole records
         except OSError as err:
             raise TrainError(f"cannot write '{run_dir / METRICS}': {err.strerror}") from None
 
         def log(rec: dict[str, Any]) -> None:
+            nonlocal whole
+            data = (json.dumps(rec) + "\n").encode("utf-8")
             try:
-                metrics_file.write(json.dumps(rec) + "\n")
-                metrics_file.flush()
+                done = 0
+                while done < len(data):  # a raw write may write part of it
+                    done += metrics_file.write(data[done:])
             except OSError as err:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(metrics_file.fileno(), whole)
                 raise TrainError(f"cannot write '{run_dir / METRICS}': {err.strerror or err}",
                                  hint="check the free disk space and the folder's permissions"
                                  ) from None
+            whole += len(data)
 
         try:
             try:
@@ -1036,8 +1045,6 @@ def train(spec_path: Path, opts: TrainOptions, reporter) -> TrainResult:
             log({"kind": "test", "step": state.step, "epoch": state.epoch,
                  **{f"test_{k}": v for k, v in test.items()}})
         finally:
-            # a record that could not be written (a full disk) stays in the file's buffer,
-            # and closing would fail on it again: log has reported it already
             with contextlib.suppress(OSError):
                 metrics_file.close()
         return TrainResult(run_dir, state, test)
