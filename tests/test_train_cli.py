@@ -1411,6 +1411,49 @@ def test_run_records_that_are_json_but_damaged(tmp_path, reber_run, damage, text
     assert not (tmp_path / "g.png").exists()
 
 
+@pytest.mark.parametrize(("key", "value"), [
+    ("data", {"options": {}}), ("sizes", {"n_out": 7, "task": "classify_step"}),
+    ("sizes", {"n_in": "7", "n_out": 7, "task": "classify_step"}),
+    ("overrides", ["epochs"]), ("overrides", {"epoch": 3}), ("overrides", {"batch": "x"}),
+    ("vocab", None), ("vocab", "the cat"), ("vocab", [1, 2]), ("vocab", ["t", "h", "e"])])
+def test_run_json_with_a_damaged_field(tmp_path, text_run, key, value):
+    """A run.json with every key, but one of a wrong shape (data without its name, sizes
+    without n_in, overrides that are no overrides, a text run's vocabulary missing or
+    not characters) was a traceback (KeyError, TypeError) in eval, sample, plot or
+    train --resume."""
+    import shutil
+
+    spec, whole, _ = text_run
+    run = tmp_path / "run"
+    shutil.copytree(whole, run)
+    record = json.loads((run / "run.json").read_text())
+    record[key] = value
+    (run / "run.json").write_text(json.dumps(record))
+    for args in (["eval", run], ["sample", run, "--length", 5],
+                 ["plot", run, "-o", tmp_path / "c.png"],
+                 ["plot", run, "--gates", "the", "-o", tmp_path / "g.png"],
+                 ["plot", run, "--input-grads", "val", "-o", tmp_path / "i.png"]):
+        _assert_clean_error(rnnc(*args, code=1), "run.json' is damaged")
+    _assert_clean_error(train(spec, run, "--resume", code=1), "run.json' is damaged")
+
+
+@pytest.mark.parametrize("vocab", [[1, 2], "ab", ["a", "b"]])
+def test_sample_from_a_checkpoint_with_a_damaged_vocabulary(tmp_path, text_run, vocab):
+    """checkpoint.json's vocabulary, which `rnnc sample` decoded with, damaged (ids for
+    characters, a string, another list than the run's): a TypeError or IndexError
+    traceback, or text decoded with the wrong characters."""
+    import shutil
+
+    _, whole, _ = text_run
+    run = tmp_path / "run"
+    shutil.copytree(whole, run)
+    for path in (run / "checkpoints").glob("step-*/checkpoint.json"):
+        record = json.loads(path.read_text())
+        record["vocab"] = vocab
+        path.write_text(json.dumps(record))
+    _assert_clean_error(rnnc("sample", run, "--length", 5, code=1), "vocabulary")
+
+
 def test_checkpoint_of_another_spec_is_refused(tmp_path, reber_run):
     import shutil
 

@@ -158,7 +158,12 @@ def _sample(
     if any(layer.bidirectional for layer in m.layers) or m.head.at != "per_step":
         raise TrainError("sampling needs a one-directional model with a per-step head")
     cp = load_run_checkpoint(run_dir, record, c, checkpoint)
-    vocab = cp.record.get("vocab") or record["vocab"]
+    vocab = record["vocab"]  # read_run checked it: a text run's characters
+    if cp.record.get("vocab") not in (None, vocab):
+        raise TrainError(f"checkpoint '{cp.path}' does not match the run in '{run_dir}': its "
+                         "vocabulary differs from the run's",
+                         hint="checkpoints/ does not match the rest of the run folder: train "
+                              "the run again (rnnc train SPEC --out RUN_DIR --force)")
     if prime is None:
         prime = (c.train_cfg.get("sample") or {}).get("prime") or (
             "\n" if "\n" in vocab else vocab[0])

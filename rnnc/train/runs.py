@@ -95,7 +95,7 @@ def read_run(run_dir: Path) -> dict[str, Any]:
                          ) from None
     except (OSError, ValueError) as err:
         raise TrainError(f"cannot read '{path}': {err}") from None
-    missing = record_problem(record, _RUN_KEYS)
+    missing = record_problem(record, _RUN_KEYS) or _run_field_problem(record)
     if missing:
         raise TrainError(f"'{path}' is damaged: {missing}",
                          hint="train the run again (rnnc train SPEC --out RUN_DIR --force)")
@@ -104,6 +104,36 @@ def read_run(run_dir: Path) -> dict[str, Any]:
 
 _RUN_KEYS = {"spec_sha256": str, "spec_copy": str, "backend": str, "module": str,
              "base_dir": str, "data": dict, "sizes": dict, "metric": str}
+
+
+def _run_field_problem(record: dict[str, Any]) -> str | None:
+    """What is wrong inside a run record's fields (what eval, sample, plot and --resume
+    read from them), or None."""
+    data, sizes = record["data"], record["sizes"]
+    if not isinstance(data.get("name"), str):
+        return "its 'data' has no dataset name"
+    for key, kind in (("n_in", int), ("n_out", int), ("task", str)):
+        if not isinstance(sizes.get(key), kind) or isinstance(sizes.get(key), bool):
+            return f"its 'sizes' has no {key}"
+    overrides = record.get("overrides", {})
+    if overrides is not None:
+        if not isinstance(overrides, dict):
+            return f"its 'overrides' is {json.dumps(overrides)[:40]}"
+        for key, value in overrides.items():
+            if key not in Overrides.__dataclass_fields__:
+                return f"its 'overrides' has an unknown setting '{key}'"[:120]
+            number = int | float if key == "lr" else int
+            if not isinstance(value, number) or isinstance(value, bool):
+                return f"its override of {key} is {json.dumps(value)[:40]}"
+    vocab = record.get("vocab")
+    if vocab is None and data["name"] == "text":
+        return "it has no vocabulary (the text run's characters)"
+    if vocab is not None and (not isinstance(vocab, list) or not vocab
+                              or not all(isinstance(v, str) for v in vocab)):
+        return f"its 'vocab' is {json.dumps(vocab)[:40]}"
+    if data["name"] == "text" and not len(vocab) == sizes["n_in"] == sizes["n_out"]:
+        return f"its vocabulary has {len(vocab)} characters, its model {sizes['n_in']}"
+    return None
 
 
 def record_problem(record: Any, keys: dict[str, type | tuple[type, ...]]) -> str | None:
