@@ -1454,6 +1454,38 @@ def test_sample_from_a_checkpoint_with_a_damaged_vocabulary(tmp_path, text_run, 
     _assert_clean_error(rnnc("sample", run, "--length", 5, code=1), "vocabulary")
 
 
+@pytest.fixture(scope="module")
+def stopped_text_run(tmp_path_factory):
+    """A text run with dropout, stopped (Ctrl-C) at step 7 of its first epoch."""
+    d = tmp_path_factory.mktemp("stopped")
+    write(d / "corpus.txt", CORPUS)
+    spec = write(d / "chars.rnn", TEXT)
+    train(spec, d / "run", "--stop-after-steps", 7, code=130)
+    return spec, d / "run"
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("rng", {}), ("rng", {"kind": "numpy", "state": {"bit_generator": "PCG64"}}),
+    ("rng", {"kind": "jax", "key": [0, 1], "dtype": "uint32"}), ("rng", None),
+    ("batch_index", 999), ("batch_index", -1), ("epoch", -3), ("step", -1),
+    ("epoch_tokens", -5), ("bad_epochs", -1), ("finished", "bogus"), ("best", "NaN")])
+def test_checkpoint_json_with_a_damaged_field(tmp_path, stopped_text_run, key, value):
+    """A checkpoint.json whose fields have the right JSON types but impossible values (a
+    dropout RNG state without its parts or of the other backend, a position past the
+    epoch's end, negative counts, an unknown reason for finishing) was a traceback
+    (KeyError, StopIteration, ValueError) or resumed silently from nonsense."""
+    import shutil
+
+    spec, stopped = stopped_text_run
+    run = tmp_path / "run"
+    shutil.copytree(stopped, run)
+    cp = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
+    record = json.loads((cp / "checkpoint.json").read_text())
+    record[key] = float("nan") if value == "NaN" else value
+    (cp / "checkpoint.json").write_text(json.dumps(record))
+    _assert_clean_error(train(spec, run, "--resume", code=1), "is damaged")
+
+
 def test_checkpoint_of_another_spec_is_refused(tmp_path, reber_run):
     import shutil
 

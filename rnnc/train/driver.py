@@ -508,6 +508,19 @@ class Trainer:
 
     def state_from(self, cp: ckpt.Checkpoint) -> TrainState:
         r = cp.record
+        # what load_checkpoint_at cannot check without the run: the position in the
+        # epoch, and a dropout RNG of this backend where the model has dropout
+        kind = "jax" if self.c.backend == "jax" else "numpy"
+        problem = (
+            f"its batch_index is {r['batch_index']}, but an epoch has {self.n_batches()} "
+            "batches" if r["batch_index"] > self.n_batches() else
+            "it has no dropout RNG state, and the model has dropout"
+            if self.dropout and r["rng"] is None else
+            f"its dropout RNG state is not one of the {self.c.backend} backend"
+            if r["rng"] is not None and r["rng"].get("kind") != kind else None)
+        if problem is not None:
+            raise TrainError(f"checkpoint '{cp.path}' is damaged: {problem}",
+                             hint="delete it, or train again with --force")
         return TrainState(
             params=cp.params, opt_state=cp.opt_state, step=r["step"], epoch=r["epoch"],
             batch_index=r["batch_index"], stream_state=cp.stream_state, rng=r["rng"],
