@@ -449,6 +449,40 @@ def test_stopped_during_the_test_evaluation(tmp_path, monkeypatch, terminated, c
     assert records(run, "test") == [test] and len(records(run, "val")) == 2
 
 
+@pytest.mark.parametrize(("sig", "code", "says"), [
+    (signal.SIGINT, 130, "interrupted before the test evaluation"),
+    (signal.SIGTERM, 143, "terminated before the test evaluation"),
+])
+def test_stopped_during_the_last_validation(tmp_path, monkeypatch, sig, code, says):
+    """A Ctrl-C or SIGTERM during the last epoch's validation was swallowed: the first one
+    only asks the loop to stop, the loop had ended, and the run went on to evaluate the
+    whole test split and exit 0 (a job scheduler's SIGTERM, then its SIGKILL in the
+    middle of it). Training is finished and saved: it now stops there, as one stopped
+    during the test evaluation does."""
+    from rnnc.train import driver
+
+    spec = write(tmp_path / "r.rnn", REBER.format(cell="elman", epochs=2, extra=""))
+    run = tmp_path / "run"
+    real = driver.evaluate
+    seen = []
+
+    def signalled_on_last_val(c, params, split, progress=None):
+        seen.append(split)
+        if seen.count("val") == 2 and split == "val":
+            os.kill(os.getpid(), sig)  # the handler only sets a flag: validation goes on
+        return real(c, params, split, progress)
+
+    monkeypatch.setattr(driver, "evaluate", signalled_on_last_val)
+    result = train(spec, run, code=code)
+    assert says in result.output and "training finished at step" in result.output
+    assert seen == ["val", "val"]
+    assert records(run, "test") == [] and len(records(run, "val")) == 2
+    assert latest_record(run)["finished"] == "epochs"
+    monkeypatch.setattr(driver, "evaluate", real)
+    result = train(spec, run, "--resume")
+    assert "already finished" in result.output and len(records(run, "test")) == 1
+
+
 def test_sigterm_while_compiling_leaves_nothing_behind(tmp_path):
     """SIGTERM before training starts (compiling, building the data) left the new run
     folder behind, with the staging folder of the module in it."""

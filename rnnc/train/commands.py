@@ -76,7 +76,8 @@ def _train(
         raise typer.Exit(143 if result.terminated else 130)
     if result.test_interrupted:
         how = "terminated" if result.terminated else "interrupted"
-        typer.echo(f"{how} during the test evaluation: training finished at step "
+        when = "before" if result.before_test else "during"
+        typer.echo(f"{how} {when} the test evaluation: training finished at step "
                    f"{result.state.step} and is saved in {run_dir}", err=True)
         typer.echo(f"the test figures: rnnc eval {shlex.quote(str(run_dir))} (or resume with: "
                    f"rnnc train {shlex.quote(str(spec))} --out {shlex.quote(str(run_dir))} "

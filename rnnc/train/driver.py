@@ -738,9 +738,11 @@ class TrainResult:
     test: dict[str, float] | None
     interrupted_at: Path | None = None
     terminated: bool = False  # interrupted by SIGTERM rather than Ctrl-C
-    # training finished and is saved, but Ctrl-C or SIGTERM stopped the test evaluation:
-    # `rnnc eval` (or `rnnc train --resume`) gives the figures
+    # training finished and is saved, but Ctrl-C or SIGTERM stopped the test evaluation
+    # (or came before it, during the last validation): `rnnc eval` (or `rnnc train
+    # --resume`) gives the figures
     test_interrupted: bool = False
+    before_test: bool = False  # the stop came before the test evaluation began
 
 
 LOCK = ".rnnc-lock"
@@ -1047,6 +1049,12 @@ def train(spec_path: Path, opts: TrainOptions, reporter) -> TrainResult:
             params = trainer.best_params if trainer.best_params is not None else state.params
             if split_size(c.dataset, "test") == 0:
                 return TrainResult(run_dir, state, None)
+            if trainer.interrupted:
+                # a Ctrl-C or SIGTERM during the last epoch's validation (only a flag: the
+                # loop had no step left to stop after) stops here, not after the test
+                return TrainResult(run_dir, state, None, test_interrupted=True,
+                                   terminated=trainer.interrupted == signal.SIGTERM,
+                                   before_test=True)
             # Training is over and saved (its last checkpoint is the finished state): a
             # Ctrl-C or SIGTERM here leaves the run whole, without its test record, which
             # `rnnc eval` or `rnnc train --resume` gives
