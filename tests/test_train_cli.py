@@ -483,6 +483,35 @@ def test_stopped_during_the_last_validation(tmp_path, monkeypatch, sig, code, sa
     assert "already finished" in result.output and len(records(run, "test")) == 1
 
 
+def test_validation_that_is_never_finite(tmp_path, monkeypatch):
+    """Every validation value NaN (no epoch can be the best one): the run tests its last
+    parameters, and said so as "best epoch None"; early stopping counts those epochs as
+    not improving, and eval's `best` is the latest checkpoint."""
+    import math
+
+    from rnnc.train import driver
+
+    spec = write(tmp_path / "r.rnn", REBER.format(
+        cell="elman", epochs=4, extra="early_stop metric val_loss patience 2"))
+    run = tmp_path / "run"
+    real = driver.evaluate
+
+    def nan_val(c, params, split, progress=None):
+        got = real(c, params, split, progress)
+        return {k: math.nan for k in got} if split == "val" else got
+
+    monkeypatch.setattr(driver, "evaluate", nan_val)
+    result = train(spec, run)
+    assert "None" not in result.output
+    assert "no best epoch (no validation value was finite)" in result.output
+    assert len(records(run, "val")) == 2 and latest_record(run)["finished"] == "early_stop"
+    assert not (run / "checkpoints" / "best").exists()
+    monkeypatch.setattr(driver, "evaluate", real)
+    got = json.loads(rnnc("eval", run, "--json").output)
+    assert got["step"] == latest_record(run)["step"]
+    assert got["metrics"]["loss"] == pytest.approx(records(run, "test")[0]["test_loss"])
+
+
 def test_sigterm_while_compiling_leaves_nothing_behind(tmp_path):
     """SIGTERM before training starts (compiling, building the data) left the new run
     folder behind, with the staging folder of the module in it."""

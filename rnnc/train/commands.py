@@ -85,8 +85,10 @@ def _train(
         raise typer.Exit(143 if result.terminated else 130)
     if result.test is not None:
         parts = "  ".join(f"test_{k} {v:.4f}" for k, v in result.test.items())
-        typer.echo(f"test ({result.state.step} steps, best epoch "
-                   f"{result.state.best_epoch}): {parts}")
+        best = result.state.best_epoch
+        which = f"best epoch {best}" if best is not None else \
+            "no best epoch (no validation value was finite): the last parameters"
+        typer.echo(f"test ({result.state.step} steps, {which}): {parts}")
     typer.echo(f"run folder: {run_dir}")
 
 
