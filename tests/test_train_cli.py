@@ -1549,6 +1549,27 @@ def test_checkpoint_json_with_a_damaged_field(tmp_path, stopped_text_run, key, v
     _assert_clean_error(train(spec, run, "--resume", code=1), "is damaged")
 
 
+@pytest.mark.parametrize("pointer", ["latest", "both"])
+def test_eval_without_the_checkpoint_pointers(tmp_path, text_run, pointer):
+    """checkpoints/latest (and best) deleted or naming nothing: --resume goes on from the
+    newest whole checkpoint, but eval, sample and plot --gates said "no checkpoint in RUN
+    ... train first" of a run that holds them."""
+    import shutil
+
+    _, whole, _ = text_run
+    run = tmp_path / "run"
+    shutil.copytree(whole, run)
+    step = latest_record(run)["step"]
+    (run / "checkpoints" / "latest").write_text("step-99999999\n")
+    if pointer == "both":
+        (run / "checkpoints" / "best").unlink()
+    for which in ("latest", "best"):
+        got = json.loads(rnnc("eval", run, "--json", "--checkpoint", which).output)
+        assert got["step"] == step
+    assert rnnc("sample", run, "--length", 5, "--checkpoint", "latest").output.strip()
+    rnnc("plot", run, "--gates", "the", "--checkpoint", "latest", "-o", tmp_path / "g.png")
+
+
 def test_checkpoint_of_another_spec_is_refused(tmp_path, reber_run):
     import shutil
 

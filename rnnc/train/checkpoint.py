@@ -208,15 +208,16 @@ def load_newest(folder: Path) -> tuple[Checkpoint, list[str]]:
 def load_checkpoint(folder: Path, which: str = "latest") -> Checkpoint:
     """Load the checkpoint a pointer (``latest`` or ``best``) names.
 
-    ``best`` falls back to ``latest`` when no best checkpoint was recorded.
+    ``best`` falls back to ``latest`` when no best checkpoint was recorded, and ``latest``
+    to the newest whole checkpoint (the one ``--resume`` goes on from) where its pointer
+    is gone or names no checkpoint.
     """
     folder = Path(folder)
     name = read_pointer(folder, which)
     if name is None and which == "best":
         name = read_pointer(folder, "latest")
     if name is None:
-        raise TrainError(f"no checkpoint in '{folder.parent}'",
-                         hint="train first: rnnc train SPEC --out RUN_DIR")
+        return load_newest(folder)[0]  # TrainError "no checkpoint" where there is none
     return load_checkpoint_at(folder / name)
 
 
