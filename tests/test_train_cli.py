@@ -1448,7 +1448,9 @@ def test_other_bad_options(tmp_path):
     notrain = write(tmp_path / "n.rnn", "model m {\n  layer elman(hidden: 3)\n}\n")
     _assert_clean_error(train(notrain, tmp_path / "run4", code=1), "no train block")
     result = rnnc("eval", tmp_path / "nothing", code=1)
-    _assert_clean_error(result, "not a run folder")
+    _assert_clean_error(result, "not a run folder (it does not exist)")  # not "no run.json"
+    (tmp_path / "empty").mkdir()
+    _assert_clean_error(rnnc("plot", tmp_path / "empty", code=1), "(it has no run.json)")
     # --force was silently ignored beside --resume
     result = train(spec, tmp_path / "run5", "--resume", "--force", code=1)
     _assert_clean_error(result, "--resume continues the run in the folder and --force deletes")

@@ -89,7 +89,7 @@ def read_run(run_dir: Path) -> dict[str, Any]:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (FileNotFoundError, NotADirectoryError):
         what = "it is a file" if Path(run_dir).is_file() else \
-            f"it has no {RUN_RECORD}"
+            "it does not exist" if not Path(run_dir).exists() else f"it has no {RUN_RECORD}"
         raise TrainError(f"'{run_dir}' is not a run folder ({what})",
                          hint="give the folder `rnnc train` wrote (default runs/<spec name>)"
                          ) from None
