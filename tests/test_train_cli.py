@@ -1572,6 +1572,26 @@ def test_eval_without_the_checkpoint_pointers(tmp_path, text_run, pointer):
     rnnc("plot", run, "--gates", "the", "--checkpoint", "latest", "-o", tmp_path / "g.png")
 
 
+@pytest.mark.parametrize("name", ["metrics.jsonl", f"model_{BACKEND}.py"])
+def test_a_folder_where_a_run_file_belongs(tmp_path, reber_run, name):
+    """metrics.jsonl or the run's module a folder (IsADirectoryError): eval, --resume and
+    --force were tracebacks (importing the module, trimming the metrics, renaming the
+    new module over the folder): now one error each, or they work."""
+    import shutil
+
+    spec, whole, _ = reber_run
+    run = tmp_path / "run"
+    shutil.copytree(whole, run)
+    (run / name).unlink()
+    (run / name).mkdir()
+    for args in (["eval", run], ["plot", run, "-o", tmp_path / "c.png"]):
+        result = rnnc(*args, code=None)
+        assert result.exit_code == 0 or "error:" in result.output
+    for extra in (["--resume", "--epochs", 7], ["--force"]):
+        result = train(spec, run, *extra, code=None)
+        assert result.exit_code == 0 or "error:" in result.output
+
+
 def test_checkpoint_of_another_spec_is_refused(tmp_path, reber_run):
     import shutil
 

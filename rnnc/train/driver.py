@@ -837,7 +837,7 @@ def _trim_metrics(path: Path, step: int, epoch: int, keep_test: bool = False) ->
     if not path.exists():
         return
     keep = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    for line in _metrics_lines(path):
         rec = metrics_record(line)
         if rec is None:
             continue
@@ -849,12 +849,20 @@ def _trim_metrics(path: Path, step: int, epoch: int, keep_test: bool = False) ->
     write_atomic(path, "".join(line + "\n" for line in keep))
 
 
+def _metrics_lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as err:  # a folder in its place, unreadable
+        raise TrainError(f"cannot read '{path}': {err.strerror or err}",
+                         hint="remove what is in its place") from None
+
+
 def _has_test_record(path: Path) -> bool:
     """Whether the metrics file holds a test record (a finished run evaluated the test
     split; one stopped during that evaluation has none)."""
     if not path.exists():
         return False
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    for line in _metrics_lines(path):
         rec = metrics_record(line)
         if rec is not None and rec["kind"] == "test":
             return True
@@ -968,7 +976,11 @@ def train(spec_path: Path, opts: TrainOptions, reporter) -> TrainResult:
             fresh = trainer.fresh_state() if resume_from is None else None
             if not opts.resume and is_run:
                 _start_over(run_dir)
-            os.replace(staging / module_file.name, module_file)
+            try:
+                os.replace(staging / module_file.name, module_file)
+            except OSError as err:  # a folder in its place
+                raise TrainError(f"cannot write '{module_file}': {err.strerror or err}",
+                                 hint="remove what is in its place") from None
         except BaseException:
             if created is not None:
                 shutil.rmtree(created, ignore_errors=True)

@@ -76,6 +76,11 @@ def import_module_file(path: Path) -> ModuleType:
         raise TrainError(f"the run's module '{path}' is missing",
                          hint="train the run again (rnnc train SPEC --out RUN_DIR --force)"
                          ) from None
+    except OSError as err:  # a folder in its place, unreadable
+        sys.modules.pop(name, None)
+        raise TrainError(f"cannot read the run's module '{path}': {err.strerror or err}",
+                         hint="train the run again (rnnc train SPEC --out RUN_DIR --force)"
+                         ) from None
     except RnncError:
         sys.modules.pop(name, None)
         raise
@@ -94,7 +99,8 @@ def read_run(run_dir: Path) -> dict[str, Any]:
                          hint="give the folder `rnnc train` wrote (default runs/<spec name>)"
                          ) from None
     except (OSError, ValueError) as err:
-        raise TrainError(f"cannot read '{path}': {err}") from None
+        why = getattr(err, "strerror", None) or err
+        raise TrainError(f"cannot read '{path}': {why}") from None
     missing = record_problem(record, _RUN_KEYS) or _run_field_problem(record)
     if missing:
         raise TrainError(f"'{path}' is damaged: {missing}",
@@ -188,7 +194,7 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     except FileNotFoundError:
         return []
     except OSError as err:
-        raise TrainError(f"cannot read '{path}': {err}") from None
+        raise TrainError(f"cannot read '{path}': {err.strerror or err}") from None
     return [rec for rec in map(metrics_record, lines) if rec is not None]
 
 
