@@ -624,11 +624,15 @@ class Trainer:
                     self.reporter.epoch_start(st.epoch, st.batch_index)
                     for b in self.batches(st.epoch, st.batch_index):
                         try:
-                            self.state, m = self.step(self.state, b)
+                            st, m = self.step(self.state, b)
                         except NonFinite as bad:
                             self._non_finite(float(bad.args[0]))
-                        st = self.state
+                        # the record first, then the state a stop saves: a second Ctrl-C
+                        # between them saved a step whose record was never written (a
+                        # record of a step not saved is dropped and written again by
+                        # --resume)
                         log({"kind": "train", "step": st.step, "epoch": st.epoch + 1, **m})
+                        self.state = st
                         self.reporter.step(st, m)
                         if sample_every and st.step % sample_every == 0:
                             self.reporter.sample(st.step, self.sample(st.params, st.step))
