@@ -27,6 +27,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -784,6 +785,29 @@ def _run_lock(run_dir: Path) -> Iterator[None]:
         yield
 
 
+_STAGED = re.compile(r"\.tmp-[A-Za-z0-9_]{8}")  # tempfile.mkdtemp(prefix=".tmp-")
+_REPLACING = re.compile(  # write_atomic's temporary file of a run folder's file
+    r"\.(run\.json|spec\.rnn|spec\.yaml|spec\.yml|metrics\.jsonl)\.[A-Za-z0-9_]{8}\.tmp")
+_STAGED_FILE = re.compile(r"\.?model_\w+\.py(\.[A-Za-z0-9_]{8}\.tmp)?")
+
+
+def _remove_leftovers(run_dir: Path) -> None:
+    """Remove what a `rnnc train` killed (kill -9, a power cut) left in the run folder: a
+    module staging folder (holding nothing but a module and its temporary file) and the
+    temporary files of files it was replacing. Only under the run's lock, so no other
+    `rnnc train` is writing them; checkpoints/ removes its own (checkpoint._prune)."""
+    with contextlib.suppress(OSError):
+        for entry in run_dir.iterdir():
+            if _REPLACING.fullmatch(entry.name) and entry.is_file() \
+                    and not entry.is_symlink():
+                entry.unlink()
+            elif _STAGED.fullmatch(entry.name) and entry.is_dir() \
+                    and not entry.is_symlink() and all(
+                        _STAGED_FILE.fullmatch(f.name) and f.is_file()
+                        for f in entry.iterdir()):
+                shutil.rmtree(entry, ignore_errors=True)
+
+
 def _prepare_dir(run_dir: Path) -> None:
     from rnnc.cli import file_in_the_way
 
@@ -963,6 +987,7 @@ def train(spec_path: Path, opts: TrainOptions, reporter) -> TrainResult:
     # one `rnnc train` at a time in a run folder: a second one would delete and interleave
     # the first one's checkpoints and metrics
     with _run_lock(run_dir):
+        _remove_leftovers(run_dir)
         # Everything that can reject the spec, its data or the options happens before the
         # folder is touched: a new run's module is built in a temporary folder, and a run
         # replaced with --force is only deleted once its successor is ready to train.
