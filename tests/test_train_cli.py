@@ -931,6 +931,18 @@ def test_plot_curves(reber_run, tmp_path):
     assert _is_png(out) and str(out) in result.output
 
 
+@pytest.mark.parametrize("name", ["curves.svg", "curves.pdf", "curves.jpg"])
+def test_plot_to_a_file_named_for_another_format(reber_run, tmp_path, name):
+    """`rnnc plot -o curves.svg` wrote PNG bytes into curves.svg (a file its viewers
+    cannot open): one error, and nothing written."""
+    for extra in ([], ["--gates", "test:0"], ["--input-grads", "val"]):
+        result = rnnc("plot", reber_run[1], "-o", tmp_path / name, *extra, code=1)
+        _assert_clean_error(result, "PNG", ".png")
+        assert not (tmp_path / name).exists()
+    rnnc("plot", reber_run[1], "-o", tmp_path / "CURVES.PNG")
+    assert _is_png(tmp_path / "CURVES.PNG")
+
+
 def test_plot_curves_shows_the_gradient_norm(monkeypatch, tmp_path):
     """The curves figure has a log-scale panel of grad_norm per step (exploding
     gradients show as a straight climb), with the clip threshold as a dashed line."""

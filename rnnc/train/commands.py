@@ -246,6 +246,9 @@ def _plot(
 
     run_dir = Path(run_dir)
     _check_checkpoint(checkpoint)
+    if output is not None and output.suffix and output.suffix.lower() != ".png":
+        raise TrainError(f"rnnc plot draws PNG images, and '{output}' names a "
+                         f"{output.suffix} file", hint=f"write it to {output.with_suffix('.png')}")
     record = read_run(run_dir)
     if gates is not None and input_grads is not None:
         raise TrainError("--gates and --input-grads draw different figures",
