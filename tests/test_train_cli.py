@@ -1410,8 +1410,6 @@ def test_a_file_size_limit_leaves_no_half_written_metrics_line(tmp_path):
     """A write of metrics.jsonl that fails part-way (a full disk, a file size limit: here
     `ulimit -f`, RLIMIT_FSIZE) was one error, but left the record's first bytes as a
     half-written last line: the file now ends with its last whole record."""
-    import resource
-
     spec = write(tmp_path / "r.rnn", REBER.format(cell="elman", epochs=1, extra=""))
     module = tmp_path / "m.py"
     rnnc("compile", spec, "-b", BACKEND, "-o", module)
@@ -1419,12 +1417,15 @@ def test_a_file_size_limit_leaves_no_half_written_metrics_line(tmp_path):
     spec = write(spec, REBER.format(cell="elman", epochs=limit // 1000 + 5, extra=""))
     run = tmp_path / "run"
 
-    def limited():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    proc = subprocess.run(
-        [sys.executable, "-m", "rnnc", "train", str(spec), "-b", BACKEND, "-o", str(run),
-         "-q"], capture_output=True, text=True, preexec_fn=limited, timeout=600)
+    # the limit set in the child itself: a preexec_fn forks this process, which JAX (once
+    # imported by other tests) warns is unsafe
+    code = ("import resource, runpy, sys\n"
+            f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n"
+            f"sys.argv = ['rnnc', 'train', {str(spec)!r}, '-b', {BACKEND!r}, '-o', "
+            f"{str(run)!r}, '-q']\n"
+            "runpy.run_module('rnnc', run_name='__main__')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
     assert "cannot write" in proc.stderr and "metrics.jsonl" in proc.stderr
