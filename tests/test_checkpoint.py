@@ -243,13 +243,21 @@ def test_overrides_rewrite_the_train_block():
 
 def test_trim_metrics(tmp_path):
     path = tmp_path / "metrics.jsonl"
-    recs = [{"kind": "train", "step": s} for s in range(1, 6)]
-    recs.insert(3, {"kind": "val", "step": 3})
+    recs = [{"kind": "train", "step": s, "loss": 1.0} for s in range(1, 6)]
+    val = {"kind": "val", "step": 3, "epoch": 1, "val_loss": 0.5}
+    recs.insert(3, val)
     recs.append({"kind": "test", "step": 5})
     path.write_text("".join(json.dumps(r) + "\n" for r in recs) + '{"kind": "tr')
-    _trim_metrics(path, 3)
-    assert read_metrics(tmp_path) == [{"kind": "train", "step": 1}, {"kind": "train", "step": 2},
-                                      {"kind": "train", "step": 3}, {"kind": "val", "step": 3}]
+    _trim_metrics(path, 3, 1)
+    assert read_metrics(tmp_path) == recs[:4]
+    # a checkpoint of epoch 1's last step from before its validation (a stop while the
+    # epoch's checkpoint was written): the resumed run validates epoch 1 again
+    _trim_metrics(path, 3, 0)
+    assert read_metrics(tmp_path) == recs[:3]
+    # JSON, but no records: skipped like a half-written line
+    path.write_text('[1]\n5\n{"kind": "train", "step": 1}\n' + json.dumps(recs[0]) + "\n")
+    _trim_metrics(path, 3, 0)
+    assert read_metrics(tmp_path) == recs[:1]
 
 
 @pytest.mark.parametrize("name", ["reber", "adding", "temporal_order"])

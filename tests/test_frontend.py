@@ -96,6 +96,28 @@ def test_ctrl_c_while_the_cli_imports():
     assert r.returncode == 0 and "elman" in r.stdout, r.stderr
 
 
+def test_ctrl_c_after_the_command_ended():
+    """A (second) Ctrl-C that came after a command had printed its last line, while the
+    interpreter shut down (threading._shutdown, atexit), printed "Exception ignored ...
+    Traceback ... KeyboardInterrupt" (seen after `rnnc train`'s "interrupted" line): it
+    now ends the process quietly, as an interrupt does."""
+    import signal
+    import subprocess
+    import sys
+
+    code = (
+        "import atexit, os, signal, sys\n"
+        "atexit.register(lambda: os.kill(os.getpid(), signal.SIGINT))\n"
+        "sys.argv = ['rnnc', '--version']\n"
+        "from rnnc.__main__ import main\n"
+        "main()\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=ROOT, timeout=60)
+    assert "Traceback" not in r.stderr and "Exception ignored" not in r.stderr, r.stderr
+    assert r.stdout.startswith("rnnc ") and r.returncode == -signal.SIGINT
+
+
 def test_non_utf8_spec(tmp_path):
     p = tmp_path / "bad.rnn"
     p.write_bytes(b"# a spec\nmodel m {\xff}")

@@ -208,15 +208,16 @@ def load_newest(folder: Path) -> tuple[Checkpoint, list[str]]:
 def load_checkpoint(folder: Path, which: str = "latest") -> Checkpoint:
     """Load the checkpoint a pointer (``latest`` or ``best``) names.
 
-    ``best`` falls back to ``latest`` when no best checkpoint was recorded.
+    ``best`` falls back to ``latest`` when no best checkpoint was recorded, and ``latest``
+    to the newest whole checkpoint (the one ``--resume`` goes on from) where its pointer
+    is gone or names no checkpoint.
     """
     folder = Path(folder)
     name = read_pointer(folder, which)
     if name is None and which == "best":
         name = read_pointer(folder, "latest")
     if name is None:
-        raise TrainError(f"no checkpoint in '{folder.parent}'",
-                         hint="train first: rnnc train SPEC --out RUN_DIR")
+        return load_newest(folder)[0]  # TrainError "no checkpoint" where there is none
     return load_checkpoint_at(folder / name)
 
 
@@ -233,11 +234,43 @@ def load_checkpoint_at(path: Path) -> Checkpoint:
                          hint="delete it, or train again with --force") from None
     from rnnc.train.runs import record_problem
 
-    wrong = record_problem(record, _RECORD_KEYS)
+    wrong = record_problem(record, _RECORD_KEYS) or _value_problem(record)
     if wrong:
         raise TrainError(f"checkpoint '{path}' is damaged: its {RECORD} is not a checkpoint "
                          f"record ({wrong})", hint="delete it, or train again with --force")
     return Checkpoint(path, params, opt_state, stream_state, record)
+
+
+FINISHED = (None, "epochs", "early_stop")
+"""Why a run ended (``finished`` in a record): not yet, all its epochs, early stopping."""
+
+
+def _value_problem(record: dict[str, Any]) -> str | None:
+    """What is impossible in a checkpoint record whose fields have the right JSON types
+    (a count below zero, a loss that is not finite, a dropout RNG state without its
+    parts), or None: a resumed run would stop on it with a traceback, or go on from
+    nonsense."""
+    import math
+
+    for key in ("step", "epoch", "batch_index", "epoch_tokens", "bad_epochs", "best_epoch"):
+        if record[key] is not None and record[key] < 0:
+            return f"its {key} is {record[key]}"
+    for key in ("epoch_loss", "elapsed", "best"):
+        if record[key] is not None and not math.isfinite(record[key]):
+            return f"its {key} is {record[key]}"
+    if record["finished"] not in FINISHED:
+        return f"its 'finished' is {json.dumps(record['finished'])[:40]}"
+    rng = record["rng"]
+    if rng is not None:
+        try:
+            if rng.get("kind") == "numpy":
+                rng_from_json(rng)
+            elif rng.get("kind") != "jax" or not isinstance(rng.get("dtype"), str) or \
+                    not all(isinstance(k, int) for k in rng.get("key", None) or [None]):
+                raise ValueError(rng)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return f"its dropout RNG state is {json.dumps(rng)[:60]}"
+    return None
 
 
 # ----------------------------------------------------------------- RNG state

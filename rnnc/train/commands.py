@@ -76,7 +76,8 @@ def _train(
         raise typer.Exit(143 if result.terminated else 130)
     if result.test_interrupted:
         how = "terminated" if result.terminated else "interrupted"
-        typer.echo(f"{how} during the test evaluation: training finished at step "
+        when = "before" if result.before_test else "during"
+        typer.echo(f"{how} {when} the test evaluation: training finished at step "
                    f"{result.state.step} and is saved in {run_dir}", err=True)
         typer.echo(f"the test figures: rnnc eval {shlex.quote(str(run_dir))} (or resume with: "
                    f"rnnc train {shlex.quote(str(spec))} --out {shlex.quote(str(run_dir))} "
@@ -84,8 +85,10 @@ def _train(
         raise typer.Exit(143 if result.terminated else 130)
     if result.test is not None:
         parts = "  ".join(f"test_{k} {v:.4f}" for k, v in result.test.items())
-        typer.echo(f"test ({result.state.step} steps, best epoch "
-                   f"{result.state.best_epoch}): {parts}")
+        best = result.state.best_epoch
+        which = f"best epoch {best}" if best is not None else \
+            "no best epoch (no validation value was finite): the last parameters"
+        typer.echo(f"test ({result.state.step} steps, {which}): {parts}")
     typer.echo(f"run folder: {run_dir}")
 
 
@@ -158,7 +161,12 @@ def _sample(
     if any(layer.bidirectional for layer in m.layers) or m.head.at != "per_step":
         raise TrainError("sampling needs a one-directional model with a per-step head")
     cp = load_run_checkpoint(run_dir, record, c, checkpoint)
-    vocab = cp.record.get("vocab") or record["vocab"]
+    vocab = record["vocab"]  # read_run checked it: a text run's characters
+    if cp.record.get("vocab") not in (None, vocab):
+        raise TrainError(f"checkpoint '{cp.path}' does not match the run in '{run_dir}': its "
+                         "vocabulary differs from the run's",
+                         hint="checkpoints/ does not match the rest of the run folder: train "
+                              "the run again (rnnc train SPEC --out RUN_DIR --force)")
     if prime is None:
         prime = (c.train_cfg.get("sample") or {}).get("prime") or (
             "\n" if "\n" in vocab else vocab[0])
@@ -238,6 +246,9 @@ def _plot(
 
     run_dir = Path(run_dir)
     _check_checkpoint(checkpoint)
+    if output is not None and output.suffix and output.suffix.lower() != ".png":
+        raise TrainError(f"rnnc plot draws PNG images, and '{output}' names a "
+                         f"{output.suffix} file", hint=f"write it to {output.with_suffix('.png')}")
     record = read_run(run_dir)
     if gates is not None and input_grads is not None:
         raise TrainError("--gates and --input-grads draw different figures",

@@ -27,6 +27,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -62,6 +63,7 @@ from rnnc.train.runs import (
     Overrides,
     apply_overrides,
     import_module_file,
+    metrics_record,
     module_path,
     read_run,
 )
@@ -507,6 +509,19 @@ class Trainer:
 
     def state_from(self, cp: ckpt.Checkpoint) -> TrainState:
         r = cp.record
+        # what load_checkpoint_at cannot check without the run: the position in the
+        # epoch, and a dropout RNG of this backend where the model has dropout
+        kind = "jax" if self.c.backend == "jax" else "numpy"
+        problem = (
+            f"its batch_index is {r['batch_index']}, but an epoch has {self.n_batches()} "
+            "batches" if r["batch_index"] > self.n_batches() else
+            "it has no dropout RNG state, and the model has dropout"
+            if self.dropout and r["rng"] is None else
+            f"its dropout RNG state is not one of the {self.c.backend} backend"
+            if r["rng"] is not None and r["rng"].get("kind") != kind else None)
+        if problem is not None:
+            raise TrainError(f"checkpoint '{cp.path}' is damaged: {problem}",
+                             hint="delete it, or train again with --force")
         return TrainState(
             params=cp.params, opt_state=cp.opt_state, step=r["step"], epoch=r["epoch"],
             batch_index=r["batch_index"], stream_state=cp.stream_state, rng=r["rng"],
@@ -610,11 +625,15 @@ class Trainer:
                     self.reporter.epoch_start(st.epoch, st.batch_index)
                     for b in self.batches(st.epoch, st.batch_index):
                         try:
-                            self.state, m = self.step(self.state, b)
+                            st, m = self.step(self.state, b)
                         except NonFinite as bad:
                             self._non_finite(float(bad.args[0]))
-                        st = self.state
+                        # the record first, then the state a stop saves: a second Ctrl-C
+                        # between them saved a step whose record was never written (a
+                        # record of a step not saved is dropped and written again by
+                        # --resume)
                         log({"kind": "train", "step": st.step, "epoch": st.epoch + 1, **m})
+                        self.state = st
                         self.reporter.step(st, m)
                         if sample_every and st.step % sample_every == 0:
                             self.reporter.sample(st.step, self.sample(st.params, st.step))
@@ -724,9 +743,11 @@ class TrainResult:
     test: dict[str, float] | None
     interrupted_at: Path | None = None
     terminated: bool = False  # interrupted by SIGTERM rather than Ctrl-C
-    # training finished and is saved, but Ctrl-C or SIGTERM stopped the test evaluation:
-    # `rnnc eval` (or `rnnc train --resume`) gives the figures
+    # training finished and is saved, but Ctrl-C or SIGTERM stopped the test evaluation
+    # (or came before it, during the last validation): `rnnc eval` (or `rnnc train
+    # --resume`) gives the figures
     test_interrupted: bool = False
+    before_test: bool = False  # the stop came before the test evaluation began
 
 
 LOCK = ".rnnc-lock"
@@ -762,6 +783,29 @@ def _run_lock(run_dir: Path) -> Iterator[None]:
         f.write(f"pid {os.getpid()}\n")
         f.flush()
         yield
+
+
+_STAGED = re.compile(r"\.tmp-[A-Za-z0-9_]{8}")  # tempfile.mkdtemp(prefix=".tmp-")
+_REPLACING = re.compile(  # write_atomic's temporary file of a run folder's file
+    r"\.(run\.json|spec\.rnn|spec\.yaml|spec\.yml|metrics\.jsonl)\.[A-Za-z0-9_]{8}\.tmp")
+_STAGED_FILE = re.compile(r"\.?model_\w+\.py(\.[A-Za-z0-9_]{8}\.tmp)?")
+
+
+def _remove_leftovers(run_dir: Path) -> None:
+    """Remove what a `rnnc train` killed (kill -9, a power cut) left in the run folder: a
+    module staging folder (holding nothing but a module and its temporary file) and the
+    temporary files of files it was replacing. Only under the run's lock, so no other
+    `rnnc train` is writing them; checkpoints/ removes its own (checkpoint._prune)."""
+    with contextlib.suppress(OSError):
+        for entry in run_dir.iterdir():
+            if _REPLACING.fullmatch(entry.name) and entry.is_file() \
+                    and not entry.is_symlink():
+                entry.unlink()
+            elif _STAGED.fullmatch(entry.name) and entry.is_dir() \
+                    and not entry.is_symlink() and all(
+                        _STAGED_FILE.fullmatch(f.name) and f.is_file()
+                        for f in entry.iterdir()):
+                shutil.rmtree(entry, ignore_errors=True)
 
 
 def _prepare_dir(run_dir: Path) -> None:
@@ -810,22 +854,35 @@ def _generated(path: Path) -> bool:
         return False
 
 
-def _trim_metrics(path: Path, step: int, keep_test: bool = False) -> None:
-    """Drop the records a resumed run will write again (after the checkpoint's step, and
-    the test record unless ``keep_test``: a finished run writes no other)."""
+def _trim_metrics(path: Path, step: int, epoch: int, keep_test: bool = False) -> None:
+    """Drop the records a resumed run will write again: those after the checkpoint's
+    step, the validation records of epochs the checkpoint had not finished (``epoch``
+    done: a stop while an epoch's checkpoint was written leaves that epoch's record, at
+    the checkpoint's step, and the resumed run validates the epoch again), and the test
+    record unless ``keep_test`` (a finished run writes no other)."""
     from rnnc.cli import write_atomic
 
     if not path.exists():
         return
     keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
+    for line in _metrics_lines(path):
+        rec = metrics_record(line)
+        if rec is None:
             continue
-        if rec.get("step", 0) <= step and (keep_test or rec.get("kind") != "test"):
+        kind = rec["kind"]
+        if kind == "val" and rec.get("epoch", 0) > epoch:
+            continue
+        if rec["step"] <= step and (keep_test or kind != "test"):
             keep.append(line)
     write_atomic(path, "".join(line + "\n" for line in keep))
+
+
+def _metrics_lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as err:  # a folder in its place, unreadable
+        raise TrainError(f"cannot read '{path}': {err.strerror or err}",
+                         hint="remove what is in its place") from None
 
 
 def _has_test_record(path: Path) -> bool:
@@ -833,12 +890,10 @@ def _has_test_record(path: Path) -> bool:
     split; one stopped during that evaluation has none)."""
     if not path.exists():
         return False
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line).get("kind") == "test":
-                return True
-        except (ValueError, AttributeError):
-            continue
+    for line in _metrics_lines(path):
+        rec = metrics_record(line)
+        if rec is not None and rec["kind"] == "test":
+            return True
     return False
 
 
@@ -932,6 +987,7 @@ def train(spec_path: Path, opts: TrainOptions, reporter) -> TrainResult:
     # one `rnnc train` at a time in a run folder: a second one would delete and interleave
     # the first one's checkpoints and metrics
     with _run_lock(run_dir):
+        _remove_leftovers(run_dir)
         # Everything that can reject the spec, its data or the options happens before the
         # folder is touched: a new run's module is built in a temporary folder, and a run
         # replaced with --force is only deleted once its successor is ready to train.
@@ -949,7 +1005,11 @@ def train(spec_path: Path, opts: TrainOptions, reporter) -> TrainResult:
             fresh = trainer.fresh_state() if resume_from is None else None
             if not opts.resume and is_run:
                 _start_over(run_dir)
-            os.replace(staging / module_file.name, module_file)
+            try:
+                os.replace(staging / module_file.name, module_file)
+            except OSError as err:  # a folder in its place
+                raise TrainError(f"cannot write '{module_file}': {err.strerror or err}",
+                                 hint="remove what is in its place") from None
         except BaseException:
             if created is not None:
                 shutil.rmtree(created, ignore_errors=True)
@@ -977,7 +1037,8 @@ def train(spec_path: Path, opts: TrainOptions, reporter) -> TrainResult:
                     and state.epoch < c.program.train.epochs:
                 state = replace(state, finished=None)
             # a finished run writes no more records but its test one: its records stay
-            _trim_metrics(run_dir / METRICS, state.step, keep_test=state.finished is not None)
+            _trim_metrics(run_dir / METRICS, state.step, state.epoch,
+                          keep_test=state.finished is not None)
             best = ckpt.read_pointer(run_dir / CHECKPOINTS, "best")
             if best is not None:
                 trainer.best_params = ckpt.load_checkpoint(run_dir / CHECKPOINTS, "best").params
@@ -994,18 +1055,27 @@ def train(spec_path: Path, opts: TrainOptions, reporter) -> TrainResult:
         else:
             state = fresh
         try:
-            metrics_file = open(run_dir / METRICS, "a", encoding="utf-8")  # noqa: SIM115
+            # unbuffered: each record is written at once, and a write that fails part-way
+            # (a full disk) is cut off again (below), never left as a half-written line
+            metrics_file = open(run_dir / METRICS, "ab", buffering=0)  # noqa: SIM115
+            whole = metrics_file.seek(0, os.SEEK_END)  # bytes of whole records
         except OSError as err:
             raise TrainError(f"cannot write '{run_dir / METRICS}': {err.strerror}") from None
 
         def log(rec: dict[str, Any]) -> None:
+            nonlocal whole
+            data = (json.dumps(rec) + "\n").encode("utf-8")
             try:
-                metrics_file.write(json.dumps(rec) + "\n")
-                metrics_file.flush()
+                done = 0
+                while done < len(data):  # a raw write may write part of it
+                    done += metrics_file.write(data[done:])
             except OSError as err:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(metrics_file.fileno(), whole)
                 raise TrainError(f"cannot write '{run_dir / METRICS}': {err.strerror or err}",
                                  hint="check the free disk space and the folder's permissions"
                                  ) from None
+            whole += len(data)
 
         try:
             try:
@@ -1020,6 +1090,12 @@ def train(spec_path: Path, opts: TrainOptions, reporter) -> TrainResult:
             params = trainer.best_params if trainer.best_params is not None else state.params
             if split_size(c.dataset, "test") == 0:
                 return TrainResult(run_dir, state, None)
+            if trainer.interrupted:
+                # a Ctrl-C or SIGTERM during the last epoch's validation (only a flag: the
+                # loop had no step left to stop after) stops here, not after the test
+                return TrainResult(run_dir, state, None, test_interrupted=True,
+                                   terminated=trainer.interrupted == signal.SIGTERM,
+                                   before_test=True)
             # Training is over and saved (its last checkpoint is the finished state): a
             # Ctrl-C or SIGTERM here leaves the run whole, without its test record, which
             # `rnnc eval` or `rnnc train --resume` gives
@@ -1031,8 +1107,6 @@ def train(spec_path: Path, opts: TrainOptions, reporter) -> TrainResult:
             log({"kind": "test", "step": state.step, "epoch": state.epoch,
                  **{f"test_{k}": v for k, v in test.items()}})
         finally:
-            # a record that could not be written (a full disk) stays in the file's buffer,
-            # and closing would fail on it again: log has reported it already
             with contextlib.suppress(OSError):
                 metrics_file.close()
         return TrainResult(run_dir, state, test)

@@ -76,6 +76,11 @@ def import_module_file(path: Path) -> ModuleType:
         raise TrainError(f"the run's module '{path}' is missing",
                          hint="train the run again (rnnc train SPEC --out RUN_DIR --force)"
                          ) from None
+    except OSError as err:  # a folder in its place, unreadable
+        sys.modules.pop(name, None)
+        raise TrainError(f"cannot read the run's module '{path}': {err.strerror or err}",
+                         hint="train the run again (rnnc train SPEC --out RUN_DIR --force)"
+                         ) from None
     except RnncError:
         sys.modules.pop(name, None)
         raise
@@ -89,13 +94,14 @@ def read_run(run_dir: Path) -> dict[str, Any]:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (FileNotFoundError, NotADirectoryError):
         what = "it is a file" if Path(run_dir).is_file() else \
-            f"it has no {RUN_RECORD}"
+            "it does not exist" if not Path(run_dir).exists() else f"it has no {RUN_RECORD}"
         raise TrainError(f"'{run_dir}' is not a run folder ({what})",
                          hint="give the folder `rnnc train` wrote (default runs/<spec name>)"
                          ) from None
     except (OSError, ValueError) as err:
-        raise TrainError(f"cannot read '{path}': {err}") from None
-    missing = record_problem(record, _RUN_KEYS)
+        why = getattr(err, "strerror", None) or err
+        raise TrainError(f"cannot read '{path}': {why}") from None
+    missing = record_problem(record, _RUN_KEYS) or _run_field_problem(record)
     if missing:
         raise TrainError(f"'{path}' is damaged: {missing}",
                          hint="train the run again (rnnc train SPEC --out RUN_DIR --force)")
@@ -104,6 +110,36 @@ def read_run(run_dir: Path) -> dict[str, Any]:
 
 _RUN_KEYS = {"spec_sha256": str, "spec_copy": str, "backend": str, "module": str,
              "base_dir": str, "data": dict, "sizes": dict, "metric": str}
+
+
+def _run_field_problem(record: dict[str, Any]) -> str | None:
+    """What is wrong inside a run record's fields (what eval, sample, plot and --resume
+    read from them), or None."""
+    data, sizes = record["data"], record["sizes"]
+    if not isinstance(data.get("name"), str):
+        return "its 'data' has no dataset name"
+    for key, kind in (("n_in", int), ("n_out", int), ("task", str)):
+        if not isinstance(sizes.get(key), kind) or isinstance(sizes.get(key), bool):
+            return f"its 'sizes' has no {key}"
+    overrides = record.get("overrides", {})
+    if overrides is not None:
+        if not isinstance(overrides, dict):
+            return f"its 'overrides' is {json.dumps(overrides)[:40]}"
+        for key, value in overrides.items():
+            if key not in Overrides.__dataclass_fields__:
+                return f"its 'overrides' has an unknown setting '{key}'"[:120]
+            number = int | float if key == "lr" else int
+            if not isinstance(value, number) or isinstance(value, bool):
+                return f"its override of {key} is {json.dumps(value)[:40]}"
+    vocab = record.get("vocab")
+    if vocab is None and data["name"] == "text":
+        return "it has no vocabulary (the text run's characters)"
+    if vocab is not None and (not isinstance(vocab, list) or not vocab
+                              or not all(isinstance(v, str) for v in vocab)):
+        return f"its 'vocab' is {json.dumps(vocab)[:40]}"
+    if data["name"] == "text" and not len(vocab) == sizes["n_in"] == sizes["n_out"]:
+        return f"its vocabulary has {len(vocab)} characters, its model {sizes['n_in']}"
+    return None
 
 
 def record_problem(record: Any, keys: dict[str, type | tuple[type, ...]]) -> str | None:
@@ -119,20 +155,47 @@ def record_problem(record: Any, keys: dict[str, type | tuple[type, ...]]) -> str
     return None
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """Every record of ``metrics.jsonl`` (a half-written last line is skipped)."""
-    path = Path(run_dir) / METRICS
-    out = []
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def metrics_record(line: str) -> dict[str, Any] | None:
+    """The record a line of ``metrics.jsonl`` holds, or None for a line that is none: a
+    half-written one, or JSON of another shape (an edited or damaged file), whose fields
+    would be a TypeError wherever records are read."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        rec = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(rec, dict) or rec.get("kind") not in ("train", "val", "test"):
+        return None
+    step, epoch = rec.get("step"), rec.get("epoch", 0)
+    if not (isinstance(step, int) and isinstance(epoch, int)) or isinstance(step, bool) \
+            or isinstance(epoch, bool):
+        return None
+    if rec["kind"] == "train" and not _is_number(rec.get("loss")):
+        return None
+    if rec["kind"] == "val" and not _is_number(rec.get("val_loss")):
+        return None
+    numbers = ("loss", "grad_norm", "lr", "tokens_per_s", "time", "train_loss")
+    if any(not _is_number(v) for k, v in rec.items()
+           if k in numbers or k.startswith(("val_", "test_"))):
+        return None
+    return rec
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """Every record of ``metrics.jsonl`` (a half-written line, or one that holds no
+    record, is skipped)."""
+    path = Path(run_dir) / METRICS
+    try:
+        # a line damaged into bytes that are not UTF-8 is skipped, not the whole file
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     except FileNotFoundError:
         return []
-    for line in lines:
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
+    except OSError as err:
+        raise TrainError(f"cannot read '{path}': {err.strerror or err}") from None
+    return [rec for rec in map(metrics_record, lines) if rec is not None]
 
 
 # ---------------------------------------------------------------- overrides
