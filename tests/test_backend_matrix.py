@@ -780,3 +780,26 @@ def test_a_row_of_length_0_has_no_last_step(backend, case_id, tmp_dir):
     if mod.MODEL["head"]["kind"] == "softmax":
         b = np.exp(b - b.max()) / np.exp(b - b.max()).sum()
     close(np.asarray(out)[1], b, "forward of the empty row: the head of zeros")
+
+
+@pytest.mark.parametrize("case_id", ["bidirectional_sum+residual+last", "backward+last"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unsigned_lengths_are_lengths(backend, case_id, tmp_dir):
+    """`lengths` may be any integer dtype (docs: "Arrays"). The NumPy module computed a
+    last head's step as lengths - 1 in the given dtype, so an unsigned length 0 wrapped
+    around to 255 (uint8) and the call failed with an IndexError."""
+    if not backend_available(backend):
+        pytest.skip(f"backend {backend} is not available")
+    mod = module(backend, case_id, tmp_dir)
+    params = mod.init_params(0, "float64")
+    xs, ys = inputs_and_targets(mod, np.random.default_rng(6), 3, 6)
+    lengths = np.array([6, 0, 4])
+    ref_out, ref_state = mod.forward(params, xs, lengths=lengths)
+    ref_loss, ref_grads, _ = mod.loss_and_grad(params, xs, ys, lengths=lengths)
+    for dtype in (np.uint8, np.uint64, np.int8):
+        out, state = mod.forward(params, xs, lengths=lengths.astype(dtype))
+        close(out, ref_out, f"forward, {dtype.__name__} lengths")
+        close_dicts(state, ref_state, f"final state, {dtype.__name__} lengths")
+        loss, grads, _ = mod.loss_and_grad(params, xs, ys, lengths=lengths.astype(dtype))
+        close(loss, ref_loss, f"loss, {dtype.__name__} lengths")
+        close_dicts(grads, ref_grads, f"grads, {dtype.__name__} lengths")
