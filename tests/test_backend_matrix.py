@@ -803,3 +803,18 @@ def test_unsigned_lengths_are_lengths(backend, case_id, tmp_dir):
         loss, grads, _ = mod.loss_and_grad(params, xs, ys, lengths=lengths.astype(dtype))
         close(loss, ref_loss, f"loss, {dtype.__name__} lengths")
         close_dicts(grads, ref_grads, f"grads, {dtype.__name__} lengths")
+
+
+@pytest.mark.parametrize("case_id", ["backward+last", "bidirectional_sum+residual+last"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_step_refuses_layers_that_run_backward(backend, case_id, tmp_dir):
+    """step() cannot run a layer that reads the sequence from its end (docs: "Names"). The
+    NumPy module refused bidirectional layers only: with a `direction: backward` layer it
+    ran that layer's cell on the single step, an output forward() never gives."""
+    if not backend_available(backend):
+        pytest.skip(f"backend {backend} is not available")
+    mod = module(backend, case_id, tmp_dir)
+    params = mod.init_params(0)
+    xs, _ = inputs_and_targets(mod, np.random.default_rng(0), 2, 3)
+    with pytest.raises(NotImplementedError, match=r"use forward\(\)"):
+        mod.step(params, xs[:, 0])

@@ -837,18 +837,11 @@ def forward(params, xs, state=None, lengths=None, resets=None):
 
 
 def step(params, x_t, state=None):
-    """One time step for streaming inference: (y_t, next state); no dropout.
-
-    x_t: (B,) token ids or (B, F) features. y_t: probabilities (softmax head) or values.
-    """
-    _check_inputs(x_t, state=state, ids=True, step=True)
-    dtype = params["head.W"].dtype
-    x = _encode(params, np.asarray(x_t)[:, None], dtype)
-    state = _state_in(state, x.shape[1], dtype)
-    m = _masks(x.shape[1], 1, None, None, dtype)
-    z, final = _layers_forward(params, x, state, m)
-    W, b = params["head.W"], params["head.b"]
-    return _head_output(z[0] @ W.T + b), final
+    """Not available: a layer that runs backward in time needs the whole sequence (use forward)."""
+    raise NotImplementedError(
+        "step() runs one time step, but layer layer1"
+        " runs backward in time and needs the whole sequence: use forward()"
+    )
 
 
 def loss_and_grad(
