@@ -818,3 +818,24 @@ def test_step_refuses_layers_that_run_backward(backend, case_id, tmp_dir):
     xs, _ = inputs_and_targets(mod, np.random.default_rng(0), 2, 3)
     with pytest.raises(NotImplementedError, match=r"use forward\(\)"):
         mod.step(params, xs[:, 0])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_state_that_is_not_a_dict_is_one_type_error(backend, tmp_dir):
+    """`state` is a dict {"<layer>.<state>": (B, size)} (docs: "Names"). An array in its
+    place gave the NumPy module's "state: no entry 'layer1.h'" (an array has no entries,
+    so `in` compared elements) and the JAX module's bare "Array.__contains__: unsupported
+    operand type" from inside the check."""
+    if not backend_available(backend):
+        pytest.skip(f"backend {backend} is not available")
+    mod = module(backend, "stack+lengths+resets", tmp_dir)
+    params = mod.init_params(0)
+    xs, ys = inputs_and_targets(mod, np.random.default_rng(0), 2, 3)
+    h = np.zeros((2, next(iter(mod.STATE_SHAPES.values()))[0]), np.float32)
+    opt = mod.init_opt_state(params)
+    for bad in (h, [h], jax.numpy.asarray(h) if jax is not None else h):
+        for call, args in ((mod.forward, (params, xs, bad)), (mod.step, (params, xs[:, 0], bad)),
+                           (mod.loss_and_grad, (params, xs, ys, bad)),
+                           (mod.train_step, (params, opt, xs, ys, bad))):
+            with pytest.raises(TypeError, match=r"state: expected a dict .*initial_state"):
+                call(*args)

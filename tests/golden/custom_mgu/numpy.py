@@ -327,6 +327,12 @@ def _check_inputs(xs, ys=None, state=None, lengths=None, resets=None, ids=False,
             if lo < 0 or hi > T:
                 raise ValueError(f"lengths: expected values in 0..{T}, got {lo}..{hi}")
     if state is not None:
+        if not hasattr(state, "keys"):  # an array would compare its elements with `in`
+            kind = type(state).__name__
+            raise TypeError(
+                f"state: expected a dict {{name: (batch, size) array}} like initial_state(B), "
+                f"got a {kind}"
+            )
         for name, size in STATE_SHAPES.items():
             if name not in state:
                 raise ValueError(f"state: no entry {name!r} (initial_state(B) has them all)")
