@@ -839,3 +839,23 @@ def test_a_state_that_is_not_a_dict_is_one_type_error(backend, tmp_dir):
                            (mod.train_step, (params, opt, xs, ys, bad))):
             with pytest.raises(TypeError, match=r"state: expected a dict .*initial_state"):
                 call(*args)
+
+
+@pytest.mark.parametrize("spec", ["specs/bidirectional.yaml", "specs/classifier.rnn"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_spec_sha256_is_the_hash_of_spec(backend, spec, tmp_dir):
+    """SPEC_SHA256 is what docs/generated-module.md says it is, so a user can check a module
+    against a spec: sha256 of SPEC as compact, key-sorted, ASCII JSON (the same for a spec's
+    YAML and text forms), also on the header's `# spec_sha256:` line."""
+    import hashlib
+    import json
+
+    from rnnc.compiler import compile_file
+
+    if not backend_available(backend):
+        pytest.skip(f"backend {backend} is not available")
+    source = compile_file(spec, backend)
+    mod = _load(source, tmp_dir, f"sha_{backend}_{Path(spec).stem}")
+    blob = json.dumps(mod.SPEC, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    assert mod.SPEC_SHA256 == hashlib.sha256(blob.encode()).hexdigest()
+    assert f"# spec_sha256: {mod.SPEC_SHA256}  backend: {backend}\n" in source
