@@ -859,3 +859,22 @@ def test_spec_sha256_is_the_hash_of_spec(backend, spec, tmp_dir):
     blob = json.dumps(mod.SPEC, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     assert mod.SPEC_SHA256 == hashlib.sha256(blob.encode()).hexdigest()
     assert f"# spec_sha256: {mod.SPEC_SHA256}  backend: {backend}\n" in source
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_boolean_token_ids_are_one_clear_error(backend, tmp_dir):
+    """Token ids are integers (docs: "Arrays"; a one-hot input of the JAX module also takes
+    floats). Boolean ids gave the JAX module a bare "iota does not accept dtype bool" from
+    inside the one-hot encoding; both modules now refuse them naming the argument."""
+    if not backend_available(backend):
+        pytest.skip(f"backend {backend} is not available")
+    mod = module(backend, "stack+lengths+resets", tmp_dir)
+    assert mod.MODEL["input"]["kind"] == "onehot"
+    params = mod.init_params(0)
+    xs, ys = inputs_and_targets(mod, np.random.default_rng(0), 2, 3)
+    ids = np.zeros((2, 3), bool)
+    for call, args in ((mod.forward, (params, ids)), (mod.step, (params, ids[:, 0])),
+                       (mod.loss_and_grad, (params, ids, ys))):
+        with pytest.raises(ValueError, match=r"(xs|x_t): token ids must be integers, got "
+                                             r"dtype bool"):
+            call(*args)

@@ -309,8 +309,7 @@ def _check_inputs(xs, ys=None, state=None, lengths=None, resets=None, ids=False,
         raise ValueError(f"xs: a last-step head needs at least one time step, got shape {shape}")
     if ids and inp["kind"] != "dense":
         _check_ids("x_t" if step else "xs", "token ids", xs, inp["vocab"])
-    elif inp["kind"] == "embedding" and not np.issubdtype(xs.dtype, np.integer):
-        # (a one-hot input takes float ids as the dense path does; a table lookup cannot)
+    elif inp["kind"] != "dense" and not _ids_dtype_ok(inp["kind"], xs.dtype):
         arg = "x_t" if step else "xs"
         raise ValueError(f"{arg}: token ids must be integers, got dtype {xs.dtype}")
     if ys is not None:
@@ -347,6 +346,14 @@ def _check_inputs(xs, ys=None, state=None, lengths=None, resets=None, ids=False,
                     f"state[{name!r}]: expected shape {(B, *size)}, "
                     f"got shape {np.shape(state[name])}"
                 )
+
+
+def _ids_dtype_ok(kind, dtype):
+    """Token ids are integers; a one-hot input also takes floats, as the dense path does
+    (not booleans), a table lookup (embedding) nothing else."""
+    if np.issubdtype(dtype, np.integer):
+        return True
+    return kind == "onehot" and not np.issubdtype(dtype, np.bool_)
 
 
 def _dims(dims):
