@@ -875,9 +875,9 @@ def _step_inputs(mod, rng, b):
 
 def test_prepared_step_gives_the_step_results(tmp_dir):
     """step(prepare_step(params), ...) gives step(params, ...)'s outputs and states, for
-    every spec in specs/ that can step (one-hot inputs as token ids, embeddings, dense
-    features, stacked, residual, gated-feedback and custom cells), and for a first
-    residual layer fed token ids."""
+    every spec in specs/ that can step (one-hot inputs as token ids, dense features,
+    stacked, residual, gated-feedback and custom cells), for a first residual layer fed
+    token ids, and for an embedding input."""
     from rnnc.compiler import compile_file
 
     specs = sorted(
@@ -889,9 +889,17 @@ def test_prepared_step_gives_the_step_results(tmp_dir):
         "  layer gru(hidden: 7)\n  head softmax per_step\n}\n", 7, 7
     )
     assert "x = y + _dense(x)" in residual
+    # no spec in specs/ has an embedding input: step(prepare_step(params)) failed there
+    # ("Triggering __jax_array__() during abstractification": input.E laid out as _Laid
+    # and handed to jnp.take)
+    embedding = emit(
+        "model m {\n  input embedding(vocab: 7, dim: 4)\n  layer lstm(hidden: 5)\n"
+        "  head softmax per_step\n}\n", 7, 7
+    )
+    assert '"input.E"' in embedding
     sources = [(path.stem, compile_file(path.relative_to(ROOT), "jax")) for path in specs]
     stepped = 0
-    for name, source in sources + [("residual", residual)]:
+    for name, source in sources + [("residual", residual), ("embedding", embedding)]:
         mod = load(source, tmp_dir)
         params = mod.init_params(3, "float64")
         try:
