@@ -1250,3 +1250,37 @@ def test_init_params_and_initial_state_default_to_the_spec_dtype(dtype, tmp_dir)
     assert all(v.dtype == dtype for v in mod.init_params().values())
     assert all(v.dtype == dtype for v in mod.initial_state(2).values())
     assert mod.init_params(0, "float32")["head.W"].dtype == "float32"
+
+
+def test_entry_points_work_under_the_callers_vmap(tmp_dir):
+    """docs/jax.md ("Inside your own transformations"): jax.vmap over a stacked parameter
+    set (an ensemble) runs forward, step, loss_and_grad (its custom VJP too) and train_step
+    as one call per member; over a leading axis of the inputs, forward per sequence."""
+    mod = load(emit(LIB_SPEC.replace("direction: bidirectional, ", ""), 7, 2), tmp_dir)
+    rng = np.random.default_rng(0)
+    xs = rng.integers(0, 7, (3, 5))
+    ys = rng.integers(0, 2, 3)
+    lengths = np.array([5, 2, 4])
+    p0 = mod.init_params(0, "float64")
+    p1 = mod.init_params(1, "float64")
+    both = jax.tree.map(lambda a, b: jnp.stack([a, b]), p0, p1)
+    opt = mod.init_opt_state(p0)
+    ys_v, state_v = jax.vmap(lambda p: mod.forward(p, xs, None, lengths))(both)
+    loss_v, grads_v, _ = jax.vmap(lambda p: mod.loss_and_grad(p, xs, ys, None, lengths))(both)
+    y_t = jax.vmap(lambda p: mod.step(p, xs[:, 0])[0])(both)
+    new_v = jax.vmap(lambda p: mod.train_step(p, opt, xs, ys, None, lengths)[0])(both)
+    for i, p in enumerate((p0, p1)):
+        ys_i, state_i = mod.forward(p, xs, None, lengths)
+        close(ys_v[i], ys_i, what=f"forward {i}")
+        for k in state_i:
+            close(state_v[k][i], state_i[k], what=f"final state {i} {k}")
+        loss, grads, _ = mod.loss_and_grad(p, xs, ys, None, lengths)
+        close(loss_v[i], loss, what=f"loss {i}")
+        for k in grads:
+            close(grads_v[k][i], grads[k], what=f"grad {i} {k}")
+        close(y_t[i], mod.step(p, xs[:, 0])[0], what=f"step {i}")
+        new = mod.train_step(p, opt, xs, ys, None, lengths)[0]
+        for k in new:
+            close(new_v[k][i], new[k], what=f"train_step {i} {k}")
+    one = jax.vmap(lambda x, n: mod.forward(p0, x[None], None, n[None])[0][0])(xs, lengths)
+    close(one, mod.forward(p0, xs, None, lengths)[0], what="forward per sequence")
