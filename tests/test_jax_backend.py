@@ -1284,3 +1284,15 @@ def test_entry_points_work_under_the_callers_vmap(tmp_dir):
             close(new_v[k][i], new[k], what=f"train_step {i} {k}")
     one = jax.vmap(lambda x, n: mod.forward(p0, x[None], None, n[None])[0][0])(xs, lengths)
     close(one, mod.forward(p0, xs, None, lengths)[0], what="forward per sequence")
+
+
+def test_module_docstring_lists_the_step_entry_points(tmp_dir):
+    """help(module) lists the API; it left out prepare_step (docs/jax.md), and listed step
+    for a model whose step() refuses to run (a layer runs backward in time)."""
+    stepping = load(emit(LIB_SPEC.replace("direction: bidirectional, ", ""), 7, 2), tmp_dir)
+    assert "prepare_step" in " ".join(stepping.__doc__.split())
+    assert hasattr(stepping, "prepare_step")
+    refusing = load(emit(LIB_SPEC, 7, 2), tmp_dir)
+    assert "prepare_step" not in refusing.__doc__ and not hasattr(refusing, "prepare_step")
+    doc = " ".join(refusing.__doc__.split())
+    assert "step (refused here: a layer runs backward in time)" in doc
