@@ -819,3 +819,101 @@ def test_a_row_of_length_0_has_no_last_step(backend, case_id, tmp_dir):
     if mod.MODEL["head"]["kind"] == "softmax":
         b = np.exp(b - b.max()) / np.exp(b - b.max()).sum()
     close(np.asarray(out)[1], b, "forward of the empty row: the head of zeros")
+
+
+@pytest.mark.parametrize("case_id", ["bidirectional_sum+residual+last", "backward+last"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unsigned_lengths_are_lengths(backend, case_id, tmp_dir):
+    """`lengths` may be any integer dtype (docs: "Arrays"). The NumPy module computed a
+    last head's step as lengths - 1 in the given dtype, so an unsigned length 0 wrapped
+    around to 255 (uint8) and the call failed with an IndexError."""
+    if not backend_available(backend):
+        pytest.skip(f"backend {backend} is not available")
+    mod = module(backend, case_id, tmp_dir)
+    params = mod.init_params(0, "float64")
+    xs, ys = inputs_and_targets(mod, np.random.default_rng(6), 3, 6)
+    lengths = np.array([6, 0, 4])
+    ref_out, ref_state = mod.forward(params, xs, lengths=lengths)
+    ref_loss, ref_grads, _ = mod.loss_and_grad(params, xs, ys, lengths=lengths)
+    for dtype in (np.uint8, np.uint64, np.int8):
+        out, state = mod.forward(params, xs, lengths=lengths.astype(dtype))
+        close(out, ref_out, f"forward, {dtype.__name__} lengths")
+        close_dicts(state, ref_state, f"final state, {dtype.__name__} lengths")
+        loss, grads, _ = mod.loss_and_grad(params, xs, ys, lengths=lengths.astype(dtype))
+        close(loss, ref_loss, f"loss, {dtype.__name__} lengths")
+        close_dicts(grads, ref_grads, f"grads, {dtype.__name__} lengths")
+
+
+@pytest.mark.parametrize("case_id", ["backward+last", "bidirectional_sum+residual+last"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_step_refuses_layers_that_run_backward(backend, case_id, tmp_dir):
+    """step() cannot run a layer that reads the sequence from its end (docs: "Names"). The
+    NumPy module refused bidirectional layers only: with a `direction: backward` layer it
+    ran that layer's cell on the single step, an output forward() never gives."""
+    if not backend_available(backend):
+        pytest.skip(f"backend {backend} is not available")
+    mod = module(backend, case_id, tmp_dir)
+    params = mod.init_params(0)
+    xs, _ = inputs_and_targets(mod, np.random.default_rng(0), 2, 3)
+    with pytest.raises(NotImplementedError, match=r"use forward\(\)"):
+        mod.step(params, xs[:, 0])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_state_that_is_not_a_dict_is_one_type_error(backend, tmp_dir):
+    """`state` is a dict {"<layer>.<state>": (B, size)} (docs: "Names"). An array in its
+    place gave the NumPy module's "state: no entry 'layer1.h'" (an array has no entries,
+    so `in` compared elements) and the JAX module's bare "Array.__contains__: unsupported
+    operand type" from inside the check."""
+    if not backend_available(backend):
+        pytest.skip(f"backend {backend} is not available")
+    mod = module(backend, "stack+lengths+resets", tmp_dir)
+    params = mod.init_params(0)
+    xs, ys = inputs_and_targets(mod, np.random.default_rng(0), 2, 3)
+    h = np.zeros((2, next(iter(mod.STATE_SHAPES.values()))[0]), np.float32)
+    opt = mod.init_opt_state(params)
+    for bad in (h, [h], jax.numpy.asarray(h) if jax is not None else h):
+        for call, args in ((mod.forward, (params, xs, bad)), (mod.step, (params, xs[:, 0], bad)),
+                           (mod.loss_and_grad, (params, xs, ys, bad)),
+                           (mod.train_step, (params, opt, xs, ys, bad))):
+            with pytest.raises(TypeError, match=r"state: expected a dict .*initial_state"):
+                call(*args)
+
+
+@pytest.mark.parametrize("spec", ["specs/bidirectional.yaml", "specs/classifier.rnn"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_spec_sha256_is_the_hash_of_spec(backend, spec, tmp_dir):
+    """SPEC_SHA256 is what docs/generated-module.md says it is, so a user can check a module
+    against a spec: sha256 of SPEC as compact, key-sorted, ASCII JSON (the same for a spec's
+    YAML and text forms), also on the header's `# spec_sha256:` line."""
+    import hashlib
+    import json
+
+    from rnnc.compiler import compile_file
+
+    if not backend_available(backend):
+        pytest.skip(f"backend {backend} is not available")
+    source = compile_file(spec, backend)
+    mod = _load(source, tmp_dir, f"sha_{backend}_{Path(spec).stem}")
+    blob = json.dumps(mod.SPEC, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    assert mod.SPEC_SHA256 == hashlib.sha256(blob.encode()).hexdigest()
+    assert f"# spec_sha256: {mod.SPEC_SHA256}  backend: {backend}\n" in source
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_boolean_token_ids_are_one_clear_error(backend, tmp_dir):
+    """Token ids are integers (docs: "Arrays"; a one-hot input of the JAX module also takes
+    floats). Boolean ids gave the JAX module a bare "iota does not accept dtype bool" from
+    inside the one-hot encoding; both modules now refuse them naming the argument."""
+    if not backend_available(backend):
+        pytest.skip(f"backend {backend} is not available")
+    mod = module(backend, "stack+lengths+resets", tmp_dir)
+    assert mod.MODEL["input"]["kind"] == "onehot"
+    params = mod.init_params(0)
+    xs, ys = inputs_and_targets(mod, np.random.default_rng(0), 2, 3)
+    ids = np.zeros((2, 3), bool)
+    for call, args in ((mod.forward, (params, ids)), (mod.step, (params, ids[:, 0])),
+                       (mod.loss_and_grad, (params, ids, ys))):
+        with pytest.raises(ValueError, match=r"(xs|x_t): token ids must be integers, got "
+                                             r"dtype bool"):
+            call(*args)

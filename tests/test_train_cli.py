@@ -908,6 +908,20 @@ def test_sample_needs_a_character_model(reber_run):
     assert "not a character model" in result.output
 
 
+def test_sample_refuses_a_layer_that_runs_backward(tmp_path):
+    """`rnnc sample` refused bidirectional layers only: a `direction: backward` model
+    sampled nonsense with the NumPy backend (step() ran that layer's cell on one step) and
+    stopped with a traceback with the JAX backend (its step() refuses such a layer)."""
+    write(tmp_path / "corpus.txt", CORPUS)
+    spec = write(tmp_path / "b.rnn", TEXT.replace("lstm(hidden: 10)",
+                                                  "lstm(hidden: 10, direction: backward)")
+                 .replace("epochs 2", "epochs 1").split("  sample every")[0] + "}\n")
+    run = tmp_path / "run"
+    train(spec, run)
+    result = rnnc("sample", run, "--prime", "the ", code=1)
+    assert "whose layers all run forward in time" in result.output
+
+
 def _is_png(path: Path) -> bool:
     data = path.read_bytes()
     return len(data) > 1000 and data[:8] == b"\x89PNG\r\n\x1a\n"
@@ -1828,12 +1842,15 @@ def test_a_float64_spec_trains_in_float64_with_jax(tmp_path):
      "the sample prime's character 'Z' (position 0) is not in the model's vocabulary"),
     ("lstm(hidden: 10)", "lstm(hidden: 10, direction: bidirectional)",
      "cannot be sampled: a bidirectional layer needs the whole sequence"),
-], ids=["prime_not_in_vocabulary", "bidirectional"])
+    ("lstm(hidden: 10)", "lstm(hidden: 10, direction: backward)",
+     "cannot be sampled: a layer that runs backward in time needs the whole sequence"),
+], ids=["prime_not_in_vocabulary", "bidirectional", "backward"])
 def test_a_sample_line_that_cannot_print_is_refused_before_training(tmp_path, old, new, says):
     """`sample ... prime "Zebra"` trained `every` steps and then stopped the run with the
     prime's error (and never, without a progress display: -q); a bidirectional model's
-    sample line was silently never printed. Both are now an error at the line, before any
-    step, and the folder holds no run."""
+    sample line was silently never printed, and a backward layer's sampled nonsense (NumPy:
+    its cell run on one step) or stopped the run (JAX: step() refuses it). Each is now an
+    error at the line, before any step, and the folder holds no run."""
     write(tmp_path / "corpus.txt", CORPUS)
     spec = write(tmp_path / "chars.rnn", TEXT.replace(old, new))
     run = tmp_path / "run"

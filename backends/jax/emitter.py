@@ -486,13 +486,13 @@ class ModuleEmitter(ModuleEmitterBase):
             lines += ["", f"{doc_text(layer.name)} ({doc_text(layer.cell.name)}):"]
             for eq in layer.cell.equations:
                 lines += _wrap_equation(eq, 4)
-        lines += [
-            "",
-            "API (batch-major arrays; see docs/generated-module.md): init_params, initial_state,",
-            "step, forward, loss_and_grad, init_opt_state, train_step; make_mesh, shard_batch and",
-            "replicate for data-parallel training over several devices.",
-            '"""',
-        ]
+        step = ("step (refused here: a layer runs backward in time)" if self.backward else
+                "step, prepare_step (params made ready for step)")
+        api = ("API (batch-major arrays; see docs/generated-module.md): init_params, "
+               f"initial_state, {step}, forward, loss_and_grad, init_opt_state, train_step; "
+               "make_mesh, shard_batch and replicate for data-parallel training over several "
+               "devices.")
+        lines += ["", *textwrap.wrap(api, WIDTH, break_on_hyphens=False), '"""']
         return "\n".join(lines)
 
     def constants(self) -> str:

@@ -998,7 +998,9 @@ def prepare_step(params):
         p = {name: params[prefix + name] for name in cell["params"]}
         inv[prefix] = cell["invariant"](p) if cell["invariant"] is not None else {}
         laid.update({prefix + k: a.T for k, a in inv[prefix].items() if jnp.ndim(a) == 2})
-    laid.update({k: a.T for k, a in params.items() if a.ndim == 2})
+    # every weight matrix a product reads; not an embedding table, which is indexed (and
+    # a _Laid in jnp.take fails: JAX no longer converts __jax_array__ objects there)
+    laid.update({k: a.T for k, a in params.items() if a.ndim == 2 and k != "input.E"})
     return StepParams(dict(params), inv, laid)
 
 

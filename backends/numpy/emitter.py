@@ -106,6 +106,8 @@ class NumpyEmitter(ModuleEmitterBase):
                      for d in layer.directions]
         self.has_bwd = any(d.reverse for d in self.dirs)
         self.bidirectional = [la.name for la in self.model.layers if la.bidirectional]
+        # layers that read the sequence from its end: step() cannot run them
+        self.backward = [la.name for la in self.model.layers if la.directions == ("bwd",)]
 
     def _code(self, cell: Cell) -> CellCode | None:
         for c, code in self.cells:
@@ -372,6 +374,15 @@ class NumpyEmitter(ModuleEmitterBase):
             msg = f"step() runs one time step, but layer {self.bidirectional[0]}"
             out.append(f"{I2}{py_str(msg)}")
             out.append(f'{I2}" is bidirectional and needs the whole sequence: use forward()"')
+            out.append(f"{I1})")
+            return out
+        if self.backward:
+            out += docstring("Not available: a layer that runs backward in time needs the "
+                             "whole sequence (use forward).", I1)
+            out.append(f"{I1}raise NotImplementedError(")
+            msg = f"step() runs one time step, but layer {self.backward[0]}"
+            out.append(f"{I2}{py_str(msg)}")
+            out.append(f'{I2}" runs backward in time and needs the whole sequence: use forward()"')
             out.append(f"{I1})")
             return out
         out += docstring("One time step for streaming inference: (y_t, next state); no "

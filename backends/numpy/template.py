@@ -168,7 +168,7 @@ def _last_index(T, B, lengths):
     only a placeholder) and its loss does not count."""
     if lengths is None:
         return np.full(B, T - 1), np.arange(B), np.ones(B, dtype=bool)
-    lengths = np.asarray(lengths)
+    lengths = np.asarray(lengths, dtype=np.int64)  # signed: a uint8 0 - 1 would wrap
     return np.maximum(lengths - 1, 0), np.arange(B), lengths > 0
 
 

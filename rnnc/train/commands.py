@@ -158,8 +158,9 @@ def _sample(
                          "(YAML: `data: {text: {path: ...}}`)")
     _, c = open_run(run_dir, with_data=False)
     m = c.program.model
-    if any(layer.bidirectional for layer in m.layers) or m.head.at != "per_step":
-        raise TrainError("sampling needs a one-directional model with a per-step head")
+    if any(layer.directions != ("fwd",) for layer in m.layers) or m.head.at != "per_step":
+        raise TrainError("sampling needs a model whose layers all run forward in time, with a "
+                         "per-step head")
     cp = load_run_checkpoint(run_dir, record, c, checkpoint)
     vocab = record["vocab"]  # read_run checked it: a text run's characters
     if cp.record.get("vocab") not in (None, vocab):

@@ -459,6 +459,8 @@ class Trainer:
         why = ("the data is not text" if not is_text(self.ds) or self.ds.vocab is None else
                "a bidirectional layer needs the whole sequence"
                if any(layer.bidirectional for layer in m.layers) else
+               "a layer that runs backward in time needs the whole sequence"
+               if any("bwd" in layer.directions for layer in m.layers) else
                "the head is not a per-step softmax"
                if m.head.at != "per_step" or m.head.kind != "softmax" else None)
         if why is not None:
@@ -703,10 +705,11 @@ class Trainer:
 
 
 def can_sample(program: Program, ds: Dataset) -> bool:
-    """Character models: a text dataset, one-directional layers, a per-step softmax head."""
+    """Character models: a text dataset, layers that run forward in time (step() runs
+    no other), a per-step softmax head."""
     m = program.model
     return (is_text(ds) and ds.vocab is not None and m.head.at == "per_step"
-            and m.head.kind == "softmax" and not any(layer.bidirectional for layer in m.layers))
+            and m.head.kind == "softmax" and all(la.directions == ("fwd",) for la in m.layers))
 
 
 @contextlib.contextmanager
