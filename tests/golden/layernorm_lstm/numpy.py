@@ -272,7 +272,7 @@ def _last_index(T, B, lengths):
     only a placeholder) and its loss does not count."""
     if lengths is None:
         return np.full(B, T - 1), np.arange(B), np.ones(B, dtype=bool)
-    lengths = np.asarray(lengths)
+    lengths = np.asarray(lengths, dtype=np.int64)  # signed: a uint8 0 - 1 would wrap
     return np.maximum(lengths - 1, 0), np.arange(B), lengths > 0
 
 
@@ -305,8 +305,7 @@ def _check_inputs(xs, ys=None, state=None, lengths=None, resets=None, ids=False,
         raise ValueError(f"xs: a last-step head needs at least one time step, got shape {shape}")
     if ids and inp["kind"] != "dense":
         _check_ids("x_t" if step else "xs", "token ids", xs, inp["vocab"])
-    elif inp["kind"] == "embedding" and not np.issubdtype(xs.dtype, np.integer):
-        # (a one-hot input takes float ids as the dense path does; a table lookup cannot)
+    elif inp["kind"] != "dense" and not _ids_dtype_ok(inp["kind"], xs.dtype):
         arg = "x_t" if step else "xs"
         raise ValueError(f"{arg}: token ids must be integers, got dtype {xs.dtype}")
     if ys is not None:
@@ -329,6 +328,12 @@ def _check_inputs(xs, ys=None, state=None, lengths=None, resets=None, ids=False,
             if lo < 0 or hi > T:
                 raise ValueError(f"lengths: expected values in 0..{T}, got {lo}..{hi}")
     if state is not None:
+        if not hasattr(state, "keys"):  # an array would compare its elements with `in`
+            kind = type(state).__name__
+            raise TypeError(
+                f"state: expected a dict {{name: (batch, size) array}} like initial_state(B), "
+                f"got a {kind}"
+            )
         for name, size in STATE_SHAPES.items():
             if name not in state:
                 raise ValueError(f"state: no entry {name!r} (initial_state(B) has them all)")
@@ -337,6 +342,14 @@ def _check_inputs(xs, ys=None, state=None, lengths=None, resets=None, ids=False,
                     f"state[{name!r}]: expected shape {(B, *size)}, "
                     f"got shape {np.shape(state[name])}"
                 )
+
+
+def _ids_dtype_ok(kind, dtype):
+    """Token ids are integers; a one-hot input also takes floats, as the dense path does
+    (not booleans), a table lookup (embedding) nothing else."""
+    if np.issubdtype(dtype, np.integer):
+        return True
+    return kind == "onehot" and not np.issubdtype(dtype, np.bool_)
 
 
 def _dims(dims):
