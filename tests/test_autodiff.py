@@ -124,14 +124,20 @@ def backward(grad: CellGrad, params, xs, state0, w, v):
     return param_grads, input_grads, seeds
 
 
-def check_cell(cell: Cell, seed: int = 0, T: int = 4, B: int = 2, eps: float = 1e-6):
-    grad = verify_grad(autodiff(cell))
+def _random_problem(cell: Cell, seed: int, T: int, B: int):
+    """Random params, inputs, initial state and output/final-state weights for a cell."""
     rng = np.random.default_rng(seed)
     params = {p.name: rng.normal(size=p.shape) * 0.7 for p in cell.params}
     xs = {x.name: rng.normal(size=(T, B, x.size)) for x in cell.inputs}
     state0 = {s.name: rng.normal(size=(B, s.size)) * 0.5 for s in cell.states}
     w = rng.normal(size=(T, B, cell.output_size))
     v = {s.name: rng.normal(size=(B, s.size)) for s in cell.states}
+    return params, xs, state0, w, v
+
+
+def check_cell(cell: Cell, seed: int = 0, T: int = 4, B: int = 2, eps: float = 1e-6):
+    grad = verify_grad(autodiff(cell))
+    params, xs, state0, w, v = _random_problem(cell, seed, T, B)
     pg, ig, sg = backward(grad, params, xs, state0, w, v)
 
     def fd(arr):
@@ -362,12 +368,7 @@ def _n_instrs(grad: CellGrad) -> int:
 def _assert_same_gradients(a: CellGrad, b: CellGrad, seed: int = 0, T: int = 3, B: int = 2):
     """The two backwards of one cell give bit-identical gradients (CSE reorders nothing)."""
     cell = a.cell
-    rng = np.random.default_rng(seed)
-    params = {p.name: rng.normal(size=p.shape) * 0.7 for p in cell.params}
-    xs = {x.name: rng.normal(size=(T, B, x.size)) for x in cell.inputs}
-    state0 = {s.name: rng.normal(size=(B, s.size)) * 0.5 for s in cell.states}
-    w = rng.normal(size=(T, B, cell.output_size))
-    v = {s.name: rng.normal(size=(B, s.size)) for s in cell.states}
+    params, xs, state0, w, v = _random_problem(cell, seed, T, B)
     for got, ref in zip(backward(b, params, xs, state0, w, v),
                         backward(a, params, xs, state0, w, v), strict=True):
         assert got.keys() == ref.keys()

@@ -367,22 +367,18 @@ class NumpyEmitter(ModuleEmitterBase):
 
     def step_fn(self) -> list[str]:
         out = ["def step(params, x_t, state=None):"]
-        if self.bidirectional:
-            out += docstring("Not available: a bidirectional layer needs the whole sequence "
-                             "(use forward).", I1)
+        refusal = (
+            (self.bidirectional, "a bidirectional layer", "is bidirectional")
+            if self.bidirectional
+            else (self.backward, "a layer that runs backward in time", "runs backward in time")
+        )
+        if refusal[0]:
+            layers, what, why = refusal
+            out += docstring(f"Not available: {what} needs the whole sequence (use forward).", I1)
             out.append(f"{I1}raise NotImplementedError(")
-            msg = f"step() runs one time step, but layer {self.bidirectional[0]}"
+            msg = f"step() runs one time step, but layer {layers[0]}"
             out.append(f"{I2}{py_str(msg)}")
-            out.append(f'{I2}" is bidirectional and needs the whole sequence: use forward()"')
-            out.append(f"{I1})")
-            return out
-        if self.backward:
-            out += docstring("Not available: a layer that runs backward in time needs the "
-                             "whole sequence (use forward).", I1)
-            out.append(f"{I1}raise NotImplementedError(")
-            msg = f"step() runs one time step, but layer {self.backward[0]}"
-            out.append(f"{I2}{py_str(msg)}")
-            out.append(f'{I2}" runs backward in time and needs the whole sequence: use forward()"')
+            out.append(f'{I2}" {why} and needs the whole sequence: use forward()"')
             out.append(f"{I1})")
             return out
         out += docstring("One time step for streaming inference: (y_t, next state); no "
