@@ -222,6 +222,35 @@ def _check_unique_declarations(cdef: A.CellDef) -> None:
         seen[name] = what
 
 
+def _refs(node: Any, out: set[str]) -> set[str]:
+    """The names an expression (or a tuple of them) reads, in every branch."""
+    if isinstance(node, A.Ref):
+        out.add(node.name)
+    if isinstance(node, tuple | list):
+        for item in node:
+            _refs(item, out)
+    elif hasattr(node, "__dataclass_fields__"):
+        for name in node.__dataclass_fields__:
+            if name != "span":
+                _refs(getattr(node, name), out)
+    return out
+
+
+def _check_equations_used(cdef: A.CellDef) -> None:
+    """Every intermediate equation is read by another equation (in some branch) or is the
+    output. One that is not is a mistake: most often a misspelt name where it should have
+    been read (`c' = fgt * c + ...` for `f`), which silently became a parameter."""
+    used = _refs(tuple(eq.expr for eq in cdef.equations), set())
+    for eq in cdef.equations:
+        if not eq.primed and eq.target not in used and eq.target != cdef.output:
+            raise SpecError(
+                f"equation '{eq.target}' of cell '{cdef.name}' is never used: no state's "
+                "next value, output or other equation reads it", eq.span,
+                f"read {eq.target} where it belongs, or remove the equation (a misspelt "
+                "name elsewhere is no error: a name that is nothing else is a parameter; "
+                "see the parameter list of `rnnc check`)")
+
+
 def _a(what: str) -> str:
     return ("an " if what[0] in "aeiou" else "a ") + what
 
@@ -242,6 +271,7 @@ class _CellLowerer:
         self.eq: A.Equation | None = None
         self.primed: dict[str, _Val] = {}
         _check_unique_declarations(cdef)
+        _check_equations_used(cdef)
         reserved = set(cdef.inputs) | {s.name for s in cdef.states} | {
             e.target for e in cdef.equations}
         self.taken = set(reserved)
