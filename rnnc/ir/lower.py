@@ -226,6 +226,8 @@ def _refs(node: Any, out: set[str]) -> set[str]:
     """The names an expression (or a tuple of them) reads, in every branch."""
     if isinstance(node, A.Ref):
         out.add(node.name)
+    if isinstance(node, A.Call):
+        out.add(node.fn)  # an option that names an activation: gate_act(...)
     if isinstance(node, tuple | list):
         for item in node:
             _refs(item, out)
@@ -251,6 +253,31 @@ def _check_equations_used(cdef: A.CellDef) -> None:
                 "see the parameter list of `rnnc check`)")
 
 
+def _check_declarations_used(cdef: A.CellDef, init_overrides: dict[str, A.Expr]) -> None:
+    """Every declared parameter is read by an equation, and every option by an equation,
+    a declaration or the layer's init, in some branch. One that is not has no effect,
+    which is a mistake: `param b_f init constant(forget_bias)` with `+ b_f` left out of
+    the forget gate (the forget bias silently not applied), or an option the equations
+    never read (setting it on the layer changes nothing)."""
+    in_equations = _refs(tuple(eq.expr for eq in cdef.equations), set())
+    for p in cdef.params:
+        if p.name not in in_equations and not p.none:
+            raise SpecError(
+                f"parameter '{p.name}' of cell '{cdef.name}' is declared but no equation "
+                "reads it", p.span, f"add {p.name} to the equation it belongs in (a bias: "
+                f"`+ {p.name}`), or remove the declaration")
+    read = _refs((cdef.equations, cdef.params, cdef.states, tuple(init_overrides.values())),
+                 set())
+    for (k, _), span in zip(cdef.options.items, cdef.options.key_spans
+                            + (None,) * len(cdef.options.items), strict=False):
+        if k not in read:
+            raise SpecError(
+                f"option '{k}' of cell '{cdef.name}' is declared but nothing in the cell "
+                "reads it, so setting it has no effect", span or cdef.span,
+                f"use {k} in an equation or a parameter's init (e.g. `param b_f init "
+                f"constant({k})`), or remove the option")
+
+
 def _a(what: str) -> str:
     return ("an " if what[0] in "aeiou" else "a ") + what
 
@@ -272,6 +299,7 @@ class _CellLowerer:
         self.primed: dict[str, _Val] = {}
         _check_unique_declarations(cdef)
         _check_equations_used(cdef)
+        _check_declarations_used(cdef, init_overrides)
         reserved = set(cdef.inputs) | {s.name for s in cdef.states} | {
             e.target for e in cdef.equations}
         self.taken = set(reserved)
@@ -787,6 +815,13 @@ class _CellLowerer:
                     f"cannot infer the shape of parameter '{name}' in cell '{self.cdef.name}'",
                     info.span, self._typo_hint(used) or f"declare it: param {name}[rows, cols]")
             params.append(self._param(name, info, shape))
+        for pattern, expr in self.init_overrides.items():
+            if not any(re.fullmatch(pattern.replace("*", ".*"), p.name) for p in params):
+                names = [p.name for p in params]
+                raise SpecError(
+                    f"init names '{pattern}', which matches no parameter of layer "
+                    f"'{self.layer}' (cell '{self.cdef.name}')", getattr(expr, "span", None),
+                    did_you_mean(pattern, names) or "its parameters: " + ", ".join(names))
         for i in instrs:
             if any(s is None for s in i.shape):
                 raise ShapeError(f"cannot infer the size of '{i.comment}'", i.span)
