@@ -233,6 +233,12 @@ def ir(
     if after is not None and after in (disable or ()):
         raise RnncError(f"--after {after} shows the IR after that pass, which --disable "
                         "turns off", None, "leave out one of them")
+    if after is not None and after != "autodiff" and after not in PIPELINE:
+        # --after also takes autodiff, which the pipeline's own refusal does not offer
+        from rnnc.errors import did_you_mean
+
+        raise RnncError(f"unknown pass '{after}'", None,
+                        did_you_mean(after, [*PIPELINE, "autodiff"]))
     program = lower(load_spec(spec), base_dir=str(spec.parent))
     if raw:
         program = optimize(program, disable=PIPELINE)

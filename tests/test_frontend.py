@@ -511,6 +511,10 @@ def test_ir_command_after_each_pass():
     assert r.exit_code == 1 and "unknown pass 'fuse'" in r.output and "fuse_gates" in r.output
     r = CliRunner().invoke(app, ["ir", str(ROOT / "specs" / "elman.rnn"), "--after", ""])
     assert r.exit_code == 1 and "unknown pass ''" in r.output  # not silently the whole pipeline
+    # a typo of autodiff, which --after takes too, is offered it (the hint offered
+    # only the optimisation passes)
+    r = CliRunner().invoke(app, ["ir", str(ROOT / "specs" / "elman.rnn"), "--after", "autodif"])
+    assert r.exit_code == 1 and "did you mean 'autodiff'?" in r.output
 
 
 def test_ir_after_autodiff_prints_the_backward_ir_and_help_lists_the_passes():
