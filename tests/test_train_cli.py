@@ -1857,3 +1857,25 @@ def test_a_sample_line_that_cannot_print_is_refused_before_training(tmp_path, ol
     result = train(spec, run, code=1)
     _assert_clean_error(result, says, "chars.rnn:", "sample every 6")
     assert not run.exists()
+
+
+@pytest.mark.parametrize("model,message", [
+    ("input onehot(vocab: 5)\n  layer elman(hidden: 4)\n  head softmax per_step",
+     "the input vocabulary is 5, but the dataset's is 7"),
+    ("input onehot(vocab: auto)\n  layer elman(hidden: 4)\n  head softmax(at: per_step, "
+     "classes: 9)", "the head's output size is 9, but the dataset's is 7"),
+])
+def test_an_explicit_size_that_is_not_the_datasets_is_one_located_error(tmp_path, model,
+                                                                       message):
+    """A number where `auto` belongs, other than the dataset's: check passed it and train
+    wrote a run folder, then failed in the generated module's first train_step with a
+    ValueError traceback (token ids out of range, targets of the wrong shape)."""
+    spec = write(tmp_path / "w.rnn", f"model w {{\n  {model}\n}}\ntrain {{\n"
+                 "  data reber(n: 60)\n  epochs 1\n}\n")
+    for cmd in (("check", spec), ("train", spec, "--backend", BACKEND, "--out",
+                                  tmp_path / "run", "-q")):
+        result = rnnc(*cmd, code=1)
+        assert f"w.rnn:2:3: error: {message}" in result.output or \
+            f"w.rnn:4:3: error: {message}" in result.output, result.output
+        assert "write auto (or 7)" in result.output
+    assert not (tmp_path / "run").exists()

@@ -1093,9 +1093,15 @@ def _needs_data(model_cfg: dict) -> bool:
                       hopts.get("size"))
 
 
-def _auto(value: Any, from_data: int | None, what: str, span: Span | None, how: str) -> int:
-    """A size that may be `auto`; `how` is the spec text that gives it as a number."""
+def _auto(value: Any, from_data: int | None, what: str, span: Span | None, how: str,
+          dataset: bool = False) -> int:
+    """A size that may be `auto`; `how` is the spec text that gives it as a number.
+    With ``dataset`` (``from_data`` was measured on the spec's own dataset), a number
+    must be the dataset's: the generated module would refuse every batch."""
     if value != "auto":
+        if dataset and from_data is not None and int(value) != from_data:
+            raise SpecError(f"{what} is {int(value)}, but the dataset's is {from_data}", span,
+                            f"write auto (or {from_data}) in `{how}`")
         return int(value)
     if from_data is None:
         raise SpecError(f"{what} is auto, but there is no dataset to take it from", span,
@@ -1118,14 +1124,14 @@ def _input(model_cfg: dict, sizes: Sizes, spec: A.Spec) -> InputEncoding:
                                   "write `input: {dense: {features: auto}}`"))
     if kind == "onehot":
         v = _auto(opts["vocab"], sizes.n_in, "the input vocabulary", span,
-                  "input onehot(vocab: N)")
+                  "input onehot(vocab: N)", sizes.task is not None)
         return InputEncoding("onehot", vocab=v, size=v)
     if kind == "embedding":
         v = _auto(opts["vocab"], sizes.n_in, "the input vocabulary", span,
-                  f"input embedding(vocab: N, dim: {opts['dim']})")
+                  f"input embedding(vocab: N, dim: {opts['dim']})", sizes.task is not None)
         return InputEncoding("embedding", vocab=v, size=opts["dim"])
     f = _auto(opts["features"], sizes.n_in, "the input feature count", span,
-              "input dense(features: N)")
+              "input dense(features: N)", sizes.task is not None)
     return InputEncoding("dense", size=f, normalize=opts["normalize"])
 
 
@@ -1134,7 +1140,8 @@ def _head(model_cfg: dict, sizes: Sizes, spec: A.Spec, width: int) -> Head:
     span = spec.model.key_span("head")
     n = opts.get("classes", opts.get("size"))
     out = _auto(n, sizes.n_out, "the head's output size", span,
-                f"head {kind}(at: {opts['at']}, {'classes' if kind == 'softmax' else 'size'}: N)")
+                f"head {kind}(at: {opts['at']}, {'classes' if kind == 'softmax' else 'size'}: N)",
+                sizes.task is not None)
     if sizes.task is not None:
         want = {"softmax": "classify", "linear": "regress"}[kind]
         if not sizes.task.startswith(want):
