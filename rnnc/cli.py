@@ -192,7 +192,19 @@ def check(
 
     try:
         parsed = load_spec(spec)
-        program = build(parsed, base_dir=spec.parent)
+        if parsed.train is None:
+            program = build(parsed, base_dir=spec.parent)
+        else:
+            # what `rnnc train` refuses before training is refused here too: the sizes
+            # the dataset implies, the early_stop metric, the sample line
+            from rnnc.ir.lower import Sizes, validate
+            from rnnc.train.driver import build_data, check_plan
+
+            _, train_cfg = validate(parsed)
+            ds = build_data(parsed, train_cfg, spec.parent)
+            program = build(parsed, Sizes(ds.n_in, ds.n_out, ds.task, ds.input),
+                            base_dir=spec.parent)
+            check_plan(parsed, program, ds, train_cfg)
     except RnncError as err:
         if as_json:
             typer.echo(json.dumps({"ok": False, "error": err.to_dict()}, indent=2))

@@ -664,12 +664,12 @@ def test_check_shows_how_each_update_is_made():
 
 def test_check_shows_input_dropout(tmp_path):
     spec = tmp_path / "d.rnn"
-    spec.write_text("model d {\n  input onehot(vocab: 5)\n  layer elman(hidden: 4)\n"
-                    "  head softmax(at: per_step, classes: 5)\n}\ntrain {\n"
+    spec.write_text("model d {\n  input onehot(vocab: 7)\n  layer elman(hidden: 4)\n"
+                    "  head softmax(at: per_step, classes: 7)\n}\ntrain {\n"
                     "  data reber(n: 50)\n  dropout input 0.25\n}\n")
     r = CliRunner().invoke(app, ["check", str(spec)])
     assert r.exit_code == 0, r.output
-    assert "  input   one-hot, vocabulary 5, dropout 0.25\n" in r.output
+    assert "  input   one-hot, vocabulary 7, dropout 0.25\n" in r.output
     assert "dropout" not in r.output.split("  head    ")[1].splitlines()[0]
 
 

@@ -1879,3 +1879,20 @@ def test_an_explicit_size_that_is_not_the_datasets_is_one_located_error(tmp_path
             f"w.rnn:4:3: error: {message}" in result.output, result.output
         assert "write auto (or 7)" in result.output
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("extra,message", [
+    ("early_stop metric val_acc patience 2",
+     "early_stop metric 'val_acc' is not measured on this dataset"),
+    ("sample every 10 length 20", "cannot be sampled: the data is not text"),
+])
+def test_check_refuses_what_train_refuses_before_training(tmp_path, extra, message):
+    """rnnc check said "ok" to a train block that rnnc train refused at once (an
+    early_stop metric the dataset does not measure, a sample line on a model that cannot
+    be sampled): a learner's check-then-train met the error only at train."""
+    spec = write(tmp_path / "r.rnn", REBER.format(cell="elman", epochs=1, extra=extra))
+    for cmd in (("check", spec), ("check", spec, "--json"),
+                ("train", spec, "--backend", BACKEND, "--out", tmp_path / "run", "-q")):
+        result = rnnc(*cmd, code=1)
+        assert message in result.output, result.output
+    assert not (tmp_path / "run").exists()
