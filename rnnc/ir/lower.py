@@ -1183,6 +1183,12 @@ def _layers(spec: A.Spec, model_cfg: dict, train_cfg: dict | None, in_size: int)
         cdef = spec.cell(cname) or lib.get(cname)
         if cdef is None:
             choices = [c.name for c in spec.cells] + list(lib)
+            if cname in ("softmax", "linear"):  # the head written as a last layer
+                raise SpecError(f"unknown cell '{cname}': {cname} is a head, not a layer",
+                                cspan, in_syntax(cspan, f"write `head {cname} per_step` (or "
+                                                 "last) after the layers",
+                                                 f"write `head: {{{cname}: per_step}}` (or "
+                                                 "last) beside `layers:`"))
             raise SpecError(f"unknown cell '{cname}'", cspan, did_you_mean(cname, choices))
         if opts_node is None or (isinstance(opts_node, A.CScalar) and opts_node.value is None):
             opts_node = A.CMap((), cspan)
