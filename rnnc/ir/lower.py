@@ -982,7 +982,25 @@ def lower_cell(cdef: A.CellDef, options: dict[str, Any], input_size: int, hidden
         raise SpecError(f"cell '{cdef.name}' has {len(cdef.inputs)} inputs; a layer feeds one",
                         cdef.span, "concatenate inputs before the layer")
     low = _CellLowerer(cdef, env, {cdef.inputs[0]: input_size}, hidden, layer, init or {}, bias)
+    if not bias:
+        _check_options_outlive_bias(cdef, options, init or {})
     return low.run()
+
+
+def _check_options_outlive_bias(cdef: A.CellDef, options: dict[str, Any],
+                                init: dict[str, A.Expr]) -> None:
+    """An option the layer sets that only initialises biases, which `bias: false` drops
+    (lstm(bias: false, forget_bias: 2.0)), would silently do nothing."""
+    read = _refs((cdef.equations, cdef.states, tuple(init.values()),
+                  tuple(p for p in cdef.params if not _is_bias(p.name))), set())
+    for k in options:
+        if k not in read:
+            biases = [p.name for p in cdef.params if _is_bias(p.name)
+                      and k in _refs((p.shape, p.init), set())]
+            if biases:
+                raise SpecError(
+                    f"option '{k}' initialises {', '.join(biases)}, which `bias: false` drops, "
+                    "so it has no effect", None, f"remove {k}, or bias: false")
 
 
 # ------------------------------------------------------------------ model
