@@ -131,3 +131,39 @@ def test_xavier_variance_is_two_over_fan_in_plus_fan_out(init):
         if init == "xavier_uniform":
             assert np.abs(w).max() <= np.sqrt(6.0 / (fan_in + fan_out))
             assert np.abs(w).max() > 0.99 * np.sqrt(6.0 / (fan_in + fan_out))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "jax"])
+def test_l1_l2_then_clipping_then_sgd_by_hand(backend):
+    """docs/language.md: the penalty's gradient `l1 sign(p) + l2 p` is added to every
+    non-bias parameter before global-norm clipping; the logged loss is the data loss
+    alone and grad_norm is the norm before clipping. One SGD step by hand."""
+    if backend == "jax":
+        pytest.importorskip("jax")
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+    text = model(f"lstm(hidden: {H})", head=2).replace("\n}", "\n  dtype float64\n}") + (
+        'train {\n  data text(path: "x.txt")\n  updater sgd(lr: 0.5)\n  l1 0.01\n  l2 0.1\n'
+        '  clip norm 0.05\n  dropout output 0.5\n}\n')
+    m = load_module(source_for(program_from_text(text), backend), f"curriculum_{backend}")
+    rng = np.random.default_rng(4)
+    p = {k: np.asarray(v, dtype=np.float64) for k, v in lively(m).items()}
+    xs, ys = rng.normal(size=(B, T, F)), rng.normal(size=(B, T, 2))
+    loss, g, _ = m.loss_and_grad(p, xs, ys)  # no rng: no dropout, as forward
+    g = {k: np.asarray(v) for k, v in g.items()}
+    np.testing.assert_allclose(
+        np.mean((np.asarray(m.forward(p, xs)[0]) - ys) ** 2), float(loss), rtol=1e-12)
+    def is_bias(k):
+        return k.split(".")[-1] == "b" or k.split(".")[-1].startswith("b_")
+
+    full = {k: g[k] + (0 if is_bias(k) else 0.01 * np.sign(p[k]) + 0.1 * p[k]) for k in g}
+    norm = np.sqrt(sum(float(np.sum(v * v)) for v in full.values()))
+    assert norm > 0.05  # the clip bites
+    new, _, _, metrics = m.train_step(p, m.init_opt_state(p), xs, ys)
+    assert float(metrics["loss"]) == pytest.approx(float(loss), rel=1e-12)
+    assert float(metrics["grad_norm"]) == pytest.approx(norm, rel=1e-10)
+    scale = 0.05 / (norm + 1e-6)  # clip_grad_norm_'s factor: max_norm / (norm + 1e-6)
+    for k in p:
+        np.testing.assert_allclose(np.asarray(new[k]), p[k] - 0.5 * full[k] * scale,
+                                   rtol=0, atol=1e-12, err_msg=k)
