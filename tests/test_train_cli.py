@@ -1896,3 +1896,26 @@ def test_check_refuses_what_train_refuses_before_training(tmp_path, extra, messa
         result = rnnc(*cmd, code=1)
         assert message in result.output, result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_early_stop_stops_patience_epochs_after_the_best_and_tests_the_best(tmp_path):
+    """The rule as the tutorial states it: stop after P epochs without improvement; the
+    best epoch's checkpoint is `best`, and the test line and `eval` use its parameters."""
+    spec = write(tmp_path / "r.rnn", REBER.format(
+        cell="elman", epochs=30, extra="early_stop metric val_loss patience 2"))
+    result = train(spec, tmp_path / "run", "--lr", "0.3")
+    vals = records(tmp_path / "run", "val")
+    losses = [v["val_loss"] for v in vals]
+    best = int(np.argmin(losses))
+    assert len(vals) < 30, "the run never stopped early: choose a livelier rate"
+    assert len(vals) - 1 == best + 2  # exactly patience epochs after the best one
+    assert f"best epoch {best + 1}" in result.output
+    cp = tmp_path / "run" / "checkpoints"
+    best_cp = cp / (cp / "best").read_text().strip()
+    assert json.loads((best_cp / "checkpoint.json").read_text())["step"] == vals[best]["step"]
+    # the best parameters give the best epoch's validation loss again, and the test's
+    data = json.loads(rnnc("eval", tmp_path / "run", "--split", "val", "--json").output)
+    assert data["metrics"]["loss"] == pytest.approx(losses[best], rel=1e-6)
+    (test,) = records(tmp_path / "run", "test")
+    data = json.loads(rnnc("eval", tmp_path / "run", "--json").output)
+    assert data["metrics"]["loss"] == pytest.approx(test["test_loss"], rel=1e-9)
