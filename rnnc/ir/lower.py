@@ -1116,6 +1116,8 @@ def _auto(value: Any, from_data: int | None, what: str, span: Span | None, how: 
     """A size that may be `auto`; `how` is the spec text that gives it as a number.
     With ``dataset`` (``from_data`` was measured on the spec's own dataset), a number
     must be the dataset's: the generated module would refuse every batch."""
+    key, kind, args = re.fullmatch(r"(\w+) (\w+)\((.*)\)", how).groups()
+    how = in_syntax(span, how, f"{key}: {{{kind}: {{{args}}}}}")  # the spec's own syntax
     if value != "auto":
         if dataset and from_data is not None and int(value) != from_data:
             raise SpecError(f"{what} is {int(value)}, but the dataset's is {from_data}", span,
