@@ -192,7 +192,19 @@ def check(
 
     try:
         parsed = load_spec(spec)
-        program = build(parsed, base_dir=spec.parent)
+        if parsed.train is None:
+            program = build(parsed, base_dir=spec.parent)
+        else:
+            # what `rnnc train` refuses before training is refused here too: the sizes
+            # the dataset implies, the early_stop metric, the sample line
+            from rnnc.ir.lower import Sizes, validate
+            from rnnc.train.driver import build_data, check_plan
+
+            _, train_cfg = validate(parsed)
+            ds = build_data(parsed, train_cfg, spec.parent)
+            program = build(parsed, Sizes(ds.n_in, ds.n_out, ds.task, ds.input),
+                            base_dir=spec.parent)
+            check_plan(parsed, program, ds, train_cfg)
     except RnncError as err:
         if as_json:
             typer.echo(json.dumps({"ok": False, "error": err.to_dict()}, indent=2))
@@ -233,6 +245,12 @@ def ir(
     if after is not None and after in (disable or ()):
         raise RnncError(f"--after {after} shows the IR after that pass, which --disable "
                         "turns off", None, "leave out one of them")
+    if after is not None and after != "autodiff" and after not in PIPELINE:
+        # --after also takes autodiff, which the pipeline's own refusal does not offer
+        from rnnc.errors import did_you_mean
+
+        raise RnncError(f"unknown pass '{after}'", None,
+                        did_you_mean(after, [*PIPELINE, "autodiff"]))
     program = lower(load_spec(spec), base_dir=str(spec.parent))
     if raw:
         program = optimize(program, disable=PIPELINE)

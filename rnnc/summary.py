@@ -25,10 +25,11 @@ def summary(program: Program) -> dict[str, Any]:
     return {
         "model": m.name,
         "spec_sha256": program.spec_hash,
-        "input": {"kind": m.input.kind, "vocab": m.input.vocab, "size": m.input.size},
+        "input": {"kind": m.input.kind, "vocab": m.input.vocab, "size": m.input.size,
+                  "dropout": m.input_dropout},
         "layers": layers,
         "head": {"kind": m.head.kind, "at": m.head.at, "input": m.head.input_size,
-                 "output": m.head.output_size},
+                 "output": m.head.output_size, "dropout": m.output_dropout},
         "state": {v.name: v.size for v in m.state_vars},
         "params": {p.name: list(p.shape) for p in m.params},
         "param_count": m.param_count,
@@ -45,12 +46,13 @@ def summary_text(program: Program) -> str:
     m = program.model
     lines = [f"model {m.name}  ({program.source_name or 'spec'} ok)"]
     enc = m.input
+    drop = f", dropout {m.input_dropout:g}" if m.input_dropout else ""
     if enc.kind == "dense":
-        lines.append(f"  input   dense, {enc.size} features")
+        lines.append(f"  input   dense, {enc.size} features{drop}")
     elif enc.kind == "onehot":
-        lines.append(f"  input   one-hot, vocabulary {enc.vocab}")
+        lines.append(f"  input   one-hot, vocabulary {enc.vocab}{drop}")
     else:
-        lines.append(f"  input   embedding, vocabulary {enc.vocab} -> {enc.size}")
+        lines.append(f"  input   embedding, vocabulary {enc.vocab} -> {enc.size}{drop}")
     for layer in m.layers:
         dirs = {("fwd",): "", ("bwd",): ", backward",
                 ("fwd", "bwd"): f", bidirectional ({layer.merge})"}[layer.directions]
@@ -62,7 +64,9 @@ def summary_text(program: Program) -> str:
     h = m.head
     where = "every step" if h.at == "per_step" else "the last step"
     loss = "cross-entropy" if h.kind == "softmax" else "mean squared error"
-    lines.append(f"  head    {h.kind} {h.input_size} -> {h.output_size} at {where} ({loss})")
+    drop = f", dropout {m.output_dropout:g} on its input" if m.output_dropout else ""
+    lines.append(f"  head    {h.kind} {h.input_size} -> {h.output_size} at {where} ({loss})"
+                 f"{drop}")
     lines.append("  parameters:")
     width = max(len(p.name) for p in m.params)
     for p in m.params:

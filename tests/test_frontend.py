@@ -511,6 +511,10 @@ def test_ir_command_after_each_pass():
     assert r.exit_code == 1 and "unknown pass 'fuse'" in r.output and "fuse_gates" in r.output
     r = CliRunner().invoke(app, ["ir", str(ROOT / "specs" / "elman.rnn"), "--after", ""])
     assert r.exit_code == 1 and "unknown pass ''" in r.output  # not silently the whole pipeline
+    # a typo of autodiff, which --after takes too, is offered it (the hint offered
+    # only the optimisation passes)
+    r = CliRunner().invoke(app, ["ir", str(ROOT / "specs" / "elman.rnn"), "--after", "autodif"])
+    assert r.exit_code == 1 and "did you mean 'autodiff'?" in r.output
 
 
 def test_ir_after_autodiff_prints_the_backward_ir_and_help_lists_the_passes():
@@ -646,9 +650,27 @@ def test_check_shows_how_each_update_is_made():
     assert line.split("  update  ")[1].split("; ") == [
         "adam(lr: 0.005, b1: 0.9, b2: 0.999, eps: 1e-08)", "clip norm 5", "l1 1e-06, l2 0.0001",
         "early stop on val_loss, patience 6", "state reset per document"]
+    # the summary showed a layer's own dropout but not `dropout output` (nor `input`)
+    assert "  head    softmax 64 -> 48 at every step (cross-entropy), dropout 0.2 on its " \
+        "input\n" in r.output
+    r = CliRunner().invoke(app, ["check", str(ROOT / "specs" / "char_lstm_regularized.rnn"),
+                                 "--json"])
+    assert json.loads(r.output)["head"]["dropout"] == 0.2
+    assert json.loads(r.output)["input"]["dropout"] == 0.0
     r = CliRunner().invoke(app, ["check", str(ROOT / "specs" / "clip_none.rnn")])
     assert "  update  nesterov(lr: 0.05, momentum: 0.9); no clipping; state reset per sequence" in (
         r.output)
+
+
+def test_check_shows_input_dropout(tmp_path):
+    spec = tmp_path / "d.rnn"
+    spec.write_text("model d {\n  input onehot(vocab: 7)\n  layer elman(hidden: 4)\n"
+                    "  head softmax(at: per_step, classes: 7)\n}\ntrain {\n"
+                    "  data reber(n: 50)\n  dropout input 0.25\n}\n")
+    r = CliRunner().invoke(app, ["check", str(spec)])
+    assert r.exit_code == 0, r.output
+    assert "  input   one-hot, vocabulary 7, dropout 0.25\n" in r.output
+    assert "dropout" not in r.output.split("  head    ")[1].splitlines()[0]
 
 
 @pytest.mark.parametrize("name", ["elman.rnn", "embedded_reber_lstm.yaml", "char_mgu.yaml"])

@@ -641,3 +641,27 @@ def test_runtime_text_is_ruff_clean(backend, tmp_path):
             check=False,
         )
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _doc_table_defaults(first_cell: str) -> dict[str, dict[str, float]]:
+    """{name: {option: default}} from the language reference's table whose header starts
+    with `first_cell`: rows `| `name` | `opt` 0.1, `opt2` 0.9 | ... |`."""
+    import re
+
+    doc = (ROOT / "docs" / "language.md").read_text(encoding="utf-8")
+    table = doc.split(f"| {first_cell} |", 1)[1].split("\n\n", 1)[0]
+    out = {}
+    for row in table.splitlines()[2:]:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        name = cells[0].strip("`")
+        out[name] = {k: float(v) for k, v in re.findall(r"`(\w+)` ([-\d.e]+)", cells[1])}
+    return out
+
+
+def test_the_language_reference_states_the_runtimes_defaults():
+    """The updater and schedule tables of docs/language.md against the runtime every
+    module copies (the schedule table was missing: a learner could not find `every`)."""
+    assert _doc_table_defaults("updater") == {
+        k: {o: float(v) for o, v in d.items()} for k, d in rt.UPDATER_DEFAULTS.items()}
+    assert _doc_table_defaults("schedule") == {
+        k: {o: float(v) for o, v in d.items()} for k, d in rt.SCHEDULE_DEFAULTS.items()}

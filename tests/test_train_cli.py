@@ -1857,3 +1857,65 @@ def test_a_sample_line_that_cannot_print_is_refused_before_training(tmp_path, ol
     result = train(spec, run, code=1)
     _assert_clean_error(result, says, "chars.rnn:", "sample every 6")
     assert not run.exists()
+
+
+@pytest.mark.parametrize("model,message", [
+    ("input onehot(vocab: 5)\n  layer elman(hidden: 4)\n  head softmax per_step",
+     "the input vocabulary is 5, but the dataset's is 7"),
+    ("input onehot(vocab: auto)\n  layer elman(hidden: 4)\n  head softmax(at: per_step, "
+     "classes: 9)", "the head's output size is 9, but the dataset's is 7"),
+])
+def test_an_explicit_size_that_is_not_the_datasets_is_one_located_error(tmp_path, model,
+                                                                       message):
+    """A number where `auto` belongs, other than the dataset's: check passed it and train
+    wrote a run folder, then failed in the generated module's first train_step with a
+    ValueError traceback (token ids out of range, targets of the wrong shape)."""
+    spec = write(tmp_path / "w.rnn", f"model w {{\n  {model}\n}}\ntrain {{\n"
+                 "  data reber(n: 60)\n  epochs 1\n}\n")
+    for cmd in (("check", spec), ("train", spec, "--backend", BACKEND, "--out",
+                                  tmp_path / "run", "-q")):
+        result = rnnc(*cmd, code=1)
+        assert f"w.rnn:2:3: error: {message}" in result.output or \
+            f"w.rnn:4:3: error: {message}" in result.output, result.output
+        assert "write auto (or 7)" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("extra,message", [
+    ("early_stop metric val_acc patience 2",
+     "early_stop metric 'val_acc' is not measured on this dataset"),
+    ("sample every 10 length 20", "cannot be sampled: the data is not text"),
+])
+def test_check_refuses_what_train_refuses_before_training(tmp_path, extra, message):
+    """rnnc check said "ok" to a train block that rnnc train refused at once (an
+    early_stop metric the dataset does not measure, a sample line on a model that cannot
+    be sampled): a learner's check-then-train met the error only at train."""
+    spec = write(tmp_path / "r.rnn", REBER.format(cell="elman", epochs=1, extra=extra))
+    for cmd in (("check", spec), ("check", spec, "--json"),
+                ("train", spec, "--backend", BACKEND, "--out", tmp_path / "run", "-q")):
+        result = rnnc(*cmd, code=1)
+        assert message in result.output, result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_early_stop_stops_patience_epochs_after_the_best_and_tests_the_best(tmp_path):
+    """The rule as the tutorial states it: stop after P epochs without improvement; the
+    best epoch's checkpoint is `best`, and the test line and `eval` use its parameters."""
+    spec = write(tmp_path / "r.rnn", REBER.format(
+        cell="elman", epochs=30, extra="early_stop metric val_loss patience 2"))
+    result = train(spec, tmp_path / "run", "--lr", "0.3")
+    vals = records(tmp_path / "run", "val")
+    losses = [v["val_loss"] for v in vals]
+    best = int(np.argmin(losses))
+    assert len(vals) < 30, "the run never stopped early: choose a livelier rate"
+    assert len(vals) - 1 == best + 2  # exactly patience epochs after the best one
+    assert f"best epoch {best + 1}" in result.output
+    cp = tmp_path / "run" / "checkpoints"
+    best_cp = cp / (cp / "best").read_text().strip()
+    assert json.loads((best_cp / "checkpoint.json").read_text())["step"] == vals[best]["step"]
+    # the best parameters give the best epoch's validation loss again, and the test's
+    data = json.loads(rnnc("eval", tmp_path / "run", "--split", "val", "--json").output)
+    assert data["metrics"]["loss"] == pytest.approx(losses[best], rel=1e-6)
+    (test,) = records(tmp_path / "run", "test")
+    data = json.loads(rnnc("eval", tmp_path / "run", "--json").output)
+    assert data["metrics"]["loss"] == pytest.approx(test["test_loss"], rel=1e-9)

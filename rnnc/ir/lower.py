@@ -222,6 +222,62 @@ def _check_unique_declarations(cdef: A.CellDef) -> None:
         seen[name] = what
 
 
+def _refs(node: Any, out: set[str]) -> set[str]:
+    """The names an expression (or a tuple of them) reads, in every branch."""
+    if isinstance(node, A.Ref):
+        out.add(node.name)
+    if isinstance(node, A.Call):
+        out.add(node.fn)  # an option that names an activation: gate_act(...)
+    if isinstance(node, tuple | list):
+        for item in node:
+            _refs(item, out)
+    elif hasattr(node, "__dataclass_fields__"):
+        for name in node.__dataclass_fields__:
+            if name != "span":
+                _refs(getattr(node, name), out)
+    return out
+
+
+def _check_equations_used(cdef: A.CellDef) -> None:
+    """Every intermediate equation is read by another equation (in some branch) or is the
+    output. One that is not is a mistake: most often a misspelt name where it should have
+    been read (`c' = fgt * c + ...` for `f`), which silently became a parameter."""
+    used = _refs(tuple(eq.expr for eq in cdef.equations), set())
+    for eq in cdef.equations:
+        if not eq.primed and eq.target not in used and eq.target != cdef.output:
+            raise SpecError(
+                f"equation '{eq.target}' of cell '{cdef.name}' is never used: no state's "
+                "next value, output or other equation reads it", eq.span,
+                f"read {eq.target} where it belongs, or remove the equation (a misspelt "
+                "name elsewhere is no error: a name that is nothing else is a parameter; "
+                "see the parameter list of `rnnc check`)")
+
+
+def _check_declarations_used(cdef: A.CellDef, init_overrides: dict[str, A.Expr]) -> None:
+    """Every declared parameter is read by an equation, and every option by an equation,
+    a declaration or the layer's init, in some branch. One that is not has no effect,
+    which is a mistake: `param b_f init constant(forget_bias)` with `+ b_f` left out of
+    the forget gate (the forget bias silently not applied), or an option the equations
+    never read (setting it on the layer changes nothing)."""
+    in_equations = _refs(tuple(eq.expr for eq in cdef.equations), set())
+    for p in cdef.params:
+        if p.name not in in_equations and not p.none:
+            raise SpecError(
+                f"parameter '{p.name}' of cell '{cdef.name}' is declared but no equation "
+                "reads it", p.span, f"add {p.name} to the equation it belongs in (a bias: "
+                f"`+ {p.name}`), or remove the declaration")
+    read = _refs((cdef.equations, cdef.params, cdef.states, tuple(init_overrides.values())),
+                 set())
+    for (k, _), span in zip(cdef.options.items, cdef.options.key_spans
+                            + (None,) * len(cdef.options.items), strict=False):
+        if k not in read:
+            raise SpecError(
+                f"option '{k}' of cell '{cdef.name}' is declared but nothing in the cell "
+                "reads it, so setting it has no effect", span or cdef.span,
+                f"use {k} in an equation or a parameter's init (e.g. `param b_f init "
+                f"constant({k})`), or remove the option")
+
+
 def _a(what: str) -> str:
     return ("an " if what[0] in "aeiou" else "a ") + what
 
@@ -242,6 +298,8 @@ class _CellLowerer:
         self.eq: A.Equation | None = None
         self.primed: dict[str, _Val] = {}
         _check_unique_declarations(cdef)
+        _check_equations_used(cdef)
+        _check_declarations_used(cdef, init_overrides)
         reserved = set(cdef.inputs) | {s.name for s in cdef.states} | {
             e.target for e in cdef.equations}
         self.taken = set(reserved)
@@ -757,6 +815,13 @@ class _CellLowerer:
                     f"cannot infer the shape of parameter '{name}' in cell '{self.cdef.name}'",
                     info.span, self._typo_hint(used) or f"declare it: param {name}[rows, cols]")
             params.append(self._param(name, info, shape))
+        for pattern, expr in self.init_overrides.items():
+            if not any(re.fullmatch(pattern.replace("*", ".*"), p.name) for p in params):
+                names = [p.name for p in params]
+                raise SpecError(
+                    f"init names '{pattern}', which matches no parameter of layer "
+                    f"'{self.layer}' (cell '{self.cdef.name}')", getattr(expr, "span", None),
+                    did_you_mean(pattern, names) or "its parameters: " + ", ".join(names))
         for i in instrs:
             if any(s is None for s in i.shape):
                 raise ShapeError(f"cannot infer the size of '{i.comment}'", i.span)
@@ -917,7 +982,25 @@ def lower_cell(cdef: A.CellDef, options: dict[str, Any], input_size: int, hidden
         raise SpecError(f"cell '{cdef.name}' has {len(cdef.inputs)} inputs; a layer feeds one",
                         cdef.span, "concatenate inputs before the layer")
     low = _CellLowerer(cdef, env, {cdef.inputs[0]: input_size}, hidden, layer, init or {}, bias)
+    if not bias:
+        _check_options_outlive_bias(cdef, options, init or {})
     return low.run()
+
+
+def _check_options_outlive_bias(cdef: A.CellDef, options: dict[str, Any],
+                                init: dict[str, A.Expr]) -> None:
+    """An option the layer sets that only initialises biases, which `bias: false` drops
+    (lstm(bias: false, forget_bias: 2.0)), would silently do nothing."""
+    read = _refs((cdef.equations, cdef.states, tuple(init.values()),
+                  tuple(p for p in cdef.params if not _is_bias(p.name))), set())
+    for k in options:
+        if k not in read:
+            biases = [p.name for p in cdef.params if _is_bias(p.name)
+                      and k in _refs((p.shape, p.init), set())]
+            if biases:
+                raise SpecError(
+                    f"option '{k}' initialises {', '.join(biases)}, which `bias: false` drops, "
+                    "so it has no effect", None, f"remove {k}, or bias: false")
 
 
 # ------------------------------------------------------------------ model
@@ -1028,9 +1111,17 @@ def _needs_data(model_cfg: dict) -> bool:
                       hopts.get("size"))
 
 
-def _auto(value: Any, from_data: int | None, what: str, span: Span | None, how: str) -> int:
-    """A size that may be `auto`; `how` is the spec text that gives it as a number."""
+def _auto(value: Any, from_data: int | None, what: str, span: Span | None, how: str,
+          dataset: bool = False) -> int:
+    """A size that may be `auto`; `how` is the spec text that gives it as a number.
+    With ``dataset`` (``from_data`` was measured on the spec's own dataset), a number
+    must be the dataset's: the generated module would refuse every batch."""
+    key, kind, args = re.fullmatch(r"(\w+) (\w+)\((.*)\)", how).groups()
+    how = in_syntax(span, how, f"{key}: {{{kind}: {{{args}}}}}")  # the spec's own syntax
     if value != "auto":
+        if dataset and from_data is not None and int(value) != from_data:
+            raise SpecError(f"{what} is {int(value)}, but the dataset's is {from_data}", span,
+                            f"write auto (or {from_data}) in `{how}`")
         return int(value)
     if from_data is None:
         raise SpecError(f"{what} is auto, but there is no dataset to take it from", span,
@@ -1053,14 +1144,14 @@ def _input(model_cfg: dict, sizes: Sizes, spec: A.Spec) -> InputEncoding:
                                   "write `input: {dense: {features: auto}}`"))
     if kind == "onehot":
         v = _auto(opts["vocab"], sizes.n_in, "the input vocabulary", span,
-                  "input onehot(vocab: N)")
+                  "input onehot(vocab: N)", sizes.task is not None)
         return InputEncoding("onehot", vocab=v, size=v)
     if kind == "embedding":
         v = _auto(opts["vocab"], sizes.n_in, "the input vocabulary", span,
-                  f"input embedding(vocab: N, dim: {opts['dim']})")
+                  f"input embedding(vocab: N, dim: {opts['dim']})", sizes.task is not None)
         return InputEncoding("embedding", vocab=v, size=opts["dim"])
     f = _auto(opts["features"], sizes.n_in, "the input feature count", span,
-              "input dense(features: N)")
+              "input dense(features: N)", sizes.task is not None)
     return InputEncoding("dense", size=f, normalize=opts["normalize"])
 
 
@@ -1069,7 +1160,8 @@ def _head(model_cfg: dict, sizes: Sizes, spec: A.Spec, width: int) -> Head:
     span = spec.model.key_span("head")
     n = opts.get("classes", opts.get("size"))
     out = _auto(n, sizes.n_out, "the head's output size", span,
-                f"head {kind}(at: {opts['at']}, {'classes' if kind == 'softmax' else 'size'}: N)")
+                f"head {kind}(at: {opts['at']}, {'classes' if kind == 'softmax' else 'size'}: N)",
+                sizes.task is not None)
     if sizes.task is not None:
         want = {"softmax": "classify", "linear": "regress"}[kind]
         if not sizes.task.startswith(want):
@@ -1111,6 +1203,12 @@ def _layers(spec: A.Spec, model_cfg: dict, train_cfg: dict | None, in_size: int)
         cdef = spec.cell(cname) or lib.get(cname)
         if cdef is None:
             choices = [c.name for c in spec.cells] + list(lib)
+            if cname in ("softmax", "linear"):  # the head written as a last layer
+                raise SpecError(f"unknown cell '{cname}': {cname} is a head, not a layer",
+                                cspan, in_syntax(cspan, f"write `head {cname} per_step` (or "
+                                                 "last) after the layers",
+                                                 f"write `head: {{{cname}: per_step}}` (or "
+                                                 "last) beside `layers:`"))
             raise SpecError(f"unknown cell '{cname}'", cspan, did_you_mean(cname, choices))
         if opts_node is None or (isinstance(opts_node, A.CScalar) and opts_node.value is None):
             opts_node = A.CMap((), cspan)

@@ -167,13 +167,28 @@ class Fields(Type):
     shorthand: str | None = None  # a bare scalar means this field: `head: {softmax: last}`
     doc: dict[str, str] = field(default_factory=dict)
 
+    def _mapping_hint(self, node, where: str) -> str | None:
+        """`clip norm` (a key's value forgotten) reads as the word norm: say so."""
+        key = where.rsplit(".", 1)[-1]
+        span = _span(node)
+        if isinstance(node, CScalar) and isinstance(node.value, str) and \
+                node.value in self.fields:
+            return in_syntax(span, f"'{node.value}' needs a value: {key} {node.value} VALUE",
+                             f"write {key}: {{{node.value}: VALUE}}")
+        if not self.fields:
+            return None
+        names = ", ".join(self.fields)
+        return in_syntax(span, f"write {key} followed by keys and values; its keys: {names}",
+                         f"write {key}: {{KEY: VALUE, ...}}; its keys: {names}")
+
     def validate(self, node, where):
         if self.shorthand is not None and isinstance(node, CScalar | CList):
             node = CMap(((self.shorthand, node),), node.span, (node.span,))
         if node is None:
             node = CMap(())
         if not isinstance(node, CMap):
-            raise SpecError(f"{where} must be a mapping", _span(node))
+            raise SpecError(f"{where} must be a mapping", _span(node), self._mapping_hint(
+                node, where))
         out = {}
         for key, value in node.items:
             if key not in self.fields:

@@ -408,6 +408,42 @@ class NonFinite(Exception):
     """Raised inside the loop when the loss or gradient norm is NaN or infinite."""
 
 
+def check_sample_line(spec: A.Spec, program: Program, dataset: Dataset,
+                      sample_cfg: dict[str, Any]) -> None:
+    """A `sample` line that could never print (a model `step` cannot run, a prime with
+    characters the data lacks) is refused before training, at the line, not at the
+    first sample after `every` steps of work (or never, silently)."""
+    from rnnc.train.sampling import encode_prime
+
+    span = spec.train.key_span("sample")
+    m = program.model
+    why = ("the data is not text" if not is_text(dataset) or dataset.vocab is None else
+           "a bidirectional layer needs the whole sequence"
+           if any(layer.bidirectional for layer in m.layers) else
+           "a layer that runs backward in time needs the whole sequence"
+           if any("bwd" in layer.directions for layer in m.layers) else
+           "the head is not a per-step softmax"
+           if m.head.at != "per_step" or m.head.kind != "softmax" else None)
+    if why is not None:
+        raise TrainError(f"`sample` prints text from a character model, and this one "
+                         f"cannot be sampled: {why}", span, "remove the sample line")
+    prime = sample_cfg.get("prime")
+    if prime:
+        try:
+            encode_prime(prime, dataset.vocab, "the sample prime")
+        except TrainError as err:
+            raise TrainError(err.message, span, err.hint) from None
+
+
+def check_plan(spec: A.Spec, program: Program, dataset: Dataset,
+               train_cfg: dict[str, Any]) -> None:
+    """What `rnnc train` refuses about the train block before training, for `rnnc check`:
+    the early_stop metric and the sample line."""
+    stop_rule(program.train.early_stop, dataset.metric, spec.train.key_span("early_stop"))
+    if train_cfg.get("sample"):
+        check_sample_line(spec, program, dataset, train_cfg["sample"])
+
+
 class Trainer:
     """One training run in one run folder (see :func:`train`)."""
 
@@ -449,29 +485,7 @@ class Trainer:
             self._check_sample_line()
 
     def _check_sample_line(self) -> None:
-        """A `sample` line that could never print (a model `step` cannot run, a prime with
-        characters the data lacks) is refused before training, at the line, not at the
-        first sample after `every` steps of work (or never, silently)."""
-        from rnnc.train.sampling import encode_prime
-
-        span = self.c.spec.train.key_span("sample")
-        m = self.c.program.model
-        why = ("the data is not text" if not is_text(self.ds) or self.ds.vocab is None else
-               "a bidirectional layer needs the whole sequence"
-               if any(layer.bidirectional for layer in m.layers) else
-               "a layer that runs backward in time needs the whole sequence"
-               if any("bwd" in layer.directions for layer in m.layers) else
-               "the head is not a per-step softmax"
-               if m.head.at != "per_step" or m.head.kind != "softmax" else None)
-        if why is not None:
-            raise TrainError(f"`sample` prints text from a character model, and this one "
-                             f"cannot be sampled: {why}", span, "remove the sample line")
-        prime = self.sample_cfg.get("prime")
-        if prime:
-            try:
-                encode_prime(prime, self.ds.vocab, "the sample prime")
-            except TrainError as err:
-                raise TrainError(err.message, span, err.hint) from None
+        check_sample_line(self.c.spec, self.c.program, self.ds, self.sample_cfg)
 
     def _train_step(self, devices: int):
         if devices == 1:
