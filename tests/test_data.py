@@ -454,6 +454,39 @@ def test_stream_windows_continuity():
     assert all(w.resets is None for w in stream_windows(tokens, batch, window))
 
 
+@pytest.mark.parametrize("window,reach", [(4, 12), (3, 6), (5, 5)])
+def test_reaching_stream_windows_lead_each_window_with_the_steps_before_it(window, reach):
+    """Window i of reaching_stream_windows: the steps max(0, (i+1) window - reach) ..
+    (i+1) window - 1 of every row, the leading ones' targets -1, the rest stream_windows'
+    window i; `advance` is where the next window starts, counted from this one's start."""
+    from rnnc.data import reaching_stream_windows
+
+    tokens = np.arange(103) % 17
+    starts = np.zeros(103, dtype=bool)
+    starts[[20, 51]] = True
+    batch, per = 2, 51
+    rows = tokens[: batch * per].reshape(batch, per)
+    plain = list(stream_windows(tokens, batch, window, doc_starts=starts))
+    reaching = list(reaching_stream_windows(tokens, batch, window, reach, doc_starts=starts))
+    assert len(reaching) == len(plain)
+    for i, (p, r) in enumerate(zip(plain, reaching, strict=True)):
+        first = max(0, (i + 1) * window - reach)
+        context = i * window - first
+        assert r.context == context and r.x.shape == (batch, context + window)
+        assert np.array_equal(r.x[:, :context], rows[:, first: i * window])
+        assert np.all(r.y[:, :context] == -1)
+        assert np.array_equal(r.x[:, context:], p.x) and np.array_equal(r.y[:, context:], p.y)
+        assert np.array_equal(r.resets[:, context:], p.resets)
+        assert np.array_equal(r.lengths, p.lengths + context)
+        next_first = max(0, (i + 2) * window - reach)
+        assert r.advance == next_first - first
+    resumed = list(reaching_stream_windows(tokens, batch, window, reach, starts, start=3))
+    for a, b in zip(resumed, reaching[3:], strict=True):
+        assert np.array_equal(a.x, b.x) and np.array_equal(a.y, b.y) and a.advance == b.advance
+    with pytest.raises(DataError, match="must be a multiple of the window"):
+        list(reaching_stream_windows(tokens, batch, 4, 10))
+
+
 def test_stream_windows_errors():
     with pytest.raises(DataError, match="too short"):
         stream_windows(np.arange(5), 8, 2)
