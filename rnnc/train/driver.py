@@ -11,7 +11,10 @@ sampling. The driver owns everything around that:
   ``lengths``. Text: ``batch`` parallel streams cut into windows of ``k1``
   characters (the dataset's ``window`` without ``bptt``) by
   :func:`stream_windows`; the state is carried from one window to the next and,
-  with ``reset: document``, reset where a document starts.
+  with ``reset: document``, reset where a document starts. With ``bptt k1 K1 k2 K2``,
+  K2 > K1, each call also takes the steps before its K1 new characters that the
+  gradient reaches (their targets -1, not scored; :func:`reach_length`), and the state
+  carried is the one entering the next call (:meth:`Trainer.advance`).
 * **Evaluation** on the validation split after every epoch (loss and the
   dataset's metrics), early stopping, the test split once at the end with the
   best parameters (it is never trained on).
