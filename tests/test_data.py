@@ -852,6 +852,29 @@ def test_reber_accuracy_perfect_on_legal_sets():
                            "cross_entropy"}
 
 
+def test_class_metrics_leave_out_unscored_targets():
+    """A class target -1 is not scored: accuracy and cross_entropy are the means over the
+    other (valid) steps, computed here by hand; -2 is still out of range."""
+    y = np.array([[1, -1, 2], [-1, 2, 0]])
+    logits = np.zeros((2, 3, 3))
+    logits[0, 0, 1] = logits[0, 1, 0] = logits[1, 1, 1] = logits[1, 2, 0] = 5
+    lengths = np.array([3, 2])
+    # scored, valid: (0, 0) right, (0, 2) wrong, (1, 1) wrong; (1, 2) is padding
+    assert accuracy(logits, y, lengths) == pytest.approx(1 / 3)
+    assert accuracy(logits, y) == pytest.approx(2 / 4)
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    nll = -np.log([probs[0, 0, 1], probs[0, 2, 2], probs[1, 1, 2]])
+    assert cross_entropy(probs, y, lengths, "probs") == pytest.approx(nll.mean(), rel=1e-12)
+    assert cross_entropy(logits, y, lengths, "logits") == pytest.approx(nll.mean(), rel=1e-12)
+    assert accuracy(logits[:, 0], np.array([1, -1])) == 1.0
+    assert math.isnan(accuracy(logits, np.full((2, 3), -1)))
+    batch = Batch(x=np.zeros((2, 3), dtype=np.int32), y=y, lengths=lengths)
+    out = evaluate_outputs("accuracy", probs, batch)
+    assert out["accuracy"] == pytest.approx(1 / 3)
+    with pytest.raises(DataError, match="targets range over -2"):
+        cross_entropy(probs, y - 1, lengths)
+
+
 def test_accuracy_mse_cross_entropy():
     y = np.array([[1, 0, 2], [2, 2, 0]])
     logits = np.zeros((2, 3, 3))

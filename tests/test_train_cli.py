@@ -1998,3 +1998,22 @@ def test_a_sample_line_that_cannot_print_is_refused_before_training(tmp_path, ol
     result = train(spec, run, code=1)
     _assert_clean_error(result, says, "chars.rnn:", "sample every 6")
     assert not run.exists()
+
+
+def test_split_scores_count_scored_steps_only():
+    """_Scores weights each batch's accuracy and cross-entropy by its scored steps (a
+    target -1 is not scored): the split's value is the mean over all scored steps."""
+    from rnnc.data import Batch
+    from rnnc.train.driver import _Scores
+
+    rng = np.random.default_rng(0)
+    scores = _Scores("accuracy", "probs")
+    right = total = 0
+    for y in (np.array([[0, 1, -1, -1]]), np.array([[2, 2, 1, 0], [-1, 1, 0, 2]])):
+        probs = rng.dirichlet(np.ones(3), size=y.shape)
+        scores.add(probs, Batch(x=np.zeros(y.shape, np.int32), y=y,
+                                lengths=np.full(len(y), 4, np.int32)))
+        keep = y != -1
+        right += int((probs.argmax(-1) == y)[keep].sum())
+        total += int(keep.sum())
+    assert scores.result()["accuracy"] == pytest.approx(right / total, rel=1e-12)

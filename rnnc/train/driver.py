@@ -46,6 +46,7 @@ from rnnc import __version__
 from rnnc.data import Batch, Dataset, build_dataset, evaluate_outputs, iterate_batches
 from rnnc.data import stream_windows as _stream_windows
 from rnnc.data.core import zscore_inputs
+from rnnc.data.metrics import scored_mask
 from rnnc.errors import (
     BackendError,
     RnncError,
@@ -331,8 +332,13 @@ class _Scores:
                                   outputs_are=self.outputs_are)
         per_step = b.y.ndim == (3 if self.metric == "mse" else 2)
         steps = int(np.sum(b.lengths)) if b.lengths is not None else b.y.shape[0] * b.y.shape[1]
+        scored = None  # the steps (sequences) a class target counts at: not -1
+        if self.metric != "mse":
+            scored = int(np.sum(scored_mask(b.y, b.lengths)))
         for k, v in values.items():
             n = len(b.y) if k in self._PER_SEQUENCE or not per_step else steps
+            if k in ("accuracy", "cross_entropy"):
+                n = scored
             if k == "rmse" or n == 0:
                 continue
             self.sums[k] = self.sums.get(k, 0.0) + v * n
