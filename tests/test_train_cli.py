@@ -1001,9 +1001,12 @@ def _elman_bptt_reference(params, tokens, starts, batch, k1, k2, vocab):
     return p, losses
 
 
-def _tbptt_run(tmp_path, k1, k2, *extra, code=0, out="run", backend=None):
+def _tbptt_run(tmp_path, k1, k2, *extra, code=0, out="run", backend=None, reset=True):
     write(tmp_path / "corpus.txt", CORPUS[:700])
-    spec = write(tmp_path / f"t{k1}_{k2}.rnn", TBPTT.replace("K1", str(k1)).replace("K2", str(k2)))
+    text = TBPTT.replace("K1", str(k1)).replace("K2", str(k2))
+    if not reset:
+        text = text.replace("  reset document\n", "")
+    spec = write(tmp_path / f"t{k1}_{k2}.rnn", text)
     if backend is None:
         return spec, train(spec, tmp_path / out, *extra, code=code)
     env = dict(os.environ, XLA_FLAGS=xla_flags.fast_compile())
@@ -1015,21 +1018,22 @@ def _tbptt_run(tmp_path, k1, k2, *extra, code=0, out="run", backend=None):
     return spec, proc
 
 
-@pytest.mark.parametrize("k1,k2", [(4, 10), (3, 6), (5, 7)])
-def test_text_bptt_k2_larger_than_k1_is_the_hand_written_reference(tmp_path, k1, k2):
+@pytest.mark.parametrize("k1,k2,reset", [(4, 10, True), (3, 6, True), (5, 7, True),
+                                          (4, 9, False)])
+def test_text_bptt_k2_larger_than_k1_is_the_hand_written_reference(tmp_path, k1, k2, reset):
     """`bptt k1 K1 k2 K2` on text (it used to be refused): every update's parameters and
     loss are those of BPTT(k2; k1) written out by hand for an Elman cell with SGD, to
-    1e-9, document resets and the last, shorter window of the stream included."""
+    1e-9, document resets (or none) and the last, shorter window of the stream included."""
     from rnnc.data import build_dataset
     from rnnc.gradcheck import module_from_text
 
-    spec, _ = _tbptt_run(tmp_path, k1, k2)
+    spec, _ = _tbptt_run(tmp_path, k1, k2, reset=reset)
     ds = build_dataset("text", {"path": str(tmp_path / "corpus.txt"), "window": 10,
                                 "doc_separator": "\n\n"}, 0)
     V = len(ds.vocab)
     init = module_from_text(spec.read_text(), V, V).init_params(0, "float64")
-    want, losses = _elman_bptt_reference(init, ds.stream["train"], ds.doc_starts["train"],
-                                         3, k1, k2, V)
+    starts = ds.doc_starts["train"] if reset else np.zeros(len(ds.stream["train"]), bool)
+    want, losses = _elman_bptt_reference(init, ds.stream["train"], starts, 3, k1, k2, V)
     got = _final_params(tmp_path / "run")
     steps = records(tmp_path / "run", "train")
     assert len(steps) == len(losses)
