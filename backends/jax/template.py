@@ -584,8 +584,8 @@ def _masked_mean(losses, counted):
     """The mean of `losses` where `counted` (None: everywhere); 0 where nothing counts.
 
     A class id -1 is a target that is not scored: the objectives take the mean over the
-    counted steps that are also scored, and the plain one (the same sum as before -1
-    existed, bit for bit) when every target is scored.
+    counted steps that are also scored. Without lengths they select the plain mean (the
+    sum as it was before -1 existed) where every target is scored.
     """
     if counted is None:  # (no step at all, T = 0 or B = 0: loss 0)
         return jnp.sum(losses) / max(losses.size, 1)
@@ -599,13 +599,14 @@ def _scan_objective(params, enc, ys, state, valid, resets, drop, lengths, detach
     T = enc.shape[0]
     top, final, _ = _layers(params, enc, state, valid, resets, drop, detach_every, vjp=True)
     losses = _losses(params, _dropout(top, drop, "output"), _targets(ys, T))  # (T, B)
-    mean = _masked_mean(losses, valid)
     scored = _scored(ys)  # None: every target is scored (a linear head)
     if scored is None:
-        return mean, final
+        return _masked_mean(losses, valid), final
     scored = _targets(scored, T)
-    counted = scored if valid is None else valid & scored
-    return jnp.where(jnp.all(scored), mean, _masked_mean(losses, counted)), final
+    if valid is None:  # the plain mean (its sum as before -1 existed) unless a target is -1
+        plain = _masked_mean(losses, None)
+        return jnp.where(jnp.all(scored), plain, _masked_mean(losses, scored)), final
+    return _masked_mean(losses, valid & scored), final
 
 
 # --- section: last ---
@@ -625,12 +626,13 @@ def _scan_objective(params, enc, ys, state, valid, resets, drop, lengths, detach
     top, final, _ = _layers(params, enc, state, valid, resets, drop, detach_every, vjp=True)
     losses = _losses(params, _last(_dropout(top, drop, "output"), lengths), ys)  # (B,)
     present = None if lengths is None else lengths > 0
-    mean = _masked_mean(losses, present)
     scored = _scored(ys)  # None: every target is scored (a linear head)
     if scored is None:
-        return mean, final
-    counted = scored if present is None else present & scored
-    return jnp.where(jnp.all(scored), mean, _masked_mean(losses, counted)), final
+        return _masked_mean(losses, present), final
+    if present is None:  # the plain mean (its sum as before -1 existed) unless a target is -1
+        plain = _masked_mean(losses, None)
+        return jnp.where(jnp.all(scored), plain, _masked_mean(losses, scored)), final
+    return _masked_mean(losses, present & scored), final
 
 
 # --- section: objective_full ---
@@ -730,8 +732,10 @@ def _window_objective(params, enc, ys, state, valid, resets, drop, lengths):
     if targets_scored is None:
         return mean(weights), final
     targets_scored = _targets(targets_scored, T)  # (T, B); a class id -1 is not scored
-    plain = mean(weights)  # the same sum as before -1 existed, when every target is scored
-    return jnp.where(jnp.all(targets_scored), plain, mean(weights & targets_scored)), final
+    if lengths is None:  # the plain mean (its sum as before -1 existed) unless a target is -1
+        plain = mean(weights)
+        return jnp.where(jnp.all(targets_scored), plain, mean(weights & targets_scored)), final
+    return mean(weights & targets_scored), final
 
 
 # --- section: lazy_tokens ---
