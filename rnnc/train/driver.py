@@ -193,7 +193,7 @@ def check_text_bptt(spec: A.Spec, program: Program, dataset: Dataset) -> None:
         k1, k2 = program.train.k1, program.train.k2
         raise SpecError(
             f"bptt k2 ({k2}) larger than k1 ({k1}) on text needs layers that run forward in "
-            f"time, and {backward[0]} runs backward", spec.train.key_span("bptt"),
+            f"time, and {backward[0]} runs backward in time", spec.train.key_span("bptt"),
             f"write bptt k1 {k1} (k2 = k1), or make every layer run forward")
 
 
