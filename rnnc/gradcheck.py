@@ -125,11 +125,21 @@ class _Problem:
     entering: dict[tuple[int, int], dict[str, np.ndarray]] = field(default_factory=dict)
 
     def n_scored(self) -> float:
+        """The steps (rows, for a last head) whose loss counts: valid, and not of class
+        id -1 (no such step: 1, the loss is 0)."""
+        scored = self.scored()
         if self.module.MODEL["head"]["at"] == "last":
-            return float(self.B)
-        if self.lengths is None:
-            return float(self.T * self.B)
-        return float(np.minimum(self.lengths, self.T).sum())
+            return float(max(scored.sum(), 1))
+        valid = np.ones((self.B, self.T), dtype=bool)
+        if self.lengths is not None:
+            valid = np.arange(self.T)[None, :] < self.lengths[:, None]
+        return float(max((valid & scored).sum(), 1))
+
+    def scored(self) -> np.ndarray:
+        """Whether each target counts: a softmax head's class id -1 does not."""
+        if self.module.MODEL["head"]["kind"] != "softmax":
+            return np.ones(self.ys.shape[:2] if self.ys.ndim == 3 else self.ys.shape[:1], bool)
+        return np.asarray(self.ys) != -1
 
     def backward_keys(self) -> set[str]:
         """State entries of layer directions that run backward in time."""
@@ -212,19 +222,20 @@ class _Problem:
                 if lengths is not None:
                     w = (np.arange(e - s)[None, :] < lengths[:, None]).astype(float)
                 w[:, : lo - s] = 0.0
+                w = w * self.scored()[:, s:e]
                 total += float(np.sum(_step_losses(out, self.ys[:, s:e], head["kind"]) * w))
             else:
                 last = (np.full(self.B, self.T) if self.lengths is None else self.lengths) - 1
-                w = ((last >= lo) & (last < e)).astype(float)
+                w = ((last >= lo) & (last < e) & self.scored()).astype(float)
                 if w.any():
                     total += float(np.sum(_step_losses(out, self.ys, head["kind"]) * w))
         return total / self.n_scored()
 
 
 def _step_losses(out: np.ndarray, ys: np.ndarray, kind: str) -> np.ndarray:
-    if kind == "softmax":
-        p = np.take_along_axis(out, np.asarray(ys)[..., None], axis=-1)[..., 0]
-        return -np.log(p)
+    if kind == "softmax":  # (a class id -1 is not scored: its weight is 0)
+        ids = np.maximum(np.asarray(ys), 0)
+        return -np.log(np.take_along_axis(out, ids[..., None], axis=-1)[..., 0])
     d = out - ys
     return np.mean(d * d, axis=-1)
 
@@ -255,14 +266,16 @@ def _pick(shape: tuple[int, ...], limit: int | None, rng: np.random.Generator):
 
 def gradcheck(target: Any, seed: int = 0, T: int = 5, B: int = 3, lengths: bool = True,
               resets: bool = False, eps: float = 1e-5, max_entries: int | None = None,
-              backend: str = "numpy", jitter: float = 0.1) -> list[tuple[str, float]]:
+              backend: str = "numpy", jitter: float = 0.1,
+              unscored: float = 0.0) -> list[tuple[str, float]]:
     """``[(name, max relative error)]`` of every gradient of a generated module.
 
     ``target`` is a loaded module or a Program (compiled with ``backend``). Runs in
     float64 on ``T`` steps and ``B`` rows, with random ``lengths`` (some rows shorter
     than T) and ``resets`` when asked, and the module's truncated-BPTT windows
     (``K1``/``K2``). ``max_entries`` checks a random subset of each array's entries.
-    Parameters get ``jitter`` noise so that zero-initialised ones are generic.
+    Parameters get ``jitter`` noise so that zero-initialised ones are generic. With a
+    softmax head, a share ``unscored`` of the targets (drawn at random) are -1, not scored.
     """
     module = target if isinstance(target, types.ModuleType) else module_for(target, backend)
     rng = np.random.default_rng(seed)
@@ -271,6 +284,8 @@ def gradcheck(target: Any, seed: int = 0, T: int = 5, B: int = 3, lengths: bool 
     for k in params:
         params[k] = params[k] + jitter * rng.normal(size=params[k].shape)
     xs, ys = random_batch(module, T, B, rng)
+    if unscored and module.MODEL["head"]["kind"] == "softmax":
+        ys = np.where(rng.random(ys.shape) < unscored, -1, ys)
     state = {k: rng.normal(size=(B,) + tuple(shape)) * 0.5
              for k, shape in module.STATE_SHAPES.items()}
     lens = None

@@ -454,6 +454,39 @@ def test_stream_windows_continuity():
     assert all(w.resets is None for w in stream_windows(tokens, batch, window))
 
 
+@pytest.mark.parametrize("window,reach", [(4, 12), (3, 6), (5, 5)])
+def test_reaching_stream_windows_lead_each_window_with_the_steps_before_it(window, reach):
+    """Window i of reaching_stream_windows: the steps max(0, (i+1) window - reach) ..
+    (i+1) window - 1 of every row, the leading ones' targets -1, the rest stream_windows'
+    window i; `advance` is where the next window starts, counted from this one's start."""
+    from rnnc.data import reaching_stream_windows
+
+    tokens = np.arange(103) % 17
+    starts = np.zeros(103, dtype=bool)
+    starts[[20, 51]] = True
+    batch, per = 2, 51
+    rows = tokens[: batch * per].reshape(batch, per)
+    plain = list(stream_windows(tokens, batch, window, doc_starts=starts))
+    reaching = list(reaching_stream_windows(tokens, batch, window, reach, doc_starts=starts))
+    assert len(reaching) == len(plain)
+    for i, (p, r) in enumerate(zip(plain, reaching, strict=True)):
+        first = max(0, (i + 1) * window - reach)
+        context = i * window - first
+        assert r.context == context and r.x.shape == (batch, context + window)
+        assert np.array_equal(r.x[:, :context], rows[:, first: i * window])
+        assert np.all(r.y[:, :context] == -1)
+        assert np.array_equal(r.x[:, context:], p.x) and np.array_equal(r.y[:, context:], p.y)
+        assert np.array_equal(r.resets[:, context:], p.resets)
+        assert np.array_equal(r.lengths, p.lengths + context)
+        next_first = max(0, (i + 2) * window - reach)
+        assert r.advance == next_first - first
+    resumed = list(reaching_stream_windows(tokens, batch, window, reach, starts, start=3))
+    for a, b in zip(resumed, reaching[3:], strict=True):
+        assert np.array_equal(a.x, b.x) and np.array_equal(a.y, b.y) and a.advance == b.advance
+    with pytest.raises(DataError, match="must be a multiple of the window"):
+        list(reaching_stream_windows(tokens, batch, 4, 10))
+
+
 def test_stream_windows_errors():
     with pytest.raises(DataError, match="too short"):
         stream_windows(np.arange(5), 8, 2)
@@ -817,6 +850,29 @@ def test_reber_accuracy_perfect_on_legal_sets():
     assert result["reber_accuracy"] == 1.0 and result["reber_string_accuracy"] == 1.0
     assert set(result) == {"reber_accuracy", "reber_string_accuracy", "accuracy",
                            "cross_entropy"}
+
+
+def test_class_metrics_leave_out_unscored_targets():
+    """A class target -1 is not scored: accuracy and cross_entropy are the means over the
+    other (valid) steps, computed here by hand; -2 is still out of range."""
+    y = np.array([[1, -1, 2], [-1, 2, 0]])
+    logits = np.zeros((2, 3, 3))
+    logits[0, 0, 1] = logits[0, 1, 0] = logits[1, 1, 1] = logits[1, 2, 0] = 5
+    lengths = np.array([3, 2])
+    # scored, valid: (0, 0) right, (0, 2) wrong, (1, 1) wrong; (1, 2) is padding
+    assert accuracy(logits, y, lengths) == pytest.approx(1 / 3)
+    assert accuracy(logits, y) == pytest.approx(2 / 4)
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    nll = -np.log([probs[0, 0, 1], probs[0, 2, 2], probs[1, 1, 2]])
+    assert cross_entropy(probs, y, lengths, "probs") == pytest.approx(nll.mean(), rel=1e-12)
+    assert cross_entropy(logits, y, lengths, "logits") == pytest.approx(nll.mean(), rel=1e-12)
+    assert accuracy(logits[:, 0], np.array([1, -1])) == 1.0
+    assert math.isnan(accuracy(logits, np.full((2, 3), -1)))
+    batch = Batch(x=np.zeros((2, 3), dtype=np.int32), y=y, lengths=lengths)
+    out = evaluate_outputs("accuracy", probs, batch)
+    assert out["accuracy"] == pytest.approx(1 / 3)
+    with pytest.raises(DataError, match="targets range over -2"):
+        cross_entropy(probs, y - 1, lengths)
 
 
 def test_accuracy_mse_cross_entropy():

@@ -927,16 +927,161 @@ def _is_png(path: Path) -> bool:
     return len(data) > 1000 and data[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_text_refuses_a_k2_it_would_ignore(tmp_path):
-    """Text trains k1 characters per call with the state carried in as a constant, so
-    k2 > k1 used to train exactly like k2 = k1; it is refused, k2 = k1 still trains."""
+TBPTT = """
+model chars {
+  input onehot(vocab: auto)
+  layer elman(hidden: 5)
+  head softmax per_step
+  dtype float64
+}
+train {
+  data text(path: "corpus.txt", window: 10, doc_separator: "\\n\\n")
+  bptt k1 K1 k2 K2
+  reset document
+  updater sgd(lr: 0.3)
+  epochs 1
+  batch 3
+  checkpoint every 4
+}
+"""
+
+
+def _elman_bptt_reference(params, tokens, starts, batch, k1, k2, vocab):
+    """BPTT(k2; k1) by hand for an Elman cell, h' = tanh(W x + b + U h), a softmax head
+    and SGD: the stream cut into `batch` rows; update u scores steps u k1 .. (u + 1) k1 - 1
+    (fewer at the end) and backpropagates their mean loss from step (u + 1) k1 - 1 back to
+    step (u + 1) k1 - k2 (the state entering it a constant), or to a reset. Each update
+    recomputes its steps with the current parameters from the state that the previous
+    update's forward pass had at its first step, max(0, (u + 1) k1 - L), L = ceil(k2 / k1)
+    k1. Returns the parameters after every update and the losses."""
+    p = {k: np.array(v, dtype=np.float64) for k, v in params.items()}
+    S = (len(tokens) - 1) // batch
+    X = tokens[: batch * S].reshape(batch, S)
+    Y = tokens[1: batch * S + 1].reshape(batch, S)
+    R = starts[: batch * S].reshape(batch, S).copy()
+    R[:, 0] = True
+    L = -(-k2 // k1) * k1
+    H = p["layer1.U"].shape[0]
+    prev = {}  # the previous update's states: prev[t] = state after step t
+    losses = []
+    for u in range(-(-S // k1)):
+        lo, hi = u * k1, min((u + 1) * k1, S)
+        a = max(0, (u + 1) * k1 - L)
+        s = max(0, (u + 1) * k1 - k2)
+        h_in = {}  # the state entering step t (after the reset)
+        h = {a - 1: prev.get(a - 1, np.zeros((batch, H)))}
+        for t in range(a, hi):
+            h_in[t] = h[t - 1] * (~R[:, t])[:, None]
+            x = np.eye(vocab)[X[:, t]]
+            h[t] = np.tanh(x @ p["layer1.W"].T + p["layer1.b"] + h_in[t] @ p["layer1.U"].T)
+        g = {k: np.zeros_like(v) for k, v in p.items()}
+        n = batch * (hi - lo)
+        loss, dh = 0.0, np.zeros((batch, H))
+        for t in range(hi - 1, s - 1, -1):
+            if t >= lo:
+                z = h[t] @ p["head.W"].T + p["head.b"]
+                q = np.exp(z - z.max(-1, keepdims=True))
+                q /= q.sum(-1, keepdims=True)
+                loss -= np.log(q[np.arange(batch), Y[:, t]]).sum() / n
+                dz = q.copy()
+                dz[np.arange(batch), Y[:, t]] -= 1
+                dz /= n
+                g["head.W"] += dz.T @ h[t]
+                g["head.b"] += dz.sum(0)
+                dh = dh + dz @ p["head.W"]
+            da = dh * (1 - h[t] ** 2)
+            g["layer1.W"] += da.T @ np.eye(vocab)[X[:, t]]
+            g["layer1.b"] += da.sum(0)
+            g["layer1.U"] += da.T @ h_in[t]
+            dh = (da @ p["layer1.U"]) * (~R[:, t])[:, None]  # stops at a reset
+        losses.append(loss)
+        prev = h
+        for k in p:
+            p[k] = p[k] - 0.3 * g[k]
+    return p, losses
+
+
+def _tbptt_run(tmp_path, k1, k2, *extra, code=0, out="run", backend=None, reset=True):
+    write(tmp_path / "corpus.txt", CORPUS[:700])
+    text = TBPTT.replace("K1", str(k1)).replace("K2", str(k2))
+    if not reset:
+        text = text.replace("  reset document\n", "")
+    spec = write(tmp_path / f"t{k1}_{k2}.rnn", text)
+    if backend is None:
+        return spec, train(spec, tmp_path / out, *extra, code=code)
+    env = dict(os.environ, XLA_FLAGS=xla_flags.fast_compile())
+    proc = subprocess.run(
+        [sys.executable, "-c", "from rnnc.cli import main; main()", "train", str(spec),
+         "-b", backend, "-o", str(tmp_path / out), "-q", *extra],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return spec, proc
+
+
+@pytest.mark.parametrize("k1,k2,reset", [(4, 10, True), (3, 6, True), (5, 7, True),
+                                          (4, 9, False)])
+def test_text_bptt_k2_larger_than_k1_is_the_hand_written_reference(tmp_path, k1, k2, reset):
+    """`bptt k1 K1 k2 K2` on text (it used to be refused): every update's parameters and
+    loss are those of BPTT(k2; k1) written out by hand for an Elman cell with SGD, to
+    1e-9, document resets (or none) and the last, shorter window of the stream included."""
+    from rnnc.data import build_dataset
+    from rnnc.gradcheck import module_from_text
+
+    spec, _ = _tbptt_run(tmp_path, k1, k2, reset=reset)
+    ds = build_dataset("text", {"path": str(tmp_path / "corpus.txt"), "window": 10,
+                                "doc_separator": "\n\n"}, 0)
+    V = len(ds.vocab)
+    init = module_from_text(spec.read_text(), V, V).init_params(0, "float64")
+    starts = ds.doc_starts["train"] if reset else np.zeros(len(ds.stream["train"]), bool)
+    want, losses = _elman_bptt_reference(init, ds.stream["train"], starts, 3, k1, k2, V)
+    got = _final_params(tmp_path / "run")
+    steps = records(tmp_path / "run", "train")
+    assert len(steps) == len(losses)
+    np.testing.assert_allclose([r["loss"] for r in steps], losses, rtol=1e-9, atol=1e-12)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-9, atol=1e-12, err_msg=k)
+
+
+def test_text_bptt_k2_resume_equals_an_uninterrupted_run(tmp_path):
+    """The carried state (the state entering the next window) is in the checkpoint."""
+    _tbptt_run(tmp_path, 4, 10)
+    for stop in (1, 5):  # while the windows still start at the stream's start, and after
+        _tbptt_run(tmp_path, 4, 10, "--stop-after-steps", stop, code=130, out=f"part{stop}")
+        _tbptt_run(tmp_path, 4, 10, "--resume", out=f"part{stop}")
+        a, b = _final_params(tmp_path / "run"), _final_params(tmp_path / f"part{stop}")
+        for k in a:
+            assert a[k].tobytes() == b[k].tobytes(), k
+        _same_metrics(tmp_path / "run", tmp_path / f"part{stop}")
+
+
+def test_text_bptt_k2_with_jax_is_numpy(tmp_path):
+    """The JAX backend trains BPTT(k2; k1) on text as the NumPy one does (float64)."""
+    from rnnc.train.driver import load_backend
+
+    for name in ("numpy", "jax"):
+        try:
+            load_backend(name)
+        except RnncError:
+            pytest.skip(f"the {name} backend is not available")
+    for name in ("numpy", "jax"):
+        _tbptt_run(tmp_path, 3, 7, out=name, backend=name)
+    a, b = _final_params(tmp_path / "numpy"), _final_params(tmp_path / "jax")
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-9, atol=1e-12, err_msg=k)
+    la = [r["loss"] for r in records(tmp_path / "numpy", "train")]
+    lb = [r["loss"] for r in records(tmp_path / "jax", "train")]
+    np.testing.assert_allclose(la, lb, rtol=1e-9)
+
+
+def test_text_bptt_k2_refuses_a_layer_that_runs_backward(tmp_path):
     write(tmp_path / "corpus.txt", CORPUS)
-    spec = write(tmp_path / "k2.rnn", TEXT.replace("bptt k1 16", "bptt k1 8 k2 16"))
+    spec = write(tmp_path / "k2.rnn", TEXT.replace("bptt k1 16", "bptt k1 8 k2 16").replace(
+        "lstm(hidden: 10)", "lstm(hidden: 10, direction: backward)").split("  sample every")[0]
+        + "}\n")
     result = train(spec, tmp_path / "run", code=1)
-    assert "bptt k2 (16) larger than k1 (8) has no effect on text data" in result.output
+    _assert_clean_error(result, "bptt k2 (16) larger than k1 (8) on text needs layers that "
+                                "run forward in time")
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
-    spec.write_text(TEXT.replace("bptt k1 16", "bptt k1 8 k2 8"), encoding="utf-8")
-    train(spec, tmp_path / "run", "--epochs", "1", "--force")
 
 
 def test_plot_curves(reber_run, tmp_path):
@@ -1919,3 +2064,22 @@ def test_early_stop_stops_patience_epochs_after_the_best_and_tests_the_best(tmp_
     (test,) = records(tmp_path / "run", "test")
     data = json.loads(rnnc("eval", tmp_path / "run", "--json").output)
     assert data["metrics"]["loss"] == pytest.approx(test["test_loss"], rel=1e-9)
+
+
+def test_split_scores_count_scored_steps_only():
+    """_Scores weights each batch's accuracy and cross-entropy by its scored steps (a
+    target -1 is not scored): the split's value is the mean over all scored steps."""
+    from rnnc.data import Batch
+    from rnnc.train.driver import _Scores
+
+    rng = np.random.default_rng(0)
+    scores = _Scores("accuracy", "probs")
+    right = total = 0
+    for y in (np.array([[0, 1, -1, -1]]), np.array([[2, 2, 1, 0], [-1, 1, 0, 2]])):
+        probs = rng.dirichlet(np.ones(3), size=y.shape)
+        scores.add(probs, Batch(x=np.zeros(y.shape, np.int32), y=y,
+                                lengths=np.full(len(y), 4, np.int32)))
+        keep = y != -1
+        right += int((probs.argmax(-1) == y)[keep].sum())
+        total += int(keep.sum())
+    assert scores.result()["accuracy"] == pytest.approx(right / total, rel=1e-12)

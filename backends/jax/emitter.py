@@ -757,6 +757,11 @@ class ModuleEmitter(ModuleEmitterBase):
     hit = y[..., None] == jnp.arange(z.shape[-1])
     return lse - jnp.sum(z * hit.astype(z.dtype), axis=-1)"""
             out.append(losses)
+            out.append(
+                "def _scored(ys):\n"
+                '    """Whether each target is scored: a class id -1 is not."""\n'
+                "    return ys != -1"
+            )
         else:
             out.append(
                 "def _predict(params, h):\n"
@@ -767,6 +772,11 @@ class ModuleEmitter(ModuleEmitterBase):
                 "def _losses(params, h, y):\n"
                 '    """Squared error (prediction - y)^2 averaged over the output features."""\n'
                 "    return jnp.mean(jnp.square(_predict(params, h) - y), axis=-1)"
+            )
+            out.append(
+                "def _scored(ys):\n"
+                '    """None: every target (a value) is scored."""\n'
+                "    return None"
             )
         if head.at == "per_step":
             out.append(
@@ -856,6 +866,7 @@ class ModuleEmitter(ModuleEmitterBase):
         blocks.append("# " + "-" * 28 + " run and train " + "-" * 28)
         blocks.append(s["init"])
         blocks.append(s["run"])
+        blocks.append(s["masked_mean"])
         if self.model.head.at == "last":
             blocks.append(s["objective_last"])
         else:

@@ -85,6 +85,10 @@ def _loss_weights(lengths, T, B):
     raise NotImplementedError
 
 
+def _scored(ys):
+    raise NotImplementedError
+
+
 def _window_objective(params, enc, ys, state, valid, resets, drop, lengths):
     raise NotImplementedError
 
@@ -575,16 +579,34 @@ def _prepare(params, xs, state, lengths, resets, rng):
     return dtype, B, T, state, valid, resets, drop
 
 
+# --- section: masked_mean ---
+def _masked_mean(losses, counted):
+    """The mean of `losses` where `counted` (None: everywhere); 0 where nothing counts.
+
+    A class id -1 is a target that is not scored: the objectives take the mean over the
+    counted steps that are also scored. Without lengths they select the plain mean (the
+    sum as it was before -1 existed) where every target is scored.
+    """
+    if counted is None:  # (no step at all, T = 0 or B = 0: loss 0)
+        return jnp.sum(losses) / max(losses.size, 1)
+    total = jnp.sum(jnp.where(counted, losses, jnp.zeros_like(losses)))
+    return total / jnp.maximum(jnp.sum(counted), 1).astype(losses.dtype)
+
+
 # --- section: objective_per_step ---
 def _scan_objective(params, enc, ys, state, valid, resets, drop, lengths, detach_every=None):
     """Mean loss over the valid steps of every row, and the final state."""
     T = enc.shape[0]
     top, final, _ = _layers(params, enc, state, valid, resets, drop, detach_every, vjp=True)
     losses = _losses(params, _dropout(top, drop, "output"), _targets(ys, T))  # (T, B)
-    if valid is None:  # (no step at all, T = 0 or B = 0: loss 0)
-        return jnp.sum(losses) / max(losses.size, 1), final
-    total = jnp.sum(jnp.where(valid, losses, jnp.zeros_like(losses)))
-    return total / jnp.maximum(jnp.sum(valid), 1).astype(losses.dtype), final
+    scored = _scored(ys)  # None: every target is scored (a linear head)
+    if scored is None:
+        return _masked_mean(losses, valid), final
+    scored = _targets(scored, T)
+    if valid is None:  # the plain mean (its sum as before -1 existed) unless a target is -1
+        plain = _masked_mean(losses, None)
+        return jnp.where(jnp.all(scored), plain, _masked_mean(losses, scored)), final
+    return _masked_mean(losses, valid & scored), final
 
 
 # --- section: last ---
@@ -603,11 +625,14 @@ def _scan_objective(params, enc, ys, state, valid, resets, drop, lengths, detach
     not count), and the final state."""
     top, final, _ = _layers(params, enc, state, valid, resets, drop, detach_every, vjp=True)
     losses = _losses(params, _last(_dropout(top, drop, "output"), lengths), ys)  # (B,)
-    if lengths is None:
-        return jnp.sum(losses) / max(losses.shape[0], 1), final
-    present = lengths > 0
-    total = jnp.sum(jnp.where(present, losses, jnp.zeros_like(losses)))
-    return total / jnp.maximum(jnp.sum(present), 1).astype(losses.dtype), final
+    present = None if lengths is None else lengths > 0
+    scored = _scored(ys)  # None: every target is scored (a linear head)
+    if scored is None:
+        return _masked_mean(losses, present), final
+    if present is None:  # the plain mean (its sum as before -1 existed) unless a target is -1
+        plain = _masked_mean(losses, None)
+        return jnp.where(jnp.all(scored), plain, _masked_mean(losses, scored)), final
+    return _masked_mean(losses, present & scored), final
 
 
 # --- section: objective_full ---
@@ -696,10 +721,21 @@ def _window_objective(params, enc, ys, state, valid, resets, drop, lengths):
     top, _, _ = _layers(params, fold(enc), start, w_valid, w_resets, w_drop, vjp=True)
     top = _dropout(top, w_drop, "output")
     losses = _losses(params, top, fold(_targets(ys, T)))
+    in_window = spread(scored & real)  # each step scored in exactly one window
+
+    def mean(weights):  # over the steps `weights` (T, B) counts, each in its window
+        total = jnp.sum(jnp.where(in_window & fold(weights), losses, jnp.zeros_like(losses)))
+        return total / jnp.maximum(jnp.sum(weights), 1).astype(losses.dtype)
+
     weights = _loss_weights(lengths, T, B)  # (T, B): which steps count for the loss
-    w_weights = spread(scored & real) & fold(weights)
-    total = jnp.sum(jnp.where(w_weights, losses, jnp.zeros_like(losses)))
-    return total / jnp.maximum(jnp.sum(weights), 1).astype(losses.dtype), final
+    targets_scored = _scored(ys)  # None: every target is scored (a linear head)
+    if targets_scored is None:
+        return mean(weights), final
+    targets_scored = _targets(targets_scored, T)  # (T, B); a class id -1 is not scored
+    if lengths is None:  # the plain mean (its sum as before -1 existed) unless a target is -1
+        plain = mean(weights)
+        return jnp.where(jnp.all(targets_scored), plain, mean(weights & targets_scored)), final
+    return mean(weights & targets_scored), final
 
 
 # --- section: lazy_tokens ---

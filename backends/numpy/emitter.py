@@ -408,7 +408,9 @@ class NumpyEmitter(ModuleEmitterBase):
                       "is a constant. The gradient is the sum over the windows.")
         out += docstring(
             "(loss, grads, final state): the mean data loss over the valid steps and its "
-            "gradients.\n\n"
+            "gradients." + ("\nA class id -1 in ys is a target that is not scored: it adds "
+                           "nothing, and the mean\nis over the scored ones (none: loss 0)."
+                           if h.kind == "softmax" else "") + "\n\n"
             "With `rng` (a numpy Generator) dropout is on. grads has the keys of params; with\n"
             "wrt_inputs=True also \"xs\" (the gradient w.r.t. the encoded inputs, (B, T, F)) "
             "and\n\"state/<name>\" for each initial-state entry." + window, I1)
@@ -429,16 +431,21 @@ class NumpyEmitter(ModuleEmitterBase):
         out.append(f"{I1}tapes = {{}}")
         out.append(f"{I1}x0 = _encode(params, xs, dtype)")
         out.append(f"{I1}z, final = _layers_forward(params, x0, state, m, drop, tapes)")
-        out.append(f"{I1}# the head and the loss, a mean over the valid steps")
+        out.append(f"{I1}# the head and the loss, a mean over the valid, scored steps")
         out.append(f'{I1}W, b = params["head.W"], params["head.b"]')
         if h.at == "per_step":
-            tgt = "np.asarray(ys).T"
-            if h.kind != "softmax":  # values in the params' dtype (no float64 promotion)
+            weight = 'm["weight"]'
+            if h.kind == "softmax":  # a class id -1 is a step that is not scored
+                out.append(f"{I1}targets = np.asarray(ys).T")
+                out.append(f"{I1}scored = targets != -1")
+                out.append(f"{I1}targets = np.where(scored, targets, 0)")
+                out.append(f'{I1}weight = m["weight"] * scored  # the steps whose loss counts')
+                weight = "weight"
+            else:  # values in the params' dtype (no float64 promotion)
                 out.append(f"{I1}targets = np.swapaxes(np.asarray(ys, dtype=dtype), 0, 1)")
-                tgt = "targets"
             out.append(f"{I1}logits = _matmul(z, W.T) + b")
-            out.append(f'{I1}n = max(float(m["weight"].sum()), 1.0)  # no valid step: loss 0')
-            out.append(f'{I1}loss, dlogits = _head_loss(logits, {tgt}, m["weight"], n)')
+            out.append(f"{I1}n = max(float({weight}.sum()), 1.0)  # no scored step: loss 0")
+            out.append(f"{I1}loss, dlogits = _head_loss(logits, targets, {weight}, n)")
             out.append(f'{I1}grads = {{"head.W": _outer(dlogits, z), '
                        '"head.b": dlogits.sum(axis=(0, 1))}')
             out.append(f"{I1}dz = _matmul(dlogits, W)  # the adjoint of the head's input")
@@ -447,11 +454,17 @@ class NumpyEmitter(ModuleEmitterBase):
             out.append(f"{I1}# each row's last valid step (zeros for a row of length 0)")
             out.append(f"{I1}z_last = np.where(present[:, None], z[t_last, rows], 0)")
             out.append(f"{I1}logits = z_last @ W.T + b")
-            out.append(f"{I1}weight = present.astype(dtype)  # a row of length 0 does not count")
+            if h.kind == "softmax":  # a row of length 0, or of class id -1, does not count
+                out.append(f"{I1}targets = np.asarray(ys)")
+                out.append(f"{I1}scored = targets != -1")
+                out.append(f"{I1}targets = np.where(scored, targets, 0)")
+                out.append(f"{I1}weight = (present & scored).astype(dtype)")
+            else:
+                out.append(f"{I1}targets = np.asarray(ys, dtype=dtype)")
+                out.append(f"{I1}weight = present.astype(dtype)  # a row of length 0 does "
+                           "not count")
             out += call(f"{I1}loss, dlogits = _head_loss",
-                        ["logits", "np.asarray(ys)" if h.kind == "softmax"
-                         else "np.asarray(ys, dtype=dtype)", "weight",
-                         "max(float(weight.sum()), 1.0)"])
+                        ["logits", "targets", "weight", "max(float(weight.sum()), 1.0)"])
             out.append(f'{I1}grads = {{"head.W": dlogits.T @ z_last, '
                        '"head.b": dlogits.sum(axis=0)}')
             out.append(f"{I1}dz = np.zeros_like(z)  # the adjoint of the head's input")

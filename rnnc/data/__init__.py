@@ -16,6 +16,7 @@ from rnnc.data.batching import (
     iterate_batches,
     num_batches,
     num_stream_windows,
+    reaching_stream_windows,
     stream_windows,
 )
 from rnnc.data.core import TASKS, Dataset, Split
@@ -45,5 +46,6 @@ __all__ = [
     "iterate_batches",
     "num_batches",
     "num_stream_windows",
+    "reaching_stream_windows",
     "stream_windows",
 ]

@@ -21,6 +21,11 @@ class Batch:
         lengths: ``(B,)`` int32 valid steps per row.
         legal: ``(B, T, V)`` bool legal next symbols (Reber only).
         resets: ``(B, T)`` bool: state must be reset to zero before step t.
+        context: steps at the start of every row that are not scored (their class ids
+            in ``y`` are -1): they carry the state and the gradient only
+            (:func:`reaching_stream_windows`); 0 otherwise.
+        advance: how many steps after this window's first step the next window of the
+            stream starts (0: at the same step) (:func:`reaching_stream_windows`).
     """
 
     x: np.ndarray
@@ -28,6 +33,8 @@ class Batch:
     lengths: np.ndarray
     legal: np.ndarray | None = None
     resets: np.ndarray | None = None
+    context: int = 0
+    advance: int = 0
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -112,14 +119,63 @@ def stream_windows(tokens: np.ndarray, batch: int, window: int,
             or not 0 <= start <= total:
         raise DataError(f"start window must be between 0 and {total}, got {start!r}")
 
+    rows_x, rows_y, rows_r = _rows(tokens, batch, per_stream, doc_starts)
+    return _windows(rows_x, rows_y, rows_r, window, int(start), total)
+
+
+def reaching_stream_windows(tokens: np.ndarray, batch: int, window: int, reach: int,
+                            doc_starts: np.ndarray | None = None,
+                            start: int = 0) -> Iterator[Batch]:
+    """The windows of :func:`stream_windows`, each led by the steps before it, up to
+    ``reach`` steps in all: truncated BPTT(k2; k1) of a stream (``window`` = k1 new
+    steps per update, ``reach`` = ceil(k2 / k1) k1, a multiple of ``window``).
+
+    Window ``i`` covers the steps ``a .. (i + 1) window - 1`` of every row, ``a = max(0,
+    (i + 1) window - reach)`` (shorter near the stream's start); its first ``context =
+    i window - a`` steps are context only, their ``y`` -1 (not scored), and the last
+    ``window`` steps are those of :func:`stream_windows`'s window ``i``, padded alike at
+    the stream's end (``lengths`` counts the context too). ``advance`` is where the next
+    window starts, counted from this one's first step: ``window`` once the windows have
+    the full reach, else 0. ``resets`` as in :func:`stream_windows`.
+    """
+    tokens = np.asarray(tokens)
+    batch, window = _positive(batch, "batch size"), _positive(window, "window")
+    reach = _positive(reach, "reach")
+    if reach % window:
+        raise DataError(f"the reach ({reach}) must be a multiple of the window ({window})")
+    plain = stream_windows(tokens, batch, window, doc_starts, start)  # checks the rest
+    per_stream = (len(tokens) - 1) // batch
+    rows_x, rows_y, rows_r = _rows(tokens, batch, per_stream, doc_starts)
+    return _reaching(plain, rows_x, rows_r, window, reach, int(start))
+
+
+def _rows(tokens: np.ndarray, batch: int, per_stream: int, doc_starts: np.ndarray | None
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The ``batch`` parallel streams: inputs, targets and resets ``(B, per_stream)``."""
     used = batch * per_stream
     rows_x = tokens[:used].reshape(batch, per_stream).astype(np.int32)
     rows_y = tokens[1: used + 1].reshape(batch, per_stream).astype(np.int32)
     rows_r = None
     if doc_starts is not None:
-        rows_r = doc_starts[:used].reshape(batch, per_stream).copy()
+        rows_r = np.asarray(doc_starts, dtype=bool)[:used].reshape(batch, per_stream).copy()
         rows_r[:, 0] = True
-    return _windows(rows_x, rows_y, rows_r, window, int(start), total)
+    return rows_x, rows_y, rows_r
+
+
+def _reaching(plain: Iterator[Batch], rows_x: np.ndarray, rows_r: np.ndarray | None,
+              window: int, reach: int, start: int) -> Iterator[Batch]:
+    for i, b in enumerate(plain, start):
+        lo = i * window
+        first = max(0, lo + window - reach)
+        context = lo - first
+        x = np.concatenate([rows_x[:, first:lo], b.x], axis=1)
+        y = np.concatenate([np.full((len(b), context), -1, dtype=np.int32), b.y], axis=1)
+        resets = None
+        if rows_r is not None:
+            resets = np.concatenate([rows_r[:, first:lo], b.resets], axis=1)
+        advance = window if lo + 2 * window - reach > 0 else 0
+        yield Batch(x=x, y=y, lengths=b.lengths + context, resets=resets, context=context,
+                    advance=advance)
 
 
 def _windows(rows_x: np.ndarray, rows_y: np.ndarray, rows_r: np.ndarray | None, window: int,

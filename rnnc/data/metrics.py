@@ -3,7 +3,9 @@
 ``outputs`` are per-class scores: probabilities (each row non-negative, summing to
 1) or logits; functions that need log-probabilities detect which (see
 :func:`log_probabilities`). Shapes: N examples, T steps, V classes, Y outputs.
-Every mean is over valid steps only (``t < lengths[n]``).
+Every mean is over valid steps only (``t < lengths[n]``). A class target of -1 is not
+scored (as in the generated modules): :func:`accuracy` and :func:`cross_entropy` leave
+it out of their means.
 """
 
 from __future__ import annotations
@@ -28,6 +30,15 @@ def step_mask(lengths: np.ndarray | None, n: int, steps: int) -> np.ndarray:
     if lengths.shape != (n,):
         raise DataError(f"lengths has shape {lengths.shape}, expected ({n},)")
     return np.arange(steps)[None, :] < lengths[:, None]
+
+
+def scored_mask(y: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
+    """Where class targets ``y`` count: ``(N, T)`` valid steps, or ``(N,)`` sequences,
+    whose target is not -1 (not scored)."""
+    y = np.asarray(y)
+    if y.ndim == 1:
+        return y != -1
+    return step_mask(lengths, *y.shape) & (y != -1)
 
 
 def last_step(outputs: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
@@ -73,9 +84,7 @@ def accuracy(outputs: Any, y: Any, lengths: Any = None) -> float:
     y = np.asarray(y)
     outputs = _class_scores(outputs, y, lengths, "accuracy")
     correct = outputs.argmax(-1) == y
-    if y.ndim == 1:
-        return float(correct.mean()) if len(y) else math.nan
-    return _masked_mean(correct, step_mask(lengths, *y.shape))
+    return _masked_mean(correct, scored_mask(y, lengths))
 
 
 def log_probabilities(outputs: Any, outputs_are: str = "auto") -> np.ndarray:
@@ -102,10 +111,10 @@ def cross_entropy(outputs: Any, y: Any, lengths: Any = None, outputs_are: str = 
     sequence for ``y`` ``(N,)``). Divide by ``ln 2`` for bits per character."""
     y = np.asarray(y)
     outputs = _class_scores(outputs, y, lengths, "cross_entropy")
-    if y.size and (y.min() < 0 or y.max() >= outputs.shape[-1]):
+    if y.size and (y.min() < -1 or y.max() >= outputs.shape[-1]):
         raise DataError(f"cross_entropy: targets range over {y.min()}..{y.max()}, but the "
-                        f"outputs have {outputs.shape[-1]} classes")
-    picked = y[..., None].astype(np.int64)
+                        f"outputs have {outputs.shape[-1]} classes (-1: not scored)")
+    picked = np.maximum(y, 0)[..., None].astype(np.int64)  # -1: any class, left out below
     if outputs_are == "probs":
         # only the targets' probabilities are needed: picked before the float64 log
         # (not a float64 copy and log of every class)
@@ -113,9 +122,7 @@ def cross_entropy(outputs: Any, y: Any, lengths: Any = None, outputs_are: str = 
         nll = -log_probabilities(p[..., None], "probs")[..., 0]
     else:
         nll = -np.take_along_axis(log_probabilities(outputs, outputs_are), picked, -1)[..., 0]
-    if y.ndim == 1:
-        return float(nll.mean()) if len(y) else math.nan
-    return _masked_mean(nll, step_mask(lengths, *y.shape))
+    return _masked_mean(nll, scored_mask(y, lengths))
 
 
 def mse(pred: Any, y: Any, lengths: Any = None) -> float:

@@ -11,7 +11,10 @@ sampling. The driver owns everything around that:
   ``lengths``. Text: ``batch`` parallel streams cut into windows of ``k1``
   characters (the dataset's ``window`` without ``bptt``) by
   :func:`stream_windows`; the state is carried from one window to the next and,
-  with ``reset: document``, reset where a document starts.
+  with ``reset: document``, reset where a document starts. With ``bptt k1 K1 k2 K2``,
+  K2 > K1, each call also takes the steps before its K1 new characters that the
+  gradient reaches (their targets -1, not scored; :func:`reach_length`), and the state
+  carried is the one entering the next call (:meth:`Trainer.advance`).
 * **Evaluation** on the validation split after every epoch (loss and the
   dataset's metrics), early stopping, the test split once at the end with the
   best parameters (it is never trained on).
@@ -43,6 +46,7 @@ from rnnc import __version__
 from rnnc.data import Batch, Dataset, build_dataset, evaluate_outputs, iterate_batches
 from rnnc.data import stream_windows as _stream_windows
 from rnnc.data.core import zscore_inputs
+from rnnc.data.metrics import scored_mask
 from rnnc.errors import (
     BackendError,
     RnncError,
@@ -177,19 +181,20 @@ def compile_for_training(spec: A.Spec, base_dir: Path, backend: str,
 
 
 def check_text_bptt(spec: A.Spec, program: Program, dataset: Dataset) -> None:
-    """Text is trained k1 characters per train_step, the state carried in from the
-    previous call as a constant, so a k2 > k1 would reach back into no steps at all:
-    refuse it rather than silently train with k2 = k1."""
-    k1, k2 = program.train.k1, program.train.k2
-    if is_text(dataset) and k1 is not None and k2 is not None and k2 > k1:
+    """Text with k2 > k1 is trained on windows that reach back k2 steps
+    (:func:`reach_length`), which a layer that runs backward in time would read from its
+    end, seeing the characters it is to predict: refused."""
+    if reach_length(program, dataset) is None:
+        return
+    backward = [la.name for la in program.model.layers if "bwd" in la.directions]
+    if backward:
         from rnnc.errors import SpecError
 
+        k1, k2 = program.train.k1, program.train.k2
         raise SpecError(
-            f"bptt k2 ({k2}) larger than k1 ({k1}) has no effect on text data",
-            spec.train.key_span("bptt"),
-            f"rnnc train reads text {k1} characters per update and carries the state into "
-            f"the next window as a constant, so gradients stop at each window's start; "
-            f"write bptt k1 {k1} (or a larger k1 for a longer reach)")
+            f"bptt k2 ({k2}) larger than k1 ({k1}) on text needs layers that run forward in "
+            f"time, and {backward[0]} runs backward in time", spec.train.key_span("bptt"),
+            f"write bptt k1 {k1} (k2 = k1), or make every layer run forward")
 
 
 def uses_dropout(program: Program) -> bool:
@@ -214,6 +219,16 @@ def window_length(program: Program, dataset: Dataset) -> int:
     if plan.k1 is not None:
         return plan.k1
     return int(dataset.info.get("window", 100))
+
+
+def reach_length(program: Program, dataset: Dataset) -> int | None:
+    """Text with bptt k2 > k1: the steps of one ``train_step`` call, ceil(k2 / k1) k1 (the
+    k1 new characters and the steps before them that the gradient reaches); else None
+    (a call is the k1 new characters, :func:`window_length`)."""
+    k1, k2 = program.train.k1, program.train.k2
+    if not is_text(dataset) or k1 is None or k2 is None or k2 <= k1:
+        return None
+    return -(-k2 // k1) * k1
 
 
 def _as_model_input(batch: Batch, dtype: str) -> tuple[np.ndarray, np.ndarray]:
@@ -317,8 +332,13 @@ class _Scores:
                                   outputs_are=self.outputs_are)
         per_step = b.y.ndim == (3 if self.metric == "mse" else 2)
         steps = int(np.sum(b.lengths)) if b.lengths is not None else b.y.shape[0] * b.y.shape[1]
+        scored = None  # the steps (sequences) a class target counts at: not -1
+        if self.metric != "mse":
+            scored = int(np.sum(scored_mask(b.y, b.lengths)))
         for k, v in values.items():
             n = len(b.y) if k in self._PER_SEQUENCE or not per_step else steps
+            if k in ("accuracy", "cross_entropy"):
+                n = scored
             if k == "rmse" or n == 0:
                 continue
             self.sums[k] = self.sums.get(k, 0.0) + v * n
@@ -475,6 +495,7 @@ class Trainer:
                 "streams needs at least one", getattr(batch, "span", None),
                 f"use a batch of at most {n}, or more text")
         self.dropout = uses_dropout(c.program)
+        self.reach = reach_length(c.program, self.ds)  # None: a call is k1 new characters
         self.devices = devices
         self.train_step = self._train_step(devices)
         self.best_params: dict[str, Any] | None = None
@@ -572,8 +593,16 @@ class Trainer:
     def batches(self, epoch: int, start: int) -> Iterator[Batch]:
         """The epoch's batches from index ``start`` on (the same order on every resume)."""
         if is_text(self.ds):
-            return stream_windows(self.ds, "train", self.plan.batch,
-                                  window_length(self.c.program, self.ds), self.plan.reset, start)
+            window = window_length(self.c.program, self.ds)
+            reach = reach_length(self.c.program, self.ds)
+            if reach is not None:
+                from rnnc.data import reaching_stream_windows
+
+                starts = self.ds.doc_starts["train"] if self.plan.reset == "document" else None
+                return reaching_stream_windows(self.ds.stream["train"], self.plan.batch,
+                                               window, reach, starts, start)
+            return stream_windows(self.ds, "train", self.plan.batch, window, self.plan.reset,
+                                  start)
         order_rng = np.random.default_rng([self.plan.seed, 0, epoch])
         # over several devices every batch must split evenly: the remainder is left out
         it = iterate_batches(self.ds.train, self.plan.batch, order_rng,
@@ -597,13 +626,18 @@ class Trainer:
         t = time.perf_counter()
         # overflow shows up as a non-finite loss, which is checked below: no warnings
         with np.errstate(all="ignore"):
+            # bptt k2 > k1 on text: the next window starts b.advance steps after this
+            # one (0: at the same step, near the stream's start), from the state there
+            carried = self.advance(st.params, b, state_in) if self.reach else None
             params, opt_state, final, m = self.train_step(
                 st.params, st.opt_state, x, y, state_in, b.lengths, b.resets, rng=rng)
+        if self.reach:
+            final = carried
         loss, gnorm, lr = float(m["loss"]), float(m["grad_norm"]), float(m["lr"])
         seconds = time.perf_counter() - t
         if not (math.isfinite(loss) and math.isfinite(gnorm)):
             raise NonFinite(loss if not math.isfinite(loss) else gnorm)
-        tokens = int(np.sum(b.lengths))
+        tokens = int(np.sum(b.lengths)) - b.context * len(b)  # the scored steps
         # the module's loss is a mean over valid steps, or over sequences for a `last`
         # head: weight it by that count, so train_loss is the epoch's mean per step (per
         # sequence) whatever the lengths and the size of the last, smaller batch
@@ -616,6 +650,17 @@ class Trainer:
             epoch_loss=st.epoch_loss + loss * weight, epoch_tokens=st.epoch_tokens + weight)
         return new, {"loss": loss, "grad_norm": gnorm, "lr": lr,
                      "tokens_per_s": tokens / max(seconds, 1e-9)}
+
+    def advance(self, params: dict[str, Any], b: Batch, state: Any) -> Any:
+        """The state after the first ``b.advance`` steps of a window that reaches back,
+        from the state entering it: the state the window's own forward pass has there,
+        with the parameters of this update (before it; ``forward`` never drops out)."""
+        n = b.advance
+        if not n:
+            return state
+        resets = None if b.resets is None else b.resets[:, :n]
+        _, final = self.module.forward(params, b.x[:, :n], state, None, resets)
+        return final
 
     # -- the loop
     def run(self, st: TrainState, log) -> TrainState:

@@ -314,8 +314,8 @@ def _check_inputs(xs, ys=None, state=None, lengths=None, resets=None, ids=False,
         if tuple(np.shape(ys)) != want:
             what = "class ids" if head["kind"] == "softmax" else "values"
             raise ValueError(f"ys: expected {what} of shape {want}, got shape {np.shape(ys)}")
-        if ids and head["kind"] == "softmax":
-            _check_ids("ys", "class ids", ys, head["output_size"])
+        if ids and head["kind"] == "softmax":  # -1: a target that is not scored
+            _check_ids("ys", "class ids", ys, head["output_size"], unscored=True)
     for name, value, want in (("lengths", lengths, (B,)), ("resets", resets, (B, T))):
         if value is not None and tuple(np.shape(value)) != want:
             raise ValueError(f"{name}: expected shape {want}, got shape {np.shape(value)}")
@@ -356,16 +356,18 @@ def _dims(dims):
     return "(" + ", ".join(str(d) for d in dims) + ("," if len(dims) == 1 else "") + ")"
 
 
-def _check_ids(arg, what, ids, n):
-    """A ValueError unless `ids` are integers in 0 .. n-1 (concrete values only)."""
+def _check_ids(arg, what, ids, n, unscored=False):
+    """A ValueError unless `ids` are integers in 0 .. n-1, or -1 with `unscored` (class
+    ids: a target that is not scored); concrete values only."""
     a = np.asarray(ids)
     if not a.size:
         return
     if not np.issubdtype(a.dtype, np.integer):
         raise ValueError(f"{arg}: {what} must be integers, got dtype {a.dtype}")
     lo, hi = int(a.min()), int(a.max())
-    if lo < 0 or hi >= n:
-        raise ValueError(f"{arg}: {what} must be in 0..{n - 1}, got values in {lo}..{hi}")
+    if lo < (-1 if unscored else 0) or hi >= n:
+        note = " (or -1: not scored)" if unscored else ""
+        raise ValueError(f"{arg}: {what} must be in 0..{n - 1}, got values in {lo}..{hi}{note}")
 
 
 # ------------------------------ cell ln_lstm ----------------------------------
@@ -841,6 +843,8 @@ def loss_and_grad(
     params, xs, ys, state=None, lengths=None, resets=None, rng=None, wrt_inputs=False
 ):
     """(loss, grads, final state): the mean data loss over the valid steps and its gradients.
+    A class id -1 in ys is a target that is not scored: it adds nothing, and the mean
+    is over the scored ones (none: loss 0).
 
     With `rng` (a numpy Generator) dropout is on. grads has the keys of params; with
     wrt_inputs=True also "xs" (the gradient w.r.t. the encoded inputs, (B, T, F)) and
@@ -863,11 +867,15 @@ def loss_and_grad(
     tapes = {}
     x0 = _encode(params, xs, dtype)
     z, final = _layers_forward(params, x0, state, m, drop, tapes)
-    # the head and the loss, a mean over the valid steps
+    # the head and the loss, a mean over the valid, scored steps
     W, b = params["head.W"], params["head.b"]
+    targets = np.asarray(ys).T
+    scored = targets != -1
+    targets = np.where(scored, targets, 0)
+    weight = m["weight"] * scored  # the steps whose loss counts
     logits = _matmul(z, W.T) + b
-    n = max(float(m["weight"].sum()), 1.0)  # no valid step: loss 0
-    loss, dlogits = _head_loss(logits, np.asarray(ys).T, m["weight"], n)
+    n = max(float(weight.sum()), 1.0)  # no scored step: loss 0
+    loss, dlogits = _head_loss(logits, targets, weight, n)
     grads = {"head.W": _outer(dlogits, z), "head.b": dlogits.sum(axis=(0, 1))}
     dz = _matmul(dlogits, W)  # the adjoint of the head's input
     # backward, one truncated-BPTT window at a time (one window: full BPTT)

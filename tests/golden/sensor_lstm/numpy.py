@@ -352,8 +352,8 @@ def _check_inputs(xs, ys=None, state=None, lengths=None, resets=None, ids=False,
         if tuple(np.shape(ys)) != want:
             what = "class ids" if head["kind"] == "softmax" else "values"
             raise ValueError(f"ys: expected {what} of shape {want}, got shape {np.shape(ys)}")
-        if ids and head["kind"] == "softmax":
-            _check_ids("ys", "class ids", ys, head["output_size"])
+        if ids and head["kind"] == "softmax":  # -1: a target that is not scored
+            _check_ids("ys", "class ids", ys, head["output_size"], unscored=True)
     for name, value, want in (("lengths", lengths, (B,)), ("resets", resets, (B, T))):
         if value is not None and tuple(np.shape(value)) != want:
             raise ValueError(f"{name}: expected shape {want}, got shape {np.shape(value)}")
@@ -394,16 +394,18 @@ def _dims(dims):
     return "(" + ", ".join(str(d) for d in dims) + ("," if len(dims) == 1 else "") + ")"
 
 
-def _check_ids(arg, what, ids, n):
-    """A ValueError unless `ids` are integers in 0 .. n-1 (concrete values only)."""
+def _check_ids(arg, what, ids, n, unscored=False):
+    """A ValueError unless `ids` are integers in 0 .. n-1, or -1 with `unscored` (class
+    ids: a target that is not scored); concrete values only."""
     a = np.asarray(ids)
     if not a.size:
         return
     if not np.issubdtype(a.dtype, np.integer):
         raise ValueError(f"{arg}: {what} must be integers, got dtype {a.dtype}")
     lo, hi = int(a.min()), int(a.max())
-    if lo < 0 or hi >= n:
-        raise ValueError(f"{arg}: {what} must be in 0..{n - 1}, got values in {lo}..{hi}")
+    if lo < (-1 if unscored else 0) or hi >= n:
+        note = " (or -1: not scored)" if unscored else ""
+        raise ValueError(f"{arg}: {what} must be in 0..{n - 1}, got values in {lo}..{hi}{note}")
 
 
 # ------------------------------ cell lstm -------------------------------------
@@ -971,11 +973,11 @@ def loss_and_grad(
     tapes = {}
     x0 = _encode(params, xs, dtype)
     z, final = _layers_forward(params, x0, state, m, drop, tapes)
-    # the head and the loss, a mean over the valid steps
+    # the head and the loss, a mean over the valid, scored steps
     W, b = params["head.W"], params["head.b"]
     targets = np.swapaxes(np.asarray(ys, dtype=dtype), 0, 1)
     logits = _matmul(z, W.T) + b
-    n = max(float(m["weight"].sum()), 1.0)  # no valid step: loss 0
+    n = max(float(m["weight"].sum()), 1.0)  # no scored step: loss 0
     loss, dlogits = _head_loss(logits, targets, m["weight"], n)
     grads = {"head.W": _outer(dlogits, z), "head.b": dlogits.sum(axis=(0, 1))}
     dz = _matmul(dlogits, W)  # the adjoint of the head's input

@@ -1,0 +1,177 @@
+"""Unscored targets: a class id -1 in `ys` of a softmax head adds nothing to the loss or
+its gradients, and the mean is over the scored steps only (docs/generated-module.md,
+"Head and loss"). The references are independent of the feature: the same batch with
+the unscored steps cut off by `lengths` (trailing steps) or its unscored rows left out
+(a last head), finite differences of an objective that skips them (rnnc.gradcheck),
+and the other backend.
+"""
+
+import functools
+
+import numpy as np
+import pytest
+
+from rnnc.gradcheck import gradcheck, load_module, program_from_text, source_for
+
+
+def _backends():
+    out = ["numpy"]
+    try:
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+        out.append("jax")
+    except ImportError:
+        pass
+    return out
+
+
+BACKENDS = _backends()
+V, C, B, T = 5, 4, 3, 9
+
+
+def spec(head: str = "per_step", bptt: str = "", layers: str = "lstm(hidden: 4)") -> str:
+    body = "\n".join(f"  layer {la}" for la in layers.split(";"))
+    out = f"model m {{\n  input onehot(vocab: {V})\n{body}\n  head softmax {head}\n}}\n"
+    if bptt:
+        out += f'train {{\n  data text(path: "x.txt")\n  bptt {bptt}\n}}\n'
+    return out
+
+
+@functools.cache
+def module(text: str, backend: str):
+    return load_module(source_for(program_from_text(text, V, C), backend), f"unscored_{backend}")
+
+
+def batch(seed: int = 0, head: str = "per_step"):
+    rng = np.random.default_rng(seed)
+    xs = rng.integers(0, V, (B, T)).astype(np.int32)
+    ys = rng.integers(0, C, (B, T) if head == "per_step" else (B,)).astype(np.int32)
+    return xs, ys
+
+
+def as_np(out):
+    loss, grads, final = out
+    return (float(loss), {k: np.asarray(v, dtype=np.float64) for k, v in grads.items()},
+            {k: np.asarray(v, dtype=np.float64) for k, v in final.items()})
+
+
+def assert_same(a, b, tol=1e-12):
+    assert a[0] == pytest.approx(b[0], rel=tol, abs=tol)
+    assert a[1].keys() == b[1].keys()
+    for k in a[1]:
+        np.testing.assert_allclose(a[1][k], b[1][k], rtol=tol, atol=tol, err_msg=k)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bptt", ["", "k1 3", "k1 2 k2 5"])
+def test_trailing_unscored_steps_are_steps_cut_off_by_lengths(backend, bptt):
+    """-1 on each row's last steps: the loss and gradients of the same rows shortened
+    by `lengths` (which the contract already defines)."""
+    m = module(spec(bptt=bptt, layers="lstm(hidden: 4); gru(hidden: 3)"), backend)
+    params = m.init_params(0, "float64")
+    xs, ys = batch(1)
+    lengths = np.array([T, 6, 2], dtype=np.int32)
+    cut = ys.copy()
+    cut[np.arange(T)[None, :] >= lengths[:, None]] = -1
+    state = {k: np.full((B,) + v, 0.2) for k, v in m.STATE_SHAPES.items()}
+    got = as_np(m.loss_and_grad(params, xs, cut, state))
+    want = as_np(m.loss_and_grad(params, xs, ys, state, lengths))
+    assert_same(got, want)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bptt", ["", "k1 4 k2 6"])
+def test_an_unscored_row_of_a_last_head_is_a_row_left_out(backend, bptt):
+    m = module(spec("last", bptt), backend)
+    params = m.init_params(2, "float64")
+    xs, ys = batch(2, "last")
+    ys_cut = ys.copy()
+    ys_cut[1] = -1
+    got = as_np(m.loss_and_grad(params, xs, ys_cut))
+    keep = [0, 2]
+    want = as_np(m.loss_and_grad(params, xs[keep], ys[keep]))
+    assert_same(got, want)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("head,bptt", [("per_step", ""), ("per_step", "k1 2 k2 5"),
+                                       ("per_step", "k1 3"), ("last", ""),
+                                       ("last", "k1 2 k2 5")])
+def test_no_scored_target_is_loss_zero_and_zero_gradients(backend, head, bptt):
+    m = module(spec(head, bptt), backend)
+    params = m.init_params(0, "float64")
+    xs, ys = batch(0, head)
+    loss, grads, final = as_np(m.loss_and_grad(params, xs, np.full_like(ys, -1),
+                                               lengths=np.array([T, 4, 0], dtype=np.int32)))
+    assert loss == 0.0
+    for k, g in grads.items():
+        assert np.all(g == 0.0), k
+    # the state still runs: the same final state as a forward pass
+    _, want = m.forward(params, xs, None, np.array([T, 4, 0], dtype=np.int32))
+    for k in final:
+        np.testing.assert_allclose(final[k], np.asarray(want[k]), rtol=1e-12, atol=1e-14)
+    opt = m.init_opt_state(params)
+    new, _, _, metrics = m.train_step(params, opt, xs, np.full_like(ys, -1))
+    assert float(metrics["loss"]) == 0.0 and float(metrics["grad_norm"]) == 0.0
+    assert all(np.all(np.isfinite(np.asarray(v))) for v in new.values())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("head,bptt,resets", [("per_step", "", False),
+                                              ("per_step", "k1 2 k2 5", True),
+                                              ("per_step", "k1 3", True),
+                                              ("last", "k1 2 k2 4", False)])
+def test_gradcheck_with_unscored_targets(backend, head, bptt, resets):
+    """Finite differences of an objective that skips the -1 targets (rnnc.gradcheck)."""
+    m = module(spec(head, bptt, "lstm(hidden: 4); elman(hidden: 3)"), backend)
+    report = gradcheck(m, seed=3, T=8, B=4, resets=resets, unscored=0.4)
+    worst = max(err for _, err in report)
+    assert worst < 1e-6, report
+
+
+@pytest.mark.parametrize("head,bptt", [("per_step", "k1 2 k2 5"), ("per_step", ""),
+                                       ("last", "k1 3 k2 4")])
+def test_the_backends_agree_on_unscored_targets(head, bptt):
+    if "jax" not in BACKENDS:
+        pytest.skip("jax is not installed")
+    a, b = module(spec(head, bptt), "numpy"), module(spec(head, bptt), "jax")
+    params = a.init_params(4, "float64")
+    xs, ys = batch(4, head)
+    ys[0] = -1
+    if head == "per_step":
+        ys[1, 3:6] = -1
+    resets = np.zeros((B, T), dtype=bool)
+    resets[2, 4] = True
+    lengths = np.array([T, T - 1, 5], dtype=np.int32)
+    assert_same(as_np(a.loss_and_grad(params, xs, ys, None, lengths, resets)),
+                as_np(b.loss_and_grad(params, xs, ys, None, lengths, resets)), tol=1e-10)
+
+
+def test_torch_cross_entropy_ignore_index():
+    """The loss against PyTorch's nll_loss(ignore_index=-1) of the module's own
+    log-probabilities (forward): the mean over the scored steps only."""
+    torch = pytest.importorskip("torch")
+    m = module(spec(), "numpy")
+    params = m.init_params(5, "float64")
+    xs, ys = batch(5)
+    ys[0, :4] = -1
+    ys[2, 7] = -1
+    probs, _ = m.forward(params, xs)
+    logp = torch.log(torch.tensor(np.asarray(probs))).reshape(B * T, C)
+    want = torch.nn.functional.nll_loss(logp, torch.tensor(ys.reshape(-1), dtype=torch.long),
+                                        ignore_index=-1)
+    loss, _, _ = m.loss_and_grad(params, xs, ys)
+    assert loss == pytest.approx(float(want), rel=1e-12)
+
+
+def test_numpy_refuses_other_negative_and_too_large_class_ids():
+    m = module(spec(), "numpy")
+    params = m.init_params(0, "float64")
+    xs, ys = batch(0)
+    for bad in (-2, C):
+        wrong = ys.copy()
+        wrong[1, 2] = bad
+        with pytest.raises(ValueError, match=rf"ys: class ids must be in 0\.\.{C - 1}, got "
+                                             rf"values in .* \(or -1: not scored\)"):
+            m.loss_and_grad(params, xs, wrong)
