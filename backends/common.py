@@ -93,6 +93,9 @@ def _check_inputs(xs, ys=None, state=None, lengths=None, resets=None, ids=False,
         for name, size in STATE_SHAPES.items():
             if name not in state:
                 raise ValueError(f"state: no entry {name!r} (initial_state(B) has them all)")
+            if not ids and isinstance(state[name], list | tuple):  # as xs under jax.jit
+                kind = type(state[name]).__name__
+                raise TypeError(f"state[{name!r}]: expected an array, got a {kind}")
             if tuple(np.shape(state[name])) != (B, *size):
                 raise ValueError(
                     f"state[{name!r}]: expected shape {(B, *size)}, "
@@ -112,6 +115,83 @@ def _dims(dims):
     return "(" + ", ".join(str(d) for d in dims) + ("," if len(dims) == 1 else "") + ")"
 
 
+def _check_params(params):
+    """A TypeError or ValueError unless `params` is what init_params() gives: a dict of
+    every PARAM_SHAPES name and no other, each an array of its shape, all of one float
+    dtype (the computation's). Shapes and dtypes only: under jax.jit it runs while tracing.
+    """
+    if not hasattr(params, "keys"):
+        kind = type(params).__name__
+        raise TypeError(f"params: expected a dict {{name: array}} like init_params(), got a {kind}")
+    missing = [name for name in PARAM_SHAPES if name not in params]
+    extra = [name for name in params if name not in PARAM_SHAPES]
+    if missing or extra:
+        parts = [
+            f"{what} {', '.join(map(repr, names))}"
+            for what, names in (("no entry", missing), ("unknown entry", extra))
+            if names
+        ]
+        hint = "init_params() has every name in PARAM_SHAPES, and no other"
+        raise ValueError(f"params: {'; '.join(parts)} ({hint})")
+    first = None
+    for name, want in PARAM_SHAPES.items():
+        value = params[name]
+        if not hasattr(value, "shape") or not hasattr(value, "dtype"):
+            raise TypeError(f"params[{name!r}]: expected an array, got a {type(value).__name__}")
+        if tuple(value.shape) != tuple(want):
+            raise ValueError(
+                f"params[{name!r}]: expected shape {tuple(want)}, got shape {tuple(value.shape)}"
+            )
+        if not _floating(value.dtype):
+            raise ValueError(f"params[{name!r}]: expected floats, got dtype {value.dtype}")
+        if first is None:
+            first = name
+        elif value.dtype != params[first].dtype:
+            raise ValueError(
+                f"params[{name!r}]: expected dtype {params[first].dtype} (that of "
+                f"params[{first!r}]: one computation dtype), got dtype {value.dtype}"
+            )
+
+
+def _check_targets(ys):
+    """loss_and_grad's `ys` (after _check_inputs): a TypeError for none, a ValueError for
+    class ids that are not integers or values that are not numbers (the dtype, which a
+    traced array shows too)."""
+    if ys is None:
+        raise TypeError("ys: expected the targets (docs: Arrays), got None")
+    kind = ys.dtype if hasattr(ys, "dtype") else np.asarray(ys).dtype
+    if MODEL["head"]["kind"] == "softmax" and not np.issubdtype(kind, np.integer):
+        raise ValueError(f"ys: class ids must be integers, got dtype {kind}")
+    if kind.kind not in "biuf" and not _floating(kind):  # strings ("0.5" read as 0.5), objects
+        raise ValueError(f"ys: expected values (numbers), got dtype {kind}")
+
+
+def _check_opt_state(opt_state):
+    """A TypeError or ValueError unless `opt_state` has init_opt_state(params)'s entries for
+    the spec's updater ("step", and one array per parameter and slot, of its shape)."""
+    if not hasattr(opt_state, "keys"):
+        kind = type(opt_state).__name__
+        raise TypeError(f"opt_state: expected the dict init_opt_state(params) gives, got a {kind}")
+    slots = {
+        f"{slot}/{name}": shape
+        for slot in _OPT_SLOTS[UPDATER["name"]]
+        for name, shape in PARAM_SHAPES.items()
+    }
+    missing = [name for name in ("step", *slots) if name not in opt_state]
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise ValueError(
+            f"opt_state: no entry {missing[0]!r}{more} (init_opt_state(params) has them all, "
+            f"for the updater {UPDATER['name']!r})"
+        )
+    for name, want in slots.items():
+        value = opt_state[name]
+        got = getattr(value, "shape", None)
+        if got is None or tuple(got) != tuple(want):
+            got = f"shape {tuple(got)}" if got is not None else f"a {type(value).__name__}"
+            raise ValueError(f"opt_state[{name!r}]: expected shape {tuple(want)}, got {got}")
+
+
 def _check_ids(arg, what, ids, n, unscored=False):
     """A ValueError unless `ids` are integers in 0 .. n-1, or -1 with `unscored` (class
     ids: a target that is not scored); concrete values only."""
@@ -125,6 +205,31 @@ def _check_ids(arg, what, ids, n, unscored=False):
         note = " (or -1: not scored)" if unscored else ""
         raise ValueError(f"{arg}: {what} must be in 0..{n - 1}, got values in {lo}..{hi}{note}")
 '''
+
+
+def step_refusal(model: Any) -> list[str] | None:
+    """``step()`` of a model with a layer that runs backward in time (bidirectional, or
+    ``direction: backward``), which needs the whole sequence: one NotImplementedError that
+    names the first such layer, the same in every backend. None when every layer runs
+    forward in time."""
+    from .pyfmt import INDENT, docstring, py_str
+
+    layer = next((la for la in model.layers if "bwd" in la.directions), None)
+    if layer is None:
+        return None
+    if layer.bidirectional:
+        what, why = "a bidirectional layer", "is bidirectional"
+    else:
+        what, why = "a layer that runs backward in time", "runs backward in time"
+    msg = f"step() runs one time step, but layer {layer.name}"
+    return [
+        "def step(params, x_t, state=None):",
+        *docstring(f"Not available: {what} needs the whole sequence (use forward).", INDENT),
+        f"{INDENT}raise NotImplementedError(",
+        f"{INDENT * 2}{py_str(msg)}",
+        f'{INDENT * 2}" {why} and needs the whole sequence: use forward()"',
+        f"{INDENT})",
+    ]
 
 
 def package_text(package: str, name: str) -> str:

@@ -849,13 +849,17 @@ def test_unsigned_lengths_are_lengths(backend, case_id, tmp_dir):
 def test_step_refuses_layers_that_run_backward(backend, case_id, tmp_dir):
     """step() cannot run a layer that reads the sequence from its end (docs: "Names"). The
     NumPy module refused bidirectional layers only: with a `direction: backward` layer it
-    ran that layer's cell on the single step, an output forward() never gives."""
+    ran that layer's cell on the single step, an output forward() never gives. Both name
+    the layer, in the same words (the JAX module's message named none)."""
     if not backend_available(backend):
         pytest.skip(f"backend {backend} is not available")
     mod = module(backend, case_id, tmp_dir)
     params = mod.init_params(0)
     xs, _ = inputs_and_targets(mod, np.random.default_rng(0), 2, 3)
-    with pytest.raises(NotImplementedError, match=r"use forward\(\)"):
+    why = "is bidirectional" if "bidirectional" in case_id else "runs backward in time"
+    with pytest.raises(NotImplementedError, match=rf"step\(\) runs one time step, but layer "
+                                                  rf"layer1 {why} and needs the whole sequence: "
+                                                  r"use forward\(\)"):
         mod.step(params, xs[:, 0])
 
 
@@ -917,3 +921,200 @@ def test_boolean_token_ids_are_one_clear_error(backend, tmp_dir):
         with pytest.raises(ValueError, match=r"(xs|x_t): token ids must be integers, got "
                                              r"dtype bool"):
             call(*args)
+
+
+def _entry_points(mod, xs, ys, opt):
+    """Every entry point that takes params, as (name, call(params)); step and prepare_step
+    only where the model can run one step."""
+    calls = [("forward", lambda p: mod.forward(p, xs)),
+             ("loss_and_grad", lambda p: mod.loss_and_grad(p, xs, ys)),
+             ("train_step", lambda p: mod.train_step(p, opt, xs, ys)),
+             ("init_opt_state", lambda p: mod.init_opt_state(p))]
+    if all(la["directions"] == ["fwd"] for la in mod.MODEL["layers"]):
+        calls.append(("step", lambda p: mod.step(p, np.asarray(xs)[:, 0])))
+        if hasattr(mod, "prepare_step"):
+            calls.append(("prepare_step", lambda p: mod.prepare_step(p)))
+    return calls
+
+
+@pytest.mark.parametrize("case_id", ["stack+lengths+resets", "bidirectional_concat+embedding",
+                                     "custom_cell+linear_last", "bidirectional_sum+residual+last"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_params_that_are_not_init_params_are_one_clear_error(backend, case_id, tmp_dir):
+    """`params` is what init_params gives (docs: "Arrays"). A missing entry was a bare
+    KeyError from inside a cell, a wrong shape a NumPy or XLA broadcasting error (or, for a
+    linear head's head.W with a row too many, silently an output too wide), an unknown
+    entry was ignored, integer params ran in NumPy (float64 or int32 outputs) and failed
+    inside jax.nn.sigmoid in JAX, and params of two float dtypes gave NumPy outputs and a
+    final state of different dtypes. Each is one error naming the entry, at every entry
+    point, the same in both modules."""
+    if not backend_available(backend):
+        pytest.skip(f"backend {backend} is not available")
+    mod = module(backend, case_id, tmp_dir)
+    params = mod.init_params(0, "float64")
+    xs, ys = inputs_and_targets(mod, np.random.default_rng(0), 2, 3)
+    first = next(iter(mod.PARAM_SHAPES))
+    out, width = mod.PARAM_SHAPES["head.W"]
+
+    def changed(name, value):
+        return {**params, name: value}
+
+    bad = [
+        ({k: v for k, v in params.items() if k != first}, ValueError,
+         rf"params: no entry '{first}' \(init_params\(\) has every name"),
+        ({**params, "junk": np.zeros(3)}, ValueError, r"params: unknown entry 'junk'"),
+        (changed("head.W", np.zeros((out + 1, width))), ValueError,
+         rf"params\['head\.W'\]: expected shape \({out}, {width}\), got shape "
+         rf"\({out + 1}, {width}\)"),
+        (changed("head.b", np.zeros((out, 1))), ValueError, r"params\['head\.b'\]: expected shape"),
+        ({k: np.asarray(v).astype(np.int32) for k, v in params.items()}, ValueError,
+         rf"params\['{first}'\]: expected floats, got dtype int32"),
+        (changed("head.b", np.asarray(params["head.b"]).astype(np.float32)), ValueError,
+         r"params\['head\.b'\]: expected dtype float64 .*got dtype float32"),
+        (changed(first, np.asarray(params[first]).tolist()), TypeError,
+         rf"params\['{first}'\]: expected an array, got a list"),
+        (None, TypeError, r"params: expected a dict \{name: array\} like init_params\(\), got a "
+                          r"NoneType"),
+        (list(params.values()), TypeError, r"params: expected a dict .*got a list"),
+    ]
+    calls = _entry_points(mod, xs, ys, mod.init_opt_state(params))
+    for _, call in calls:  # the good params run everywhere
+        call(params)
+    for name, call in calls:
+        for p, error, message in bad:
+            with pytest.raises(error, match=message):
+                call(p)
+                pytest.fail(f"{name} took bad params ({message})")
+
+
+def _dropout_module(backend, tmp_dir):
+    key = (backend, "dropout")
+    if key not in _MODULES:
+        text = model(["lstm(hidden: 3, dropout: 0.5)"])
+        program = build(parse_spec(text, "dropout.rnn"), Sizes(5, 4))
+        _MODULES[key] = _load(get_backend(backend).emit(program), tmp_dir, f"{backend}_dropout")
+    return _MODULES[key]
+
+
+@pytest.mark.parametrize("dropout", [False, True])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rng_ys_and_opt_state_are_checked_alike(backend, dropout, tmp_dir):
+    """The JAX module took an int `rng` silently without dropout (and failed inside
+    jax.random with it) where the NumPy module refuses it; took class ids of a float or
+    boolean dtype where NumPy refuses them; `ys=None` and an `opt_state` that is not
+    init_opt_state's failed deep inside (IndexError, swapaxes, KeyError 'step') in both; the
+    NumPy module parsed string values of a linear head. Each is now one error naming the
+    argument, the same type in both modules (JAX refuses strings at its jit boundary)."""
+    if not backend_available(backend):
+        pytest.skip(f"backend {backend} is not available")
+    mod = (_dropout_module(backend, tmp_dir) if dropout
+           else module(backend, "stack+lengths+resets", tmp_dir))
+    assert bool(mod.MODEL["layers"][0]["dropout"]) == dropout
+    params = mod.init_params(0, "float64")
+    opt = mod.init_opt_state(params)
+    xs, ys = inputs_and_targets(mod, np.random.default_rng(0), 2, 3)
+    good_rng = (np.random.default_rng(0) if backend == "numpy" else jax.random.key(0))
+    loss, _, _ = mod.loss_and_grad(params, xs, ys, rng=good_rng)
+    assert np.isfinite(float(loss))
+    if backend == "jax":  # the raw uint32 key works as well
+        mod.train_step(params, opt, xs, ys, rng=jax.random.PRNGKey(0))
+    cases = [
+        (lambda: mod.loss_and_grad(params, xs, ys, rng=0), TypeError, r"rng: expected a "),
+        (lambda: mod.train_step(params, opt, xs, ys, rng=7), TypeError, r"rng: expected a "),
+        (lambda: mod.loss_and_grad(params, xs, ys.astype(np.float32)), ValueError,
+         r"ys: class ids must be integers, got dtype float32"),
+        (lambda: mod.train_step(params, opt, xs, ys.astype(bool)), ValueError,
+         r"ys: class ids must be integers, got dtype bool"),
+        (lambda: mod.loss_and_grad(params, xs, None), TypeError, r"ys: expected the targets"),
+        (lambda: mod.train_step(params, None, xs, ys), TypeError,
+         r"opt_state: expected the dict init_opt_state\(params\) gives, got a NoneType"),
+        (lambda: mod.train_step(params, {}, xs, ys), ValueError,
+         r"opt_state: no entry 'step' and \d+ more \(init_opt_state\(params\) has them all"),
+    ]
+    if backend == "jax":  # a batch of keys is not one key
+        keys = jax.random.split(jax.random.key(0), 2)
+        cases.append((lambda: mod.loss_and_grad(params, xs, ys, rng=keys), TypeError,
+                      r"rng: expected a JAX PRNG key \(jax\.random\.key\(seed\)\), got dtype "
+                      r"key<fry>, shape \(2,\)"))
+    slot = next(k for k in opt if k != "step")  # the default updater (adam) has slots
+    shape = mod.PARAM_SHAPES[slot.split("/", 1)[1]]
+    cases.append((lambda: mod.train_step(params, {**opt, slot: np.zeros(shape + (1,))}, xs, ys),
+                  ValueError, rf"opt_state\['{slot}'\]: expected shape"))
+    for call, error, message in cases:
+        with pytest.raises(error, match=message):
+            call()
+    if backend == "numpy":  # a linear head's values: strings were parsed ("0.5" read as 0.5)
+        lin = module(backend, "custom_cell+linear_last", tmp_dir)
+        p = lin.init_params(0)
+        lxs, lys = inputs_and_targets(lin, np.random.default_rng(0), 2, 3)
+        with pytest.raises(ValueError, match=r"ys: expected values \(numbers\), got dtype <U"):
+            lin.loss_and_grad(p, lxs, lys.astype(str))
+        lin.loss_and_grad(p, lxs, lys.astype(np.int64))  # integers are values
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_init_params_and_initial_state_refuse_what_is_no_float_model(backend, tmp_dir):
+    """init_params(seed, "int32") and initial_state(B, "int32") gave integer parameters
+    and state (and bool, complex64 too); initial_state(-1) was a ValueError in NumPy and
+    a TypeError in JAX, and a seed of -1 NumPy's bare "expected non-negative integer". One
+    error each now, the same type and words in both modules; a JAX state of lists one
+    TypeError (it was a TracerArrayConversionError), which the NumPy module takes."""
+    if not backend_available(backend):
+        pytest.skip(f"backend {backend} is not available")
+    mod = module(backend, "stack+lengths+resets", tmp_dir)
+    for dtype in ("int32", "bool", "complex64", np.int64):
+        for fn, args in ((mod.init_params, (0, dtype)), (mod.initial_state, (2, dtype))):
+            with pytest.raises(ValueError, match=rf"{fn.__name__}: dtype must be a float type "
+                                                 r"such as 'float32', got "):
+                fn(*args)
+    for dtype in ("foo", None):
+        with pytest.raises(TypeError, match=r"init_params: dtype must be a float type"):
+            mod.init_params(0, dtype)
+    with pytest.raises(ValueError, match=r"init_params: seed must be an int 0 or more, got -1"):
+        mod.init_params(-1)
+    with pytest.raises(TypeError, match=r"init_params: seed must be an int 0 or more, got 1\.5"):
+        mod.init_params(1.5)
+    with pytest.raises(ValueError, match=r"initial_state: batch must be 0 or more, got -1"):
+        mod.initial_state(-1)
+    for batch in (1.5, None, "2", True):
+        with pytest.raises(TypeError, match=r"initial_state: batch must be an int, got a "):
+            mod.initial_state(batch)
+    for dtype in ("float16", "float32", "float64"):  # every float type still works
+        assert all(v.dtype == dtype for v in mod.init_params(3, dtype).values())
+        assert all(v.shape == (0, *s) and v.dtype == dtype
+                   for v, s in zip(mod.initial_state(np.int64(0), dtype).values(),
+                                   mod.STATE_SHAPES.values(), strict=True))
+    params = mod.init_params(0)
+    xs, _ = inputs_and_targets(mod, np.random.default_rng(0), 2, 3)
+    state = {k: np.zeros((2, *s)).tolist() for k, s in mod.STATE_SHAPES.items()}
+    if backend == "jax":
+        with pytest.raises(TypeError, match=r"state\['layer1\.h'\]: expected an array, got a "
+                                             r"list"):
+            mod.forward(params, xs, state)
+    else:
+        np.testing.assert_allclose(mod.forward(params, xs, state)[0], mod.forward(params, xs)[0])
+
+
+def test_jax_mesh_and_optimizer_arguments_are_checked(tmp_dir):
+    """train_step(mesh=1) failed inside replicate ('int' object has no attribute 'size'),
+    make_mesh(1.5) said "must be in 1..N, got 1.5", shard_batch of a list failed inside
+    device_put, and optimizer="adam" inside the traced step: one TypeError each."""
+    if not backend_available("jax"):
+        pytest.skip("backend jax is not available")
+    mod = module("jax", "stack+lengths+resets", tmp_dir)
+    params = mod.init_params(0)
+    opt = mod.init_opt_state(params)
+    xs, ys = inputs_and_targets(mod, np.random.default_rng(0), 2, 3)
+    mesh = mod.make_mesh(1)
+    mod.train_step(params, opt, xs, ys, mesh=mesh)  # the good arguments run
+    cases = [
+        (lambda: mod.train_step(params, opt, xs, ys, mesh=1), r"mesh: expected make_mesh"),
+        (lambda: mod.make_mesh(1.5), r"make_mesh: n_devices must be an int or None, got a float"),
+        (lambda: mod.shard_batch(mesh, xs, ys.tolist()), r"shard_batch: expected arrays, got a"),
+        (lambda: mod.train_step(params, opt, xs, ys, optimizer="adam"),
+         r"optimizer: expected an optax GradientTransformation, got a str"),
+        (lambda: mod.init_opt_state(params, "adam"), r"optimizer: expected an optax"),
+    ]
+    for call, message in cases:
+        with pytest.raises(TypeError, match=message):
+            call()

@@ -28,7 +28,7 @@ from rnnc.ir.nodes import Cell, Instr, Layer, Model, Program, value_shape
 from rnnc.ir.ops import ACT_FORWARD, RUNTIME_HELPERS, render
 from rnnc.ir.passes.autodiff import CellGrad, autodiff, verify_grad
 
-from ..common import INPUT_CHECKS, ModuleEmitterBase, plain
+from ..common import INPUT_CHECKS, ModuleEmitterBase, plain, step_refusal
 from ..pyfmt import (
     WIDTH,
     Seq,
@@ -879,7 +879,7 @@ class ModuleEmitter(ModuleEmitterBase):
         if self.lazy_tokens:
             blocks.append(s["lazy_tokens"])
         blocks.append(s["entry"])
-        blocks.append(s["step_backward"] if self.backward else s["step"])
+        blocks.append("\n".join(step_refusal(self.model)) if self.backward else s["step"])
         blocks.append(s["mesh"])
         return "\n\n\n".join(b.strip("\n") for b in blocks) + "\n"
 

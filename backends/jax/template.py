@@ -65,6 +65,18 @@ def _check_inputs(xs, ys=None, state=None, lengths=None, resets=None, ids=False,
     raise NotImplementedError  # backends/common.py INPUT_CHECKS
 
 
+def _check_params(params):
+    raise NotImplementedError  # backends/common.py INPUT_CHECKS
+
+
+def _check_targets(ys):
+    raise NotImplementedError  # backends/common.py INPUT_CHECKS
+
+
+def _check_opt_state(opt_state):
+    raise NotImplementedError  # backends/common.py INPUT_CHECKS
+
+
 def _predict(params, h):
     raise NotImplementedError
 
@@ -145,7 +157,8 @@ def init_params(seed=0, dtype=DTYPE):
     Values are drawn on the host (so they equal the NumPy backend's for the same seed),
     then converted to `dtype` JAX arrays.
     """
-    rng = np.random.default_rng(seed)
+    rng = _seeded(seed)
+    dtype = _float_dtype(dtype, "init_params")
     params = {}
     for name, shape in PARAM_SHAPES.items():
         kind, args, fan_in, fan_out = PARAM_INITS[name]
@@ -156,7 +169,40 @@ def init_params(seed=0, dtype=DTYPE):
 
 def initial_state(batch, dtype=DTYPE):
     """The zero state {"<layer>.<state>": (batch, size)}."""
+    if isinstance(batch, bool) or not isinstance(batch, int | np.integer):
+        kind = type(batch).__name__
+        raise TypeError(f"initial_state: batch must be an int, got a {kind}")
+    if batch < 0:
+        raise ValueError(f"initial_state: batch must be 0 or more, got {batch}")
+    dtype = _float_dtype(dtype, "initial_state")
     return {name: jnp.zeros((batch,) + shape, dtype=dtype) for name, shape in STATE_SHAPES.items()}
+
+
+def _seeded(seed):
+    """np.random.default_rng(seed), or one error naming init_params' seed."""
+    try:
+        return np.random.default_rng(seed)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"init_params: seed must be an int 0 or more, got {seed!r}") from None
+
+
+def _floating(dtype):
+    """Whether `dtype` is a floating-point type (the params' and the state's)."""
+    return jnp.issubdtype(dtype, jnp.floating)
+
+
+def _float_dtype(dtype, fn):
+    """`dtype` as a dtype, or one error naming `fn`'s dtype argument: a TypeError for what
+    is no dtype, a ValueError for one that is not floating-point (int32, bool, complex64)."""
+    try:
+        kind = None if dtype is None else jnp.dtype(dtype)
+    except TypeError:
+        kind = None
+    if kind is None:
+        raise TypeError(f"{fn}: dtype must be a float type such as 'float32', got {dtype!r}")
+    if not _floating(kind):
+        raise ValueError(f"{fn}: dtype must be a float type such as 'float32', got {kind}")
+    return kind
 
 
 def _state_in(state, batch, dtype):
@@ -832,6 +878,7 @@ def forward(params, xs, state=None, lengths=None, resets=None):
     bools or None. Outputs are probabilities (softmax head) or values (linear head),
     (B, T, out) per step or (B, out) for a last-step head.
     """
+    _check_params(params)
     _check_inputs(xs, None, state, lengths, resets)
     dtype, B, T, state, valid, resets, _ = _prepare(params, xs, state, lengths, resets, None)
     enc = _encode_for_training(params, xs, dtype)
@@ -849,7 +896,10 @@ def loss_and_grad(
     wrt_inputs=True also "xs" (gradient w.r.t. the encoded inputs, (B, T, F)) and
     "state/<name>" for each initial-state entry.
     """
+    _check_params(params)
     _check_inputs(xs, ys, state, lengths, resets)
+    _check_targets(ys)
+    _check_rng(rng)
     dtype, B, T, state, valid, resets, drop = _prepare(params, xs, state, lengths, resets, rng)
 
     def objective(params, state, delta):
@@ -872,6 +922,21 @@ def loss_and_grad(
     return loss, grads, final
 
 
+def _check_rng(rng):
+    """A TypeError unless the dropout `rng` is None or a JAX PRNG key (while tracing: an
+    int seed arrives as an int32 array, which jax.random would refuse only with dropout)."""
+    if rng is None:
+        return
+    dtype = getattr(rng, "dtype", None)
+    if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        if rng.ndim == 0:  # one key (not a batch of them)
+            return
+    elif dtype == np.uint32 and rng.ndim == 1:  # a raw key, jax.random.PRNGKey(seed)
+        return
+    got = f"dtype {dtype}, shape {tuple(rng.shape)}" if dtype is not None else type(rng).__name__
+    raise TypeError(f"rng: expected a JAX PRNG key (jax.random.key(seed)), got {got}")
+
+
 def _is_bias(name):
     """Biases (symbol b or b_*) get no L1/L2 penalty."""
     symbol = name.rsplit(".", 1)[-1]
@@ -881,12 +946,23 @@ def _is_bias(name):
 def init_opt_state(params, optimizer=None):
     """Optimizer state for params: the spec's updater, or `optimizer.init(params)` for an
     optax GradientTransformation."""
+    _check_params(params)
     if optimizer is not None:
+        _check_optimizer(optimizer)
         return optimizer.init(params)
     return _runtime_init_opt_state(params, UPDATER)
 
 
+def _check_optimizer(optimizer):
+    """A TypeError unless `optimizer` looks like an optax GradientTransformation."""
+    if not all(callable(getattr(optimizer, fn, None)) for fn in ("init", "update")):
+        kind = type(optimizer).__name__
+        raise TypeError(f"optimizer: expected an optax GradientTransformation, got a {kind}")
+
+
 def _train_step(params, opt_state, xs, ys, state, lengths, resets, rng, optimizer):
+    if optimizer is None:  # (while tracing, as the checks of loss_and_grad)
+        _check_opt_state(opt_state)
     loss, grads, final = loss_and_grad(params, xs, ys, state, lengths, resets, rng)
     if L1 or L2:
         grads = regularize(grads, params, L1, L2, exclude=_is_bias)
@@ -952,7 +1028,13 @@ def train_step(
     With a `mesh` (see make_mesh) the batch is split over its "data" axis and parameters
     and optimizer state are replicated: data-parallel training, XLA sums the gradients.
     """
+    if not hasattr(params, "values"):  # (the rest of params is checked while tracing)
+        _check_params(params)
+    if optimizer is not None:
+        _check_optimizer(optimizer)
     if mesh is not None:
+        if not isinstance(mesh, Mesh) or "data" not in mesh.shape:
+            raise TypeError(f"mesh: expected make_mesh()'s Mesh, got {mesh!r}")
         params, opt_state, rng = replicate(mesh, (params, opt_state, rng))
         xs, ys, lengths, resets = shard_batch(mesh, xs, ys, lengths, resets)
         if state is not None:
@@ -1010,8 +1092,9 @@ def step(params, x_t, state=None):
     x_t: (B,) token ids or (B, F) features. y_t: probabilities (softmax head) or values.
     `params` may be what prepare_step(params) gave (faster, the same results).
     """
-    _check_inputs(x_t, state=state, step=True)
     prepared = isinstance(params, StepParams)
+    _check_params(params.params if prepared else params)
+    _check_inputs(x_t, state=state, step=True)
     if prepared:
         params = params.view()
     dtype = params["head.W"].dtype
@@ -1028,6 +1111,7 @@ def prepare_step(params):
     like (sampling: once per parameter set, then one step per character). The results
     are step(params, ...)'s; it holds the parameters and about as much again (the
     invariants and the transposed matrices)."""
+    _check_params(params)
     inv, laid = {}, {}
     for layer, cell in CELLS.items():
         prefix = layer + "."
@@ -1040,14 +1124,6 @@ def prepare_step(params):
     return StepParams(dict(params), inv, laid)
 
 
-# --- section: step_backward ---
-def step(params, x_t, state=None):
-    """Not available: a layer that runs backward in time needs the whole sequence."""
-    raise NotImplementedError(
-        "step() needs a model whose layers all run forward in time; use forward()"
-    )
-
-
 # --- section: mesh ---
 def make_mesh(n_devices=None):
     """A 1-D mesh with axis "data" over the first `n_devices` devices (default: all).
@@ -1057,6 +1133,9 @@ def make_mesh(n_devices=None):
     """
     devices = jax.devices()
     if n_devices is not None:
+        if isinstance(n_devices, bool) or not isinstance(n_devices, int | np.integer):
+            kind = type(n_devices).__name__
+            raise TypeError(f"make_mesh: n_devices must be an int or None, got a {kind}")
         if not 1 <= n_devices <= len(devices):
             raise ValueError(
                 f"make_mesh: n_devices must be in 1..{len(devices)} (the devices JAX "
@@ -1079,6 +1158,9 @@ def shard_batch(mesh, *arrays):
     The batch must be divisible by the number of devices in the mesh.
     """
     n = int(mesh.shape["data"])
+    for a in arrays:
+        if isinstance(a, list | tuple):  # (device_put would take it for a tree of scalars)
+            raise TypeError(f"shard_batch: expected arrays, got a {type(a).__name__}")
     if jax.process_count() == 1:
         for a in arrays:
             if a is not None and (np.ndim(a) == 0 or np.shape(a)[0] % n):

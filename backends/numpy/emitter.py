@@ -26,7 +26,7 @@ import rnnc
 from rnnc.ir.nodes import Cell, Layer, Program
 from rnnc.ir.passes.autodiff import autodiff, verify_grad
 
-from ..common import INPUT_CHECKS, ModuleEmitterBase
+from ..common import INPUT_CHECKS, ModuleEmitterBase, step_refusal
 from ..pyfmt import WIDTH, call, comment, docstring, literal, py_str, wrap
 from .cellgen import I1, I2, I3, CellCode
 
@@ -105,9 +105,6 @@ class NumpyEmitter(ModuleEmitterBase):
         self.dirs = [_Dir(layer, d, self._code(layer.cell)) for layer in self.model.layers
                      for d in layer.directions]
         self.has_bwd = any(d.reverse for d in self.dirs)
-        self.bidirectional = [la.name for la in self.model.layers if la.bidirectional]
-        # layers that read the sequence from its end: step() cannot run them
-        self.backward = [la.name for la in self.model.layers if la.directions == ("bwd",)]
 
     def _code(self, cell: Cell) -> CellCode | None:
         for c, code in self.cells:
@@ -348,6 +345,7 @@ class NumpyEmitter(ModuleEmitterBase):
             f"Run the model: ({what} {shape}, final state); no dropout.\n\n"
             "xs: (B, T) token ids or (B, T, F) features; lengths: (B,) ints or None; resets:\n"
             "(B, T) bools or None (true: the row's state is zeroed before step t).", I1)
+        out.append(f"{I1}_check_params(params)")
         out.append(f'{I1}dtype = params["head.W"].dtype')
         out.append(f"{I1}xs = np.asarray(xs)")
         out.append(f"{I1}_check_inputs(xs, None, state, lengths, resets, ids=True)")
@@ -366,24 +364,14 @@ class NumpyEmitter(ModuleEmitterBase):
         return out
 
     def step_fn(self) -> list[str]:
+        refusal = step_refusal(self.model)
+        if refusal is not None:
+            return refusal
         out = ["def step(params, x_t, state=None):"]
-        refusal = (
-            (self.bidirectional, "a bidirectional layer", "is bidirectional")
-            if self.bidirectional
-            else (self.backward, "a layer that runs backward in time", "runs backward in time")
-        )
-        if refusal[0]:
-            layers, what, why = refusal
-            out += docstring(f"Not available: {what} needs the whole sequence (use forward).", I1)
-            out.append(f"{I1}raise NotImplementedError(")
-            msg = f"step() runs one time step, but layer {layers[0]}"
-            out.append(f"{I2}{py_str(msg)}")
-            out.append(f'{I2}" {why} and needs the whole sequence: use forward()"')
-            out.append(f"{I1})")
-            return out
         out += docstring("One time step for streaming inference: (y_t, next state); no "
                          "dropout.\n\nx_t: (B,) token ids or (B, F) features. y_t: "
                          "probabilities (softmax head) or values.", I1)
+        out.append(f"{I1}_check_params(params)")
         out.append(f"{I1}_check_inputs(x_t, state=state, ids=True, step=True)")
         out.append(f'{I1}dtype = params["head.W"].dtype')
         out.append(f"{I1}x = _encode(params, np.asarray(x_t)[:, None], dtype)")
@@ -414,9 +402,11 @@ class NumpyEmitter(ModuleEmitterBase):
             "With `rng` (a numpy Generator) dropout is on. grads has the keys of params; with\n"
             "wrt_inputs=True also \"xs\" (the gradient w.r.t. the encoded inputs, (B, T, F)) "
             "and\n\"state/<name>\" for each initial-state entry." + window, I1)
+        out.append(f"{I1}_check_params(params)")
         out.append(f'{I1}dtype = params["head.W"].dtype')
         out.append(f"{I1}xs = np.asarray(xs)")
         out.append(f"{I1}_check_inputs(xs, ys, state, lengths, resets, ids=True)")
+        out.append(f"{I1}_check_targets(ys)")
         out.append(f"{I1}if rng is not None and not isinstance(rng, np.random.Generator):")
         out.append(f"{I2}raise TypeError(")
         out.append(f'{I2}    "rng: expected a numpy Generator (np.random.default_rng(seed)), "')
@@ -538,6 +528,7 @@ class NumpyEmitter(ModuleEmitterBase):
         out = ["_runtime_init_opt_state = init_opt_state", "", ""]
         out.append("def init_opt_state(params):  # noqa: F811")
         out += docstring("Zero optimizer state for the spec's updater (UPDATER).", I1)
+        out.append(f"{I1}_check_params(params)")
         out.append(f"{I1}return _runtime_init_opt_state(params, UPDATER)")
         out += ["", ""]
         out.append("def train_step(params, opt_state, xs, ys, state=None, lengths=None, "
@@ -548,6 +539,7 @@ class NumpyEmitter(ModuleEmitterBase):
             "then\nclipping (by value, then by global norm), then the updater with its "
             "learning-rate\nschedule. metrics = {\"loss\", \"grad_norm\" (before clipping), "
             "\"lr\"}.", I1)
+        out.append(f"{I1}_check_opt_state(opt_state)")
         out.append(f"{I1}loss, grads, final = loss_and_grad(params, xs, ys, state, lengths, "
                    "resets, rng)")
         out.append(f'{I1}lr = learning_rate(opt_state["step"], UPDATER, SCHEDULE)')

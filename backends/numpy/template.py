@@ -47,7 +47,8 @@ def _init_array(rng, kind, args, shape, fan_in, fan_out):
 
 def init_params(seed=0, dtype=DTYPE):
     """Fresh parameters {name: array}, drawn in PARAM_SHAPES order from one NumPy generator."""
-    rng = np.random.default_rng(seed)
+    rng = _seeded(seed)
+    dtype = _float_dtype(dtype, "init_params")
     params = {}
     for name, shape in PARAM_SHAPES.items():
         kind, args, fan_in, fan_out = PARAM_INITS[name]
@@ -58,7 +59,40 @@ def init_params(seed=0, dtype=DTYPE):
 
 def initial_state(batch, dtype=DTYPE):
     """The zero state {"<layer>.<state>": (batch, size)}."""
+    if isinstance(batch, bool) or not isinstance(batch, int | np.integer):
+        kind = type(batch).__name__
+        raise TypeError(f"initial_state: batch must be an int, got a {kind}")
+    if batch < 0:
+        raise ValueError(f"initial_state: batch must be 0 or more, got {batch}")
+    dtype = _float_dtype(dtype, "initial_state")
     return {name: np.zeros((batch,) + shape, dtype=dtype) for name, shape in STATE_SHAPES.items()}
+
+
+def _seeded(seed):
+    """np.random.default_rng(seed), or one error naming init_params' seed."""
+    try:
+        return np.random.default_rng(seed)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"init_params: seed must be an int 0 or more, got {seed!r}") from None
+
+
+def _floating(dtype):
+    """Whether `dtype` is a floating-point type (the params' and the state's)."""
+    return np.issubdtype(dtype, np.floating)
+
+
+def _float_dtype(dtype, fn):
+    """`dtype` as a dtype, or one error naming `fn`'s dtype argument: a TypeError for what
+    is no dtype, a ValueError for one that is not floating-point (int32, bool, complex64)."""
+    try:
+        kind = None if dtype is None else np.dtype(dtype)
+    except TypeError:
+        kind = None
+    if kind is None:
+        raise TypeError(f"{fn}: dtype must be a float type such as 'float32', got {dtype!r}")
+    if not _floating(kind):
+        raise ValueError(f"{fn}: dtype must be a float type such as 'float32', got {kind}")
+    return kind
 
 
 def _state_in(state, batch, dtype):

@@ -152,7 +152,8 @@ def _init_array(rng, kind, args, shape, fan_in, fan_out):
 
 def init_params(seed=0, dtype=DTYPE):
     """Fresh parameters {name: array}, drawn in PARAM_SHAPES order from one NumPy generator."""
-    rng = np.random.default_rng(seed)
+    rng = _seeded(seed)
+    dtype = _float_dtype(dtype, "init_params")
     params = {}
     for name, shape in PARAM_SHAPES.items():
         kind, args, fan_in, fan_out = PARAM_INITS[name]
@@ -163,7 +164,40 @@ def init_params(seed=0, dtype=DTYPE):
 
 def initial_state(batch, dtype=DTYPE):
     """The zero state {"<layer>.<state>": (batch, size)}."""
+    if isinstance(batch, bool) or not isinstance(batch, int | np.integer):
+        kind = type(batch).__name__
+        raise TypeError(f"initial_state: batch must be an int, got a {kind}")
+    if batch < 0:
+        raise ValueError(f"initial_state: batch must be 0 or more, got {batch}")
+    dtype = _float_dtype(dtype, "initial_state")
     return {name: np.zeros((batch,) + shape, dtype=dtype) for name, shape in STATE_SHAPES.items()}
+
+
+def _seeded(seed):
+    """np.random.default_rng(seed), or one error naming init_params' seed."""
+    try:
+        return np.random.default_rng(seed)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"init_params: seed must be an int 0 or more, got {seed!r}") from None
+
+
+def _floating(dtype):
+    """Whether `dtype` is a floating-point type (the params' and the state's)."""
+    return np.issubdtype(dtype, np.floating)
+
+
+def _float_dtype(dtype, fn):
+    """`dtype` as a dtype, or one error naming `fn`'s dtype argument: a TypeError for what
+    is no dtype, a ValueError for one that is not floating-point (int32, bool, complex64)."""
+    try:
+        kind = None if dtype is None else np.dtype(dtype)
+    except TypeError:
+        kind = None
+    if kind is None:
+        raise TypeError(f"{fn}: dtype must be a float type such as 'float32', got {dtype!r}")
+    if not _floating(kind):
+        raise ValueError(f"{fn}: dtype must be a float type such as 'float32', got {kind}")
+    return kind
 
 
 def _state_in(state, batch, dtype):
@@ -337,6 +371,9 @@ def _check_inputs(xs, ys=None, state=None, lengths=None, resets=None, ids=False,
         for name, size in STATE_SHAPES.items():
             if name not in state:
                 raise ValueError(f"state: no entry {name!r} (initial_state(B) has them all)")
+            if not ids and isinstance(state[name], list | tuple):  # as xs under jax.jit
+                kind = type(state[name]).__name__
+                raise TypeError(f"state[{name!r}]: expected an array, got a {kind}")
             if tuple(np.shape(state[name])) != (B, *size):
                 raise ValueError(
                     f"state[{name!r}]: expected shape {(B, *size)}, "
@@ -354,6 +391,83 @@ def _ids_dtype_ok(kind, dtype):
 
 def _dims(dims):
     return "(" + ", ".join(str(d) for d in dims) + ("," if len(dims) == 1 else "") + ")"
+
+
+def _check_params(params):
+    """A TypeError or ValueError unless `params` is what init_params() gives: a dict of
+    every PARAM_SHAPES name and no other, each an array of its shape, all of one float
+    dtype (the computation's). Shapes and dtypes only: under jax.jit it runs while tracing.
+    """
+    if not hasattr(params, "keys"):
+        kind = type(params).__name__
+        raise TypeError(f"params: expected a dict {{name: array}} like init_params(), got a {kind}")
+    missing = [name for name in PARAM_SHAPES if name not in params]
+    extra = [name for name in params if name not in PARAM_SHAPES]
+    if missing or extra:
+        parts = [
+            f"{what} {', '.join(map(repr, names))}"
+            for what, names in (("no entry", missing), ("unknown entry", extra))
+            if names
+        ]
+        hint = "init_params() has every name in PARAM_SHAPES, and no other"
+        raise ValueError(f"params: {'; '.join(parts)} ({hint})")
+    first = None
+    for name, want in PARAM_SHAPES.items():
+        value = params[name]
+        if not hasattr(value, "shape") or not hasattr(value, "dtype"):
+            raise TypeError(f"params[{name!r}]: expected an array, got a {type(value).__name__}")
+        if tuple(value.shape) != tuple(want):
+            raise ValueError(
+                f"params[{name!r}]: expected shape {tuple(want)}, got shape {tuple(value.shape)}"
+            )
+        if not _floating(value.dtype):
+            raise ValueError(f"params[{name!r}]: expected floats, got dtype {value.dtype}")
+        if first is None:
+            first = name
+        elif value.dtype != params[first].dtype:
+            raise ValueError(
+                f"params[{name!r}]: expected dtype {params[first].dtype} (that of "
+                f"params[{first!r}]: one computation dtype), got dtype {value.dtype}"
+            )
+
+
+def _check_targets(ys):
+    """loss_and_grad's `ys` (after _check_inputs): a TypeError for none, a ValueError for
+    class ids that are not integers or values that are not numbers (the dtype, which a
+    traced array shows too)."""
+    if ys is None:
+        raise TypeError("ys: expected the targets (docs: Arrays), got None")
+    kind = ys.dtype if hasattr(ys, "dtype") else np.asarray(ys).dtype
+    if MODEL["head"]["kind"] == "softmax" and not np.issubdtype(kind, np.integer):
+        raise ValueError(f"ys: class ids must be integers, got dtype {kind}")
+    if kind.kind not in "biuf" and not _floating(kind):  # strings ("0.5" read as 0.5), objects
+        raise ValueError(f"ys: expected values (numbers), got dtype {kind}")
+
+
+def _check_opt_state(opt_state):
+    """A TypeError or ValueError unless `opt_state` has init_opt_state(params)'s entries for
+    the spec's updater ("step", and one array per parameter and slot, of its shape)."""
+    if not hasattr(opt_state, "keys"):
+        kind = type(opt_state).__name__
+        raise TypeError(f"opt_state: expected the dict init_opt_state(params) gives, got a {kind}")
+    slots = {
+        f"{slot}/{name}": shape
+        for slot in _OPT_SLOTS[UPDATER["name"]]
+        for name, shape in PARAM_SHAPES.items()
+    }
+    missing = [name for name in ("step", *slots) if name not in opt_state]
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise ValueError(
+            f"opt_state: no entry {missing[0]!r}{more} (init_opt_state(params) has them all, "
+            f"for the updater {UPDATER['name']!r})"
+        )
+    for name, want in slots.items():
+        value = opt_state[name]
+        got = getattr(value, "shape", None)
+        if got is None or tuple(got) != tuple(want):
+            got = f"shape {tuple(got)}" if got is not None else f"a {type(value).__name__}"
+            raise ValueError(f"opt_state[{name!r}]: expected shape {tuple(want)}, got {got}")
 
 
 def _check_ids(arg, what, ids, n, unscored=False):
@@ -812,6 +926,7 @@ def forward(params, xs, state=None, lengths=None, resets=None):
     xs: (B, T) token ids or (B, T, F) features; lengths: (B,) ints or None; resets:
     (B, T) bools or None (true: the row's state is zeroed before step t).
     """
+    _check_params(params)
     dtype = params["head.W"].dtype
     xs = np.asarray(xs)
     _check_inputs(xs, None, state, lengths, resets, ids=True)
@@ -829,6 +944,7 @@ def step(params, x_t, state=None):
 
     x_t: (B,) token ids or (B, F) features. y_t: probabilities (softmax head) or values.
     """
+    _check_params(params)
     _check_inputs(x_t, state=state, ids=True, step=True)
     dtype = params["head.W"].dtype
     x = _encode(params, np.asarray(x_t)[:, None], dtype)
@@ -850,9 +966,11 @@ def loss_and_grad(
     wrt_inputs=True also "xs" (the gradient w.r.t. the encoded inputs, (B, T, F)) and
     "state/<name>" for each initial-state entry.
     """
+    _check_params(params)
     dtype = params["head.W"].dtype
     xs = np.asarray(xs)
     _check_inputs(xs, ys, state, lengths, resets, ids=True)
+    _check_targets(ys)
     if rng is not None and not isinstance(rng, np.random.Generator):
         raise TypeError(
             "rng: expected a numpy Generator (np.random.default_rng(seed)), "
@@ -1145,6 +1263,7 @@ _runtime_init_opt_state = init_opt_state
 
 def init_opt_state(params):  # noqa: F811
     """Zero optimizer state for the spec's updater (UPDATER)."""
+    _check_params(params)
     return _runtime_init_opt_state(params, UPDATER)
 
 
@@ -1155,6 +1274,7 @@ def train_step(params, opt_state, xs, ys, state=None, lengths=None, resets=None,
     clipping (by value, then by global norm), then the updater with its learning-rate
     schedule. metrics = {"loss", "grad_norm" (before clipping), "lr"}.
     """
+    _check_opt_state(opt_state)
     loss, grads, final = loss_and_grad(params, xs, ys, state, lengths, resets, rng)
     lr = learning_rate(opt_state["step"], UPDATER, SCHEDULE)
     grads, grad_norm = clip_gradients(grads, CLIP)
