@@ -228,6 +228,54 @@ def test_fmt_prints_a_double_negation_with_parentheses():
     assert parse_spec(to_text(spec), "x.rnn") == spec
 
 
+@pytest.mark.parametrize(("written", "tree", "printed"), [
+    # Python's precedence: * / @ equally tight, grouped from the left; unary minus tighter
+    ("h * U @ h", ("@", ("*", "h", "U"), "h"), "h * U @ h"),
+    ("(h * U) @ h", ("@", ("*", "h", "U"), "h"), "h * U @ h"),
+    ("h * (U @ h)", ("*", "h", ("@", "U", "h")), "h * (U @ h)"),
+    ("W @ x * h", ("*", ("@", "W", "x"), "h"), "W @ x * h"),
+    ("W @ x / 2 - h", ("-", ("/", ("@", "W", "x"), 2.0), "h"), "W @ x / 2 - h"),
+    ("-W @ x", ("@", ("neg", "W"), "x"), "-W @ x"),
+    ("-(W @ x)", ("neg", ("@", "W", "x")), "-(W @ x)"),
+    ("a - b - c", ("-", ("-", "a", "b"), "c"), "a - b - c"),
+    ("a - (b - c)", ("-", "a", ("-", "b", "c")), "a - (b - c)"),
+])
+def test_operator_precedence_in_parse_and_fmt(written, tree, printed):
+    from rnnc.spec import ast as A
+    from rnnc.spec.printer import expr_str
+    from rnnc.spec.text import parse_expr
+
+    def shape(e):
+        if isinstance(e, A.BinOp):
+            return (e.op, shape(e.left), shape(e.right))
+        if isinstance(e, A.Neg):
+            return ("neg", shape(e.operand))
+        return e.name if isinstance(e, A.Ref) else e.value
+
+    e = parse_expr(written)
+    assert shape(e) == tree
+    assert expr_str(e) == printed
+    assert parse_expr(printed) == e
+
+
+@pytest.mark.parametrize(("expr", "meant"), [("h * U @ h", "h * (U @ h)"),
+                                             ("h / U @ h", "h / (U @ h)"),
+                                             ("-U @ h", "-(U @ h)")])
+def test_a_product_or_negation_left_of_matmul_asks_for_parentheses(expr, meant):
+    """`h * U @ h` is `(h * U) @ h` (as in Python); the error said only that 'h * U' is no
+    parameter matrix. It now says how the expression groups and what to write."""
+    text = (f"cell c(x) {{\n  state h\n  h' = tanh(W @ x + {expr})\n}}\nmodel m {{\n"
+            "  input onehot(vocab: 5)\n  layer c(hidden: 4)\n"
+            "  head softmax(at: per_step, classes: 5)\n}\n")
+    with pytest.raises(RnncError) as info:
+        build(parse_spec(text, "p.rnn"))
+    assert info.value.span.line == 3
+    assert "bind" in info.value.message and "as in Python" in info.value.message
+    assert info.value.hint == f"add parentheses: {meant}"
+    fixed = text.replace(expr, meant)
+    assert build(parse_spec(fixed, "p.rnn")).model.param_count > 0
+
+
 def test_fmt_yaml_writes_one_equation_a_line():
     """Equations were a flow mapping folded over several lines at column 100."""
     spec = load_spec(ROOT / "specs" / "greff" / "fgr.rnn")

@@ -568,6 +568,19 @@ class _CellLowerer:
                     f"'{a.text}' is dropped as a bias (the layer has `bias: false`), so it "
                     f"cannot be the matrix of '{text}'", e.span,
                     "name matrices other than b or b_*")
+            left = e.left
+            if isinstance(left, A.BinOp) and left.op in ("*", "/") or isinstance(left, A.Neg):
+                # `h * U @ h` is `(h * U) @ h`, as in Python: almost surely h * (U @ h)
+                meant = (A.Neg(A.BinOp("@", left.operand, e.right, e.span), left.span)
+                         if isinstance(left, A.Neg) else
+                         A.BinOp(left.op, left.left, A.BinOp("@", left.right, e.right, e.span),
+                                 left.span))
+                why = ("a unary minus binds tighter than '@'" if isinstance(left, A.Neg) else
+                       f"'{left.op}' and '@' bind equally tight and group from the left")
+                raise self.shape_err(
+                    f"'{text}' reads as '({a.text}) @ {expr_str(e.right, 7)}' ({why}, as in "
+                    "Python), and the left side of '@' must be a parameter matrix", e.span,
+                    f"add parentheses: {expr_str(meant)}")
             raise self.shape_err(f"the left side of '@' must be a parameter matrix, not "
                                  f"'{a.text}'", e.span,
                                  "write W @ v with W a parameter (a name that is no state, "
