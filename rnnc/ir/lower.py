@@ -483,13 +483,17 @@ class _CellLowerer:
             a = self.settle(a, "vec", e.span)
         if b.const is None:
             b = self.settle(b, "vec", e.span)
-        # a reduction (width 1) with anything else of width 1 stays one; with a full-width
-        # value it is broadcast to that value's width by an explicit expand
-        reduced = all(v.reduced for v in (a, b) if v.const is None)
-        full = b if a.reduced else a
-        if a.const is None and b.const is None and a.reduced != b.reduced and \
+        # a value of width 1 (a reduction, or a value whose width is known to be 1 here: a
+        # state or parameter of size 1, a slice v[i:i+1], an input of one feature) with
+        # anything else of width 1 stays one; with a value of another width, or of a width
+        # not known yet, it is broadcast to that value's width by an explicit expand (one
+        # that turns out to expand to width 1 is dropped in finish)
+        a_one, b_one = self._one(a), self._one(b)
+        reduced = all(self._one(v) for v in (a, b) if v.const is None)
+        full = b if a_one else a
+        if a.const is None and b.const is None and a_one != b_one and \
                 self.dims.size(full.dims[0]) != 1:
-            if a.reduced:
+            if a_one:
                 a = self.expand(a, b, e.span)
             else:
                 b = self.expand(b, a, e.span)
@@ -506,10 +510,16 @@ class _CellLowerer:
         op = {"+": "add", "-": "sub", "*": "mul", "/": "div"}[e.op]
         return self.emit(op, names, out, e.span)
 
+    def _one(self, v: _Val) -> bool:
+        """Whether ``v`` is a value of width 1 (broadcast in element-wise ops)."""
+        return v.const is None and (v.reduced or self.dims.size(v.dims[0]) == 1)
+
     def expand(self, r: _Val, full: _Val, span: Span | None) -> _Val:
         """The width-1 value ``r`` broadcast to the width of ``full`` (its ``n`` is set in
         :meth:`finish` when that width is not known yet)."""
         out = _Val(dims=full.dims, batched=r.batched, text=r.text)
+        if not r.reduced:
+            self._unbound_one.append(full.dims[0])
         return self.emit("expand", (r.name,), out, span, n=self.dims.size(full.dims[0]))
 
     def reduction(self, fn: str, e: A.Call) -> _Val:
@@ -646,6 +656,7 @@ class _CellLowerer:
     def run(self) -> Cell:
         self._pending_dims = []
         self._widths = {}
+        self._unbound_one: list[int] = []
         self.aliases = {}
         defined: set[str] = set()
         state_names = [s.name for s in self.states]
@@ -753,13 +764,24 @@ class _CellLowerer:
         return None
 
     def finish(self, output: str, next_state: dict[str, str]) -> Cell:
+        # a value of width 1 (not a reduction) met one whose width nothing bound: the two
+        # are one width, as if they had been unified where they met
+        for d in self._unbound_one:
+            if self.dims.size(d) is None:
+                self.dims.unify(d, self.dims.new(1))
         # resolve every dimension now that all equations have been seen
         sizes = {n: self.dims.size(d) for n, d in self._pending_dims}
         sizes.update({i.name: None for i in self.instrs if i.op == "const"})
         params = []
-        live = _live(self.instrs, set(next_state.values()) | {output})
+        # an expand to width 1 (its value met another of width 1 not known when it was
+        # lowered) is no broadcast: its users read the width-1 value itself
+        same = {i.name: i.args[0] for i in self.instrs if i.op == "expand"
+                and sizes[i.name] == 1}
+        body = [replace(i, args=tuple(same.get(a, a) for a in i.args))
+                for i in self.instrs if i.name not in same]
+        live = _live(body, set(next_state.values()) | {output})
         instrs = [replace(i, shape=(sizes[i.name],) if i.op != "const" else ())
-                  for i in self.instrs if i.name in live]
+                  for i in body if i.name in live]
         used = {a for i in instrs for a in i.args}
         for name, info in self.params.items():
             if name not in used:
