@@ -640,6 +640,43 @@ def test_random_valid_specs_round_trip(text):
     assert program.model.param_count == sum(p.size for p in program.model.params)
 
 
+_floats = st.floats(allow_nan=False, allow_infinity=False, allow_subnormal=True)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_floats, st.floats(0, None, allow_infinity=False, allow_subnormal=True), _floats)
+def test_fmt_prints_numbers_as_written_and_they_read_back(option, constant, lr):
+    """fmt printed 1e-5 as 1e-05 (and 2.5e20 as 2.5e+20, in YAML 1.0e-05): numbers are now
+    written in Python's shortest form with a plain exponent, and every float (options,
+    equation constants, train values) reads back as the same number in both syntaxes."""
+    from rnnc.spec.printer import float_str
+
+    text = (f"cell c(x) {{\n  option k = {option!r}\n  state h\n"
+            f"  h' = tanh(W @ x + {constant!r} * h)\n}}\n"
+            f"model m {{\n  input onehot(vocab: 5)\n  layer c(hidden: 4, k: {lr!r})\n"
+            f"  head softmax per_step\n}}\ntrain {{\n  updater adam(lr: {lr!r})\n  l2 {lr!r}\n}}\n")
+    spec = parse_spec(text, "n.rnn")
+    printed, yaml_text = to_text(spec), to_yaml(spec)
+    assert parse_spec(printed, "n.rnn") == spec
+    assert parse_spec(yaml_text, "n.yaml") == spec
+    for v in (option, constant, lr):
+        shown = float_str(v)
+        assert float(shown) == v and "e+" not in shown and "e-0" not in shown
+        assert "." in shown or "e" in shown  # still a float (5.0 is no int)
+    for out in (printed, yaml_text):
+        assert "e+" not in out and "e-0" not in out
+        assert float_str(lr) in out
+
+
+def test_fmt_prints_exponents_without_padding():
+    spec = parse_spec("model m {\n  input onehot(vocab: 5)\n  layer elman(hidden: 4)\n"
+                      "  head softmax per_step\n}\ntrain {\n  updater adam(lr: 1e-5, eps: 1e-08)"
+                      "\n  l2 2.5e+20\n  l1 1e15\n}\n", "n.rnn")
+    assert "adam(lr: 1e-5, eps: 1e-8)" in to_text(spec)
+    assert "l2 2.5e20" in to_text(spec) and "l1 1e15" in to_text(spec)
+    assert "{lr: 1e-5, eps: 1e-8}" in to_yaml(spec) and "l2: 2.5e20" in to_yaml(spec)
+
+
 _tokens = st.sampled_from([
     "cell", "model", "train", "{", "}", "(", ")", "[", "]", "=", "'", "h", "x", "W", "@", "+",
     "*", "-", "tanh", "sigmoid", "\n", "state", "layer", "lstm", "hidden:", "8", ",", ":",

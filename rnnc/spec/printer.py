@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from decimal import Decimal
 from typing import Any
 
 import yaml
@@ -20,10 +21,24 @@ _PREC = {"or": 1, "and": 2, "==": 4, "!=": 4, "<": 4, "<=": 4, ">": 4, ">=": 4,
          "+": 5, "-": 5, "*": 6, "/": 6, "@": 6}
 
 
+def float_str(v: float) -> str:
+    """A float as people write it: Python's shortest form that reads back as the same
+    number, without its exponent's sign and zero padding (``1e-5``, ``2.5e20``, not
+    ``1e-05``, ``2.5e+20``); the text language and rnnc's YAML reader take both."""
+    text = repr(float(v))
+    if "e" not in text and abs(v) >= 1e15:  # 1000000000000000.0: Python's switch is 1e16
+        short = str(Decimal(text).normalize()).lower()
+        text = short if "e" in short else text
+    if "e" in text:
+        mantissa, exponent = text.split("e")
+        text = f"{mantissa}e{int(exponent)}"
+    return text
+
+
 def _num(v: float) -> str:
     if v == int(v) and abs(v) < 1e15:
         return str(int(v))
-    return repr(float(v))
+    return float_str(v)
 
 
 def expr_str(e: A.Expr, parent: int = 0) -> str:
@@ -78,7 +93,7 @@ def value_str(v: Any) -> str:
         if x is None:  # YAML's null (an empty value)
             return "none"
         if isinstance(x, int | float):
-            return repr(x) if isinstance(x, float) else str(x)
+            return float_str(x) if isinstance(x, float) else str(x)
         if _BARE.match(x) and x not in _KEYWORDS - {"true", "false"} and x not in (
                 "true", "false"):
             return x
@@ -339,7 +354,18 @@ def _block_rep(dumper: yaml.SafeDumper, d: dict):
     return dumper.represent_mapping("tag:yaml.org,2002:map", d, flow_style=False)
 
 
+def _float_rep(dumper: yaml.SafeDumper, v: float):
+    # `1e-5` as written: PyYAML would write 1.0e-05. YAML 1.1 reads 1e-5 as a string,
+    # which rnnc's reader takes as the number (a plain scalar that is a decimal number)
+    text = float_str(v)
+    tag = "tag:yaml.org,2002:float"
+    if dumper.resolve(yaml.ScalarNode, text, (True, False)) != tag:
+        tag = "tag:yaml.org,2002:str"
+    return dumper.represent_scalar(tag, text)
+
+
 _Dumper.add_representer(str, _str_rep)
+_Dumper.add_representer(float, _float_rep)
 _Dumper.add_representer(_Block, _block_rep)
 
 
