@@ -349,6 +349,33 @@ def test_fmt_keeps_the_comments_of_a_text_spec(tmp_path):
         assert to_text(load_spec(path)).count("#") == src.count("#"), path
 
 
+def test_fmt_warns_when_it_drops_comments(tmp_path):
+    """`fmt --to yaml` of a commented .rnn file (and any fmt of a commented YAML file)
+    dropped the comments without a word: one line on stderr now says how many."""
+    rnn = tmp_path / "c.rnn"
+    rnn.write_text(COMMENTED)
+    yml = tmp_path / "c.yaml"
+    yml.write_text("# top\nmodel:\n  name: m  # the name\n  input: {onehot: {vocab: 5}}\n"
+                   "  layers: [{elman: {hidden: 4}}]  # one layer\n"
+                   "  head: {softmax: {at: per_step, classes: 5}}\n")
+    n_rnn = len({line for line, _, _ in parse_spec(COMMENTED, "c.rnn").comments})
+    assert n_rnn == COMMENTED.count("#") == 16
+    for path, args, dropped in [(rnn, ["--to", "yaml"], n_rnn), (yml, [], 3),
+                                (yml, ["--to", "rnn"], 3),
+                                (yml, ["--to", "rnn", "-o", str(tmp_path / "o.rnn")], 3),
+                                (rnn, [], 0)]:
+        r = CliRunner().invoke(app, ["fmt", str(path), *args])
+        assert r.exit_code == 0, r.output
+        if dropped:
+            assert r.stderr.count("\n") == 1 and r.stderr.startswith(
+                f"warning: {dropped} comment lines of {path.name} are dropped: ")
+        else:
+            assert r.stderr == ""
+        if "-o" not in args:
+            assert "warning" not in r.stdout
+            parse_spec(r.stdout, "o." + (args[1] if args else path.suffix[1:]))
+
+
 def test_fmt_cli_converts(tmp_path):
     out = tmp_path / "m.rnn"
     r = CliRunner().invoke(app, ["fmt", str(ROOT / "specs" / "char_mgu.yaml"), "--to", "rnn",
