@@ -132,6 +132,8 @@ def test_spec_with_a_byte_order_mark(tmp_path):
         p = tmp_path / name
         p.write_bytes(b"\xef\xbb\xbf" + text)
         assert load_spec(p) == load_spec(ROOT / "specs" / name)
+        # parse_spec too (it read the mark as an unexpected character in a .rnn text)
+        assert parse_spec("\ufeff" + text.decode(), name) == load_spec(p)
 
 
 def test_yaml_and_text_forms_give_one_ast():
@@ -880,6 +882,69 @@ def test_fmt_to_rnn_writes_a_spec_that_reads_back_or_says_why_not(train):
     again = parse_spec(text, "s.rnn")
     assert again == spec
     assert to_text(again) == text
+
+
+_MODEL = ("model:\n  name: m\n  input: {onehot: {vocab: 5}}\n"
+          "  layers: [{elman: {hidden: 4}}]\n  head: {softmax: {at: per_step, classes: 5}}\n")
+
+
+@pytest.mark.parametrize(("yaml_text", "where", "what"), [
+    # found by tests/test_fuzz_spec.py: each printed as text that read back as another spec
+    (_MODEL.replace("[{elman: {hidden: 4}}]", "[]"), "s.yaml:4:3", "the model has no layers"),
+    (_MODEL.replace("[{elman: {hidden: 4}}]", "null"), "s.yaml:4:3",
+     "the model's 'layers' is not a list of layers"),
+    (_MODEL + "  layer: {a: 1}\n", "s.yaml:6:3", "the model's 'layer' key (not 'layers')"),
+    (_MODEL + "train:\n  train: {metric: val_loss}\n", "s.yaml:7:3",
+     'the train key, "train", cannot'),
+    ("cells:\n  c:\n    inputs: [x]\n    state: [h]\n    equations:\n"
+     "      state: tanh(W @ x)\n      \"h'\": state + U @ h\n" + _MODEL, "s.yaml:6:7",
+     'an equation of cell \'c\', "state", cannot'),
+])
+def test_fmt_to_rnn_refuses_what_would_read_back_as_another_spec(yaml_text, where, what):
+    """YAML `layers: []` or `layers: null` printed as no `layer` line or `layers none`,
+    which the text language read as `layers: []`; a model key `layer` printed as a `layer`
+    line; a train key or an equation named `train`, `state`, ... printed as a line the
+    grammar takes for a block or declaration (a syntax error in fmt's own output)."""
+    spec = parse_spec(yaml_text, "s.yaml")
+    with pytest.raises(RnncError) as info:
+        to_text(spec)
+    assert info.value.render().startswith(f"{where}: error: {what}"), info.value.render()
+    assert parse_spec(to_yaml(spec), "s.yaml") == spec  # YAML holds every one of them
+
+
+@pytest.mark.parametrize(("cell", "what"), [
+    ("  state h\n  h' = tanh(W @ x + U @ h)\n  h' = h", "'h'' is defined twice in cell 'c'"),
+    ("  state h\n  a = W @ x\n  a = U @ h\n  h' = tanh(a)", "'a' is defined twice"),
+    ("  state h, h\n  h' = tanh(W @ x + U @ h)", "state 'h' is declared twice"),
+    ("  param W\n  param W init zeros\n  state h\n  h' = tanh(W @ x)",
+     "parameter 'W' is declared twice"),
+    ("  option k = 1\n  option k = 2\n  state h\n  h' = tanh(W @ x)",
+     "option 'k' is declared twice"),
+])
+def test_fmt_to_yaml_refuses_a_name_given_twice(cell, what):
+    """A cell with an equation, state, parameter or option given twice printed as YAML
+    with one of them gone (a mapping holds a key once): `fmt --to yaml` silently dropped
+    it, where `check` refuses the spec. It is now the located error."""
+    text = f"cell c(x) {{\n{cell}\n}}\n"
+    spec = parse_spec(text, "d.rnn")
+    assert parse_spec(to_text(spec), "d.rnn") == spec
+    with pytest.raises(RnncError) as info:
+        to_yaml(spec)
+    assert what in info.value.message and info.value.render().startswith("d.rnn:")
+    one = "cell c(x) {\n  state h\n  h' = tanh(W @ x + U @ h)\n}\n"
+    with pytest.raises(RnncError, match="cell 'c' is defined twice") as info:
+        to_yaml(parse_spec(one + one, "d.rnn"))
+    assert info.value.span.line == 5
+
+
+def test_a_layers_entry_in_a_text_model_block_is_refused():
+    """`layers lstm(hidden: 4)` in a model block was silently replaced by the (here empty)
+    list of `layer` lines: the model had no layers, and the error said so at the entry."""
+    with pytest.raises(RnncError) as info:
+        parse_spec("model m {\n  input onehot(vocab: 5)\n  layers lstm(hidden: 4)\n}\n",
+                   "l.rnn")
+    assert info.value.render().startswith("l.rnn:3:3: error: a model block gives each layer")
+    assert "`layer lstm(hidden: 64)`" in info.value.hint
 
 
 def test_output_to_a_fifo_or_through_a_link_is_written_not_replaced(tmp_path):

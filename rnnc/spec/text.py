@@ -282,6 +282,10 @@ class _Builder(Transformer):
                     items.append(("layers", None))
                     spans.append(kspan)
                 continue
+            if kind == "model" and key == "layers":  # it would be replaced by the `layer`s
+                raise SpecError("a model block gives each layer on a line of its own: "
+                                "`layer CELL(...)`, not `layers`", kspan,
+                                "write `layer lstm(hidden: 64)` for each layer")
             if key in (k for k, _ in items):
                 raise SpecError(f"'{key}' is given twice in the {kind} block", kspan,
                                 "remove one of them")
