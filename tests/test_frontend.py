@@ -480,6 +480,44 @@ def test_expression_too_deep_to_parse(tmp_path, expr, suffix):
     assert "error: an expression is nested too deeply" in r.output
 
 
+@pytest.mark.parametrize("command", [["check"], ["fmt", "--to", "yaml"], ["fmt"],
+                                     ["compile", "--backend", "jax"]])
+def test_nesting_past_the_limit_is_an_error_and_up_to_it_works(tmp_path, command):
+    """A call nested 350 deep (or a YAML list 450 deep) parsed, then overflowed Python's
+    stack in lowering, fmt's printers or PyYAML's writer: a RecursionError traceback. Both
+    front ends now refuse more than MAX_DEPTH levels, at the place, and every command
+    works on a spec nested as deep as they take."""
+    from rnnc.spec.ast import MAX_DEPTH
+
+    def spec(depth: int) -> str:
+        e = "tanh(" * depth + "U @ h" + ")" * depth
+        return (f"cell c(x) {{\n  state h\n  h' = W @ x + {e}\n}}\nmodel m {{\n"
+                "  input onehot(vocab: 5)\n  layer c(hidden: 4)\n"
+                "  head softmax(at: per_step, classes: 5)\n}\n")
+
+    path = tmp_path / "deep.rnn"
+    out = ["-o", str(tmp_path / "deep.py")] if command[0] == "compile" else []
+    path.write_text(spec(350))
+    r = CliRunner().invoke(app, [*command, str(path), *out])
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
+    assert "deep.rnn:3:" in r.output and f"nested too deeply (or is too long) to compile: " \
+        f"more than {MAX_DEPTH} levels" in r.output
+    path.write_text(spec(MAX_DEPTH - 5))  # the cell, its equation and `+` are levels too
+    r = CliRunner().invoke(app, [*command, str(path), *out])
+    assert r.exit_code == 0, r.output
+    yml = tmp_path / "deep.yaml"
+    for depth, code in [(MAX_DEPTH + 50, 1), (MAX_DEPTH - 5, 0)]:
+        yml.write_text("model:\n  name: m\n  input: {onehot: {vocab: 5}}\n"
+                       "  layers: [{elman: {hidden: 4}}]\n"
+                       "  head: {softmax: {at: per_step, classes: 5}}\n"
+                       f"train:\n  x: {'[' * depth}{']' * depth}\n")
+        r = CliRunner().invoke(app, ["fmt", str(yml), "--to", "rnn"])
+        assert r.exit_code == code, r.output
+        if code:
+            assert "deep.yaml:7:" in r.output and "lists or mappings are nested too deeply" \
+                in r.output
+
+
 @pytest.mark.parametrize("other", [["--after", "cse"], ["--disable", "cse"]])
 def test_ir_raw_with_a_pass_option(other):
     """ir --raw --after/--disable printed the raw IR, the other option silently ignored."""
