@@ -1064,3 +1064,41 @@ def test_cli_refuses_absurd_lengths_and_steps(args, option, bound):
     assert "Traceback" not in result.output
     help_text = CliRunner().invoke(app, [args[0], "--help"]).output
     assert bound in help_text.replace(",", "")
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    # found by tests/test_fuzz_spec.py: a 3000-character value or key was quoted whole in
+    # the message; Python's reprs (False, None, {'a': 1}, 1e+30) showed through
+    ("  input: {onehot: {vocab: " + "a" * 3000 + "}}",
+     "model.input.onehot.vocab must be an integer or auto, not 'aaaa"),
+    ("  input: {onehot: {vocab: 5, " + "b" * 1000 + ": 1}}",  # a YAML key: < 1024
+     "unknown key 'bbbb"),
+    ("  input: {" + "c" * 1000 + ": {vocab: 5}}", "unknown input encoding 'cccc"),
+    ("  name: 1.0e+30", "model.name must be a string, not 1e30"),
+], ids=["value", "key", "name", "float"])
+def test_messages_quote_values_as_written_and_not_too_long(line, expected):
+    text = ("model:\n  name: m\n  input: {onehot: {vocab: 5}}\n  layers: [{elman: {hidden: 4}}]\n"
+            "  head: {softmax: {at: per_step, classes: 5}}\n")
+    key = line.split(":")[0]
+    text = "\n".join(line if ln.startswith(key + ":") else ln for ln in text.split("\n"))
+    with pytest.raises(RnncError) as info:
+        build(parse_spec(text, "v.yaml"))
+    assert info.value.message.startswith(expected), info.value.message
+    assert len(info.value.message) < 120 and len(info.value.render().splitlines()[0]) < 140
+
+
+def test_data_and_cell_option_errors_show_spec_values():
+    from rnnc.errors import shown
+
+    assert [shown(v) for v in (None, True, {"a": None, "b": [1, 2.5e-7]}, 10**500)] == [
+        "none (no value)", "true", "{a: none, b: [1, 2.5e-7]}", "10000000000000000000... (501 d"
+        "igits)"]
+    yaml_text = ("model:\n  name: m\n  input: {onehot: {vocab: auto}}\n"
+                 "  layers: [{lstm: {hidden: 4, coupled: {a: 1}}}]\n  head: {softmax: per_step}\n"
+                 "train:\n  data: {reber: {n: 20}}\n")
+    with pytest.raises(RnncError, match=r"option 'coupled' of cell 'lstm' must be true or "
+                       r"false, not \{a: 1\}"):
+        build(parse_spec(yaml_text, "o.yaml"))
+    with pytest.raises(RnncError, match=r"option 'n' of dataset 'reber' must be an integer "
+                       r">= 1, got false"):
+        build(parse_spec(yaml_text.replace("n: 20", "n: false"), "o.yaml"))

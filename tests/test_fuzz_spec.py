@@ -169,7 +169,8 @@ def _mutation(draw, text: str) -> str:
     if not code:
         return text
     kind = draw(st.sampled_from([
-        "delete", "duplicate", "swap", "number", "name", "punct", "nest", "line_dup",
+        "delete", "duplicate", "swap", "rename", "rename", "number", "number", "name",
+        "punct", "nest", "line_dup",
         "line_delete", "line_swap", "empty_block", "self_ref", "cycle", "arity",
         "line_endings", "bom", "tabs", "insert_equation", "truncate"]))
     i = draw(st.sampled_from(code))
@@ -181,6 +182,9 @@ def _mutation(draw, text: str) -> str:
     elif kind == "swap":
         j = draw(st.sampled_from(code))
         toks[i], toks[j] = toks[j], toks[i]
+    elif kind == "rename":  # another name of the same spec: the syntax stays valid
+        names = [k for k in code if re.fullmatch(r"[A-Za-z_]\w*", toks[k])] or code
+        toks[draw(st.sampled_from(names))] = toks[draw(st.sampled_from(names))]
     elif kind == "number":
         nums = [k for k in code if re.fullmatch(r"[\d.]+(e[-+]?\d+)?", toks[k])] or code
         toks[draw(st.sampled_from(nums))] = draw(st.sampled_from(NUMBERS))
@@ -190,8 +194,10 @@ def _mutation(draw, text: str) -> str:
     elif kind == "punct":
         toks.insert(i, draw(st.sampled_from(PUNCT)))
     elif kind == "nest":
-        depth = draw(st.sampled_from([2, 50, 300, 2000, 20000]))
-        toks[i] = "(" * depth + toks[i] + ")" * depth
+        depth = draw(st.sampled_from([2, 50, 195, 201, 300, 450, 2000, 20000]))
+        left, right = draw(st.sampled_from([("(", ")"), ("tanh(", ")"), ("[", "]"),
+                                            ("-", ""), ("{a: ", "}"), ("f(", ")")]))
+        toks[i] = left * depth + toks[i] + right * depth
     elif kind == "line_dup":
         k = draw(st.integers(0, len(lines) - 1))
         lines.insert(k, lines[k])

@@ -26,7 +26,16 @@ from typing import Any
 
 import numpy as np
 
-from rnnc.errors import RnncError, ShapeError, Span, SpecError, did_you_mean, in_syntax
+from rnnc.errors import (
+    RnncError,
+    ShapeError,
+    Span,
+    SpecError,
+    clip,
+    did_you_mean,
+    in_syntax,
+    shown,
+)
 from rnnc.ir.nodes import (
     Cell,
     Head,
@@ -887,7 +896,7 @@ def _initialiser(e: A.Expr, env: dict[str, Any], pname: str) -> tuple[str, tuple
         raise SpecError(f"the initialiser of '{pname}' must be a name or a call", e.span,
                         "e.g. xavier_uniform, orthogonal, constant(1.0), uniform(-0.1, 0.1)")
     if name not in INITIALISERS:
-        raise SpecError(f"unknown initialiser '{name}'", e.span,
+        raise SpecError(f"unknown initialiser '{clip(name)}'", e.span,
                         did_you_mean(name, INITIALISERS))
     if len(args) != INITIALISERS[name]:
         raise SpecError(f"{name} takes {INITIALISERS[name]} argument(s), not {len(args)}",
@@ -1146,7 +1155,7 @@ def _layers(spec: A.Spec, model_cfg: dict, train_cfg: dict | None, in_size: int)
         cdef = spec.cell(cname) or lib.get(cname)
         if cdef is None:
             choices = [c.name for c in spec.cells] + list(lib)
-            raise SpecError(f"unknown cell '{cname}'", cspan, did_you_mean(cname, choices))
+            raise SpecError(f"unknown cell '{clip(cname)}'", cspan, did_you_mean(cname, choices))
         if opts_node is None or (isinstance(opts_node, A.CScalar) and opts_node.value is None):
             opts_node = A.CMap((), cspan)
         if not isinstance(opts_node, A.CMap):
@@ -1159,7 +1168,7 @@ def _layers(spec: A.Spec, model_cfg: dict, train_cfg: dict | None, in_size: int)
             elif k in cell_opts:
                 cell_part.append((k, v, ks))
             else:
-                raise SpecError(f"unknown option '{k}' for cell '{cname}'", ks or cspan,
+                raise SpecError(f"unknown option '{clip(k)}' for cell '{cname}'", ks or cspan,
                                 did_you_mean(k, list(LAYER_OPTIONS) + sorted(cell_opts)))
         lo = Fields(dict(LAYER_OPTIONS)).validate(
             A.CMap(tuple((k, v) for k, v, _ in layer_part), cspan,
@@ -1174,7 +1183,7 @@ def _layers(spec: A.Spec, model_cfg: dict, train_cfg: dict | None, in_size: int)
                     isinstance(d, str) and not isinstance(val, str)):
                 kind = ("true or false" if isinstance(d, bool) else
                         "a number" if isinstance(d, int | float) else "a name or string")
-                raise SpecError(f"option '{k}' of cell '{cname}' must be {kind}, not {val!r}",
+                raise SpecError(f"option '{k}' of cell '{cname}' must be {kind}, not {shown(val)}",
                                 ks or cspan, f"the default is {_show(d)}")
             known = _compared_strings(cdef).get(k)
             if isinstance(d, str) and d not in ACTIVATIONS and known and \
@@ -1182,7 +1191,7 @@ def _layers(spec: A.Spec, model_cfg: dict, train_cfg: dict | None, in_size: int)
                 # a string option that picks a branch (not an activation, which may also be
                 # tested): a value no branch tests would take the `else` of every condition
                 choices = sorted(known | {d})
-                raise SpecError(f"option '{k}' of cell '{cname}' is {val!r}, which the cell "
+                raise SpecError(f"option '{k}' of cell '{cname}' is {shown(val)}, which the cell "
                                 f"does not know", getattr(v, "span", None) or ks or cspan,
                                 did_you_mean(val, choices)
                                 or "use one of " + ", ".join(map(repr, choices)))
@@ -1285,6 +1294,4 @@ def _freeze(v: Any) -> Any:
 
 def _show(v: Any) -> str:
     """A value as the spec language writes it."""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    return repr(v)
+    return shown(v)

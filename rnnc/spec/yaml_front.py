@@ -174,9 +174,9 @@ def _relocate(node: Any, fn) -> Any:
 
 
 def _unknown_key(key: str, span: Span, allowed, where: str) -> SpecError:
-    from rnnc.errors import did_you_mean
+    from rnnc.errors import clip, did_you_mean
 
-    return SpecError(f"unknown key '{key}' in {where}", span, did_you_mean(key, allowed))
+    return SpecError(f"unknown key '{clip(key)}' in {where}", span, did_you_mean(key, allowed))
 
 
 def _cell(r: _Reader, name: str, node: yaml.Node, name_span: Span) -> A.CellDef:
