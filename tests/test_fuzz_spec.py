@@ -16,7 +16,6 @@ The examples are few, so the suite stays fast; a long run finds more:
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import shutil
@@ -340,21 +339,21 @@ def _get(data, path):
 # ---------------------------------------------------------------- the tests
 
 
-@_settings(150)
+@_settings(60)
 @given(text_mutant())
 def test_mutated_text_specs_check_or_give_one_located_error(data_dir, mutant):
     text, name = mutant
     check(text, name, data_dir)
 
 
-@_settings(150)
+@_settings(60)
 @given(yaml_mutant())
 def test_mutated_yaml_specs_check_or_give_one_located_error(data_dir, mutant):
     text, name = mutant
     check(text, name, data_dir)
 
 
-@_settings(15)
+@_settings(10)
 @given(st.one_of(text_mutant(), yaml_mutant()))
 def test_the_cli_answers_a_mutated_spec_without_a_traceback(data_dir, mutant):
     text, name = mutant
@@ -370,9 +369,12 @@ def test_the_cli_answers_a_mutated_spec_without_a_traceback(data_dir, mutant):
 
 
 def test_nan_and_huge_numbers_are_not_silently_taken():
-    """A sanity check of the fuzzer's own oracle: these are errors, with a place."""
-    for text in ["model m {\n  input onehot(vocab: 5)\n  layer elman(hidden: 1e999)\n}\n",
-                 "model:\n  name: m\n  input: {onehot: {vocab: .nan}}\n"]:
+    """A sanity check of the fuzzer's oracle: these are errors, at the number."""
+    for text, name, message in [
+            ("model m {\n  input onehot(vocab: 5)\n  layer elman(hidden: 1e999)\n}\n", "n.rnn",
+             "the number 1e999 is too large"),
+            ("model:\n  name: m\n  input: {onehot: {vocab: .nan}}\n", "n.yaml",
+             "'.nan' is not a finite number")]:
         with pytest.raises(RnncError) as info:
-            build(parse_spec(text, "n.rnn" if text.startswith("model m") else "n.yaml"))
-        assert info.value.span is not None and not math.isnan(info.value.span.line)
+            build(parse_spec(text, name))
+        assert info.value.message == message and info.value.span.line == 3
