@@ -288,7 +288,7 @@ def fmt(
                             "print it (rnnc fmt SPEC) or write it to another file with -o")
     dropped = 0
     if own == "yaml":  # rnnc reads no YAML comments, so no output keeps them
-        dropped = _yaml_comments(spec.read_text(encoding="utf-8-sig"))
+        dropped = _yaml_comments(parsed.source.text if parsed.source is not None else "")
     elif target == "yaml":  # the YAML printer has nowhere to put a .rnn file's comments
         dropped = len({line for line, _, _ in parsed.comments})
     if dest is not None:
