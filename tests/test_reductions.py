@@ -144,6 +144,26 @@ def test_a_width_one_value_and_a_width_nothing_binds_are_one_width():
     assert "expand" not in ops(cell)
 
 
+def test_a_parameter_read_before_its_reduction_settles_it_has_one_width():
+    """`zc = z - mean(z)` with z a parameter: reading z, then mean(z), settled z twice (two
+    widths), the mean's width stayed unbound and `rnnc check` failed with an
+    AssertionError traceback (found by tests/test_fuzz_spec.py deleting `zx = W @ x` from
+    specs/layernorm_lstm.rnn). z is one vector now, of the width h' gives it."""
+    cell = cell_of("cell c(x) {\n  state h\n  zc = z - mean(z)\n"
+                   "  h' = tanh(W @ x + U @ h + zc)\n}\n", hidden=5)
+    assert {p.name: p.shape for p in cell.params}["z"] == (5,)
+    assert [i.attr("value") for i in cell.instrs if i.op == "const"] == [5.0]
+    rng = np.random.default_rng(2)
+    params = {p.name: rng.normal(size=p.shape) for p in cell.params}
+    xs = rng.normal(size=(2, 3, 3))
+    outs, _ = run(cell, params, xs)
+    h = np.zeros((2, 5))
+    z = params["z"]
+    for t in range(3):
+        h = np.tanh(xs[:, t] @ params["W"].T + h @ params["U"].T + (z - z.mean()))
+        np.testing.assert_allclose(outs[:, t], h, rtol=1e-12, atol=1e-12)
+
+
 def test_reductions_are_not_activations():
     """sum and mean reduce; they are not element-wise, so no option may name them as an
     activation, and a name of theirs cannot be a parameter."""

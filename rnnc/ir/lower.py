@@ -361,6 +361,9 @@ class _CellLowerer:
                     span, "use a different name for each role")
             return v
         info = self.params[v.name]
+        if info.kind != "pending":  # settled since v was read: `zx - mean(zx)` reads zx,
+            # then mean(zx) settles it; new dimensions here would leave the mean's unbound
+            return self.settle(replace(v, kind=info.kind, dims=info.dims), kind, span)
         info.kind = kind
         info.dims = (self.dims.new(), self.dims.new()) if kind == "mat" else (self.dims.new(),)
         return replace(v, kind=kind, dims=info.dims)
