@@ -304,10 +304,19 @@ def fmt(
                             f"line{'s' if comments > 1 else ''}: the canonical YAML form "
                             "keeps no comments", None,
                             "print it (rnnc fmt SPEC) or write it to another file with -o")
+    dropped = 0
+    if own == "yaml":  # rnnc reads no YAML comments, so no output keeps them
+        dropped = _yaml_comments(parsed.source.text if parsed.source is not None else "")
+    elif target == "yaml":  # the YAML printer has nowhere to put a .rnn file's comments
+        dropped = len({line for line, _, _ in parsed.comments})
     if dest is not None:
         write_atomic(dest, text)
     else:
         typer.echo(text, nl=False)
+    if dropped:
+        typer.echo(f"warning: {dropped} comment line{'s' if dropped > 1 else ''} of "
+                   f"{spec.name} {'are' if dropped > 1 else 'is'} dropped: the {target} form "
+                   f"of a {own} spec keeps no comments", err=True)
 
 
 def _same_file(a: Path, b: Path) -> bool:

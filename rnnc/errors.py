@@ -201,6 +201,51 @@ def in_syntax(span: Span | None, rnn: str, yaml: str) -> str:
     return yaml if span.source.yaml else rnn
 
 
+_LONGEST = 60
+"""The most characters of a value or name an error message quotes."""
+
+
+def clip(text: str, longest: int = _LONGEST) -> str:
+    """``text`` cut to ``longest`` characters with '...' (a name or value in a message: a
+    3000-character one made the message 3000 characters long)."""
+    return text if len(text) <= longest else text[:longest - 3] + "..."
+
+
+def shown(v: object) -> str:
+    """A spec's value as the spec writes it, for a message: true/false, none for YAML's
+    null (an empty value), numbers as written (1e-5, not 1e-05), strings quoted, lists and
+    mappings in flow style; cut to a readable length. Python's True, None and {'a': 1}
+    mean little to a user of `epochs: yes`."""
+    if v is None:
+        return "none (no value)"
+    return clip(_flow(v))
+
+
+def _flow(v: object) -> str:
+    if v is None:
+        return "none"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        text = repr(v)
+        if "e" in text:
+            mantissa, exponent = text.split("e")
+            text = f"{mantissa}e{int(exponent)}"
+        return text
+    if isinstance(v, int):
+        text = str(v) if v.bit_length() < 400 else f"{str(v)[:20]}... ({len(str(v))} digits)"
+        return text
+    if isinstance(v, str):
+        return repr(clip(v))
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_flow(x) for x in v[:20]) + (", ..." if len(v) > 20 else "") + "]"
+    if isinstance(v, dict):
+        items = list(v.items())
+        return "{" + ", ".join(f"{k}: {_flow(x)}" for k, x in items[:20]) + (
+            ", ..." if len(items) > 20 else "") + "}"
+    return clip(repr(v))
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str | None:
     """A 'did you mean' hint for an unknown name, or a list of the valid ones."""
     choices = sorted(set(choices))
@@ -215,4 +260,4 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str | None:
 def unknown(what: str, name: str, choices: Iterable[str], span: Span | None = None,
             cls: type[RnncError] = SpecError) -> RnncError:
     """The standard 'unknown X' error with a did-you-mean hint."""
-    return cls(f"unknown {what} '{name}'", span, did_you_mean(name, choices))
+    return cls(f"unknown {what} '{clip(name)}'", span, did_you_mean(name, choices))

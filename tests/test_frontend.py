@@ -132,6 +132,8 @@ def test_spec_with_a_byte_order_mark(tmp_path):
         p = tmp_path / name
         p.write_bytes(b"\xef\xbb\xbf" + text)
         assert load_spec(p) == load_spec(ROOT / "specs" / name)
+        # parse_spec too (it read the mark as an unexpected character in a .rnn text)
+        assert parse_spec("\ufeff" + text.decode(), name) == load_spec(p)
 
 
 def test_yaml_and_text_forms_give_one_ast():
@@ -228,6 +230,54 @@ def test_fmt_prints_a_double_negation_with_parentheses():
     assert parse_spec(to_text(spec), "x.rnn") == spec
 
 
+@pytest.mark.parametrize(("written", "tree", "printed"), [
+    # Python's precedence: * / @ equally tight, grouped from the left; unary minus tighter
+    ("h * U @ h", ("@", ("*", "h", "U"), "h"), "h * U @ h"),
+    ("(h * U) @ h", ("@", ("*", "h", "U"), "h"), "h * U @ h"),
+    ("h * (U @ h)", ("*", "h", ("@", "U", "h")), "h * (U @ h)"),
+    ("W @ x * h", ("*", ("@", "W", "x"), "h"), "W @ x * h"),
+    ("W @ x / 2 - h", ("-", ("/", ("@", "W", "x"), 2.0), "h"), "W @ x / 2 - h"),
+    ("-W @ x", ("@", ("neg", "W"), "x"), "-W @ x"),
+    ("-(W @ x)", ("neg", ("@", "W", "x")), "-(W @ x)"),
+    ("a - b - c", ("-", ("-", "a", "b"), "c"), "a - b - c"),
+    ("a - (b - c)", ("-", "a", ("-", "b", "c")), "a - (b - c)"),
+])
+def test_operator_precedence_in_parse_and_fmt(written, tree, printed):
+    from rnnc.spec import ast as A
+    from rnnc.spec.printer import expr_str
+    from rnnc.spec.text import parse_expr
+
+    def shape(e):
+        if isinstance(e, A.BinOp):
+            return (e.op, shape(e.left), shape(e.right))
+        if isinstance(e, A.Neg):
+            return ("neg", shape(e.operand))
+        return e.name if isinstance(e, A.Ref) else e.value
+
+    e = parse_expr(written)
+    assert shape(e) == tree
+    assert expr_str(e) == printed
+    assert parse_expr(printed) == e
+
+
+@pytest.mark.parametrize(("expr", "meant"), [("h * U @ h", "h * (U @ h)"),
+                                             ("h / U @ h", "h / (U @ h)"),
+                                             ("-U @ h", "-(U @ h)")])
+def test_a_product_or_negation_left_of_matmul_asks_for_parentheses(expr, meant):
+    """`h * U @ h` is `(h * U) @ h` (as in Python); the error said only that 'h * U' is no
+    parameter matrix. It now says how the expression groups and what to write."""
+    text = (f"cell c(x) {{\n  state h\n  h' = tanh(W @ x + {expr})\n}}\nmodel m {{\n"
+            "  input onehot(vocab: 5)\n  layer c(hidden: 4)\n"
+            "  head softmax(at: per_step, classes: 5)\n}\n")
+    with pytest.raises(RnncError) as info:
+        build(parse_spec(text, "p.rnn"))
+    assert info.value.span.line == 3
+    assert "bind" in info.value.message and "as in Python" in info.value.message
+    assert info.value.hint == f"add parentheses: {meant}"
+    fixed = text.replace(expr, meant)
+    assert build(parse_spec(fixed, "p.rnn")).model.param_count > 0
+
+
 def test_fmt_yaml_writes_one_equation_a_line():
     """Equations were a flow mapping folded over several lines at column 100."""
     spec = load_spec(ROOT / "specs" / "greff" / "fgr.rnn")
@@ -299,6 +349,33 @@ def test_fmt_keeps_the_comments_of_a_text_spec(tmp_path):
     for path in [p for p in SPECS if p.suffix == ".rnn"]:  # the repo's specs keep theirs
         src = path.read_text()
         assert to_text(load_spec(path)).count("#") == src.count("#"), path
+
+
+def test_fmt_warns_when_it_drops_comments(tmp_path):
+    """`fmt --to yaml` of a commented .rnn file (and any fmt of a commented YAML file)
+    dropped the comments without a word: one line on stderr now says how many."""
+    rnn = tmp_path / "c.rnn"
+    rnn.write_text(COMMENTED)
+    yml = tmp_path / "c.yaml"
+    yml.write_text("# top\nmodel:\n  name: m  # the name\n  input: {onehot: {vocab: 5}}\n"
+                   "  layers: [{elman: {hidden: 4}}]  # one layer\n"
+                   "  head: {softmax: {at: per_step, classes: 5}}\n")
+    n_rnn = len({line for line, _, _ in parse_spec(COMMENTED, "c.rnn").comments})
+    assert n_rnn == COMMENTED.count("#") == 16
+    for path, args, dropped in [(rnn, ["--to", "yaml"], n_rnn), (yml, [], 3),
+                                (yml, ["--to", "rnn"], 3),
+                                (yml, ["--to", "rnn", "-o", str(tmp_path / "o.rnn")], 3),
+                                (rnn, [], 0)]:
+        r = CliRunner().invoke(app, ["fmt", str(path), *args])
+        assert r.exit_code == 0, r.output
+        if dropped:
+            assert r.stderr.count("\n") == 1 and r.stderr.startswith(
+                f"warning: {dropped} comment lines of {path.name} are dropped: ")
+        else:
+            assert r.stderr == ""
+        if "-o" not in args:
+            assert "warning" not in r.stdout
+            parse_spec(r.stdout, "o." + (args[1] if args else path.suffix[1:]))
 
 
 def test_fmt_cli_converts(tmp_path):
@@ -401,6 +478,44 @@ def test_expression_too_deep_to_parse(tmp_path, expr, suffix):
     line = 3 if suffix == ".rnn" else 6
     assert f"deep{suffix}:{line}:" in r.output
     assert "error: an expression is nested too deeply" in r.output
+
+
+@pytest.mark.parametrize("command", [["check"], ["fmt", "--to", "yaml"], ["fmt"],
+                                     ["compile", "--backend", "jax"]])
+def test_nesting_past_the_limit_is_an_error_and_up_to_it_works(tmp_path, command):
+    """A call nested 350 deep (or a YAML list 450 deep) parsed, then overflowed Python's
+    stack in lowering, fmt's printers or PyYAML's writer: a RecursionError traceback. Both
+    front ends now refuse more than MAX_DEPTH levels, at the place, and every command
+    works on a spec nested as deep as they take."""
+    from rnnc.spec.ast import MAX_DEPTH
+
+    def spec(depth: int) -> str:
+        e = "tanh(" * depth + "U @ h" + ")" * depth
+        return (f"cell c(x) {{\n  state h\n  h' = W @ x + {e}\n}}\nmodel m {{\n"
+                "  input onehot(vocab: 5)\n  layer c(hidden: 4)\n"
+                "  head softmax(at: per_step, classes: 5)\n}\n")
+
+    path = tmp_path / "deep.rnn"
+    out = ["-o", str(tmp_path / "deep.py")] if command[0] == "compile" else []
+    path.write_text(spec(350))
+    r = CliRunner().invoke(app, [*command, str(path), *out])
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
+    assert "deep.rnn:3:" in r.output and f"nested too deeply (or is too long) to compile: " \
+        f"more than {MAX_DEPTH} levels" in r.output
+    path.write_text(spec(MAX_DEPTH - 5))  # the cell, its equation and `+` are levels too
+    r = CliRunner().invoke(app, [*command, str(path), *out])
+    assert r.exit_code == 0, r.output
+    yml = tmp_path / "deep.yaml"
+    for depth, code in [(MAX_DEPTH + 50, 1), (MAX_DEPTH - 5, 0)]:
+        yml.write_text("model:\n  name: m\n  input: {onehot: {vocab: 5}}\n"
+                       "  layers: [{elman: {hidden: 4}}]\n"
+                       "  head: {softmax: {at: per_step, classes: 5}}\n"
+                       f"train:\n  x: {'[' * depth}{']' * depth}\n")
+        r = CliRunner().invoke(app, ["fmt", str(yml), "--to", "rnn"])
+        assert r.exit_code == code, r.output
+        if code:
+            assert "deep.yaml:7:" in r.output and "lists or mappings are nested too deeply" \
+                in r.output
 
 
 @pytest.mark.parametrize("other", [["--after", "cse"], ["--disable", "cse"]])
@@ -594,6 +709,43 @@ def test_random_valid_specs_round_trip(text):
     assert parse_spec(to_yaml(spec), "r.yaml") == spec
     program = lower(spec, Sizes(5, 3))
     assert program.model.param_count == sum(p.size for p in program.model.params)
+
+
+_floats = st.floats(allow_nan=False, allow_infinity=False, allow_subnormal=True)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_floats, st.floats(0, None, allow_infinity=False, allow_subnormal=True), _floats)
+def test_fmt_prints_numbers_as_written_and_they_read_back(option, constant, lr):
+    """fmt printed 1e-5 as 1e-05 (and 2.5e20 as 2.5e+20, in YAML 1.0e-05): numbers are now
+    written in Python's shortest form with a plain exponent, and every float (options,
+    equation constants, train values) reads back as the same number in both syntaxes."""
+    from rnnc.spec.printer import float_str
+
+    text = (f"cell c(x) {{\n  option k = {option!r}\n  state h\n"
+            f"  h' = tanh(W @ x + {constant!r} * h)\n}}\n"
+            f"model m {{\n  input onehot(vocab: 5)\n  layer c(hidden: 4, k: {lr!r})\n"
+            f"  head softmax per_step\n}}\ntrain {{\n  updater adam(lr: {lr!r})\n  l2 {lr!r}\n}}\n")
+    spec = parse_spec(text, "n.rnn")
+    printed, yaml_text = to_text(spec), to_yaml(spec)
+    assert parse_spec(printed, "n.rnn") == spec
+    assert parse_spec(yaml_text, "n.yaml") == spec
+    for v in (option, constant, lr):
+        shown = float_str(v)
+        assert float(shown) == v and "e+" not in shown and "e-0" not in shown
+        assert "." in shown or "e" in shown  # still a float (5.0 is no int)
+    for out in (printed, yaml_text):
+        assert "e+" not in out and "e-0" not in out
+        assert float_str(lr) in out
+
+
+def test_fmt_prints_exponents_without_padding():
+    spec = parse_spec("model m {\n  input onehot(vocab: 5)\n  layer elman(hidden: 4)\n"
+                      "  head softmax per_step\n}\ntrain {\n  updater adam(lr: 1e-5, eps: 1e-08)"
+                      "\n  l2 2.5e+20\n  l1 1e15\n}\n", "n.rnn")
+    assert "adam(lr: 1e-5, eps: 1e-8)" in to_text(spec)
+    assert "l2 2.5e20" in to_text(spec) and "l1 1e15" in to_text(spec)
+    assert "{lr: 1e-5, eps: 1e-8}" in to_yaml(spec) and "l2: 2.5e20" in to_yaml(spec)
 
 
 _tokens = st.sampled_from([
@@ -792,6 +944,69 @@ def test_fmt_to_rnn_writes_a_spec_that_reads_back_or_says_why_not(train):
     assert to_text(again) == text
 
 
+_MODEL = ("model:\n  name: m\n  input: {onehot: {vocab: 5}}\n"
+          "  layers: [{elman: {hidden: 4}}]\n  head: {softmax: {at: per_step, classes: 5}}\n")
+
+
+@pytest.mark.parametrize(("yaml_text", "where", "what"), [
+    # found by tests/test_fuzz_spec.py: each printed as text that read back as another spec
+    (_MODEL.replace("[{elman: {hidden: 4}}]", "[]"), "s.yaml:4:3", "the model has no layers"),
+    (_MODEL.replace("[{elman: {hidden: 4}}]", "null"), "s.yaml:4:3",
+     "the model's 'layers' is not a list of layers"),
+    (_MODEL + "  layer: {a: 1}\n", "s.yaml:6:3", "the model's 'layer' key (not 'layers')"),
+    (_MODEL + "train:\n  train: {metric: val_loss}\n", "s.yaml:7:3",
+     'the train key, "train", cannot'),
+    ("cells:\n  c:\n    inputs: [x]\n    state: [h]\n    equations:\n"
+     "      state: tanh(W @ x)\n      \"h'\": state + U @ h\n" + _MODEL, "s.yaml:6:7",
+     'an equation of cell \'c\', "state", cannot'),
+])
+def test_fmt_to_rnn_refuses_what_would_read_back_as_another_spec(yaml_text, where, what):
+    """YAML `layers: []` or `layers: null` printed as no `layer` line or `layers none`,
+    which the text language read as `layers: []`; a model key `layer` printed as a `layer`
+    line; a train key or an equation named `train`, `state`, ... printed as a line the
+    grammar takes for a block or declaration (a syntax error in fmt's own output)."""
+    spec = parse_spec(yaml_text, "s.yaml")
+    with pytest.raises(RnncError) as info:
+        to_text(spec)
+    assert info.value.render().startswith(f"{where}: error: {what}"), info.value.render()
+    assert parse_spec(to_yaml(spec), "s.yaml") == spec  # YAML holds every one of them
+
+
+@pytest.mark.parametrize(("cell", "what"), [
+    ("  state h\n  h' = tanh(W @ x + U @ h)\n  h' = h", "'h'' is defined twice in cell 'c'"),
+    ("  state h\n  a = W @ x\n  a = U @ h\n  h' = tanh(a)", "'a' is defined twice"),
+    ("  state h, h\n  h' = tanh(W @ x + U @ h)", "state 'h' is declared twice"),
+    ("  param W\n  param W init zeros\n  state h\n  h' = tanh(W @ x)",
+     "parameter 'W' is declared twice"),
+    ("  option k = 1\n  option k = 2\n  state h\n  h' = tanh(W @ x)",
+     "option 'k' is declared twice"),
+])
+def test_fmt_to_yaml_refuses_a_name_given_twice(cell, what):
+    """A cell with an equation, state, parameter or option given twice printed as YAML
+    with one of them gone (a mapping holds a key once): `fmt --to yaml` silently dropped
+    it, where `check` refuses the spec. It is now the located error."""
+    text = f"cell c(x) {{\n{cell}\n}}\n"
+    spec = parse_spec(text, "d.rnn")
+    assert parse_spec(to_text(spec), "d.rnn") == spec
+    with pytest.raises(RnncError) as info:
+        to_yaml(spec)
+    assert what in info.value.message and info.value.render().startswith("d.rnn:")
+    one = "cell c(x) {\n  state h\n  h' = tanh(W @ x + U @ h)\n}\n"
+    with pytest.raises(RnncError, match="cell 'c' is defined twice") as info:
+        to_yaml(parse_spec(one + one, "d.rnn"))
+    assert info.value.span.line == 5
+
+
+def test_a_layers_entry_in_a_text_model_block_is_refused():
+    """`layers lstm(hidden: 4)` in a model block was silently replaced by the (here empty)
+    list of `layer` lines: the model had no layers, and the error said so at the entry."""
+    with pytest.raises(RnncError) as info:
+        parse_spec("model m {\n  input onehot(vocab: 5)\n  layers lstm(hidden: 4)\n}\n",
+                   "l.rnn")
+    assert info.value.render().startswith("l.rnn:3:3: error: a model block gives each layer")
+    assert "`layer lstm(hidden: 64)`" in info.value.hint
+
+
 def test_output_to_a_fifo_or_through_a_link_is_written_not_replaced(tmp_path):
     """`-o` renamed a temporary file over its path: a FIFO or device (`-o /dev/null`; as
     root that replaced /dev/null itself with a regular file) stopped being one, and a
@@ -871,3 +1086,41 @@ def test_cli_refuses_absurd_lengths_and_steps(args, option, bound):
     assert "Traceback" not in result.output
     help_text = CliRunner().invoke(app, [args[0], "--help"]).output
     assert bound in help_text.replace(",", "")
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    # found by tests/test_fuzz_spec.py: a 3000-character value or key was quoted whole in
+    # the message; Python's reprs (False, None, {'a': 1}, 1e+30) showed through
+    ("  input: {onehot: {vocab: " + "a" * 3000 + "}}",
+     "model.input.onehot.vocab must be an integer or auto, not 'aaaa"),
+    ("  input: {onehot: {vocab: 5, " + "b" * 1000 + ": 1}}",  # a YAML key: < 1024
+     "unknown key 'bbbb"),
+    ("  input: {" + "c" * 1000 + ": {vocab: 5}}", "unknown input encoding 'cccc"),
+    ("  name: 1.0e+30", "model.name must be a string, not 1e30"),
+], ids=["value", "key", "name", "float"])
+def test_messages_quote_values_as_written_and_not_too_long(line, expected):
+    text = ("model:\n  name: m\n  input: {onehot: {vocab: 5}}\n  layers: [{elman: {hidden: 4}}]\n"
+            "  head: {softmax: {at: per_step, classes: 5}}\n")
+    key = line.split(":")[0]
+    text = "\n".join(line if ln.startswith(key + ":") else ln for ln in text.split("\n"))
+    with pytest.raises(RnncError) as info:
+        build(parse_spec(text, "v.yaml"))
+    assert info.value.message.startswith(expected), info.value.message
+    assert len(info.value.message) < 120 and len(info.value.render().splitlines()[0]) < 140
+
+
+def test_data_and_cell_option_errors_show_spec_values():
+    from rnnc.errors import shown
+
+    assert [shown(v) for v in (None, True, {"a": None, "b": [1, 2.5e-7]}, 10**500)] == [
+        "none (no value)", "true", "{a: none, b: [1, 2.5e-7]}", "10000000000000000000... (501 d"
+        "igits)"]
+    yaml_text = ("model:\n  name: m\n  input: {onehot: {vocab: auto}}\n"
+                 "  layers: [{lstm: {hidden: 4, coupled: {a: 1}}}]\n  head: {softmax: per_step}\n"
+                 "train:\n  data: {reber: {n: 20}}\n")
+    with pytest.raises(RnncError, match=r"option 'coupled' of cell 'lstm' must be true or "
+                       r"false, not \{a: 1\}"):
+        build(parse_spec(yaml_text, "o.yaml"))
+    with pytest.raises(RnncError, match=r"option 'n' of dataset 'reber' must be an integer "
+                       r">= 1, got false"):
+        build(parse_spec(yaml_text.replace("n: 20", "n: false"), "o.yaml"))

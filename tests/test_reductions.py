@@ -106,6 +106,64 @@ def test_width_one_values_stay_width_one_and_only_full_widths_expand_them():
     assert defs[nxt].op == "add" and defs[nxt].shape == (1,)
 
 
+@pytest.mark.parametrize("one", ["s", "x[1:2]", "(k @ h)", "g1"])
+def test_every_value_of_width_one_broadcasts_like_a_reduction(one):
+    """A state of size 1 (or a slice of one feature, a 1-row matmul, a declared size-1
+    parameter) times a full-width value: the width-1 value was unified with the other
+    side, so `tanh(W @ x + U @ h) * s` made h' of size 1 and failed ('h' has shape (1,)
+    but state h is (4,)'). It now broadcasts, as sum(v) and mean(v) do."""
+    cell = cell_of("cell c(x) {\n  state h, s[1]\n  param g1[1]\n  param k[1, hidden]\n"
+                   f"  h' = tanh(W @ x + U @ h) * {one}\n  s' = sigmoid(sum(h))\n}}\n")
+    shapes = {p.name: p.shape for p in cell.params}
+    assert shapes["W"] == (4, 3) and shapes["U"] == (4, 4)
+    (e,) = [i for i in cell.instrs if i.op == "expand"]
+    assert e.attr("n") == 4
+    rng = np.random.default_rng(1)
+    params = {p.name: rng.normal(size=p.shape) for p in cell.params}
+    xs = rng.normal(size=(2, 3, 3))
+    outs, _ = run(cell, params, xs)
+    h, s = np.zeros((2, 4)), np.zeros((2, 1))
+    for t in range(3):
+        x = xs[:, t]
+        w1 = {"s": s, "x[1:2]": x[:, 1:2], "(k @ h)": h @ params.get("k", np.zeros((1, 4))).T,
+              "g1": params.get("g1")}[one]
+        h, s = np.tanh(x @ params["W"].T + h @ params["U"].T) * w1, \
+            1 / (1 + np.exp(-h.sum(-1, keepdims=True)))
+        np.testing.assert_allclose(outs[:, t], h, rtol=1e-12, atol=1e-12)
+
+
+def test_a_width_one_value_and_a_width_nothing_binds_are_one_width():
+    """A width-1 value (W @ x, W declared [hidden, X], hidden 1) with a value whose width
+    nothing else binds (U @ y: z's width is no state's): the two are one width, as they
+    were before width-1 values broadcast (specs/lib/jordan.rnn with hidden 1), not an
+    unbound shape; and an expand that turns out to be to width 1 is left out."""
+    cell = cell_of("cell c(x) {\n  state y\n  param W[hidden, X]\n  z = act(W @ x + U @ y + b)\n"
+                   "  y' = tanh(V @ z + y * v)\n}\n", hidden=1, act="tanh")
+    assert {p.name: p.shape for p in cell.params} == {
+        "W": (1, 3), "U": (1, 1), "b": (1,), "V": (1, 1), "v": (1,)}
+    assert "expand" not in ops(cell)
+
+
+def test_a_parameter_read_before_its_reduction_settles_it_has_one_width():
+    """`zc = z - mean(z)` with z a parameter: reading z, then mean(z), settled z twice (two
+    widths), the mean's width stayed unbound and `rnnc check` failed with an
+    AssertionError traceback (found by tests/test_fuzz_spec.py deleting `zx = W @ x` from
+    specs/layernorm_lstm.rnn). z is one vector now, of the width h' gives it."""
+    cell = cell_of("cell c(x) {\n  state h\n  zc = z - mean(z)\n"
+                   "  h' = tanh(W @ x + U @ h + zc)\n}\n", hidden=5)
+    assert {p.name: p.shape for p in cell.params}["z"] == (5,)
+    assert [i.attr("value") for i in cell.instrs if i.op == "const"] == [5.0]
+    rng = np.random.default_rng(2)
+    params = {p.name: rng.normal(size=p.shape) for p in cell.params}
+    xs = rng.normal(size=(2, 3, 3))
+    outs, _ = run(cell, params, xs)
+    h = np.zeros((2, 5))
+    z = params["z"]
+    for t in range(3):
+        h = np.tanh(xs[:, t] @ params["W"].T + h @ params["U"].T + (z - z.mean()))
+        np.testing.assert_allclose(outs[:, t], h, rtol=1e-12, atol=1e-12)
+
+
 def test_reductions_are_not_activations():
     """sum and mean reduce; they are not element-wise, so no option may name them as an
     activation, and a name of theirs cannot be a parameter."""

@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from rnnc.errors import DataError, did_you_mean
+from rnnc.errors import DataError, did_you_mean, shown
 
 
 TASKS = ("classify_step", "classify_last", "regress_step", "regress_last")
@@ -152,10 +152,7 @@ overflow NumPy's sizes long before any machine could hold the data."""
 
 
 def _describe(value: Any) -> str:
-    if value is None:
-        return "no value"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return "no value" if value is None else shown(value)
 
 
 class Options:
@@ -175,7 +172,7 @@ class Options:
         """The standard 'option X must be Y' error (the hint defaults to the default)."""
         got = _describe(self.values.get(key))
         if hint is None and self.defaults.get(key) is not None:
-            hint = f"the default is {key}: {self.defaults[key]!r}"
+            hint = f"the default is {key}: {shown(self.defaults[key])}"
         return DataError(
             f"option '{key}' of dataset '{self.dataset}' must be {expected}, got {got}",
             hint=hint).at_option(key)

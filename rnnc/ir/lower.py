@@ -26,7 +26,16 @@ from typing import Any
 
 import numpy as np
 
-from rnnc.errors import RnncError, ShapeError, Span, SpecError, did_you_mean, in_syntax
+from rnnc.errors import (
+    RnncError,
+    ShapeError,
+    Span,
+    SpecError,
+    clip,
+    did_you_mean,
+    in_syntax,
+    shown,
+)
 from rnnc.ir.nodes import (
     Cell,
     Head,
@@ -410,6 +419,9 @@ class _CellLowerer:
                     span, "use a different name for each role")
             return v
         info = self.params[v.name]
+        if info.kind != "pending":  # settled since v was read: `zx - mean(zx)` reads zx,
+            # then mean(zx) settles it; new dimensions here would leave the mean's unbound
+            return self.settle(replace(v, kind=info.kind, dims=info.dims), kind, span)
         info.kind = kind
         info.dims = (self.dims.new(), self.dims.new()) if kind == "mat" else (self.dims.new(),)
         return replace(v, kind=kind, dims=info.dims)
@@ -541,13 +553,17 @@ class _CellLowerer:
             a = self.settle(a, "vec", e.span)
         if b.const is None:
             b = self.settle(b, "vec", e.span)
-        # a reduction (width 1) with anything else of width 1 stays one; with a full-width
-        # value it is broadcast to that value's width by an explicit expand
-        reduced = all(v.reduced for v in (a, b) if v.const is None)
-        full = b if a.reduced else a
-        if a.const is None and b.const is None and a.reduced != b.reduced and \
+        # a value of width 1 (a reduction, or a value whose width is known to be 1 here: a
+        # state or parameter of size 1, a slice v[i:i+1], an input of one feature) with
+        # anything else of width 1 stays one; with a value of another width, or of a width
+        # not known yet, it is broadcast to that value's width by an explicit expand (one
+        # that turns out to expand to width 1 is dropped in finish)
+        a_one, b_one = self._one(a), self._one(b)
+        reduced = all(self._one(v) for v in (a, b) if v.const is None)
+        full = b if a_one else a
+        if a.const is None and b.const is None and a_one != b_one and \
                 self.dims.size(full.dims[0]) != 1:
-            if a.reduced:
+            if a_one:
                 a = self.expand(a, b, e.span)
             else:
                 b = self.expand(b, a, e.span)
@@ -564,10 +580,16 @@ class _CellLowerer:
         op = {"+": "add", "-": "sub", "*": "mul", "/": "div"}[e.op]
         return self.emit(op, names, out, e.span)
 
+    def _one(self, v: _Val) -> bool:
+        """Whether ``v`` is a value of width 1 (broadcast in element-wise ops)."""
+        return v.const is None and (v.reduced or self.dims.size(v.dims[0]) == 1)
+
     def expand(self, r: _Val, full: _Val, span: Span | None) -> _Val:
         """The width-1 value ``r`` broadcast to the width of ``full`` (its ``n`` is set in
         :meth:`finish` when that width is not known yet)."""
         out = _Val(dims=full.dims, batched=r.batched, text=r.text)
+        if not r.reduced:
+            self._unbound_one.append(full.dims[0])
         return self.emit("expand", (r.name,), out, span, n=self.dims.size(full.dims[0]))
 
     def reduction(self, fn: str, e: A.Call) -> _Val:
@@ -626,6 +648,19 @@ class _CellLowerer:
                     f"'{a.text}' is dropped as a bias (the layer has `bias: false`), so it "
                     f"cannot be the matrix of '{text}'", e.span,
                     "name matrices other than b or b_*")
+            left = e.left
+            if isinstance(left, A.BinOp) and left.op in ("*", "/") or isinstance(left, A.Neg):
+                # `h * U @ h` is `(h * U) @ h`, as in Python: almost surely h * (U @ h)
+                meant = (A.Neg(A.BinOp("@", left.operand, e.right, e.span), left.span)
+                         if isinstance(left, A.Neg) else
+                         A.BinOp(left.op, left.left, A.BinOp("@", left.right, e.right, e.span),
+                                 left.span))
+                why = ("a unary minus binds tighter than '@'" if isinstance(left, A.Neg) else
+                       f"'{left.op}' and '@' bind equally tight and group from the left")
+                raise self.shape_err(
+                    f"'{text}' reads as '({a.text}) @ {expr_str(e.right, 7)}' ({why}, as in "
+                    "Python), and the left side of '@' must be a parameter matrix", e.span,
+                    f"add parentheses: {expr_str(meant)}")
             raise self.shape_err(f"the left side of '@' must be a parameter matrix, not "
                                  f"'{a.text}'", e.span,
                                  "write W @ v with W a parameter (a name that is no state, "
@@ -691,6 +726,7 @@ class _CellLowerer:
     def run(self) -> Cell:
         self._pending_dims = []
         self._widths = {}
+        self._unbound_one: list[int] = []
         self.aliases = {}
         defined: set[str] = set()
         state_names = [s.name for s in self.states]
@@ -798,13 +834,24 @@ class _CellLowerer:
         return None
 
     def finish(self, output: str, next_state: dict[str, str]) -> Cell:
+        # a value of width 1 (not a reduction) met one whose width nothing bound: the two
+        # are one width, as if they had been unified where they met
+        for d in self._unbound_one:
+            if self.dims.size(d) is None:
+                self.dims.unify(d, self.dims.new(1))
         # resolve every dimension now that all equations have been seen
         sizes = {n: self.dims.size(d) for n, d in self._pending_dims}
         sizes.update({i.name: None for i in self.instrs if i.op == "const"})
         params = []
-        live = _live(self.instrs, set(next_state.values()) | {output})
+        # an expand to width 1 (its value met another of width 1 not known when it was
+        # lowered) is no broadcast: its users read the width-1 value itself
+        same = {i.name: i.args[0] for i in self.instrs if i.op == "expand"
+                and sizes[i.name] == 1}
+        body = [replace(i, args=tuple(same.get(a, a) for a in i.args))
+                for i in self.instrs if i.name not in same]
+        live = _live(body, set(next_state.values()) | {output})
         instrs = [replace(i, shape=(sizes[i.name],) if i.op != "const" else ())
-                  for i in self.instrs if i.name in live]
+                  for i in body if i.name in live]
         used = {a for i in instrs for a in i.args}
         for name, info in self.params.items():
             if name not in used:
@@ -917,7 +964,7 @@ def _initialiser(e: A.Expr, env: dict[str, Any], pname: str) -> tuple[str, tuple
         raise SpecError(f"the initialiser of '{pname}' must be a name or a call", e.span,
                         "e.g. xavier_uniform, orthogonal, constant(1.0), uniform(-0.1, 0.1)")
     if name not in INITIALISERS:
-        raise SpecError(f"unknown initialiser '{name}'", e.span,
+        raise SpecError(f"unknown initialiser '{clip(name)}'", e.span,
                         did_you_mean(name, INITIALISERS))
     if len(args) != INITIALISERS[name]:
         raise SpecError(f"{name} takes {INITIALISERS[name]} argument(s), not {len(args)}",
@@ -1209,7 +1256,7 @@ def _layers(spec: A.Spec, model_cfg: dict, train_cfg: dict | None, in_size: int)
                                                  "last) after the layers",
                                                  f"write `head: {{{cname}: per_step}}` (or "
                                                  "last) beside `layers:`"))
-            raise SpecError(f"unknown cell '{cname}'", cspan, did_you_mean(cname, choices))
+            raise SpecError(f"unknown cell '{clip(cname)}'", cspan, did_you_mean(cname, choices))
         if opts_node is None or (isinstance(opts_node, A.CScalar) and opts_node.value is None):
             opts_node = A.CMap((), cspan)
         if not isinstance(opts_node, A.CMap):
@@ -1222,7 +1269,7 @@ def _layers(spec: A.Spec, model_cfg: dict, train_cfg: dict | None, in_size: int)
             elif k in cell_opts:
                 cell_part.append((k, v, ks))
             else:
-                raise SpecError(f"unknown option '{k}' for cell '{cname}'", ks or cspan,
+                raise SpecError(f"unknown option '{clip(k)}' for cell '{cname}'", ks or cspan,
                                 did_you_mean(k, list(LAYER_OPTIONS) + sorted(cell_opts)))
         lo = Fields(dict(LAYER_OPTIONS)).validate(
             A.CMap(tuple((k, v) for k, v, _ in layer_part), cspan,
@@ -1237,7 +1284,7 @@ def _layers(spec: A.Spec, model_cfg: dict, train_cfg: dict | None, in_size: int)
                     isinstance(d, str) and not isinstance(val, str)):
                 kind = ("true or false" if isinstance(d, bool) else
                         "a number" if isinstance(d, int | float) else "a name or string")
-                raise SpecError(f"option '{k}' of cell '{cname}' must be {kind}, not {val!r}",
+                raise SpecError(f"option '{k}' of cell '{cname}' must be {kind}, not {shown(val)}",
                                 ks or cspan, f"the default is {_show(d)}")
             known = _compared_strings(cdef).get(k)
             if isinstance(d, str) and d not in ACTIVATIONS and known and \
@@ -1245,7 +1292,7 @@ def _layers(spec: A.Spec, model_cfg: dict, train_cfg: dict | None, in_size: int)
                 # a string option that picks a branch (not an activation, which may also be
                 # tested): a value no branch tests would take the `else` of every condition
                 choices = sorted(known | {d})
-                raise SpecError(f"option '{k}' of cell '{cname}' is {val!r}, which the cell "
+                raise SpecError(f"option '{k}' of cell '{cname}' is {shown(val)}, which the cell "
                                 f"does not know", getattr(v, "span", None) or ks or cspan,
                                 did_you_mean(val, choices)
                                 or "use one of " + ", ".join(map(repr, choices)))
@@ -1348,6 +1395,4 @@ def _freeze(v: Any) -> Any:
 
 def _show(v: Any) -> str:
     """A value as the spec language writes it."""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    return repr(v)
+    return shown(v)

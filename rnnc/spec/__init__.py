@@ -16,11 +16,12 @@ SYNTAXES = {".rnn": "rnn", ".yaml": "yaml", ".yml": "yaml"}
 
 def parse_spec(text: str, name: str = "<spec>", syntax: str | None = None) -> Spec:
     """Parse spec text; the syntax comes from ``syntax`` or the name's extension."""
+    text = text.removeprefix("\ufeff")  # a byte-order mark (load_spec drops it too)
     if syntax is None:
         syntax = SYNTAXES.get(Path(name).suffix.lower())
         if syntax is None:
             # the first line that is no comment (a .rnn file often starts with some)
-            first = next((ln.strip() for ln in text.lstrip("\ufeff").splitlines()
+            first = next((ln.strip() for ln in text.splitlines()
                           if ln.strip() and not ln.lstrip().startswith("#")), "")
             syntax = "rnn" if re.match(r"(cell|model|train)\b(?!\s*:)", first) else "yaml"
     if syntax == "rnn":

@@ -233,3 +233,40 @@ class Spec:
             if c.name == name:
                 return c
         return None
+
+
+# ---------------------------------------------------------------- nesting depth
+
+MAX_DEPTH = 200
+"""The deepest an expression or a configuration value may nest. Every stage after the
+parser (checks, lowering, `fmt`'s printers, PyYAML's writer) walks the tree recursively,
+a few Python frames a level: a call nested 350 deep overflowed Python's stack in them,
+after the parser had taken it. No spec needs more than a few dozen levels; a sum of more
+than MAX_DEPTH terms nests as deep (it is a chain of binary operations)."""
+
+_NODES = (Expr, CScalar, CList, CMap, StateDecl, ParamDecl, Equation, CellDef, Spec)
+
+
+def too_deep(root: Any) -> tuple[Any, Span | None] | None:
+    """The first node of ``root`` nested deeper than :data:`MAX_DEPTH`, with the span of
+    it or of its nearest ancestor that has one; None when none is. Iterative, so it works
+    on a tree of any depth."""
+    stack: list[tuple[Any, int, Span | None]] = [(root, 0, None)]
+    while stack:
+        node, depth, where = stack.pop()
+        where = getattr(node, "span", None) or where
+        if depth > MAX_DEPTH:
+            return node, where
+        if isinstance(node, CMap):
+            kids: list[Any] = [v for _, v in node.items]
+        elif isinstance(node, CList):
+            kids = list(node.items)
+        else:
+            kids = []
+            for name in node.__dataclass_fields__:
+                value = getattr(node, name)
+                for v in value if isinstance(value, tuple) else (value,):
+                    if isinstance(v, _NODES):
+                        kids.append(v)
+        stack.extend((k, depth + 1, where) for k in kids)
+    return None

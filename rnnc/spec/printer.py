@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from decimal import Decimal
 from typing import Any
 
 import yaml
@@ -20,10 +21,24 @@ _PREC = {"or": 1, "and": 2, "==": 4, "!=": 4, "<": 4, "<=": 4, ">": 4, ">=": 4,
          "+": 5, "-": 5, "*": 6, "/": 6, "@": 6}
 
 
+def float_str(v: float) -> str:
+    """A float as people write it: Python's shortest form that reads back as the same
+    number, without its exponent's sign and zero padding (``1e-5``, ``2.5e20``, not
+    ``1e-05``, ``2.5e+20``); the text language and rnnc's YAML reader take both."""
+    text = repr(float(v))
+    if "e" not in text and abs(v) >= 1e15:  # 1000000000000000.0: Python's switch is 1e16
+        short = str(Decimal(text).normalize()).lower()
+        text = short if "e" in short else text
+    if "e" in text:
+        mantissa, exponent = text.split("e")
+        text = f"{mantissa}e{int(exponent)}"
+    return text
+
+
 def _num(v: float) -> str:
     if v == int(v) and abs(v) < 1e15:
         return str(int(v))
-    return repr(float(v))
+    return float_str(v)
 
 
 def expr_str(e: A.Expr, parent: int = 0) -> str:
@@ -78,7 +93,7 @@ def value_str(v: Any) -> str:
         if x is None:  # YAML's null (an empty value)
             return "none"
         if isinstance(x, int | float):
-            return repr(x) if isinstance(x, float) else str(x)
+            return float_str(x) if isinstance(x, float) else str(x)
         if _BARE.match(x) and x not in _KEYWORDS - {"true", "false"} and x not in (
                 "true", "false"):
             return x
@@ -111,11 +126,15 @@ def _is_name(k: str) -> bool:
     return bool(_BARE.match(k)) and k not in _KEYWORDS - {"true", "false"}
 
 
-def _need_name(k: Any, span: Any, what: str) -> None:
-    """SpecError unless ``k`` can stand where the text language takes a NAME: a YAML spec
-    can use any string there, the text language cannot (its printed form would not parse,
-    or would parse to another spec)."""
-    if not isinstance(k, str) or not _is_name(k):
+_STATEMENTS = {"cell", "model", "train", "option", "state", "param", "output"}
+"""Words that start a line of the text language: no entry or equation starts with them."""
+
+
+def _need_name(k: Any, span: Any, what: str, starts_line: bool = False) -> None:
+    """SpecError unless ``k`` can stand where the text language takes a NAME (at the start
+    of a line: ``starts_line``): a YAML spec can use any string there, the text language
+    cannot (its printed form would not parse, or would parse to another spec)."""
+    if not isinstance(k, str) or not _is_name(k) or starts_line and k in _STATEMENTS:
         raise SpecError(f"{what}, {json.dumps(k)}, cannot be written in the rnn syntax, which "
                         "takes a name there (letters, digits and _, not a keyword)", span,
                         "rename it, or keep the spec in YAML")
@@ -153,7 +172,7 @@ def _cell_text(c: A.CellDef) -> list[tuple[str, int | None]]:
     if c.output is not None:
         _need_name(c.output, c.output_span, f"the output of cell '{c.name}'")
     for eq in c.equations:
-        _need_name(eq.target, eq.span, f"an equation of cell '{c.name}'")
+        _need_name(eq.target, eq.span, f"an equation of cell '{c.name}'", starts_line=True)
     lines = [(f"cell {c.name}({', '.join(c.inputs)}) {{", _line(c.span))]
     spans = c.options.key_spans or (None,) * len(c.options.items)
     for (k, v), kspan in zip(c.options.items, spans, strict=False):
@@ -256,8 +275,18 @@ def to_text(spec: A.Spec) -> str:
         for (k, v), kspan in zip(block.items, spans, strict=False):
             if kind == "model" and k == "name":
                 continue
-            _need_name(k, kspan or block.span, f"the {kind} key")
+            _need_name(k, kspan or block.span, f"the {kind} key", starts_line=True)
+            if kind == "model" and (k == "layer" or k == "layers" and not isinstance(
+                    v, A.CList)):  # the text language has `layer` lines, and only them
+                raise SpecError(f"the model's '{k}' " + (
+                    "is not a list of layers" if k == "layers" else "key (not 'layers')") +
+                    ", which cannot be written in the rnn syntax", kspan or block.span,
+                    "give the model `layers: [{CELL: {hidden: N}}, ...]`")
             if kind == "model" and k == "layers" and isinstance(v, A.CList):
+                if not v.items:  # no `layer` line says `layers: []`: it would vanish
+                    raise SpecError("the model has no layers, which cannot be written in the "
+                                    "rnn syntax (it has a `layer` line for each)",
+                                    kspan or block.span, "add at least one layer")
                 for layer in v.items:
                     out.append((f"  layer {_entry_words(layer)}", _line(layer.span)))
                 continue
@@ -273,7 +302,20 @@ def to_data(spec: A.Spec) -> dict:
     data: dict[str, Any] = {}
     if spec.cells:
         cells = {}
+        _once_each(((c.name, c.span) for c in spec.cells), "cell '{}' is defined twice",
+                   "rename or remove one of them")
         for c in spec.cells:
+            # a name given twice would be one key of a mapping here: the second would
+            # silently replace the first (`rnnc check` refuses such a spec, with these words)
+            spans = c.options.key_spans or (c.span,) * len(c.options.items)
+            for what, names in (
+                    ("option", zip((k for k, _ in c.options.items), spans, strict=False)),
+                    ("state", ((sd.name, sd.span) for sd in c.states)),
+                    ("parameter", ((p.name, p.span) for p in c.params))):
+                _once_each(names, f"{what} '{{}}' is declared twice in cell '{c.name}'",
+                           "give each its own name")
+            _once_each(((eq.target + ("'" if eq.primed else ""), eq.span) for eq in c.equations),
+                       f"'{{}}' is defined twice in cell '{c.name}'", "remove one of them")
             d: dict[str, Any] = {}
             if c.doc:
                 d["doc"] = c.doc
@@ -314,6 +356,15 @@ def to_data(spec: A.Spec) -> dict:
     return data
 
 
+def _once_each(names: Any, message: str, hint: str) -> None:
+    """SpecError at the second of two equal names (``(name, span)`` pairs)."""
+    seen = set()
+    for name, span in names:
+        if name in seen:
+            raise SpecError(message.format(name), span or None, hint)
+        seen.add(name)
+
+
 class _Dumper(yaml.SafeDumper):
     """Never folds a string over several lines (an equation stays on one line)."""
 
@@ -339,7 +390,18 @@ def _block_rep(dumper: yaml.SafeDumper, d: dict):
     return dumper.represent_mapping("tag:yaml.org,2002:map", d, flow_style=False)
 
 
+def _float_rep(dumper: yaml.SafeDumper, v: float):
+    # `1e-5` as written: PyYAML would write 1.0e-05. YAML 1.1 reads 1e-5 as a string,
+    # which rnnc's reader takes as the number (a plain scalar that is a decimal number)
+    text = float_str(v)
+    tag = "tag:yaml.org,2002:float"
+    if dumper.resolve(yaml.ScalarNode, text, (True, False)) != tag:
+        tag = "tag:yaml.org,2002:str"
+    return dumper.represent_scalar(tag, text)
+
+
 _Dumper.add_representer(str, _str_rep)
+_Dumper.add_representer(float, _float_rep)
 _Dumper.add_representer(_Block, _block_rep)
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from rnnc.errors import SpecError, did_you_mean, in_syntax
+from rnnc.errors import SpecError, clip, did_you_mean, in_syntax, shown
 from rnnc.spec.ast import CList, CMap, CScalar
 
 
@@ -32,16 +32,6 @@ class Type:
 
 def _span(node: Any):
     return getattr(node, "span", None)
-
-
-def shown(v: Any) -> str:
-    """A spec's scalar as the spec writes it: true/false, none for YAML's null (an empty
-    value; Python's True and None meant nothing to a user of `epochs: yes`)."""
-    if v is None:
-        return "none (no value)"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    return repr(v)
 
 
 def _scalar(node: Any, where: str, what: str) -> Any:
@@ -192,7 +182,7 @@ class Fields(Type):
         out = {}
         for key, value in node.items:
             if key not in self.fields:
-                raise SpecError(f"unknown key '{key}' in {where}", node.key_span(key),
+                raise SpecError(f"unknown key '{clip(key)}' in {where}", node.key_span(key),
                                 did_you_mean(key, self.fields))
             out[key] = self.fields[key][0].validate(value, f"{where}.{key}")
         for key, (_, default) in self.fields.items():
@@ -260,7 +250,7 @@ class Choice(Type):
                           f"write `{key}: NAME` or `{key}: {{NAME: {{option: value}}}}`"),
             )
         if name not in variants:
-            raise SpecError(f"unknown {self.what} '{name}'", kspan,
+            raise SpecError(f"unknown {self.what} '{clip(name)}'", kspan,
                             did_you_mean(name, variants))
         return (name, variants[name].validate(inner, f"{where}.{name}"))
 

@@ -282,6 +282,10 @@ class _Builder(Transformer):
                     items.append(("layers", None))
                     spans.append(kspan)
                 continue
+            if kind == "model" and key == "layers":  # it would be replaced by the `layer`s
+                raise SpecError("a model block gives each layer on a line of its own: "
+                                "`layer CELL(...)`, not `layers`", kspan,
+                                "write `layer lstm(hidden: 64)` for each layer")
             if key in (k for k, _ in items):
                 raise SpecError(f"'{key}' is given twice in the {kind} block", kspan,
                                 "remove one of them")
@@ -502,6 +506,9 @@ def _parse(text: str, name: str, start: str, source: Source | None = None) -> An
     _comments.clear()
     try:
         result = _Builder(source).transform(tree)
+        deep = A.too_deep(result)
+        if deep is not None:
+            raise nesting_error(*deep)
         if isinstance(result, A.Spec) and comments:
             train_line = next((t.meta.line for t in tree.children
                                if getattr(t, "data", None) == "train"), None)
@@ -515,6 +522,17 @@ def _parse(text: str, name: str, start: str, source: Source | None = None) -> An
         raise
     except RecursionError:
         raise _too_deep(tree, source) from None
+
+
+def nesting_error(node: Any, span: Span | None) -> SpecSyntaxError:
+    """The error for a node nested deeper than :data:`rnnc.spec.ast.MAX_DEPTH`."""
+    if isinstance(node, A.Expr):
+        return SpecSyntaxError("an expression is nested too deeply (or is too long) to "
+                               f"compile: more than {A.MAX_DEPTH} levels", span,
+                               "split it into several equations")
+    return SpecSyntaxError(f"lists or mappings are nested too deeply: more than {A.MAX_DEPTH} "
+                           "levels", span, "a spec nests a few levels; look for unclosed "
+                           "brackets")
 
 
 def _too_deep(tree: Any, source: Source) -> SpecSyntaxError:

@@ -18,7 +18,7 @@ import yaml
 
 from rnnc.errors import YAML_BREAK, RnncError, Source, Span, SpecError, SpecSyntaxError
 from rnnc.spec import ast as A
-from rnnc.spec.text import parse_expr
+from rnnc.spec.text import nesting_error, parse_expr
 
 
 _SAFE_TAGS = {
@@ -174,9 +174,9 @@ def _relocate(node: Any, fn) -> Any:
 
 
 def _unknown_key(key: str, span: Span, allowed, where: str) -> SpecError:
-    from rnnc.errors import did_you_mean
+    from rnnc.errors import clip, did_you_mean
 
-    return SpecError(f"unknown key '{key}' in {where}", span, did_you_mean(key, allowed))
+    return SpecError(f"unknown key '{clip(key)}' in {where}", span, did_you_mean(key, allowed))
 
 
 def _cell(r: _Reader, name: str, node: yaml.Node, name_span: Span) -> A.CellDef:
@@ -255,12 +255,16 @@ def _param(r: _Reader, name: str, node: yaml.Node, span: Span) -> A.ParamDecl:
 def parse_yaml(text: str, name: str = "<spec>") -> A.Spec:
     """Parse a YAML spec into the AST."""
     try:
-        return _parse_yaml(text, name)
+        spec = _parse_yaml(text, name)
     except RecursionError:  # PyYAML composes, and the reader walks, nodes recursively
         raise SpecSyntaxError("invalid YAML: lists or mappings are nested too deeply",
                               Span(Source(name, text, yaml=True), 1, 1),
                               "a spec nests a few levels; look for unclosed brackets"
                               ) from None
+    deep = A.too_deep(spec)  # the equations were checked as they were parsed
+    if deep is not None:
+        raise nesting_error(*deep)
+    return spec
 
 
 MAX_VALUES = 100_000
