@@ -77,6 +77,14 @@ def _check_opt_state(opt_state):
     raise NotImplementedError  # backends/common.py INPUT_CHECKS
 
 
+def _seeded(seed):
+    raise NotImplementedError  # backends/common.py INPUT_CHECKS
+
+
+def _float_dtype(dtype, fn):
+    raise NotImplementedError  # backends/common.py INPUT_CHECKS
+
+
 def _predict(params, h):
     raise NotImplementedError
 
@@ -178,31 +186,14 @@ def initial_state(batch, dtype=DTYPE):
     return {name: jnp.zeros((batch,) + shape, dtype=dtype) for name, shape in STATE_SHAPES.items()}
 
 
-def _seeded(seed):
-    """np.random.default_rng(seed), or one error naming init_params' seed."""
-    try:
-        return np.random.default_rng(seed)
-    except (TypeError, ValueError) as e:
-        raise type(e)(f"init_params: seed must be an int 0 or more, got {seed!r}") from None
-
-
 def _floating(dtype):
     """Whether `dtype` is a floating-point type (the params' and the state's)."""
     return jnp.issubdtype(dtype, jnp.floating)
 
 
-def _float_dtype(dtype, fn):
-    """`dtype` as a dtype, or one error naming `fn`'s dtype argument: a TypeError for what
-    is no dtype, a ValueError for one that is not floating-point (int32, bool, complex64)."""
-    try:
-        kind = None if dtype is None else jnp.dtype(dtype)
-    except TypeError:
-        kind = None
-    if kind is None:
-        raise TypeError(f"{fn}: dtype must be a float type such as 'float32', got {dtype!r}")
-    if not _floating(kind):
-        raise ValueError(f"{fn}: dtype must be a float type such as 'float32', got {kind}")
-    return kind
+def _as_dtype(dtype):
+    """`dtype` (a name or a type) as a jnp.dtype; a TypeError for what is none."""
+    return jnp.dtype(dtype)
 
 
 def _state_in(state, batch, dtype):

@@ -197,31 +197,14 @@ def initial_state(batch, dtype=DTYPE):
     return {name: np.zeros((batch,) + shape, dtype=dtype) for name, shape in STATE_SHAPES.items()}
 
 
-def _seeded(seed):
-    """np.random.default_rng(seed), or one error naming init_params' seed."""
-    try:
-        return np.random.default_rng(seed)
-    except (TypeError, ValueError) as e:
-        raise type(e)(f"init_params: seed must be an int 0 or more, got {seed!r}") from None
-
-
 def _floating(dtype):
     """Whether `dtype` is a floating-point type (the params' and the state's)."""
     return np.issubdtype(dtype, np.floating)
 
 
-def _float_dtype(dtype, fn):
-    """`dtype` as a dtype, or one error naming `fn`'s dtype argument: a TypeError for what
-    is no dtype, a ValueError for one that is not floating-point (int32, bool, complex64)."""
-    try:
-        kind = None if dtype is None else np.dtype(dtype)
-    except TypeError:
-        kind = None
-    if kind is None:
-        raise TypeError(f"{fn}: dtype must be a float type such as 'float32', got {dtype!r}")
-    if not _floating(kind):
-        raise ValueError(f"{fn}: dtype must be a float type such as 'float32', got {kind}")
-    return kind
+def _as_dtype(dtype):
+    """`dtype` (a name or a type) as a np.dtype; a TypeError for what is none."""
+    return np.dtype(dtype)
 
 
 def _state_in(state, batch, dtype):
@@ -415,6 +398,29 @@ def _ids_dtype_ok(kind, dtype):
 
 def _dims(dims):
     return "(" + ", ".join(str(d) for d in dims) + ("," if len(dims) == 1 else "") + ")"
+
+
+def _seeded(seed):
+    """np.random.default_rng(seed), or one error naming init_params' seed."""
+    try:
+        return np.random.default_rng(seed)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"init_params: seed must be an int 0 or more, got {seed!r}") from None
+
+
+def _float_dtype(dtype, fn):
+    """`dtype` as a dtype, or one error naming `fn`'s dtype argument: a TypeError for what
+    is no dtype, a ValueError for one that is not floating-point (int32, bool, complex64).
+    `_as_dtype` and `_floating` are the backend's (JAX's dtypes include bfloat16)."""
+    try:
+        kind = None if dtype is None else _as_dtype(dtype)
+    except TypeError:
+        kind = None
+    if kind is None:
+        raise TypeError(f"{fn}: dtype must be a float type such as 'float32', got {dtype!r}")
+    if not _floating(kind):
+        raise ValueError(f"{fn}: dtype must be a float type such as 'float32', got {kind}")
+    return kind
 
 
 def _check_params(params):
