@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from rnnc.ir.nodes import Program
+from rnnc.spec.printer import float_str
+
+
+def _n(v: float) -> str:
+    """A number as a spec writes it (2, 0.005, 1e-8), not as `:g` does (1e-08), and in
+    full (`:g` kept six digits)."""
+    v = float(v)
+    if math.isfinite(v) and v == int(v) and abs(v) < 1e15:
+        return str(int(v))
+    return float_str(v)
 
 
 def summary(program: Program) -> dict[str, Any]:
@@ -46,7 +57,7 @@ def summary_text(program: Program) -> str:
     m = program.model
     lines = [f"model {m.name}  ({program.source_name or 'spec'} ok)"]
     enc = m.input
-    drop = f", dropout {m.input_dropout:g}" if m.input_dropout else ""
+    drop = f", dropout {_n(m.input_dropout)}" if m.input_dropout else ""
     if enc.kind == "dense":
         lines.append(f"  input   dense, {enc.size} features{drop}")
     elif enc.kind == "onehot":
@@ -64,14 +75,14 @@ def summary_text(program: Program) -> str:
     h = m.head
     where = "every step" if h.at == "per_step" else "the last step"
     loss = "cross-entropy" if h.kind == "softmax" else "mean squared error"
-    drop = f", dropout {m.output_dropout:g} on its input" if m.output_dropout else ""
+    drop = f", dropout {_n(m.output_dropout)} on its input" if m.output_dropout else ""
     lines.append(f"  head    {h.kind} {h.input_size} -> {h.output_size} at {where} ({loss})"
                  f"{drop}")
     lines.append("  parameters:")
     width = max(len(p.name) for p in m.params)
     for p in m.params:
         shape = "(" + ", ".join(str(d) for d in p.shape) + ("," if len(p.shape) == 1 else "") + ")"
-        init = p.init[0] + (f"({', '.join(f'{a:g}' for a in p.init[1])})" if p.init[1] else "")
+        init = p.init[0] + (f"({', '.join(f'{_n(a)}' for a in p.init[1])})" if p.init[1] else "")
         lines.append(f"    {p.name:<{width}}  {shape:<12} {p.size:>10,}  {init}")
     lines.append(f"  total parameters: {m.param_count:,}")
     t = program.train
@@ -84,7 +95,7 @@ def summary_text(program: Program) -> str:
 
 
 def _call(name: str, args: tuple[tuple[str, Any], ...]) -> str:
-    return f"{name}({', '.join(f'{k}: {v:g}' for k, v in args)})" if args else name
+    return f"{name}({', '.join(f'{k}: {_n(v)}' for k, v in args)})" if args else name
 
 
 def _update_parts(t) -> list[str]:
@@ -94,11 +105,11 @@ def _update_parts(t) -> list[str]:
     parts = [_call(name, tuple(sorted(args, key=lambda kv: kv[0] != "lr")))]
     if t.schedule is not None:
         parts.append(f"schedule {_call(*t.schedule)}")
-    clip = [f"norm {t.clip_norm:g}" if t.clip_norm is not None else "",
-            f"value {t.clip_value:g}" if t.clip_value is not None else ""]
+    clip = [f"norm {_n(t.clip_norm)}" if t.clip_norm is not None else "",
+            f"value {_n(t.clip_value)}" if t.clip_value is not None else ""]
     parts.append("clip " + " ".join(c for c in clip if c) if any(clip) else "no clipping")
     if t.l1 or t.l2:
-        parts.append(", ".join(f"{k} {v:g}" for k, v in (("l1", t.l1), ("l2", t.l2)) if v))
+        parts.append(", ".join(f"{k} {_n(v)}" for k, v in (("l1", t.l1), ("l2", t.l2)) if v))
     if t.early_stop is not None:
         parts.append(f"early stop on {t.early_stop[0]}, patience {t.early_stop[1]}")
     parts.append(f"state reset per {t.reset}" if t.reset != "never" else "state never reset")

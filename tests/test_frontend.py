@@ -800,7 +800,7 @@ def test_check_shows_how_each_update_is_made():
     assert r.exit_code == 0, r.output
     (line,) = [x for x in r.output.splitlines() if x.startswith("  update  ")]
     assert line.split("  update  ")[1].split("; ") == [
-        "adam(lr: 0.005, b1: 0.9, b2: 0.999, eps: 1e-08)", "clip norm 5", "l1 1e-06, l2 0.0001",
+        "adam(lr: 0.005, b1: 0.9, b2: 0.999, eps: 1e-8)", "clip norm 5", "l1 1e-6, l2 0.0001",
         "early stop on val_loss, patience 6", "state reset per document"]
     # the summary showed a layer's own dropout but not `dropout output` (nor `input`)
     assert "  head    softmax 64 -> 48 at every step (cross-entropy), dropout 0.2 on its " \
