@@ -112,7 +112,9 @@ def test_every_value_of_width_one_broadcasts_like_a_reduction(one):
     parameter) times a full-width value: the width-1 value was unified with the other
     side, so `tanh(W @ x + U @ h) * s` made h' of size 1 and failed ('h' has shape (1,)
     but state h is (4,)'). It now broadcasts, as sum(v) and mean(v) do."""
-    cell = cell_of("cell c(x) {\n  state h, s[1]\n  param g1[1]\n  param k[1, hidden]\n"
+    # only the parameter this case reads is declared (an unread one is an error)
+    decl = {"g1": "  param g1[1]\n", "(k @ h)": "  param k[1, hidden]\n"}.get(one, "")
+    cell = cell_of("cell c(x) {\n  state h, s[1]\n" + decl +
                    f"  h' = tanh(W @ x + U @ h) * {one}\n  s' = sigmoid(sum(h))\n}}\n")
     shapes = {p.name: p.shape for p in cell.params}
     assert shapes["W"] == (4, 3) and shapes["U"] == (4, 4)
