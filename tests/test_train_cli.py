@@ -1082,6 +1082,8 @@ def test_text_bptt_k2_refuses_a_layer_that_runs_backward(tmp_path):
     _assert_clean_error(result, "bptt k2 (16) larger than k1 (8) on text needs layers that "
                                 "run forward in time")
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    # rnnc check refuses it too (it said ok, and train refused at once)
+    _assert_clean_error(rnnc("check", spec, code=1), "on text needs layers that run forward")
 
 
 def test_plot_curves(reber_run, tmp_path):

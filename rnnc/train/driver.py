@@ -458,7 +458,9 @@ def check_sample_line(spec: A.Spec, program: Program, dataset: Dataset,
 def check_plan(spec: A.Spec, program: Program, dataset: Dataset,
                train_cfg: dict[str, Any]) -> None:
     """What `rnnc train` refuses about the train block before training, for `rnnc check`:
-    the early_stop metric and the sample line."""
+    text bptt k2 > k1 with a layer that runs backward, the early_stop metric and the
+    sample line."""
+    check_text_bptt(spec, program, dataset)
     stop_rule(program.train.early_stop, dataset.metric, spec.train.key_span("early_stop"))
     if train_cfg.get("sample"):
         check_sample_line(spec, program, dataset, train_cfg["sample"])
