@@ -123,6 +123,15 @@ def _seeded(seed):
         raise type(e)(f"init_params: seed must be an int 0 or more, got {seed!r}") from None
 
 
+def _check_batch(batch):
+    """initial_state's batch: a TypeError unless an int, a ValueError if negative."""
+    if isinstance(batch, bool) or not isinstance(batch, int | np.integer):
+        kind = type(batch).__name__
+        raise TypeError(f"initial_state: batch must be an int, got a {kind}")
+    if batch < 0:
+        raise ValueError(f"initial_state: batch must be 0 or more, got {batch}")
+
+
 def _float_dtype(dtype, fn):
     """`dtype` as a dtype, or one error naming `fn`'s dtype argument: a TypeError for what
     is no dtype, a ValueError for one that is not floating-point (int32, bool, complex64).

@@ -85,6 +85,10 @@ def _float_dtype(dtype, fn):
     raise NotImplementedError  # backends/common.py INPUT_CHECKS
 
 
+def _check_batch(batch):
+    raise NotImplementedError  # backends/common.py INPUT_CHECKS
+
+
 def _predict(params, h):
     raise NotImplementedError
 
@@ -177,11 +181,7 @@ def init_params(seed=0, dtype=DTYPE):
 
 def initial_state(batch, dtype=DTYPE):
     """The zero state {"<layer>.<state>": (batch, size)}."""
-    if isinstance(batch, bool) or not isinstance(batch, int | np.integer):
-        kind = type(batch).__name__
-        raise TypeError(f"initial_state: batch must be an int, got a {kind}")
-    if batch < 0:
-        raise ValueError(f"initial_state: batch must be 0 or more, got {batch}")
+    _check_batch(batch)
     dtype = _float_dtype(dtype, "initial_state")
     return {name: jnp.zeros((batch,) + shape, dtype=dtype) for name, shape in STATE_SHAPES.items()}
 

@@ -164,11 +164,7 @@ def init_params(seed=0, dtype=DTYPE):
 
 def initial_state(batch, dtype=DTYPE):
     """The zero state {"<layer>.<state>": (batch, size)}."""
-    if isinstance(batch, bool) or not isinstance(batch, int | np.integer):
-        kind = type(batch).__name__
-        raise TypeError(f"initial_state: batch must be an int, got a {kind}")
-    if batch < 0:
-        raise ValueError(f"initial_state: batch must be 0 or more, got {batch}")
+    _check_batch(batch)
     dtype = _float_dtype(dtype, "initial_state")
     return {name: np.zeros((batch,) + shape, dtype=dtype) for name, shape in STATE_SHAPES.items()}
 
@@ -382,6 +378,15 @@ def _seeded(seed):
         return np.random.default_rng(seed)
     except (TypeError, ValueError) as e:
         raise type(e)(f"init_params: seed must be an int 0 or more, got {seed!r}") from None
+
+
+def _check_batch(batch):
+    """initial_state's batch: a TypeError unless an int, a ValueError if negative."""
+    if isinstance(batch, bool) or not isinstance(batch, int | np.integer):
+        kind = type(batch).__name__
+        raise TypeError(f"initial_state: batch must be an int, got a {kind}")
+    if batch < 0:
+        raise ValueError(f"initial_state: batch must be 0 or more, got {batch}")
 
 
 def _float_dtype(dtype, fn):
