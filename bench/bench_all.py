@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument(
         "--malloc-keep",
         action="store_true",
-        help="raise glibc's mmap/trim thresholds first, as `rnnc train` does "
+        help="set glibc up to keep freed memory first (one arena, no mmap), as `rnnc train` does "
         "(rnnc/train/hostmem.py; applies to every framework of the run)",
     )
     ap.add_argument("--keep-modules", metavar="DIR", help="write the generated modules here")
