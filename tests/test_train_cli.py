@@ -2085,3 +2085,42 @@ def test_split_scores_count_scored_steps_only():
         right += int((probs.argmax(-1) == y)[keep].sum())
         total += int(keep.sum())
     assert scores.result()["accuracy"] == pytest.approx(right / total, rel=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "jax"])
+def test_class_ids_beyond_the_models_classes_are_refused_before_training(tmp_path, backend):
+    """Class ids the model's head cannot score never reach a module (whose JAX form, given
+    a device array, could only make the loss NaN): `train` refuses a class count below the
+    data's ids, and `eval` a data file whose ids grew since the run was trained, each with
+    one error and no step run."""
+    pytest.importorskip(backend)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.integers(0, 4, (20, 6)), y=rng.integers(0, 3, (20, 6)))
+    model = ("model m {{\n  input onehot(vocab: auto)\n  layer lstm(hidden: 3)\n"
+             "  head softmax(at: per_step, classes: {classes})\n}}\n"
+             'train {{\n  data npz(path: "d.npz"{n_out})\n  epochs 1\n  batch 4\n}}\n')
+    few = write(tmp_path / "few.rnn", model.format(classes=2, n_out=""))
+    result = rnnc("train", few, "--backend", backend, "--out", tmp_path / "r0", "--quiet",
+                  code=1)
+    _assert_clean_error(result, "the head's output size is 2, but the dataset's is 3")
+    few = write(tmp_path / "few2.rnn", model.format(classes="auto", n_out=", n_out: 2"))
+    result = rnnc("train", few, "--backend", backend, "--out", tmp_path / "r1", "--quiet",
+                  code=1)
+    _assert_clean_error(result, "option 'n_out' of dataset 'npz' must be at least 3 "
+                                "(the data uses ids up to 2), got 2")
+    assert not (tmp_path / "r0").exists() and not (tmp_path / "r1").exists()
+
+    for n_out, want in (("", "the data no longer fits the model in '{run}': its n_out is "
+                             "now 5, the model's is 3"),
+                        (", n_out: 4", "option 'n_out' of dataset 'npz' must be at least 5 "
+                                       "(the data uses ids up to 4), got 4")):
+        np.savez(tmp_path / "d.npz", x=rng.integers(0, 4, (20, 6)),
+                 y=rng.integers(0, 3, (20, 6)))
+        spec = write(tmp_path / "s.rnn", model.format(classes="auto", n_out=n_out))
+        run = tmp_path / f"run{len(n_out)}"
+        rnnc("train", spec, "--backend", backend, "--out", run, "--quiet")
+        y = rng.integers(0, 3, (20, 6))
+        y[3, 2] = 4  # a class the model has no output for
+        np.savez(tmp_path / "d.npz", x=rng.integers(0, 4, (20, 6)), y=y)
+        _assert_clean_error(rnnc("eval", run, code=1), want.format(run=run))
+
