@@ -2124,3 +2124,24 @@ def test_class_ids_beyond_the_models_classes_are_refused_before_training(tmp_pat
         np.savez(tmp_path / "d.npz", x=rng.integers(0, 4, (20, 6)), y=y)
         _assert_clean_error(rnnc("eval", run, code=1), want.format(run=run))
 
+
+@pytest.mark.parametrize("prime", ['prime "the "', ""])
+def test_samples_while_training_show_the_prime_as_rnnc_sample_does(tmp_path, prime):
+    """A sample printed during training was only the drawn characters, from another
+    default prime (the corpus's first character) than `rnnc sample` (a newline): now it
+    is the prime and what followed it, under a line that names the prime, and the
+    default prime is the same as `rnnc sample`'s."""
+    write(tmp_path / "corpus.txt", CORPUS)
+    spec = write(tmp_path / "chars.rnn", TEXT.replace('prime "the "', prime)
+                 .replace("epochs 2", "epochs 1"))
+    result = rnnc("train", spec, "--backend", BACKEND, "--out", tmp_path / "run")
+    want = "the " if prime else "\n"
+    heading = f"sample at step 6 (prime {want!r}, then 12 drawn characters):\n"
+    assert heading in result.output, result.output
+    shown = result.output.split(heading, 1)[1]
+    assert shown.startswith(want)
+    drawn = shown[len(want):].split("\n")[0] if want == "the " else shown[1:].split("\n")[0]
+    assert len(drawn) <= 12 and set(drawn) <= set(CORPUS)
+    from rnnc.train.sampling import default_prime
+
+    assert default_prime(sorted(set(CORPUS)), {"prime": "the "} if prime else None) == want
