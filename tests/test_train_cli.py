@@ -1073,6 +1073,72 @@ def test_text_bptt_k2_with_jax_is_numpy(tmp_path):
     np.testing.assert_allclose(la, lb, rtol=1e-9)
 
 
+_COUNT_CALLS = """
+import json, sys
+import numpy as np
+import rnnc.train.driver as d
+
+calls, modules = [], []
+load = d.import_module_file
+
+
+def counting(path):
+    m = load(path)
+    inner = m.train_step
+
+    def train_step(params, opt_state, xs, ys, state=None, lengths=None, resets=None, **kw):
+        calls.append([np.shape(xs), np.shape(ys), resets is None or np.shape(resets)])
+        return inner(params, opt_state, xs, ys, state, lengths, resets, **kw)
+
+    m.train_step = train_step
+    modules.append(m)
+    return m
+
+
+d.import_module_file = counting
+from rnnc.cli import main
+
+sys.argv = ["rnnc", "train", *sys.argv[1:]]
+try:
+    main()
+except SystemExit as e:
+    assert e.code in (0, None), e.code
+m = modules[0]
+jitted = getattr(m, "_TRAIN_STEPS", {}).get("cpu")
+print(json.dumps({"calls": [list(map(str, c)) for c in calls],
+                  "compiled": None if jitted is None else jitted._cache_size()}))
+"""
+
+
+@pytest.mark.parametrize("backend,k1,k2,reset", [("numpy", 4, 10, True), ("jax", 3, 7, False),
+                                                  ("jax", 4, 10, True)])
+def test_text_bptt_k2_calls_have_one_length_and_jax_compiles_once(tmp_path, backend, k1, k2,
+                                                                  reset):
+    """Near the stream's start a window had fewer steps before it than its reach, so its
+    call was shorter (k1, 2 k1, ... ceil(k2 / k1) k1 steps) and the JAX module compiled its
+    training step once per length; padded windows (token 0, unscored, cut off by a reset
+    at the stream's first step) give every call one shape, and one compile. (That this
+    changes no number is the hand-written reference test above, and jax-is-numpy.)"""
+    pytest.importorskip(backend)
+    write(tmp_path / "corpus.txt", CORPUS[:700])
+    text = TBPTT.replace("K1", str(k1)).replace("K2", str(k2))
+    if not reset:
+        text = text.replace("  reset document\n", "")
+    spec = write(tmp_path / "t.rnn", text)
+    env = dict(os.environ, XLA_FLAGS=xla_flags.fast_compile(), JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        [sys.executable, "-c", _COUNT_CALLS, str(spec), "-b", backend, "-o",
+         str(tmp_path / "run"), "-q"], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    reach = -(-k2 // k1) * k1
+    assert len(out["calls"]) == len(records(tmp_path / "run", "train")) > reach // k1
+    assert {tuple(c) for c in out["calls"]} == {(f"(3, {reach})", f"(3, {reach})",
+                                                  f"(3, {reach})")}
+    if backend == "jax":
+        assert out["compiled"] == 1
+
+
 def test_text_bptt_k2_refuses_a_layer_that_runs_backward(tmp_path):
     write(tmp_path / "corpus.txt", CORPUS)
     spec = write(tmp_path / "k2.rnn", TEXT.replace("bptt k1 16", "bptt k1 8 k2 16").replace(

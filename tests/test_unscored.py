@@ -226,3 +226,33 @@ def test_jax_array_class_ids_out_of_range_give_a_nan_loss(head):
         metrics = m.train_step(params, opt, xs, jnp.asarray(wrong))[3]
         assert np.isnan(float(metrics["loss"]))
 
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("k1,k2,docs", [(3, 7, False), (4, 10, True), (2, 5, False)])
+def test_padded_reaching_windows_are_the_short_windows(backend, k1, k2, docs):
+    """rnnc train's text BPTT(k2; k1) windows near the stream's start (fewer steps than
+    their reach) are padded at the front to one length, so a JAX module compiles once:
+    token 0, unscored, with a reset at the stream's first step. The call gives the loss,
+    gradients and final state of the short window it stands for, to 1e-12 in float64."""
+    from rnnc.data import reaching_stream_windows
+
+    m = module(spec(bptt=f"k1 {k1} k2 {k2}"), backend)
+    params = m.init_params(3, "float64")
+    rng = np.random.default_rng(k1 + k2)
+    tokens = rng.integers(0, C, 80)
+    starts = (rng.random(80) < 0.1) if docs else None
+    reach = -(-k2 // k1) * k1
+    windows = list(reaching_stream_windows(tokens, B, k1, reach, starts))
+    padded = 0
+    for i, w in enumerate(windows[: reach // k1 + 1]):
+        assert w.x.shape == (B, reach)
+        pad = reach - k1 - (i * k1 - max(0, (i + 1) * k1 - reach))  # before the stream
+        padded += pad > 0
+        resets = w.resets[:, pad:] if docs else None  # (no documents: None, as it was)
+        want = m.loss_and_grad(params, w.x[:, pad:], w.y[:, pad:], None, w.lengths - pad,
+                               resets)
+        got = m.loss_and_grad(params, w.x, w.y, None, w.lengths, w.resets)
+        assert_same(as_np(got), as_np(want), tol=1e-12)
+        for name, v in as_np(got)[2].items():  # the final state
+            np.testing.assert_allclose(v, as_np(want)[2][name], rtol=1e-12, atol=1e-12)
+    assert padded == reach // k1 - 1

@@ -625,6 +625,10 @@ class Trainer:
             else:
                 rng = rng_next = ckpt.rng_from_json(st.rng)
         state_in = st.stream_state if is_text(self.ds) else None
+        if state_in is None and is_text(self.ds):
+            # the stream's start: the zero state as a dict, as every later call carries
+            # one (None, then a dict, is two call signatures: a JAX module compiled twice)
+            state_in = self.module.initial_state(len(b), self.plan.dtype)
         t = time.perf_counter()
         # overflow shows up as a non-finite loss, which is checked below: no warnings
         with np.errstate(all="ignore"):
