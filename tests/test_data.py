@@ -466,23 +466,36 @@ def test_reaching_stream_windows_lead_each_window_with_the_steps_before_it(windo
     starts[[20, 51]] = True
     batch, per = 2, 51
     rows = tokens[: batch * per].reshape(batch, per)
+    starts_rows = starts[: batch * per].reshape(batch, per).copy()
+    starts_rows[:, 0] = True
     plain = list(stream_windows(tokens, batch, window, doc_starts=starts))
     reaching = list(reaching_stream_windows(tokens, batch, window, reach, doc_starts=starts))
     assert len(reaching) == len(plain)
     for i, (p, r) in enumerate(zip(plain, reaching, strict=True)):
         first = max(0, (i + 1) * window - reach)
-        context = i * window - first
-        assert r.context == context and r.x.shape == (batch, context + window)
-        assert np.array_equal(r.x[:, :context], rows[:, first: i * window])
+        pad = reach - window - (i * window - first)  # token 0 before the stream's start
+        context = pad + i * window - first
+        assert r.context == context and r.x.shape == (batch, reach)  # one call length
+        assert pad % window == 0 and (pad == 0 or first == 0)
+        assert np.all(r.x[:, :pad] == 0)
+        assert np.array_equal(r.x[:, pad:context], rows[:, first: i * window])
         assert np.all(r.y[:, :context] == -1)
         assert np.array_equal(r.x[:, context:], p.x) and np.array_equal(r.y[:, context:], p.y)
         assert np.array_equal(r.resets[:, context:], p.resets)
+        assert np.array_equal(r.resets[:, pad:context], starts_rows[:, first: i * window])
+        assert not r.resets[:, :pad].any() and (pad == 0 or r.resets[:, pad].all())
         assert np.array_equal(r.lengths, p.lengths + context)
         next_first = max(0, (i + 2) * window - reach)
         assert r.advance == next_first - first
     resumed = list(reaching_stream_windows(tokens, batch, window, reach, starts, start=3))
     for a, b in zip(resumed, reaching[3:], strict=True):
         assert np.array_equal(a.x, b.x) and np.array_equal(a.y, b.y) and a.advance == b.advance
+    no_docs = list(reaching_stream_windows(tokens, batch, window, reach))  # reset: none
+    for i, (a, b) in enumerate(zip(no_docs, reaching, strict=True)):
+        pad = reach - window - (i * window - max(0, (i + 1) * window - reach))
+        want = np.zeros((batch, reach), bool)  # a reset only where the stream starts
+        want[:, pad] = pad > 0
+        assert np.array_equal(a.x, b.x) and np.array_equal(a.resets, want)
     with pytest.raises(DataError, match="must be a multiple of the window"):
         list(reaching_stream_windows(tokens, batch, 4, 10))
 

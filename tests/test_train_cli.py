@@ -1073,6 +1073,72 @@ def test_text_bptt_k2_with_jax_is_numpy(tmp_path):
     np.testing.assert_allclose(la, lb, rtol=1e-9)
 
 
+_COUNT_CALLS = """
+import json, sys
+import numpy as np
+import rnnc.train.driver as d
+
+calls, modules = [], []
+load = d.import_module_file
+
+
+def counting(path):
+    m = load(path)
+    inner = m.train_step
+
+    def train_step(params, opt_state, xs, ys, state=None, lengths=None, resets=None, **kw):
+        calls.append([np.shape(xs), np.shape(ys), resets is None or np.shape(resets)])
+        return inner(params, opt_state, xs, ys, state, lengths, resets, **kw)
+
+    m.train_step = train_step
+    modules.append(m)
+    return m
+
+
+d.import_module_file = counting
+from rnnc.cli import main
+
+sys.argv = ["rnnc", "train", *sys.argv[1:]]
+try:
+    main()
+except SystemExit as e:
+    assert e.code in (0, None), e.code
+m = modules[0]
+jitted = getattr(m, "_TRAIN_STEPS", {}).get("cpu")
+print(json.dumps({"calls": [list(map(str, c)) for c in calls],
+                  "compiled": None if jitted is None else jitted._cache_size()}))
+"""
+
+
+@pytest.mark.parametrize("backend,k1,k2,reset", [("numpy", 4, 10, True), ("jax", 3, 7, False),
+                                                  ("jax", 4, 10, True)])
+def test_text_bptt_k2_calls_have_one_length_and_jax_compiles_once(tmp_path, backend, k1, k2,
+                                                                  reset):
+    """Near the stream's start a window had fewer steps before it than its reach, so its
+    call was shorter (k1, 2 k1, ... ceil(k2 / k1) k1 steps) and the JAX module compiled its
+    training step once per length; padded windows (token 0, unscored, cut off by a reset
+    at the stream's first step) give every call one shape, and one compile. (That this
+    changes no number is the hand-written reference test above, and jax-is-numpy.)"""
+    pytest.importorskip(backend)
+    write(tmp_path / "corpus.txt", CORPUS[:700])
+    text = TBPTT.replace("K1", str(k1)).replace("K2", str(k2))
+    if not reset:
+        text = text.replace("  reset document\n", "")
+    spec = write(tmp_path / "t.rnn", text)
+    env = dict(os.environ, XLA_FLAGS=xla_flags.fast_compile(), JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        [sys.executable, "-c", _COUNT_CALLS, str(spec), "-b", backend, "-o",
+         str(tmp_path / "run"), "-q"], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    reach = -(-k2 // k1) * k1
+    assert len(out["calls"]) == len(records(tmp_path / "run", "train")) > reach // k1
+    assert {tuple(c) for c in out["calls"]} == {(f"(3, {reach})", f"(3, {reach})",
+                                                  f"(3, {reach})")}
+    if backend == "jax":
+        assert out["compiled"] == 1
+
+
 def test_text_bptt_k2_refuses_a_layer_that_runs_backward(tmp_path):
     write(tmp_path / "corpus.txt", CORPUS)
     spec = write(tmp_path / "k2.rnn", TEXT.replace("bptt k1 16", "bptt k1 8 k2 16").replace(
@@ -2085,3 +2151,63 @@ def test_split_scores_count_scored_steps_only():
         right += int((probs.argmax(-1) == y)[keep].sum())
         total += int(keep.sum())
     assert scores.result()["accuracy"] == pytest.approx(right / total, rel=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "jax"])
+def test_class_ids_beyond_the_models_classes_are_refused_before_training(tmp_path, backend):
+    """Class ids the model's head cannot score never reach a module (whose JAX form, given
+    a device array, could only make the loss NaN): `train` refuses a class count below the
+    data's ids, and `eval` a data file whose ids grew since the run was trained, each with
+    one error and no step run."""
+    pytest.importorskip(backend)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.integers(0, 4, (20, 6)), y=rng.integers(0, 3, (20, 6)))
+    model = ("model m {{\n  input onehot(vocab: auto)\n  layer lstm(hidden: 3)\n"
+             "  head softmax(at: per_step, classes: {classes})\n}}\n"
+             'train {{\n  data npz(path: "d.npz"{n_out})\n  epochs 1\n  batch 4\n}}\n')
+    few = write(tmp_path / "few.rnn", model.format(classes=2, n_out=""))
+    result = rnnc("train", few, "--backend", backend, "--out", tmp_path / "r0", "--quiet",
+                  code=1)
+    _assert_clean_error(result, "the head's output size is 2, but the dataset's is 3")
+    few = write(tmp_path / "few2.rnn", model.format(classes="auto", n_out=", n_out: 2"))
+    result = rnnc("train", few, "--backend", backend, "--out", tmp_path / "r1", "--quiet",
+                  code=1)
+    _assert_clean_error(result, "option 'n_out' of dataset 'npz' must be at least 3 "
+                                "(the data uses ids up to 2), got 2")
+    assert not (tmp_path / "r0").exists() and not (tmp_path / "r1").exists()
+
+    for n_out, want in (("", "the data no longer fits the model in '{run}': its n_out is "
+                             "now 5, the model's is 3"),
+                        (", n_out: 4", "option 'n_out' of dataset 'npz' must be at least 5 "
+                                       "(the data uses ids up to 4), got 4")):
+        np.savez(tmp_path / "d.npz", x=rng.integers(0, 4, (20, 6)),
+                 y=rng.integers(0, 3, (20, 6)))
+        spec = write(tmp_path / "s.rnn", model.format(classes="auto", n_out=n_out))
+        run = tmp_path / f"run{len(n_out)}"
+        rnnc("train", spec, "--backend", backend, "--out", run, "--quiet")
+        y = rng.integers(0, 3, (20, 6))
+        y[3, 2] = 4  # a class the model has no output for
+        np.savez(tmp_path / "d.npz", x=rng.integers(0, 4, (20, 6)), y=y)
+        _assert_clean_error(rnnc("eval", run, code=1), want.format(run=run))
+
+
+@pytest.mark.parametrize("prime", ['prime "the "', ""])
+def test_samples_while_training_show_the_prime_as_rnnc_sample_does(tmp_path, prime):
+    """A sample printed during training was only the drawn characters, from another
+    default prime (the corpus's first character) than `rnnc sample` (a newline): now it
+    is the prime and what followed it, under a line that names the prime, and the
+    default prime is the same as `rnnc sample`'s."""
+    write(tmp_path / "corpus.txt", CORPUS)
+    spec = write(tmp_path / "chars.rnn", TEXT.replace('prime "the "', prime)
+                 .replace("epochs 2", "epochs 1"))
+    result = rnnc("train", spec, "--backend", BACKEND, "--out", tmp_path / "run")
+    want = "the " if prime else "\n"
+    heading = f"sample at step 6 (prime {want!r}, then 12 drawn characters):\n"
+    assert heading in result.output, result.output
+    shown = result.output.split(heading, 1)[1]
+    assert shown.startswith(want)
+    drawn = shown[len(want):].split("\n")[0] if want == "the " else shown[1:].split("\n")[0]
+    assert len(drawn) <= 12 and set(drawn) <= set(CORPUS)
+    from rnnc.train.sampling import default_prime
+
+    assert default_prime(sorted(set(CORPUS)), {"prime": "the "} if prime else None) == want

@@ -175,3 +175,84 @@ def test_numpy_refuses_other_negative_and_too_large_class_ids():
         with pytest.raises(ValueError, match=rf"ys: class ids must be in 0\.\.{C - 1}, got "
                                              rf"values in .* \(or -1: not scored\)"):
             m.loss_and_grad(params, xs, wrong)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("head,bptt", [("per_step", ""), ("per_step", "k1 2 k2 5"),
+                                       ("last", "")])
+@pytest.mark.parametrize("bad", [-2, C, C + 7])
+def test_both_modules_refuse_out_of_range_class_ids_alike(backend, head, bptt, bad):
+    """A NumPy `ys` with a class id outside 0..C-1 (and not -1) is one ValueError from
+    loss_and_grad and train_step, with the same text in both backends: the JAX module
+    used to score it silently (an id C as a logit of 0, -2 as scored)."""
+    m = module(spec(head, bptt), backend)
+    params = m.init_params(0, "float64")
+    opt = m.init_opt_state(params)
+    xs, ys = batch(1, head)
+    wrong = ys.copy()
+    wrong[(1, 2) if head == "per_step" else 1] = bad
+    lo, hi = int(wrong.min()), int(wrong.max())
+    text = f"ys: class ids must be in 0..{C - 1}, got values in {lo}..{hi} (or -1: not scored)"
+    with pytest.raises(ValueError) as err:
+        m.loss_and_grad(params, xs, wrong)
+    assert str(err.value) == text
+    with pytest.raises(ValueError) as err:
+        m.train_step(params, opt, xs, wrong)
+    assert str(err.value) == text
+    wrong[wrong == bad] = -1  # -1 is taken
+    assert np.isfinite(float(m.loss_and_grad(params, xs, wrong)[0]))
+
+
+@pytest.mark.skipif("jax" not in BACKENDS, reason="jax not importable")
+@pytest.mark.parametrize("head", ["per_step", "last"])
+def test_jax_array_class_ids_out_of_range_give_a_nan_loss(head):
+    """A jax.Array `ys` is not read on the host (a device-to-host copy per call): an id
+    out of range makes the loss NaN, so it is not scored silently, and the gradient stays
+    finite. In range, a jax.Array gives the NumPy array's results."""
+    import jax.numpy as jnp
+
+    m = module(spec(head), "jax")
+    params = m.init_params(0, "float64")
+    opt = m.init_opt_state(params)
+    xs, ys = batch(2, head)
+    assert_same(as_np(m.loss_and_grad(params, xs, jnp.asarray(ys))),
+                as_np(m.loss_and_grad(params, xs, ys)), tol=0)
+    for bad in (-2, C):
+        wrong = ys.copy()
+        wrong[(0, 3) if head == "per_step" else 0] = bad
+        loss, grads, _ = m.loss_and_grad(params, xs, jnp.asarray(wrong))
+        assert np.isnan(float(loss))
+        assert all(np.isfinite(np.asarray(g)).all() for g in grads.values())
+        metrics = m.train_step(params, opt, xs, jnp.asarray(wrong))[3]
+        assert np.isnan(float(metrics["loss"]))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("k1,k2,docs", [(3, 7, False), (4, 10, True), (2, 5, False)])
+def test_padded_reaching_windows_are_the_short_windows(backend, k1, k2, docs):
+    """rnnc train's text BPTT(k2; k1) windows near the stream's start (fewer steps than
+    their reach) are padded at the front to one length, so a JAX module compiles once:
+    token 0, unscored, with a reset at the stream's first step. The call gives the loss,
+    gradients and final state of the short window it stands for, to 1e-12 in float64."""
+    from rnnc.data import reaching_stream_windows
+
+    m = module(spec(bptt=f"k1 {k1} k2 {k2}"), backend)
+    params = m.init_params(3, "float64")
+    rng = np.random.default_rng(k1 + k2)
+    tokens = rng.integers(0, C, 80)
+    starts = (rng.random(80) < 0.1) if docs else None
+    reach = -(-k2 // k1) * k1
+    windows = list(reaching_stream_windows(tokens, B, k1, reach, starts))
+    padded = 0
+    for i, w in enumerate(windows[: reach // k1 + 1]):
+        assert w.x.shape == (B, reach)
+        pad = reach - k1 - (i * k1 - max(0, (i + 1) * k1 - reach))  # before the stream
+        padded += pad > 0
+        resets = w.resets[:, pad:] if docs else None  # (no documents: None, as it was)
+        want = m.loss_and_grad(params, w.x[:, pad:], w.y[:, pad:], None, w.lengths - pad,
+                               resets)
+        got = m.loss_and_grad(params, w.x, w.y, None, w.lengths, w.resets)
+        assert_same(as_np(got), as_np(want), tol=1e-12)
+        for name, v in as_np(got)[2].items():  # the final state
+            np.testing.assert_allclose(v, as_np(want)[2][name], rtol=1e-12, atol=1e-12)
+    assert padded == reach // k1 - 1

@@ -750,12 +750,15 @@ class ModuleEmitter(ModuleEmitterBase):
     z = h @ W.T + b. Written out rather than log_softmax and take_along_axis: z[y]
     is a sum of z masked by y == class index, which fuses with the other element-wise
     work (no gather, and no scatter in the gradient), so XLA compiles fewer kernels.
+    A class id outside -1 .. C-1 (in a jax.Array or traced ys, which the host does not
+    read) gives a NaN loss at its step, and no gradient, rather than a score.
     \"\"\"
     z = {affine}
     top = jax.lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True))
     lse = jnp.log(jnp.sum(jnp.exp(z - top), axis=-1)) + top[..., 0]
     hit = y[..., None] == jnp.arange(z.shape[-1])
-    return lse - jnp.sum(z * hit.astype(z.dtype), axis=-1)"""
+    loss = lse - jnp.sum(z * hit.astype(z.dtype), axis=-1)
+    return jnp.where((y < -1) | (y >= z.shape[-1]), jnp.nan, loss)"""
             out.append(losses)
             out.append(
                 "def _scored(ys):\n"

@@ -43,6 +43,7 @@ _LAZY: tuple = ()
 BIDIRECTIONAL = False
 LAYERS: dict = {}
 CELLS: dict = {}
+MODEL: dict = {}
 
 
 def _encode(params, xs, dtype):
@@ -86,6 +87,10 @@ def _float_dtype(dtype, fn):
 
 
 def _check_batch(batch):
+    raise NotImplementedError  # backends/common.py INPUT_CHECKS
+
+
+def _check_ids(arg, what, ids, n, unscored=False):
     raise NotImplementedError  # backends/common.py INPUT_CHECKS
 
 
@@ -877,7 +882,6 @@ def forward(params, xs, state=None, lengths=None, resets=None):
     return _readout(params, top, lengths), final
 
 
-@functools.partial(jax.jit, static_argnames=("wrt_inputs",))
 def loss_and_grad(
     params, xs, ys, state=None, lengths=None, resets=None, rng=None, wrt_inputs=False
 ):
@@ -887,6 +891,22 @@ def loss_and_grad(
     wrt_inputs=True also "xs" (gradient w.r.t. the encoded inputs, (B, T, F)) and
     "state/<name>" for each initial-state entry.
     """
+    _check_host_class_ids(ys)
+    return _loss_and_grad(params, xs, ys, state, lengths, resets, rng, wrt_inputs=wrt_inputs)
+
+
+def _check_host_class_ids(ys):
+    """A ValueError for class ids of a softmax head outside 0 .. C-1 (or -1: not scored)
+    in a NumPy `ys`, read on the host before the jitted call. A jax.Array (or traced) `ys`
+    is not read here, which would cost a device-to-host copy per call: an id out of range
+    there makes the loss NaN (_losses)."""
+    if MODEL["head"]["kind"] == "softmax" and isinstance(ys, np.ndarray):
+        if np.issubdtype(ys.dtype, np.integer):  # (a float dtype: refused while tracing)
+            _check_ids("ys", "class ids", ys, MODEL["head"]["output_size"], unscored=True)
+
+
+@functools.partial(jax.jit, static_argnames=("wrt_inputs",))
+def _loss_and_grad(params, xs, ys, state, lengths, resets, rng, wrt_inputs=False):
     _check_params(params)
     _check_inputs(xs, ys, state, lengths, resets)
     _check_targets(ys)
@@ -954,7 +974,7 @@ def _check_optimizer(optimizer):
 def _train_step(params, opt_state, xs, ys, state, lengths, resets, rng, optimizer):
     if optimizer is None:  # (while tracing, as the checks of loss_and_grad)
         _check_opt_state(opt_state)
-    loss, grads, final = loss_and_grad(params, xs, ys, state, lengths, resets, rng)
+    loss, grads, final = _loss_and_grad(params, xs, ys, state, lengths, resets, rng)
     if L1 or L2:
         grads = regularize(grads, params, L1, L2, exclude=_is_bias)
     grads, grad_norm = clip_gradients(grads, CLIP)
@@ -1021,6 +1041,7 @@ def train_step(
     """
     if not hasattr(params, "values"):  # (the rest of params is checked while tracing)
         _check_params(params)
+    _check_host_class_ids(ys)
     if optimizer is not None:
         _check_optimizer(optimizer)
     if mesh is not None:

@@ -131,12 +131,19 @@ def reaching_stream_windows(tokens: np.ndarray, batch: int, window: int, reach: 
     steps per update, ``reach`` = ceil(k2 / k1) k1, a multiple of ``window``).
 
     Window ``i`` covers the steps ``a .. (i + 1) window - 1`` of every row, ``a = max(0,
-    (i + 1) window - reach)`` (shorter near the stream's start); its first ``context =
-    i window - a`` steps are context only, their ``y`` -1 (not scored), and the last
-    ``window`` steps are those of :func:`stream_windows`'s window ``i``, padded alike at
-    the stream's end (``lengths`` counts the context too). ``advance`` is where the next
-    window starts, counted from this one's first step: ``window`` once the windows have
-    the full reach, else 0. ``resets`` as in :func:`stream_windows`.
+    (i + 1) window - reach)``, the last ``window`` of them those of
+    :func:`stream_windows`'s window ``i`` (padded alike at the stream's end: ``lengths``
+    counts every step before them). Every window is ``reach`` steps long, so a jitted
+    ``train_step`` compiles once: near the stream's start, where fewer steps exist,
+    ``pad = reach - window - (i window - a)`` steps of token 0 lead the window, a
+    multiple of ``window`` (the module's truncation windows keep their place), and the
+    state is reset before the stream's first step, its step ``pad``, which is the state
+    the stream starts from (zero) and cuts the padding off from the loss and the
+    gradient. The first ``context = pad + i window - a`` steps are context only, their
+    ``y`` -1 (not scored). ``resets`` as in :func:`stream_windows` (all False where it
+    gives None: every window then has them, one call signature), plus that reset.
+    ``advance`` is where the next window starts, counted from this one's first step:
+    ``window`` once the windows have the full reach, else 0 (every padded window).
     """
     tokens = np.asarray(tokens)
     batch, window = _positive(batch, "batch size"), _positive(window, "window")
@@ -167,15 +174,20 @@ def _reaching(plain: Iterator[Batch], rows_x: np.ndarray, rows_r: np.ndarray | N
     for i, b in enumerate(plain, start):
         lo = i * window
         first = max(0, lo + window - reach)
-        context = lo - first
-        x = np.concatenate([rows_x[:, first:lo], b.x], axis=1)
-        y = np.concatenate([np.full((len(b), context), -1, dtype=np.int32), b.y], axis=1)
-        resets = None
+        pad = reach - window - (lo - first)
+        context = pad + lo - first
+        n = len(b)
+        x = np.concatenate([np.zeros((n, pad), np.int32), rows_x[:, first:lo], b.x], axis=1)
+        y = np.concatenate([np.full((n, context), -1, dtype=np.int32), b.y], axis=1)
+        resets = np.zeros((n, reach), dtype=bool)
         if rows_r is not None:
-            resets = np.concatenate([rows_r[:, first:lo], b.resets], axis=1)
+            resets[:, pad:context] = rows_r[:, first:lo]
+            resets[:, context:] = b.resets
+        if pad:
+            resets[:, pad] = True  # the stream starts at step pad (from the zero state)
         advance = window if lo + 2 * window - reach > 0 else 0
         yield Batch(x=x, y=y, lengths=b.lengths + context, resets=resets, context=context,
-                    advance=advance)
+                    advance=advance)  # (pad > 0 only where advance is 0)
 
 
 def _windows(rows_x: np.ndarray, rows_y: np.ndarray, rows_r: np.ndarray | None, window: int,

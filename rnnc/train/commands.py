@@ -147,7 +147,7 @@ def _sample(
     """Generate text from a character model, one character at a time."""
     from rnnc.train.driver import load_run_checkpoint, open_run
     from rnnc.train.runs import read_run
-    from rnnc.train.sampling import sample_text
+    from rnnc.train.sampling import default_prime, sample_text
 
     _check_checkpoint(checkpoint)
     record = read_run(run_dir)
@@ -169,8 +169,7 @@ def _sample(
                          hint="checkpoints/ does not match the rest of the run folder: train "
                               "the run again (rnnc train SPEC --out RUN_DIR --force)")
     if prime is None:
-        prime = (c.train_cfg.get("sample") or {}).get("prime") or (
-            "\n" if "\n" in vocab else vocab[0])
+        prime = default_prime(vocab, c.train_cfg.get("sample"))
     # printed as it is drawn: a long sample shows progress, and a Ctrl-C keeps what is out
     started = []
 

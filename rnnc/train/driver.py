@@ -625,6 +625,10 @@ class Trainer:
             else:
                 rng = rng_next = ckpt.rng_from_json(st.rng)
         state_in = st.stream_state if is_text(self.ds) else None
+        if state_in is None and is_text(self.ds):
+            # the stream's start: the zero state as a dict, as every later call carries
+            # one (None, then a dict, is two call signatures: a JAX module compiled twice)
+            state_in = self.module.initial_state(len(b), self.plan.dtype)
         t = time.perf_counter()
         # overflow shows up as a non-finite loss, which is checked below: no warnings
         with np.errstate(all="ignore"):
@@ -699,7 +703,7 @@ class Trainer:
                         self.state = st
                         self.reporter.step(st, m)
                         if sample_every and st.step % sample_every == 0:
-                            self.reporter.sample(st.step, self.sample(st.params, st.step))
+                            self.reporter.sample(st.step, *self.sample(st.params, st.step))
                         if every and st.step % every == 0:
                             self.save(st)
                         if self.interrupted or (self.stop_after is not None
@@ -755,14 +759,16 @@ class Trainer:
     def can_sample(self) -> bool:
         return can_sample(self.c.program, self.ds)
 
-    def sample(self, params: dict[str, Any], step: int) -> str:
-        from rnnc.train.sampling import sample_text
+    def sample(self, params: dict[str, Any], step: int) -> tuple[str, str]:
+        """``(prime, continuation)``: the prime `rnnc sample` would start from and the
+        characters drawn after it."""
+        from rnnc.train.sampling import default_prime, sample_text
 
-        prime = self.sample_cfg.get("prime") or self.ds.vocab[int(self.ds.stream["train"][0])]
+        prime = default_prime(self.ds.vocab, self.sample_cfg)
         rng = np.random.default_rng([self.plan.seed, 2, step])
-        return sample_text(self.module, params, self.ds.vocab, prime,
-                           self.plan.sample_length, self.sample_cfg.get("temperature", 1.0),
-                           rng, self.plan.dtype)
+        return prime, sample_text(self.module, params, self.ds.vocab, prime,
+                                  self.plan.sample_length,
+                                  self.sample_cfg.get("temperature", 1.0), rng, self.plan.dtype)
 
 
 def can_sample(program: Program, ds: Dataset) -> bool:

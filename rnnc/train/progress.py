@@ -15,6 +15,9 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
+
+from rnnc.train.sampling import sample_heading
 
 
 def fmt(value: Any) -> str:
@@ -57,8 +60,8 @@ class QuietReporter:
     def step(self, state, metrics: dict[str, float]) -> None:
         pass
 
-    def sample(self, step: int, text: str) -> None:
-        pass
+    def sample(self, step: int, prime: str, text: str) -> None:
+        """A sample drawn at ``step``: ``text`` is what followed ``prime``."""
 
     def epoch_end(self, record: dict[str, Any], rule, improved: bool,
                   finished: str | None) -> None:
@@ -170,9 +173,12 @@ class RichReporter(QuietReporter):
         if self.own_progress:
             self.stop()
 
-    def sample(self, step: int, text: str) -> None:
-        self.console.print(f"[dim]sample at step {step}:[/dim]")
-        self.console.print(text, markup=False)
+    def sample(self, step: int, prime: str, text: str) -> None:
+        """The prime and what followed it, as `rnnc sample` prints them, under a line that
+        names the prime (on a terminal the prime is also dim)."""
+        heading = sample_heading(step, prime, len(text))
+        self.console.print(Text(heading, style="dim"))
+        self.console.print(Text.assemble((prime, "dim"), text))
 
     def epoch_end(self, record: dict[str, Any], rule, improved: bool,
                   finished: str | None) -> None:

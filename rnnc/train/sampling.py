@@ -25,6 +25,23 @@ def encode_prime(prime: str, vocab: Sequence[str], what: str = "the prime") -> l
     return ids
 
 
+def default_prime(vocab: Sequence[str], sample_cfg: dict[str, Any] | None = None) -> str:
+    """The prime when none is given: the spec's `sample ... prime`, else a newline where
+    the vocabulary has one (text starts after it), else its first character. Samples
+    printed while training and `rnnc sample` start from the same text."""
+    given = (sample_cfg or {}).get("prime")
+    if given:
+        return given
+    return "\n" if "\n" in vocab else vocab[0]
+
+
+def sample_heading(step: int, prime: str, length: int) -> str:
+    """The line above a sample printed while training, which is the prime followed by
+    the characters drawn after it (as `rnnc sample` prints it): the line says which is
+    which."""
+    return f"sample at step {step} (prime {prime!r}, then {length} drawn characters):"
+
+
 def next_distribution(probs: np.ndarray, temperature: float) -> np.ndarray:
     """``probs`` sharpened (T < 1) or flattened (T > 1): ``p^(1/T)``, renormalised."""
     logp = np.log(np.maximum(np.asarray(probs, dtype=np.float64), 1e-300)) / temperature
