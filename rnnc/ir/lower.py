@@ -581,7 +581,11 @@ class _CellLowerer:
         # not known yet, it is broadcast to that value's width by an explicit expand (one
         # that turns out to expand to width 1 is dropped in finish)
         a_one, b_one = self._one(a), self._one(b)
-        reduced = all(self._one(v) for v in (a, b) if v.const is None)
+        # the result is a reduction (no width of its own) only if every operand is one: a
+        # width-1 value known as such (s of `state s[1]`) in it pins a width nothing binds
+        # to 1 wherever it meets one, so `(s * k) * p` and `s * (k * p)` (and `(s * mean(h))
+        # * p`, `s * (mean(h) * p)`) give p one width (it was an unbound shape in the first)
+        reduced = all(v.reduced for v in (a, b) if v.const is None)
         full = b if a_one else a
         if a.const is None and b.const is None and a_one != b_one and \
                 self.dims.size(full.dims[0]) != 1:
