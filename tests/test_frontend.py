@@ -1190,3 +1190,15 @@ def test_library_options_that_all_take_effect_are_accepted(layer):
     text = (f"model m {{\n  input onehot(vocab: 5)\n  layer {layer}\n"
             "  head softmax(at: per_step, classes: 5)\n}\n")
     assert build(parse_spec(text, "ok.rnn")).model.param_count > 0
+
+
+def test_an_option_switched_off_by_the_layer_size_names_hidden():
+    text = ("cell c(x) {\n  option scale = 1.0\n  state h\n"
+            "  h' = tanh(W @ x + (if hidden > 8 then scale * (U @ h) else U @ h))\n}\n"
+            "model m {\n  input onehot(vocab: 5)\n  layer c(hidden: HID, scale: 2.0)\n"
+            "  head softmax(at: per_step, classes: 5)\n}\n")
+    with pytest.raises(RnncError) as info:
+        build(parse_spec(text.replace("HID", "4"), "c.rnn"))
+    assert info.value.message == ("option 'scale' of cell 'c' has no effect with hidden: 4: "
+                                  "the cell reads scale only where `hidden > 8` is true")
+    assert build(parse_spec(text.replace("HID", "9"), "c.rnn")).model.param_count > 0

@@ -1158,7 +1158,8 @@ def _check_options_read(low: _CellLowerer, options: dict[str, Any], read: set[st
             raise SpecError(f"option '{k}' of cell '{cdef.name}' has no effect with the layer's "
                             "other options: the cell as they make it never reads it",
                             spans.get(k), f"remove {k}")
-        given = [_opt(n, v) + ("" if n in options else " (the default)")
+        declared = {name for name, _ in cdef.options.items}
+        given = [_opt(n, v) + ("" if n in options or n not in declared else " (the default)")
                  for n, v in deciders.items()]
         with_text = ", ".join(given[:-1]) + " and " + given[-1] if len(given) > 1 else given[0]
         why = []
