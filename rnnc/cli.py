@@ -393,13 +393,19 @@ def gradcheck(
     batch: Annotated[int, typer.Option(
         "--batch", min=1, max=GRADCHECK_MAX,
         help=f"Rows of the random batch (at most {GRADCHECK_MAX}).")] = 3,
+    unscored: Annotated[float, typer.Option(
+        "--unscored",
+        help="Fraction (0 to below 1) of the random batch's class targets made -1, not "
+        "scored (a softmax head only).")] = 0.0,
 ) -> None:
     """Compare a backend's gradients with central finite differences (float64, small sizes)."""
-    from rnnc.gradcheck import gradcheck_spec
+    from rnnc.gradcheck import check_unscored, gradcheck_spec
 
     if not 0 < tol < float("inf"):  # also refuses NaN
         raise RnncError(f"--tol must be a finite number > 0, not {tol}", None, "e.g. --tol 1e-6")
-    report = gradcheck_spec(spec, backend=backend, tol=tol, T=steps, B=batch)
+    check_unscored(unscored)  # the fraction, before the spec is read
+    report = gradcheck_spec(spec, backend=backend, tol=tol, T=steps, B=batch,
+                            unscored=unscored)
     typer.echo(report.render())
     if not report.ok:
         raise typer.Exit(1)

@@ -267,7 +267,7 @@ def _pick(shape: tuple[int, ...], limit: int | None, rng: np.random.Generator):
 def gradcheck(target: Any, seed: int = 0, T: int = 5, B: int = 3, lengths: bool = True,
               resets: bool = False, eps: float = 1e-5, max_entries: int | None = None,
               backend: str = "numpy", jitter: float = 0.1,
-              unscored: float = 0.0) -> list[tuple[str, float]]:
+              unscored: float = 0.0, info: dict | None = None) -> list[tuple[str, float]]:
     """``[(name, max relative error)]`` of every gradient of a generated module.
 
     ``target`` is a loaded module or a Program (compiled with ``backend``). Runs in
@@ -275,8 +275,11 @@ def gradcheck(target: Any, seed: int = 0, T: int = 5, B: int = 3, lengths: bool 
     than T) and ``resets`` when asked, and the module's truncated-BPTT windows
     (``K1``/``K2``). ``max_entries`` checks a random subset of each array's entries.
     Parameters get ``jitter`` noise so that zero-initialised ones are generic. With a
-    softmax head, a share ``unscored`` of the targets (drawn at random) are -1, not scored.
+    softmax head, a share ``unscored`` of the targets (that fraction of them, rounded, at
+    least one; drawn at random) are -1, not scored; ``info``, when given, gets the batch's
+    ``targets`` and the number ``unscored`` made -1.
     """
+    check_unscored(unscored, target)
     module = target if isinstance(target, types.ModuleType) else module_for(target, backend)
     rng = np.random.default_rng(seed)
     params = {k: np.array(v, dtype=np.float64) for k, v in module.init_params(seed,
@@ -284,8 +287,14 @@ def gradcheck(target: Any, seed: int = 0, T: int = 5, B: int = 3, lengths: bool 
     for k in params:
         params[k] = params[k] + jitter * rng.normal(size=params[k].shape)
     xs, ys = random_batch(module, T, B, rng)
-    if unscored and module.MODEL["head"]["kind"] == "softmax":
-        ys = np.where(rng.random(ys.shape) < unscored, -1, ys)
+    marked = 0
+    if unscored:
+        marked = min(ys.size, max(1, round(unscored * ys.size)))
+        flat = ys.reshape(-1).copy()
+        flat[rng.choice(ys.size, size=marked, replace=False)] = -1
+        ys = flat.reshape(ys.shape)
+    if info is not None:
+        info.update(targets=int(ys.size), unscored=marked)
     state = {k: rng.normal(size=(B,) + tuple(shape)) * 0.5
              for k, shape in module.STATE_SHAPES.items()}
     lens = None
@@ -315,6 +324,26 @@ def gradcheck(target: Any, seed: int = 0, T: int = 5, B: int = 3, lengths: bool 
     return report
 
 
+def check_unscored(unscored: float, target: Any = None) -> None:
+    """``unscored`` is a fraction in [0, 1), and > 0 only for a softmax head, the one loss
+    with class targets (a class id -1 is not scored)."""
+    from rnnc.errors import RnncError
+
+    if not 0 <= unscored < 1:  # also refuses NaN
+        raise RnncError(f"--unscored must be a fraction >= 0 and < 1, not {unscored}", None,
+                        "e.g. --unscored 0.3 (a fraction of 1 would score nothing)")
+    if target is None:
+        return
+    head = target.MODEL["head"] if isinstance(target, types.ModuleType) else None
+    if head is None:
+        head = {"kind": target.model.head.kind}
+    if unscored and head["kind"] != "softmax":
+        raise RnncError(
+            f"--unscored marks class targets -1 (not scored), but this model's head is "
+            f"{head['kind']} (mean squared error on real-valued targets, which have no class "
+            "id to mark)", None, "--unscored needs a softmax head; leave it out here")
+
+
 def _rel_err(g: np.ndarray, idx, fd: np.ndarray) -> float:
     got = np.array([g[i] for i in idx])
     scale = max(float(np.max(np.abs(g))) if g.size else 0.0,
@@ -337,6 +366,9 @@ class GradcheckReport:
     B: int
     windows: list[tuple[int, int, int]]
     k1: int | None = None
+    unscored: float = 0.0
+    n_unscored: int = 0
+    n_targets: int = 0
 
     @property
     def ok(self) -> bool:
@@ -349,7 +381,9 @@ class GradcheckReport:
     def render(self) -> str:
         width = max([len(n) for n, _ in self.rows] + [9])
         lines = [f"gradcheck {self.spec} (backend {self.backend}, float64, T={self.T}, "
-                 f"B={self.B}, {len(self.windows)} window(s))",
+                 f"B={self.B}, {len(self.windows)} window(s)"
+                 + (f", unscored {self.unscored:g}: {self.n_unscored} of {self.n_targets} "
+                    "class targets -1" if self.unscored else "") + ")",
                  f"  {'gradient'.ljust(width)}  max rel err  ok"]
         for name, err in self.rows:
             mark = "ok" if err <= self.tol else "FAIL"
@@ -380,23 +414,32 @@ def auto_steps(k1: int | None, k2: int | None, floor: int = 5) -> int:
 def gradcheck_spec(spec_path: str | Path, backend: str = "numpy", tol: float = 1e-6,
                    seed: int = 0, T: int | None = None, B: int = 3,
                    max_entries: int | None = 12,
-                   disable: Iterable[str] = ()) -> GradcheckReport:
+                   disable: Iterable[str] = (), unscored: float = 0.0) -> GradcheckReport:
     """Compile the spec at ``spec_path`` and check its gradients (see :func:`gradcheck`).
 
     ``T=None`` picks the steps: 5, or enough for two of the spec's truncated-BPTT
-    windows (:func:`auto_steps`)."""
+    windows (:func:`auto_steps`). ``unscored`` marks that fraction of the batch's class
+    targets -1 (a softmax head only)."""
     from rnnc.compiler import build
+    from rnnc.errors import RnncError
     from rnnc.spec import load_spec
 
     path = Path(spec_path)
-    program = build(load_spec(path), disable=disable, base_dir=path.parent)
+    spec = load_spec(path)
+    program = build(spec, disable=disable, base_dir=path.parent)
+    try:
+        check_unscored(unscored, program)  # before the (slow, for JAX) compile
+    except RnncError as err:  # at the spec's head
+        raise err.with_span(spec.model.key_span("head")) from None
     module = module_for(program, backend)
     if T is None:
         T = auto_steps(getattr(module, "K1", None), getattr(module, "K2", None))
+    info: dict = {}
     rows = gradcheck(module, seed=seed, T=T, B=B, lengths=True, resets=True,
-                     max_entries=max_entries)
+                     max_entries=max_entries, unscored=unscored, info=info)
     k1, k2 = getattr(module, "K1", None), getattr(module, "K2", None)
-    return GradcheckReport(str(spec_path), backend, tol, rows, T, B, windows(T, k1, k2), k1)
+    return GradcheckReport(str(spec_path), backend, tol, rows, T, B, windows(T, k1, k2), k1,
+                           unscored, info["unscored"], info["targets"])
 
 
 if __name__ == "__main__":  # pragma: no cover - python -m rnnc.gradcheck SPEC

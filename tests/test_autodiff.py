@@ -396,9 +396,12 @@ def test_grad_cse_fixture(title, given_ir, expected):
 
 
 _CELL_OPTIONS = {
+    # input_gate only without coupled, which replaces the input gate (both are an error)
     "lstm": st.fixed_dictionaries({}, optional={
         "peepholes": st.booleans(), "coupled": st.booleans(), "proj": st.sampled_from([0, 2]),
-        "cell_clip": st.sampled_from([0, 0.5]), "input_gate": st.booleans()}),
+        "cell_clip": st.sampled_from([0, 0.5])}).flatmap(
+            lambda d: st.just(d) if d.get("coupled") else st.fixed_dictionaries(
+                {k: st.just(v) for k, v in d.items()}, optional={"input_gate": st.booleans()})),
     "gru": st.fixed_dictionaries({}, optional={"reset": st.sampled_from(["before", "after"])}),
     "elman": st.just({}), "mgu": st.just({}), "indrnn": st.just({}),
     "jordan": st.just({"units": 3}),

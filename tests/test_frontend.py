@@ -1124,3 +1124,81 @@ def test_data_and_cell_option_errors_show_spec_values():
     with pytest.raises(RnncError, match=r"option 'n' of dataset 'reber' must be an integer "
                        r">= 1, got false"):
         build(parse_spec(yaml_text.replace("n: 20", "n: false"), "o.yaml"))
+
+
+_OPTIONAL_CELL = """cell scaled(x) {
+  option use_u = true
+  option fancy = false
+  option scale = 1.0
+  option width = 3
+  state h
+  param V[width, X]
+  h' = tanh(W @ x + (if use_u and fancy then scale * (U @ h) + V2 @ (V @ x) else U @ h) + b)
+}
+model m {
+  input onehot(vocab: 5)
+  layer scaled(hidden: 4, LAYER)
+  head softmax(at: per_step, classes: 5)
+}
+"""
+
+
+@pytest.mark.parametrize("opts, message", [
+    ("use_u: false, scale: 2.0", "option 'scale' of cell 'scaled' has no effect with use_u: "
+     "false: the cell reads scale only where `use_u and fancy` is true"),
+    ("scale: 2.0", "option 'scale' of cell 'scaled' has no effect with use_u: true (the "
+     "default) and fancy: false (the default): the cell reads scale only where `use_u and "
+     "fancy` is true"),
+    # read only by the shape of V, a parameter only the branch not taken uses
+    ("width: 2", "option 'width' of cell 'scaled' has no effect with use_u: true (the "
+     "default) and fancy: false (the default)"),
+    # `use_u and fancy` stops at use_u: fancy is never read either
+    ("use_u: false, fancy: true", "option 'fancy' of cell 'scaled' has no effect with use_u: "
+     "false"),
+    ("fancy: true, scale: 2.0, width: 2", None),
+    ("use_u: true, fancy: false", None),
+])
+def test_a_cell_option_no_taken_branch_reads_is_an_error(opts, message):
+    """The general rule behind `lstm(coupled: true, input_gate: false)`: an option the layer
+    sets that the cell, as its other options make it, never reads (only in branches they
+    switch off, short-circuited conditions and parameters only those branches use) is a
+    located error naming the options that switched it off; user cells get it too."""
+    text = _OPTIONAL_CELL.replace("LAYER", opts)
+    if message is None:
+        assert build(parse_spec(text, "c.rnn")).model.param_count > 0
+        return
+    with pytest.raises(RnncError) as info:
+        build(parse_spec(text, "c.rnn"))
+    assert info.value.message.startswith(message), info.value.message
+    name = message.split("'")[1]
+    line, col = info.value.span.line, info.value.span.column
+    assert text.splitlines()[line - 1][col - 1:].startswith(name + ":")
+
+
+@pytest.mark.parametrize("layer", [
+    "lstm(hidden: 4, coupled: true)", "lstm(hidden: 4, coupled: false, input_gate: false)",
+    "lstm(hidden: 4, forget_gate: false, peepholes: true)",
+    "lstm(hidden: 4, forget_gate: false, input_gate: false, peepholes: true)",
+    "lstm(hidden: 4, forget_gate: false, input_gate: false, output_gate: false)",
+    "lstm(hidden: 4, input_gate: false, output_gate: false, gate_act: hard_sigmoid)",
+    "lstm(hidden: 4, coupled: true, forget_bias: 2.0, peepholes: true, cell_clip: 0, proj: 0)",
+    "lstm(hidden: 4, forget_bias: 2.0, init: {\"U_*\": orthogonal})",
+    "gru(hidden: 4, direction: bidirectional, merge: sum)", "jordan(hidden: 4, units: 0)",
+    "indrnn(hidden: 4, u_init: 0)", "gru(hidden: 4, reset: \"before\", gate_act: sigmoid)",
+])
+def test_library_options_that_all_take_effect_are_accepted(layer):
+    text = (f"model m {{\n  input onehot(vocab: 5)\n  layer {layer}\n"
+            "  head softmax(at: per_step, classes: 5)\n}\n")
+    assert build(parse_spec(text, "ok.rnn")).model.param_count > 0
+
+
+def test_an_option_switched_off_by_the_layer_size_names_hidden():
+    text = ("cell c(x) {\n  option scale = 1.0\n  state h\n"
+            "  h' = tanh(W @ x + (if hidden > 8 then scale * (U @ h) else U @ h))\n}\n"
+            "model m {\n  input onehot(vocab: 5)\n  layer c(hidden: HID, scale: 2.0)\n"
+            "  head softmax(at: per_step, classes: 5)\n}\n")
+    with pytest.raises(RnncError) as info:
+        build(parse_spec(text.replace("HID", "4"), "c.rnn"))
+    assert info.value.message == ("option 'scale' of cell 'c' has no effect with hidden: 4: "
+                                  "the cell reads scale only where `hidden > 8` is true")
+    assert build(parse_spec(text.replace("HID", "9"), "c.rnn")).model.param_count > 0

@@ -1055,6 +1055,8 @@ train {
   l2 0.001
 }
 """
+# every layer forward in time (`merge` goes too: without two directions it is an error)
+FORWARD_LIB_SPEC = LIB_SPEC.replace(", direction: bidirectional, merge: sum", "")
 
 
 def test_generated_file_is_clean_deterministic_and_standalone(tmp_path):
@@ -1270,7 +1272,7 @@ def test_entry_points_work_under_the_callers_vmap(tmp_dir):
     """docs/jax.md ("Inside your own transformations"): jax.vmap over a stacked parameter
     set (an ensemble) runs forward, step, loss_and_grad (its custom VJP too) and train_step
     as one call per member; over a leading axis of the inputs, forward per sequence."""
-    mod = load(emit(LIB_SPEC.replace("direction: bidirectional, ", ""), 7, 2), tmp_dir)
+    mod = load(emit(FORWARD_LIB_SPEC, 7, 2), tmp_dir)
     rng = np.random.default_rng(0)
     xs = rng.integers(0, 7, (3, 5))
     ys = rng.integers(0, 2, 3)
@@ -1303,7 +1305,7 @@ def test_entry_points_work_under_the_callers_vmap(tmp_dir):
 def test_module_docstring_lists_the_step_entry_points(tmp_dir):
     """help(module) lists the API; it left out prepare_step (docs/jax.md), and listed step
     for a model whose step() refuses to run (a layer runs backward in time)."""
-    stepping = load(emit(LIB_SPEC.replace("direction: bidirectional, ", ""), 7, 2), tmp_dir)
+    stepping = load(emit(FORWARD_LIB_SPEC, 7, 2), tmp_dir)
     assert "prepare_step" in " ".join(stepping.__doc__.split())
     assert hasattr(stepping, "prepare_step")
     refusing = load(emit(LIB_SPEC, 7, 2), tmp_dir)

@@ -93,7 +93,9 @@ _OPTIONS = {
 @st.composite
 def cells(draw):
     name = draw(st.sampled_from(sorted(_OPTIONS)))
-    opts = draw(_OPTIONS[name])
+    opts = dict(draw(_OPTIONS[name]))
+    if opts.get("coupled"):  # it replaces the input gate: setting both is an error
+        opts.pop("input_gate", None)
     return lower_cell(library()[name], opts, draw(st.integers(1, 4)), draw(st.integers(1, 4)))
 
 

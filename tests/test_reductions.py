@@ -146,6 +146,50 @@ def test_a_width_one_value_and_a_width_nothing_binds_are_one_width():
     assert "expand" not in ops(cell)
 
 
+@pytest.mark.parametrize("one,other", [("s", "k"), ("s", "mean(h)"), ("k", "x[0:1]"),
+                                       ("(K @ h)", "s")])
+@pytest.mark.parametrize("form", ["({a} * {b}) * p", "{a} * ({b} * p)", "({a} * p) * {b}",
+                                  "p * ({a} * {b})", "({b} * {a}) * p", "{b} * (p * {a})",
+                                  "({a} + {b}) * p", "p * ({b} + {a})"])
+def test_width_one_operands_pin_an_unbound_width_in_any_order(one, other, form):
+    """A width-1 value known as such (a state or parameter of size 1, a slice, a 1-row
+    matmul) and a value whose width nothing binds (p) are one width, however the product
+    is grouped: `(s * k) * p` called s * k a reduction, which pins nothing, and failed
+    with 'cannot infer the shape of parameter 'p'' where `s * (k * p)` made p of size 1;
+    `(s * mean(h)) * p` likewise."""
+    expr = form.format(a=one, b=other)
+    decl = "".join(d for n, d in (("k", "  param k[1]\n"), ("K", "  param K[1, hidden]\n"))
+                   if n in expr.replace("[0:1]", ""))
+    cell = cell_of("cell c(x) {\n  state h, s[1]\n" + decl + f"  y = {expr}\n"
+                   "  h' = tanh(W @ x + U @ h)\n  s' = sum(y) + s\n}\n")
+    shapes = {q.name: q.shape for q in cell.params}
+    assert shapes["p"] == (1,)
+    assert "expand" not in ops(cell)
+    rng = np.random.default_rng(3)
+    params = {q.name: rng.normal(size=q.shape) for q in cell.params}
+    xs = rng.normal(size=(2, 3, 3))
+    _, state = run(cell, params, xs)
+    h, s = np.zeros((2, 4)), np.zeros((2, 1))
+    for t in range(3):
+        x = xs[:, t]
+        val = {"s": s, "k": params.get("k"), "x[0:1]": x[:, 0:1],
+               "mean(h)": h.mean(-1, keepdims=True),
+               "(K @ h)": h @ params.get("K", np.zeros((1, 4))).T}
+        a, b = val[one], val[other]
+        y = (a + b) * params["p"] if "+" in form else a * b * params["p"]
+        h, s = np.tanh(x @ params["W"].T + h @ params["U"].T), y.sum(-1, keepdims=True) + s
+    np.testing.assert_allclose(state["s"], s, rtol=1e-12, atol=1e-12)
+
+
+def test_reductions_alone_still_leave_an_unbound_width_unbound():
+    """Only reductions (no width of their own) in a product with p leave p's width open,
+    in either grouping: an error that asks for its declaration."""
+    for expr in ("(mean(h) * sum(h)) * p", "mean(h) * (sum(h) * p)", "p * (2 - mean(h))"):
+        with pytest.raises(Exception, match="cannot infer the shape of parameter 'p'"):
+            cell_of("cell c(x) {\n  state h, s[1]\n" + f"  y = {expr}\n"
+                    "  h' = tanh(W @ x + U @ h)\n  s' = sum(y) + s\n}\n")
+
+
 def test_a_parameter_read_before_its_reduction_settles_it_has_one_width():
     """`zc = z - mean(z)` with z a parameter: reading z, then mean(z), settled z twice (two
     widths), the mean's width stayed unbound and `rnnc check` failed with an

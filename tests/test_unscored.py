@@ -256,3 +256,88 @@ def test_padded_reaching_windows_are_the_short_windows(backend, k1, k2, docs):
         for name, v in as_np(got)[2].items():  # the final state
             np.testing.assert_allclose(v, as_np(want)[2][name], rtol=1e-12, atol=1e-12)
     assert padded == reach // k1 - 1
+
+
+def _wrapped(text: str, backend: str, seen: list):
+    """A fresh module whose loss_and_grad records the targets it is given."""
+    m = load_module(source_for(program_from_text(text, V, C), backend), f"seen_{backend}")
+    inner = m.loss_and_grad
+
+    def loss_and_grad(params, xs, ys, *args, **kw):
+        seen.append(np.array(ys))
+        return inner(params, xs, ys, *args, **kw)
+
+    m.loss_and_grad = loss_and_grad
+    return m
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("head,fraction,marked", [("per_step", 0.3, 10), ("per_step", 0.01, 1),
+                                                  ("last", 0.5, 2), ("per_step", 0.0, 0)])
+def test_gradcheck_marks_that_fraction_of_the_targets(backend, head, fraction, marked):
+    """`unscored` makes round(fraction * targets) of the batch's class ids -1 (at least one),
+    the very targets loss_and_grad is checked on, and the gradients still match."""
+    seen: list = []
+    info: dict = {}
+    m = _wrapped(spec(head, "k1 2 k2 5" if head == "per_step" else ""), backend, seen)
+    report = gradcheck(m, seed=1, T=8, B=4, resets=True, unscored=fraction, info=info)
+    assert max(err for _, err in report) < 1e-6, report
+    (ys,) = seen
+    assert ys.size == info["targets"] == (32 if head == "per_step" else 4)
+    assert int((ys == -1).sum()) == info["unscored"] == marked
+    assert ((ys >= 0) & (ys < C) | (ys == -1)).all()
+
+
+def test_gradcheck_refuses_unscored_without_class_targets():
+    from rnnc.errors import RnncError
+
+    m = load_module(source_for(program_from_text(LINEAR_SPEC), "numpy"), "linear_head")
+    with pytest.raises(RnncError, match="head is linear"):
+        gradcheck(m, unscored=0.3)
+    with pytest.raises(RnncError, match="--unscored must be a fraction >= 0 and < 1, not 1"):
+        gradcheck(module(spec(), "numpy"), unscored=1.0)
+
+
+SOFTMAX_SPEC = ("model m {\n  input onehot(vocab: 5)\n  layer lstm(hidden: 3)\n"
+                "  head softmax(at: per_step, classes: 4)\n}\n")
+LINEAR_SPEC = ("model m {\n  input dense(features: 2)\n  layer gru(hidden: 3)\n"
+               "  head linear(at: last, size: 1)\n}\n")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rnnc_gradcheck_unscored(tmp_path, backend):
+    """`rnnc gradcheck --unscored F`: the header says how many class targets were made -1,
+    and the gradients pass on both backends."""
+    from typer.testing import CliRunner
+
+    from rnnc.cli import app
+
+    path = tmp_path / "s.rnn"
+    path.write_text(SOFTMAX_SPEC)
+    r = CliRunner().invoke(app, ["gradcheck", str(path), "-b", backend, "--unscored", "0.4",
+                                 "--steps", "6", "--batch", "4"])
+    assert r.exit_code == 0, r.output
+    assert "T=6, B=4, 1 window(s), unscored 0.4: 10 of 24 class targets -1)" in r.output
+    assert "passed" in r.output
+    r = CliRunner().invoke(app, ["gradcheck", str(path), "-b", backend])
+    assert r.exit_code == 0 and "class targets -1" not in r.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--unscored", "0.5"], "s.rnn:4:3: error: --unscored marks class targets -1 (not "
+     "scored), but this model's head is linear"),
+    (["--unscored", "1"], "error: --unscored must be a fraction >= 0 and < 1, not 1.0"),
+    (["--unscored", "-0.5"], "error: --unscored must be a fraction >= 0 and < 1, not -0.5"),
+    (["--unscored", "nan"], "error: --unscored must be a fraction >= 0 and < 1, not nan"),
+])
+def test_rnnc_gradcheck_refuses_unscored_it_cannot_apply(tmp_path, monkeypatch, args, message):
+    from typer.testing import CliRunner
+
+    from rnnc.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.rnn").write_text(LINEAR_SPEC)
+    r = CliRunner().invoke(app, ["gradcheck", "s.rnn", *args])
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit)
+    assert r.output.startswith(message), r.output
+    assert "Traceback" not in r.output and "passed" not in r.output

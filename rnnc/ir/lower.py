@@ -148,6 +148,21 @@ def ceval(e: A.Expr, env: dict[str, Any], what: str = "this value") -> Any:
                     "it may use numbers and the cell's options only")
 
 
+class _ReadEnv(dict):
+    """The options (and ``hidden``, ``X``) of one cell lowering; every value read from it
+    (``env[name]``, which :func:`ceval` and the lowerer use) is logged, so the options that
+    the compiled cell never read are known (a layer option given but never read has no
+    effect: `lstm(coupled: true, input_gate: false)`)."""
+
+    def __init__(self, *args: Any, log: list[str] | None = None, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.log: list[str] = [] if log is None else log
+
+    def __getitem__(self, key: str) -> Any:
+        self.log.append(key)
+        return super().__getitem__(key)
+
+
 def _num(v: Any, e: A.Expr) -> float:
     if isinstance(v, bool) or not isinstance(v, int | float):
         raise SpecError(f"expected a number here, got {v!r}", getattr(e, "span", None))
@@ -319,7 +334,11 @@ class _CellLowerer:
             self.vals[n] = _Val(name=n, dims=(d,), batched=True, text=n)
             self.inputs.append(Var(n, input_sizes[n]))
         self.states = []
-        denv = dict(env, hidden=hidden, X=input_sizes[cdef.inputs[0]])
+        # conditions decided while lowering: (the options they read, the If, its value)
+        self.decided: list[tuple[tuple[str, ...], A.If, bool]] = []
+        self.replaced_inits: list[tuple[str, str]] = []  # (parameter, the layer's pattern)
+        denv = _ReadEnv(env, log=getattr(env, "log", None))
+        denv.update(hidden=hidden, X=input_sizes[cdef.inputs[0]])
         for s in cdef.states:
             check_identifier(s.name, "state", s.span)
             size = hidden if s.size is None else ceval(s.size, denv, f"the size of state {s.name}")
@@ -443,7 +462,10 @@ class _CellLowerer:
         if isinstance(e, A.Ref):
             return self.ref(e)
         if isinstance(e, A.If):
+            log = getattr(self.env, "log", [])
+            start = len(log)
             cond = ceval(e.cond, self.env, "a condition")
+            self.decided.append((tuple(dict.fromkeys(log[start:])), e, bool(cond)))
             return self.lower(e.then if cond else e.other)
         if isinstance(e, A.Neg):
             v = self.lower(e.operand)
@@ -559,7 +581,11 @@ class _CellLowerer:
         # not known yet, it is broadcast to that value's width by an explicit expand (one
         # that turns out to expand to width 1 is dropped in finish)
         a_one, b_one = self._one(a), self._one(b)
-        reduced = all(self._one(v) for v in (a, b) if v.const is None)
+        # the result is a reduction (no width of its own) only if every operand is one: a
+        # width-1 value known as such (s of `state s[1]`) in it pins a width nothing binds
+        # to 1 wherever it meets one, so `(s * k) * p` and `s * (k * p)` (and `(s * mean(h))
+        # * p`, `s * (mean(h) * p)`) give p one width (it was an unbound shape in the first)
+        reduced = all(v.reduced for v in (a, b) if v.const is None)
         full = b if a_one else a
         if a.const is None and b.const is None and a_one != b_one and \
                 self.dims.size(full.dims[0]) != 1:
@@ -901,9 +927,12 @@ class _CellLowerer:
 
     def _param(self, name: str, info: _ParamInfo, shape: tuple[int, ...]) -> Param:
         init_expr = None
+        by = None
         for pattern, expr in self.init_overrides.items():
             if re.fullmatch(pattern.replace("*", ".*"), name):
-                init_expr = expr
+                init_expr, by = expr, pattern
+        if by is not None and info.decl is not None and info.decl.init is not None:
+            self.replaced_inits.append((name, by))
         if init_expr is None and info.decl is not None:
             init_expr = info.decl.init
         fan = (shape[1], shape[0]) if len(shape) == 2 else None
@@ -1020,9 +1049,11 @@ def _live(instrs: list[Instr], roots: set[str]) -> set[str]:
 
 def lower_cell(cdef: A.CellDef, options: dict[str, Any], input_size: int, hidden: int,
                layer: str = "layer", init: dict[str, A.Expr] | None = None,
-               bias: bool = True) -> Cell:
-    """Lower one cell template with its options to an IR cell."""
-    env = {k: v for k, v in A.plain(cdef.options).items()}
+               bias: bool = True, option_spans: dict[str, Span | None] | None = None) -> Cell:
+    """Lower one cell template with its options to an IR cell. An option the layer sets
+    (``options``) that the lowered cell never reads is an error, located at
+    ``option_spans[name]`` where given."""
+    env = _ReadEnv({k: v for k, v in A.plain(cdef.options).items()})
     env.update(options)
     env.setdefault("hidden", hidden)
     if len(cdef.inputs) != 1:
@@ -1031,7 +1062,117 @@ def lower_cell(cdef: A.CellDef, options: dict[str, Any], input_size: int, hidden
     low = _CellLowerer(cdef, env, {cdef.inputs[0]: input_size}, hidden, layer, init or {}, bias)
     if not bias:
         _check_options_outlive_bias(cdef, options, init or {})
-    return low.run()
+    spans = option_spans or {}
+    if cdef is library().get(cdef.name):
+        _check_library_options(cdef.name, options, spans)
+    cell = low.run()
+    _check_options_read(low, options, set(env.log), spans)
+    return cell
+
+
+def _opt(k: str, v: Any) -> str:
+    return f"{k}: {shown(v)}"
+
+
+# Options of the library cells that contradict each other although the cell reads both:
+# (cell, {option: value, ...} that together are refused, the option located, why).
+_LIBRARY_CONFLICTS: tuple[tuple[str, dict[str, Any], str, str], ...] = (
+    ("lstm", {"coupled": True, "forget_gate": False}, "coupled",
+     "the coupled input gate is i = 1 - f and without a forget gate f = 1, so i = 0: no "
+     "input ever reaches the cell state, which stays 0"),
+)
+
+# Numeric options of the library cells that a negative value would make meaningless:
+# where 0 is "off", a negative value is taken as off too (`cell_clip > 0`, `proj > 0` and
+# `units > 0` decide the branch); {cell: {option: why}}.
+_OFF = ("a negative {k} is taken as 0, off, so it has no effect",
+        "give {k} a value of 0 or more (0, the default, is off)")
+_LIBRARY_NON_NEGATIVE: dict[str, dict[str, tuple[str, str]]] = {
+    "lstm": {"cell_clip": _OFF, "proj": _OFF},
+    "jordan": {"units": ("a negative units is taken as 0, the default (the hidden layer gets "
+                         "`hidden` units), so it has no effect",
+                         "give units a positive value, or leave it out")},
+    "indrnn": {"u_init": ("u_init is the upper bound of u's initialiser uniform(0, u_init)",
+                          "give u_init a value of 0 or more")},
+}
+
+
+def _check_library_options(cname: str, options: dict[str, Any],
+                           spans: dict[str, Span | None]) -> None:
+    """The rules on a library cell's options that no general check finds: a negative size
+    or bound (silently "off"), and pairs that the cell reads but that contradict."""
+    for k, (why, hint) in _LIBRARY_NON_NEGATIVE.get(cname, {}).items():
+        v = options.get(k)
+        if isinstance(v, int | float) and not isinstance(v, bool) and v < 0:
+            raise SpecError(f"option '{k}' of cell '{cname}' is {shown(v)}: "
+                            + why.format(k=k), spans.get(k), hint.format(k=k))
+    for cell, combo, at, why in _LIBRARY_CONFLICTS:
+        if cell == cname and all(k in options and options[k] == v for k, v in combo.items()):
+            others = " and ".join(_opt(k, v) for k, v in combo.items() if k != at)
+            raise SpecError(f"option '{at}' of cell '{cname}' contradicts {others}: {why}",
+                            spans.get(at), f"remove {at}, or "
+                            + " and ".join(k for k in combo if k != at))
+
+
+def _check_options_read(low: _CellLowerer, options: dict[str, Any], read: set[str],
+                        spans: dict[str, Span | None]) -> None:
+    """An option the layer sets that the cell, with the layer's other options, never reads
+    (it is only read in branches they switch off, or only initialises a parameter whose
+    initialiser the layer replaces) has no effect: an error naming the options that
+    switched it off."""
+    cdef = low.cdef
+    for k in options:
+        if k in read:
+            continue
+        for pname, pattern in low.replaced_inits:
+            decl = low.decls[pname]
+            if k in _refs(decl.init, set()):
+                raise SpecError(
+                    f"option '{k}' of cell '{cdef.name}' initialises {pname}, whose initialiser "
+                    f"the layer's init replaces ({pattern}: ...), so it has no effect",
+                    spans.get(k), f"remove {k}, or {pattern} from init")
+        deciders: dict[str, Any] = {}
+        where: list[str] = []
+        short: list[str] = []
+        for names, e, cond in low.decided:
+            untaken = e.other if cond else e.then
+            refs = _refs(untaken, set())
+            refs |= {r for p in cdef.params if p.name in refs for r in _refs((p.shape, p.init),
+                                                                             set())}
+            text = expr_str(e.cond)
+            if isinstance(e.cond, A.BinOp | A.Not):
+                text = f"`{text}`"
+            if k in _refs(e.cond, set()) and k not in names:
+                # `a and k` with a false: decided before it reads k
+                for n in names:
+                    deciders.setdefault(n, low.env.get(n))
+                if text not in short:
+                    short.append(text)
+            elif k in refs and k not in names:
+                for n in names:
+                    deciders.setdefault(n, low.env.get(n))
+                phrase = f"{text} is {'false' if cond else 'true'}"
+                if phrase not in where:
+                    where.append(phrase)
+        if not deciders:
+            raise SpecError(f"option '{k}' of cell '{cdef.name}' has no effect with the layer's "
+                            "other options: the cell as they make it never reads it",
+                            spans.get(k), f"remove {k}")
+        declared = {name for name, _ in cdef.options.items}
+        given = [_opt(n, v) + ("" if n in options or n not in declared else " (the default)")
+                 for n, v in deciders.items()]
+        with_text = ", ".join(given[:-1]) + " and " + given[-1] if len(given) > 1 else given[0]
+        why = []
+        if where:
+            only = ", ".join(where[:-1]) + " or " + where[-1] if len(where) > 1 else where[0]
+            why.append(f"the cell reads {k} only where {only}")
+        if short:
+            why.append(f"{' and '.join(short)} {'is' if len(short) == 1 else 'are'} decided "
+                       f"without reading {k}")
+        raise SpecError(
+            f"option '{k}' of cell '{cdef.name}' has no effect with {with_text}: "
+            + "; ".join(why), spans.get(k),
+            f"remove {k}, or change " + " or ".join(deciders))
 
 
 def _check_options_outlive_bias(cdef: A.CellDef, options: dict[str, Any],
@@ -1274,6 +1415,13 @@ def _layers(spec: A.Spec, model_cfg: dict, train_cfg: dict | None, in_size: int)
         lo = Fields(dict(LAYER_OPTIONS)).validate(
             A.CMap(tuple((k, v) for k, v, _ in layer_part), cspan,
                    tuple(s for _, _, s in layer_part)), f"layer {i + 1} ({cname})")
+        given = {k: ks for k, _, ks in layer_part}
+        if "merge" in given and lo["direction"] != "bidirectional":
+            raise SpecError(
+                f"option 'merge' of layer {i + 1} ({cname}) has no effect with direction: "
+                f"{lo['direction']}{'' if 'direction' in given else ' (the default)'}: only a "
+                "bidirectional layer merges its two directions' outputs", given["merge"] or cspan,
+                "remove merge, or direction: bidirectional")
         copts = {}
         defaults = A.plain(cdef.options)
         for k, v, ks in cell_part:
@@ -1316,7 +1464,8 @@ def _layers(spec: A.Spec, model_cfg: dict, train_cfg: dict | None, in_size: int)
             node_init = next(v for k, v, _ in layer_part if k == "init")
             init = _init_overrides(lo["init"], node_init, cspan)
         try:
-            cell = lower_cell(cdef, copts, size, lo["hidden"], name, init, lo["bias"])
+            cell = lower_cell(cdef, copts, size, lo["hidden"], name, init, lo["bias"],
+                              {k: ks for k, _, ks in cell_part})
         except SpecError as err:
             raise err.with_span(cspan) from None
         direction = lo["direction"]
