@@ -558,6 +558,7 @@ def test_token_ids_stand_for_one_hot_inputs_on_the_training_path(case, tmp_dir):
     B, T = 3, 6
     xs, ys = rng.integers(0, 4, (B, T)), rng.integers(0, 4, (B, T))
     xs[0, 1], xs[1, 2] = -1, 4  # ids outside the vocabulary: zero one-hot vectors, zero rows
+    xs = jnp.asarray(xs)  # (a NumPy xs is checked on the host: out of range is refused)
     params = mod.init_params(2, "float64")
     state = {k: jnp.asarray(rng.normal(size=(B,) + v)) for k, v in mod.STATE_SHAPES.items()}
     kw = dict(lengths=np.array([T, 2, 5]), resets=rng.random((B, T)) < 0.2) if masks else {}
@@ -575,7 +576,7 @@ def test_token_ids_stand_for_one_hot_inputs_on_the_training_path(case, tmp_dir):
     for k in dense[2]:
         close(lazy[2][k], dense[2][k], what=f"final {k}")
     # ids given as floats (the dense path accepts them): the same numbers, one-hot vectors
-    floats = mod.loss_and_grad(params, xs.astype(np.float64), ys, state, **kw)
+    floats = mod.loss_and_grad(params, xs.astype(jnp.float64), ys, state, **kw)
     close(floats[0], dense[0], what="loss (float ids)")
     for k in params:
         close(floats[1][k], dense[1][k], what=f"d/d {k} (float ids)")
@@ -632,6 +633,7 @@ def test_feature_major_loops_match_batch_major(case, tmp_dir):
     xs = rng.normal(size=(B, T, 4)) if dense_in else rng.integers(0, 4, (B, T))
     if not dense_in:
         xs[0, 1], xs[1, 2], xs[2, 3] = -1, 4, 6  # outside the vocabulary: zero vectors
+        xs = jnp.asarray(xs)  # (a NumPy xs is checked on the host: out of range is refused)
     ys = rng.normal(size=(B, 2)) if n_out == 2 else rng.integers(0, 4, (B, T))
     params = fm.init_params(4, "float64")
     state = {k: jnp.asarray(rng.normal(size=(B,) + v)) for k, v in fm.STATE_SHAPES.items()}
@@ -769,9 +771,10 @@ def test_token_ids_need_a_one_hot_input_read_through_matmuls(tmp_dir):
 
 def test_embedding_reads_ids_outside_the_vocabulary_as_zero_vectors(tmp_dir):
     """docs/generated-module.md: the JAX module cannot refuse token ids outside 0 .. V-1
-    (it would have to look at traced values) and reads them as zero vectors. An embedding
-    input does so too, rather than clamping V to the last row or wrapping -1 onto it; its
-    gradient skips them."""
+    in a jax.Array (it would have to copy it to the host, or look at traced values) and
+    reads them as zero vectors. An embedding input does so too, rather than clamping V to
+    the last row or wrapping -1 onto it; its gradient skips them. (A NumPy xs is checked
+    on the host and refused.)"""
     text = LAZY_CASES["bidirectional_residual"][0].replace(
         "onehot(vocab: 4)", "embedding(vocab: 4, dim: 4)"
     )
@@ -787,6 +790,9 @@ def test_embedding_reads_ids_outside_the_vocabulary_as_zero_vectors(tmp_dir):
     wider = load(emit(text.replace("vocab: 4", "vocab: 5"), 5, 4), tmp_dir)
     zeroed = dict(params, **{"input.E": np.concatenate([E, np.zeros((1, 4))])})
     inside = np.where((ids < 0) | (ids >= 4), 4, ids)
+    with pytest.raises(ValueError, match=r"xs: token ids must be in 0\.\.3, got values in -5\.\.9"):
+        mod.forward(params, ids)
+    ids = jnp.asarray(ids)
     close(mod.forward(params, ids)[0], wider.forward(zeroed, inside)[0], what="forward")
     _, grads, _ = mod.loss_and_grad(params, ids, np.zeros((2, 3), int))
     _, ref, _ = wider.loss_and_grad(zeroed, inside, np.zeros((2, 3), int))
@@ -948,7 +954,7 @@ def test_prepared_step_lays_out_no_weights_per_call(tmp_dir):
     x, state = np.array([3], np.int32), mod.initial_state(1)
 
     def ops(p):
-        hlo = mod.step.lower(p, x, state).compile().as_text()
+        hlo = mod._step.lower(p, x, state).compile().as_text()
         return set(re.findall(r"= \S+ (transpose|copy|concatenate)\(", hlo))
 
     assert ops(params)  # what the plain step does on every call
@@ -1165,7 +1171,7 @@ def test_entry_points_are_jitted_and_import_is_lazy(tmp_path):
         "from jax._src import xla_bridge\n"
         "import m\n"
         "assert not xla_bridge._backends, 'importing the module started a backend'\n"
-        "for f in (m.forward, m._loss_and_grad):  # (loss_and_grad checks ys, then calls it)\n"
+        "for f in (m._forward, m._loss_and_grad):  # (forward, loss_and_grad check ids first)\n"
         "    assert hasattr(f, 'lower'), f\n"
         "print('ok')\n"
     )

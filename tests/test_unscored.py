@@ -203,6 +203,41 @@ def test_both_modules_refuse_out_of_range_class_ids_alike(backend, head, bptt, b
     assert np.isfinite(float(m.loss_and_grad(params, xs, wrong)[0]))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bad", [-1, V, V + 9])
+def test_both_modules_refuse_out_of_range_token_ids_alike(backend, bad):
+    """A NumPy `xs` (or step's `x_t`) with a token id outside 0..V-1 is one ValueError
+    from every entry point, with the same text in both backends: the JAX module read it
+    as a zero vector (a jax.Array still is, not read on the host; docs/jax.md)."""
+    m = module(spec(), backend)
+    params = m.init_params(0, "float64")
+    opt = m.init_opt_state(params)
+    xs, ys = batch(3)
+    wrong = xs.copy()
+    wrong[2, 4] = bad
+    lo, hi = int(wrong.min()), int(wrong.max())
+    text = f"xs: token ids must be in 0..{V - 1}, got values in {lo}..{hi}"
+    calls = {
+        "forward": lambda: m.forward(params, wrong),
+        "loss_and_grad": lambda: m.loss_and_grad(params, wrong, ys),
+        "train_step": lambda: m.train_step(params, opt, wrong, ys),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ValueError) as err:
+            call()
+        assert str(err.value) == text, name
+    x_t = wrong[:, 4]
+    with pytest.raises(ValueError) as err:
+        m.step(params, x_t, m.initial_state(B, "float64"))
+    assert str(err.value) == text.replace("xs:", "x_t:").replace(
+        f"{lo}..{hi}", f"{int(x_t.min())}..{int(x_t.max())}")
+    if backend == "jax":  # a jax.Array is not read on the host: a zero vector, as documented
+        import jax.numpy as jnp
+
+        probs, _ = m.forward(params, jnp.asarray(wrong))
+        assert np.all(np.isfinite(np.asarray(probs)))
+
+
 @pytest.mark.skipif("jax" not in BACKENDS, reason="jax not importable")
 @pytest.mark.parametrize("head", ["per_step", "last"])
 def test_jax_array_class_ids_out_of_range_give_a_nan_loss(head):

@@ -866,7 +866,6 @@ _LAZY = (_Tokens, _Rows)
 
 
 # --- section: entry ---
-@jax.jit
 def forward(params, xs, state=None, lengths=None, resets=None):
     """Run the model: (outputs, final state); no dropout.
 
@@ -874,6 +873,12 @@ def forward(params, xs, state=None, lengths=None, resets=None):
     bools or None. Outputs are probabilities (softmax head) or values (linear head),
     (B, T, out) per step or (B, out) for a last-step head.
     """
+    _check_host_ids(xs)
+    return _forward(params, xs, state, lengths, resets)
+
+
+@jax.jit
+def _forward(params, xs, state, lengths, resets):
     _check_params(params)
     _check_inputs(xs, None, state, lengths, resets)
     dtype, B, T, state, valid, resets, _ = _prepare(params, xs, state, lengths, resets, None)
@@ -891,17 +896,22 @@ def loss_and_grad(
     wrt_inputs=True also "xs" (gradient w.r.t. the encoded inputs, (B, T, F)) and
     "state/<name>" for each initial-state entry.
     """
-    _check_host_class_ids(ys)
+    _check_host_ids(xs, ys)
     return _loss_and_grad(params, xs, ys, state, lengths, resets, rng, wrt_inputs=wrt_inputs)
 
 
-def _check_host_class_ids(ys):
-    """A ValueError for class ids of a softmax head outside 0 .. C-1 (or -1: not scored)
-    in a NumPy `ys`, read on the host before the jitted call. A jax.Array (or traced) `ys`
-    is not read here, which would cost a device-to-host copy per call: an id out of range
-    there makes the loss NaN (_losses)."""
+def _check_host_ids(xs, ys=None, step=False):
+    """A ValueError for token ids outside 0 .. V-1 in a NumPy `xs` (`x_t` with `step`), or
+    class ids of a softmax head outside 0 .. C-1 (or -1: not scored) in a NumPy `ys`, read
+    on the host before the jitted call, as the NumPy module does. A jax.Array (or traced)
+    argument is not read here, which would cost a device-to-host copy per call: a token id
+    out of range there reads as a zero vector, a class id makes the loss NaN (_losses)."""
+    inp = MODEL["input"]
+    if inp["kind"] != "dense" and isinstance(xs, np.ndarray):
+        if np.issubdtype(xs.dtype, np.integer):  # (a float dtype: refused while tracing)
+            _check_ids("x_t" if step else "xs", "token ids", xs, inp["vocab"])
     if MODEL["head"]["kind"] == "softmax" and isinstance(ys, np.ndarray):
-        if np.issubdtype(ys.dtype, np.integer):  # (a float dtype: refused while tracing)
+        if np.issubdtype(ys.dtype, np.integer):
             _check_ids("ys", "class ids", ys, MODEL["head"]["output_size"], unscored=True)
 
 
@@ -1041,7 +1051,7 @@ def train_step(
     """
     if not hasattr(params, "values"):  # (the rest of params is checked while tracing)
         _check_params(params)
-    _check_host_class_ids(ys)
+    _check_host_ids(xs, ys)
     if optimizer is not None:
         _check_optimizer(optimizer)
     if mesh is not None:
@@ -1097,13 +1107,18 @@ class _full_gc_deferred:
 
 
 # --- section: step ---
-@jax.jit
 def step(params, x_t, state=None):
     """One time step for streaming inference: (y_t, next state); no dropout.
 
     x_t: (B,) token ids or (B, F) features. y_t: probabilities (softmax head) or values.
     `params` may be what prepare_step(params) gave (faster, the same results).
     """
+    _check_host_ids(x_t, step=True)
+    return _step(params, x_t, state)
+
+
+@jax.jit
+def _step(params, x_t, state):
     prepared = isinstance(params, StepParams)
     _check_params(params.params if prepared else params)
     _check_inputs(x_t, state=state, step=True)
