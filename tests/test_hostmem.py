@@ -1,5 +1,7 @@
 """rnnc's commands keep freed host memory in the process (rnnc/train/hostmem.py)."""
 
+import os
+import platform
 import subprocess
 import sys
 
@@ -16,8 +18,6 @@ print(first, again)
 
 
 def run(env_value):
-    import os
-
     env = dict(os.environ)
     env.pop("RNNC_MALLOC", None)
     if env_value is not None:
@@ -29,8 +29,6 @@ def run(env_value):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_thresholds_are_set_once_on_glibc():
-    import platform
-
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("not glibc")
     assert run(None) == ["True", "True"]
@@ -72,14 +70,12 @@ def test_a_large_temporary_is_not_faulted_in_again_on_every_call():
     threads; without the settings glibc maps it afresh on every call (24,000 page faults
     here, one per 4 KiB page, unless the system backs it with huge pages); with them the
     block stays in the process and a call faults almost no page."""
-    import platform
-
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("not glibc")
     pytest.importorskip("jax")
 
     def faults(mode):
-        env = {k: v for k, v in __import__("os").environ.items() if k != "RNNC_MALLOC"}
+        env = {k: v for k, v in os.environ.items() if k != "RNNC_MALLOC"}
         r = subprocess.run([sys.executable, "-c", FAULTS, mode], capture_output=True,
                            text=True, env=env)
         assert r.returncode == 0, r.stderr
